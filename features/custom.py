@@ -1,0 +1,76 @@
+"""A user's own tables (CSV or parquet) through the same schema and validation.
+
+Configured with ``data=custom`` and overrides such as
+``data.interactions=/path/events.parquet data.columns.user_id=customer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from features.schema import DataError, Dataset
+
+_CONTRACT = {"interactions": ["user_id", "item_id", "timestamp"], "items": ["item_id"], "users": ["user_id"]}
+
+
+def read_table(path: str | Path, what: str) -> pd.DataFrame:
+    """Read a CSV (any ``.csv``/``.tsv``/``.txt``) or parquet file; clear errors for missing or empty files."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{what} file {p} does not exist; set data.{what}=<path to a .csv or .parquet file>.")
+    if p.stat().st_size == 0:
+        raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.")
+    suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        df = pd.read_parquet(p)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        sep = "\t" if suffix == ".tsv" else ","
+        try:
+            df = pd.read_csv(p, sep=sep)
+        except pd.errors.EmptyDataError as e:
+            raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.") from e
+    else:
+        raise DataError(f"{what} file {p} has unsupported extension {suffix!r}; use .csv, .tsv or .parquet.")
+    return df
+
+
+def _rename(df: pd.DataFrame, columns: dict[str, str], table: str, path: str) -> pd.DataFrame:
+    """Map the user's column names onto the contract's (``columns``: contract name -> user's name)."""
+    mapping = {}
+    for contract_name in _CONTRACT[table]:
+        theirs = columns.get(contract_name, contract_name) if columns else contract_name
+        if theirs not in df.columns:
+            raise DataError(
+                f"{table} file {path} has no column {theirs!r} (needed as {contract_name!r}); "
+                f"found {list(df.columns)}. Set data.columns.{contract_name}=<your column name>."
+            )
+        mapping[theirs] = contract_name
+    return df.rename(columns=mapping)
+
+
+def load_tables(
+    interactions: str,
+    items: str | None = None,
+    users: str | None = None,
+    columns: dict[str, str] | None = None,
+    name: str = "custom",
+) -> Dataset:
+    """Load user tables into a validated :class:`Dataset`.
+
+    Args:
+        interactions: path of the interactions table (user, item, timestamp[, weight]).
+        items: optional items table; without it items have no attributes (id only).
+        users: optional users table.
+        columns: contract column -> the user's column name, e.g. ``{"user_id": "customer"}``.
+        name: dataset name used in reports.
+    """
+    if not interactions:
+        raise DataError("data=custom needs data.interactions=<path to a .csv or .parquet file>.")
+    inter = _rename(read_table(interactions, "interactions"), columns or {}, "interactions", interactions)
+    if columns and columns.get("weight") and columns["weight"] in inter.columns:
+        inter = inter.rename(columns={columns["weight"]: "weight"})
+    item_df = _rename(read_table(items, "items"), columns or {}, "items", items) if items else pd.DataFrame({"item_id": pd.Series([], dtype=str)})
+    user_df = _rename(read_table(users, "users"), columns or {}, "users", users) if users else pd.DataFrame({"user_id": pd.Series([], dtype=str)})
+    return Dataset(name, inter, item_df, user_df, meta={"source": "custom", "files": [interactions, items, users]})

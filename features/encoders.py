@@ -1,0 +1,210 @@
+"""Feature encoders: declared in config, fit on the training split only, saved and loaded unchanged.
+
+Kinds (``data.features.<entity>.<name>.kind``):
+- ``categorical``: one value -> int64 index; 0 is out-of-vocabulary / missing.
+- ``multi_categorical``: ``sep``-joined values -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
+- ``text``: lower-cased word tokens -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
+- ``numeric``: float standardised with train mean/std (optional ``log1p``); missing -> 0.
+- ``context``: derived from a timestamp: ``hour`` (1..24) or ``day_of_week`` (1..7); 0 unknown.
+
+Unknown values never raise: they map to the out-of-vocabulary slot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.schema import DataError
+
+KINDS = ("categorical", "multi_categorical", "text", "numeric", "context")
+CONTEXT_FIELDS = ("hour", "day_of_week")
+PAD, OOV = 0, 1
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+@dataclass
+class FeatureSpec:
+    """One declared feature."""
+
+    name: str
+    kind: str
+    column: str | None = None  # source column; defaults to name
+    sep: str = "|"
+    max_len: int = 8
+    min_count: int = 1
+    max_vocab: int = 50_000
+    log1p: bool = False
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+
+def parse_specs(block: dict | None, entity: str, where: str) -> list[FeatureSpec]:
+    """Parse ``{name: {kind: ..., ...}}`` from config, with errors naming the file and the fix."""
+    specs = []
+    for name, opts in (block or {}).items():
+        opts = dict(opts or {})
+        kind = opts.pop("kind", None)
+        if kind not in KINDS:
+            raise DataError(f"feature {entity}.{name} in {where} has kind {kind!r}; known kinds: {', '.join(KINDS)}.")
+        allowed = set(FeatureSpec.__dataclass_fields__) - {"name", "kind"}
+        bad = set(opts) - allowed
+        if bad:
+            raise DataError(f"feature {entity}.{name} in {where} has unknown option(s) {sorted(bad)}; known: {sorted(allowed)}.")
+        spec = FeatureSpec(name=str(name), kind=kind, **opts)
+        if kind == "context" and spec.source not in CONTEXT_FIELDS:
+            raise DataError(f"context feature {name!r} in {where} must be one of {CONTEXT_FIELDS} (set column: hour).")
+        specs.append(spec)
+    return specs
+
+
+def _tokens(value, spec: FeatureSpec) -> list[str]:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if spec.kind == "text":
+        return _TOKEN.findall(str(value).lower())
+    return [t for t in str(value).split(spec.sep) if t]
+
+
+class FeatureEncoder:
+    """Fits and applies one :class:`FeatureSpec`."""
+
+    def __init__(self, spec: FeatureSpec, state: dict | None = None):
+        self.spec = spec
+        self.state = state or {}
+        self._lookup = {v: i for i, v in enumerate(self.state.get("vocab", []))}
+
+    @property
+    def cardinality(self) -> int:
+        """Embedding rows needed (vocab + reserved slots); 0 for numeric."""
+        k = self.spec.kind
+        if k == "categorical":
+            return len(self.state["vocab"]) + 1
+        if k in ("multi_categorical", "text"):
+            return len(self.state["vocab"]) + 2
+        if k == "context":
+            return 25 if self.spec.source == "hour" else 8
+        return 0
+
+    def fit(self, values: pd.Series) -> "FeatureEncoder":
+        k = self.spec.kind
+        if k == "categorical":
+            counts = Counter(str(v) for v in values.dropna())
+            vocab = sorted([v for v, c in counts.items() if c >= self.spec.min_count], key=lambda v: (-counts[v], v))
+            self.state = {"vocab": vocab[: self.spec.max_vocab]}
+        elif k in ("multi_categorical", "text"):
+            counts = Counter(t for v in values for t in _tokens(v, self.spec))
+            vocab = sorted([v for v, c in counts.items() if c >= self.spec.min_count], key=lambda v: (-counts[v], v))
+            self.state = {"vocab": vocab[: self.spec.max_vocab]}
+        elif k == "numeric":
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            if self.spec.log1p:
+                x = np.log1p(np.clip(x, 0, None))
+            x = x[np.isfinite(x)]
+            mean = float(x.mean()) if len(x) else 0.0
+            std = float(x.std()) if len(x) > 1 else 1.0
+            self.state = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+        self._lookup = {v: i for i, v in enumerate(self.state.get("vocab", []))}
+        return self
+
+    def transform(self, values: pd.Series) -> np.ndarray:
+        """Encode values: (N,) int64 / float32, or (N, max_len) int64 for token kinds."""
+        k = self.spec.kind
+        if k == "categorical":
+            idx = pd.Index(self.state["vocab"]).get_indexer(values.astype(object).where(values.notna(), None).astype(str))
+            out = np.where(idx >= 0, idx + 1, 0).astype(np.int64)
+            return np.where(values.isna().to_numpy(), 0, out)
+        if k in ("multi_categorical", "text"):
+            out = np.zeros((len(values), self.spec.max_len), dtype=np.int64)
+            for r, v in enumerate(values):
+                toks = _tokens(v, self.spec)[: self.spec.max_len]
+                out[r, : len(toks)] = [self._lookup.get(t, -1) + 2 if t in self._lookup else OOV for t in toks]
+            return out
+        if k == "numeric":
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            if self.spec.log1p:
+                x = np.log1p(np.clip(x, 0, None))
+            z = (x - self.state["mean"]) / self.state["std"]
+            return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+        return context_from_timestamp(values.to_numpy(), self.spec.source)
+
+
+def context_from_timestamp(ts: np.ndarray, field: str) -> np.ndarray:
+    """UTC hour (1..24) or day of week (1..7, Monday=1) from Unix seconds; 0 when unknown."""
+    t = pd.to_numeric(pd.Series(ts), errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(t)
+    t = np.where(ok, t, 0).astype(np.int64)
+    if field == "hour":
+        v = (t // 3600) % 24 + 1
+    else:
+        v = ((t // 86400) + 3) % 7 + 1  # 1970-01-01 was a Thursday
+    return np.where(ok, v, 0).astype(np.int64)
+
+
+class FeatureSet:
+    """All encoders of one dataset (user, item, context groups), fit together and saved as JSON."""
+
+    def __init__(self, specs: dict[str, list[FeatureSpec]], encoders: dict[str, dict[str, FeatureEncoder]] | None = None):
+        self.specs = specs
+        self.encoders = encoders or {g: {s.name: FeatureEncoder(s) for s in ss} for g, ss in specs.items()}
+
+    @classmethod
+    def from_config(cls, block: dict, where: str) -> "FeatureSet":
+        unknown = set(block or {}) - {"user", "item", "context"}
+        if unknown:
+            raise DataError(f"unknown feature group(s) {sorted(unknown)} in {where}; known: user, item, context.")
+        return cls({g: parse_specs((block or {}).get(g), g, where) for g in ("user", "item", "context")})
+
+    def check_columns(self, users: pd.DataFrame, items: pd.DataFrame, where: str) -> None:
+        """Every declared user/item feature must name an existing column."""
+        for group, table in (("user", users), ("item", items)):
+            for s in self.specs[group]:
+                if s.source not in table.columns:
+                    raise DataError(
+                        f"unknown feature '{s.source}' ({group}.{s.name}) in {where}; "
+                        f"known {group} columns: {', '.join(map(str, table.columns))}."
+                    )
+
+    def fit(self, users: pd.DataFrame, items: pd.DataFrame, train: pd.DataFrame) -> "FeatureSet":
+        """Fit on the rows of users/items that appear in the training interactions only."""
+        tu = users[users["user_id"].isin(train["user_id"])]
+        ti = items[items["item_id"].isin(train["item_id"])]
+        for s in self.specs["user"]:
+            self.encoders["user"][s.name].fit(tu[s.source])
+        for s in self.specs["item"]:
+            self.encoders["item"][s.name].fit(ti[s.source])
+        for s in self.specs["context"]:
+            self.encoders["context"][s.name].fit(train["timestamp"])
+        return self
+
+    def transform(self, group: str, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Encode a users/items table (group ``user``/``item``) or a frame with ``timestamp`` (``context``)."""
+        out = {}
+        for s in self.specs[group]:
+            col = table["timestamp"] if group == "context" else table[s.source]
+            out[s.name] = self.encoders[group][s.name].transform(col)
+        return out
+
+    def cardinalities(self, group: str) -> dict[str, int]:
+        return {n: e.cardinality for n, e in self.encoders[group].items()}
+
+    def save(self, path: str | Path) -> None:
+        data = {g: [{"spec": asdict(e.spec), "state": e.state} for e in encs.values()] for g, encs in self.encoders.items()}
+        Path(path).write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSet":
+        data = json.loads(Path(path).read_text())
+        specs, encoders = {}, {}
+        for g, rows in data.items():
+            specs[g] = [FeatureSpec(**r["spec"]) for r in rows]
+            encoders[g] = {r["spec"]["name"]: FeatureEncoder(FeatureSpec(**r["spec"]), r["state"]) for r in rows}
+        return cls(specs, encoders)

@@ -1,0 +1,119 @@
+"""From config to model-ready data: load, split, index, fit encoders on train, encode tables.
+
+:class:`Prepared` is what every stage consumes; :meth:`Prepared.save_artifacts` writes the pieces
+serving needs (vocabularies, fitted encoders) so they are loaded unchanged later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from features.encoders import FeatureSet
+from features.schema import DataError, Dataset
+from features.splits import Split, make_split
+from features.vocab import IdVocab, interaction_matrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A dataset split, indexed and encoded.
+
+    Attributes:
+        users, items: dense index spaces (all users in the users table, every catalog item).
+        user_table, item_table: encoded features, one row per user / item index.
+        train, valid, test: (n_users, n_items) binary CSR matrices of each split part.
+    """
+
+    dataset: Dataset
+    split: Split
+    users: IdVocab
+    items: IdVocab
+    features: FeatureSet
+    user_table: dict[str, np.ndarray]
+    item_table: dict[str, np.ndarray]
+    train: sp.csr_matrix
+    valid: sp.csr_matrix
+    test: sp.csr_matrix
+    diversity_feature: str | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def history(self, part: str) -> sp.csr_matrix:
+        """Items to exclude when evaluating ``part``: train for valid, train+valid for test."""
+        if part == "valid":
+            return self.train
+        if part == "test":
+            return (self.train + self.valid).sign().tocsr()
+        raise ValueError(f"unknown split part {part!r}; use valid or test")
+
+    def item_vectors(self) -> np.ndarray | None:
+        """Multi-hot (n_items, V) of the diversity feature, for intra-list diversity."""
+        if not self.diversity_feature:
+            return None
+        codes = self.item_table[self.diversity_feature]
+        if codes.ndim == 1:
+            codes = codes[:, None]
+        v = np.zeros((len(codes), int(codes.max()) + 1), dtype=np.float32)
+        rows = np.repeat(np.arange(len(codes)), codes.shape[1])
+        v[rows, codes.ravel()] = 1.0
+        v[:, 0] = 0.0  # padding / out-of-vocabulary is not a shared attribute
+        return v
+
+    def cold_item_index(self) -> np.ndarray:
+        return self.items.lookup(self.split.cold_items) if len(self.split.cold_items) else np.array([], dtype=np.int64)
+
+    def save_artifacts(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.users.save(out / "users.json")
+        self.items.save(out / "items.json")
+        self.features.save(out / "encoders.json")
+
+
+def load_dataset(data_cfg: DictConfig) -> Dataset:
+    """Instantiate the configured loader (``data.loader._target_``)."""
+    ds = instantiate(data_cfg.loader)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"data.loader must return a features.schema.Dataset, got {type(ds).__name__}.")
+    return ds
+
+
+def prepare(cfg: DictConfig, dataset: Dataset | None = None) -> Prepared:
+    """Load (unless given), split, index and encode according to ``cfg.data`` and ``cfg.split``."""
+    where = f"configs/data/{cfg.data.name}.yaml"
+    # Validate the feature declaration before any expensive work.
+    features = FeatureSet.from_config(OmegaConf.to_container(cfg.data.features, resolve=True), where)
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    features.check_columns(ds.users, ds.items, where)
+    s = cfg.split
+    split = make_split(ds.interactions, s.method, s.test_share, s.valid_share, list(s.ratios), s.cold_item_share, cfg.seed)
+    log.info("%s | split %s: %s", ds.summary(), split.name, split.sizes())
+    users, items = IdVocab(ds.users["user_id"].to_numpy()), IdVocab(ds.items["item_id"].to_numpy())
+    features.fit(ds.users, ds.items, split.train)
+    div = cfg.data.get("diversity_feature")
+    if div and div not in features.encoders["item"]:
+        raise DataError(f"data.diversity_feature={div!r} in {where} is not a declared item feature; known: {list(features.encoders['item'])}.")
+    return Prepared(
+        dataset=ds,
+        split=split,
+        users=users,
+        items=items,
+        features=features,
+        user_table=features.transform("user", ds.users),
+        item_table=features.transform("item", ds.items),
+        train=interaction_matrix(split.train, users, items),
+        valid=interaction_matrix(split.valid, users, items),
+        test=interaction_matrix(split.test, users, items),
+        diversity_feature=div,
+    )

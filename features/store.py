@@ -1,0 +1,129 @@
+"""The feature store: everything a request needs looked up, saved as one artifact.
+
+Built offline from a :class:`~features.prepare.Prepared` and a history table (train+valid for
+testing and serving), loaded unchanged by the serving code, so offline evaluation and online
+requests build model inputs the same way. Unknown users are not an error: they get the
+out-of-vocabulary code for every id and whatever attributes / recent items the request carries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.encoders import FeatureSet, context_from_timestamp
+from features.vocab import IdVocab, interaction_matrix
+
+
+class FeatureStore:
+    """Encoded user/item tables, each known user's recent items and seen set, item popularity."""
+
+    def __init__(self, users: IdVocab, items: IdVocab, features: FeatureSet, user_table: dict[str, np.ndarray],
+                 item_table: dict[str, np.ndarray], recent: np.ndarray, last_ts: np.ndarray, seen: sp.csr_matrix,
+                 popularity: np.ndarray):
+        self.users, self.items, self.features = users, items, features
+        self.user_table, self.item_table = user_table, item_table
+        self.recent = recent  # (n_users, L) catalog item indices, most recent last, -1 padded
+        self.last_ts = last_ts  # (n_users,) latest interaction time, -1 if none
+        self.seen = seen  # (n_users, n_items) binary CSR
+        self.popularity = popularity  # (n_items,) interaction counts in the history table
+
+    @property
+    def history_len(self) -> int:
+        return self.recent.shape[1]
+
+    @classmethod
+    def build(cls, data, history: pd.DataFrame, history_len: int) -> "FeatureStore":
+        """From prepared data and the interactions that count as known history."""
+        u = data.users.lookup(history["user_id"].to_numpy())
+        i = data.items.lookup(history["item_id"].to_numpy())
+        ts = history["timestamp"].to_numpy(dtype=np.int64)
+        order = np.lexsort((i, ts, u))
+        u, i, ts = u[order], i[order], ts[order]
+        n_users = len(data.users)
+        counts = np.bincount(u, minlength=n_users)
+        end = np.cumsum(counts)
+        start = end - counts
+        idx = end[:, None] - history_len + np.arange(history_len)[None, :]  # (n_users, L)
+        valid = idx >= start[:, None]
+        recent = np.where(valid, i[np.clip(idx, 0, max(len(i) - 1, 0))] if len(i) else -1, -1)
+        last_ts = np.where(counts > 0, ts[np.clip(end - 1, 0, max(len(ts) - 1, 0))] if len(ts) else -1, -1)
+        seen = interaction_matrix(history, data.users, data.items)
+        popularity = np.asarray(seen.sum(axis=0)).ravel()
+        return cls(data.users, data.items, data.features, data.user_table, data.item_table, recent.astype(np.int64),
+                   last_ts.astype(np.int64), seen, popularity)
+
+    def item_codes(self, items: np.ndarray) -> np.ndarray:
+        """Catalog indices (-1 = none) -> item-id feature codes (0 = padding / unknown)."""
+        codes = self.item_table["item_id"][np.clip(items, 0, None)]
+        return np.where(items >= 0, codes, 0)
+
+    def user_inputs(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None,
+                    attributes: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+        """User-tower inputs for a batch of requests.
+
+        Args:
+            users: (B,) user indices; -1 for an unknown user.
+            timestamps: (B,) request times in Unix seconds (context features).
+            recent: optional (B, L) catalog item indices the request carries (-1 padded); they
+                replace the stored history where given (a row of all -1 keeps the stored one).
+            attributes: optional user attribute rows (B rows) for unknown users.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        known = users >= 0
+        safe = np.where(known, users, 0)
+        x = {}
+        for name, table in self.user_table.items():
+            col = table[safe].copy()
+            col[~known] = 0
+            x[name] = col
+        if attributes is not None and (~known).any():
+            enc = self.features.transform("user", attributes)
+            for name, col in enc.items():
+                if name != "user_id":
+                    x[name][~known] = col[~known]
+        hist = np.where(known[:, None], self.recent[safe], -1)
+        if recent is not None:
+            given = (recent >= 0).any(axis=1)
+            hist[given] = _right_align(recent[given], self.history_len)
+        x["history"] = self.item_codes(hist)
+        for s in self.features.specs["context"]:
+            x[s.name] = context_from_timestamp(np.asarray(timestamps), s.source)
+        return x
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.users.save(out / "users.json")
+        self.items.save(out / "items.json")
+        self.features.save(out / "encoders.json")
+        np.savez(out / "tables.npz", **{f"user.{k}": v for k, v in self.user_table.items()},
+                 **{f"item.{k}": v for k, v in self.item_table.items()}, recent=self.recent, last_ts=self.last_ts,
+                 popularity=self.popularity)
+        sp.save_npz(out / "seen.npz", self.seen)
+        (out / "store.json").write_text(json.dumps({"history_len": self.history_len}))
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "FeatureStore":
+        d = Path(out_dir)
+        if not (d / "tables.npz").exists():
+            raise FileNotFoundError(f"no feature store in {d}; run `python train.py stage=retrieval` first")
+        z = np.load(d / "tables.npz")
+        user = {k[5:]: z[k] for k in z.files if k.startswith("user.")}
+        item = {k[5:]: z[k] for k in z.files if k.startswith("item.")}
+        return cls(IdVocab.load(d / "users.json"), IdVocab.load(d / "items.json"), FeatureSet.load(d / "encoders.json"),
+                   user, item, z["recent"], z["last_ts"], sp.load_npz(d / "seen.npz").tocsr(), z["popularity"])
+
+
+def _right_align(rows: np.ndarray, length: int) -> np.ndarray:
+    """Keep the last ``length`` valid entries of each row, right-aligned, -1 padded."""
+    out = np.full((len(rows), length), -1, dtype=np.int64)
+    for r, row in enumerate(rows):
+        v = row[row >= 0][-length:]
+        if len(v):
+            out[r, -len(v):] = v
+    return out

@@ -1,0 +1,98 @@
+"""FAISS in one place: build, save, load and search an inner-product index of item embeddings.
+
+Indexes are made with ``faiss.index_factory`` strings (``Flat`` for exact search on small
+catalogs; ``IVF4096,Flat``, ``HNSW32``, ``IVF4096,PQ32`` ... for large ones). FAISS ids are
+catalog item indices (``add_with_ids``), so results map straight back to item ids. A GPU copy is
+used when faiss sees a GPU (and the index type supports it); saving always writes the CPU form.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexConfig:
+    """How to build and query an index (``configs/index/*.yaml``)."""
+
+    factory: str = "Flat"
+    nprobe: int | None = None  # IVF: lists visited per query
+    ef_search: int | None = None  # HNSW: search breadth
+    train_size: int = 200_000  # vectors sampled to train IVF / PQ
+    use_gpu: bool = True  # only when faiss sees a GPU
+
+
+def _apply_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
+    params = []
+    if cfg.nprobe is not None:
+        params.append(f"nprobe={cfg.nprobe}")
+    if cfg.ef_search is not None:
+        params.append(f"efSearch={cfg.ef_search}")
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, ",".join(params))
+
+
+def _maybe_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
+    if not cfg.use_gpu or not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        return index
+    if "HNSW" in cfg.factory:
+        log.info("HNSW has no GPU implementation in faiss; keeping the CPU index")
+        return index
+    log.info("faiss sees %d GPU(s): moving the index to GPU", faiss.get_num_gpus())
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:
+    """Build an inner-product index over (N, D) embeddings; FAISS id i = catalog item i."""
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {x.shape}")
+    try:
+        base = faiss.index_factory(x.shape[1], cfg.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"bad faiss index_factory string {cfg.factory!r} (configs/index): {e}") from e
+    index = base if "IVF" in cfg.factory else faiss.IndexIDMap2(base)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = x[rng.choice(len(x), size=min(cfg.train_size, len(x)), replace=False)]
+        index.train(sample)
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    _apply_search_params(index, cfg)
+    return _maybe_gpu(index, cfg)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product. -> scores (B, k) float32, item indices (B, k) int64 (-1 = none)."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return index.search(q, min(k, index.ntotal))
+
+
+def save_index(index: faiss.Index, cfg: IndexConfig, path: str | Path) -> None:
+    """Write ``<path>`` (faiss) and ``<path>.json`` (build/search parameters)."""
+    path = Path(path)
+    cpu = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    faiss.write_index(cpu, str(path))
+    Path(str(path) + ".json").write_text(json.dumps(asdict(cfg)))
+
+
+def load_index(path: str | Path, use_gpu: bool | None = None) -> tuple[faiss.Index, IndexConfig]:
+    """Read an index saved by :func:`save_index`, restoring its search parameters."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no FAISS index at {path}; run `python train.py stage=retrieval` first")
+    cfg = IndexConfig(**json.loads(Path(str(path) + ".json").read_text()))
+    if use_gpu is not None:
+        cfg.use_gpu = use_gpu
+    index = faiss.read_index(str(path))
+    _apply_search_params(index, cfg)
+    return _maybe_gpu(index, cfg), cfg

@@ -1,0 +1,92 @@
+"""Lightning wrapper of the two-tower model: loss, negatives, optimizer and validation metrics.
+
+The towers themselves stay plain modules (:mod:`retrieval.towers`); only they are exported.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from evaluation.metrics import ranking_metrics, topk_excluding
+from retrieval.loss import sampled_softmax_loss
+from retrieval.towers import TwoTower
+
+
+class RetrievalValidation:
+    """What validation needs: user inputs per batch of users, items to exclude, the truth."""
+
+    def __init__(self, users: np.ndarray, make_inputs: Callable[[np.ndarray], dict], exclude: sp.csr_matrix,
+                 truth: sp.csr_matrix, ks: list[int]):
+        self.users, self.make_inputs, self.exclude, self.truth, self.ks = users, make_inputs, exclude, truth, ks
+
+
+class TwoTowerModule(L.LightningModule):
+    """Trains :class:`TwoTower` with in-batch sampled softmax (+ optional uniform negatives)."""
+
+    def __init__(self, model: TwoTower, optimizer: Callable, temperature: float, logq_correction: bool,
+                 uniform_negatives: int, item_log_q: torch.Tensor, catalog: dict[str, torch.Tensor],
+                 validation: RetrievalValidation | None = None, eval_batch_size: int = 1024):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.temperature = temperature
+        self.logq_correction = logq_correction
+        self.uniform_negatives = uniform_negatives
+        self.register_buffer("item_log_q", item_log_q, persistent=False)  # (N,)
+        self.catalog = catalog  # every item's encoded features, (N, ...) tensors
+        self.validation = validation
+        self.eval_batch_size = eval_batch_size
+        self._item_emb: torch.Tensor | None = None
+        self._topk: list[np.ndarray] = []
+
+    def item_embeddings(self, batch_size: int = 8192) -> torch.Tensor:
+        """All catalog items through the item tower (eval mode). -> (N, D)"""
+        n = len(next(iter(self.catalog.values())))
+        out = []
+        for s in range(0, n, batch_size):
+            out.append(self.model.item_tower({k: v[s : s + batch_size].to(self.device) for k, v in self.catalog.items()}))
+        return torch.cat(out)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        user = self.model.user_tower(batch["user"])  # (B, D)
+        item = self.model.item_tower(batch["item"])  # (B, D)
+        idx = batch["item_index"]
+        log_q = self.item_log_q[idx] if self.logq_correction else None
+        neg = neg_idx = neg_log_q = None
+        if self.uniform_negatives > 0:
+            n = self.item_log_q.shape[0]
+            neg_idx = torch.randint(0, n, (self.uniform_negatives,), device=self.device)
+            neg = self.model.item_tower({k: v[neg_idx.cpu()].to(self.device) for k, v in self.catalog.items()})
+            # uniform proposal: q = M / N for every item, on the same scale as the in-batch B * p_j
+            neg_log_q = torch.full((self.uniform_negatives,), float(np.log(self.uniform_negatives / n)), device=self.device)
+        loss = sampled_softmax_loss(user, item, idx, self.temperature, log_q, neg, neg_idx, neg_log_q)
+        self.log("train/loss", loss, prog_bar=True, batch_size=user.shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._item_emb = self.item_embeddings()
+        self._topk = []
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        users = batch.cpu().numpy()
+        x = {k: v.to(self.device) for k, v in self.validation.make_inputs(users).items()}
+        scores = (self.model.user_tower(x) @ self._item_emb.T).float().cpu().numpy()  # (B, N)
+        self._topk.append(topk_excluding(scores, self.validation.exclude[users], max(self.validation.ks)))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._topk:
+            return
+        topk = np.concatenate(self._topk)
+        m = ranking_metrics(topk, self.validation.truth[self.validation.users], self.validation.ks)
+        for k in self.validation.ks:
+            self.log(f"val/recall@{k}", m[f"recall@{k}"], prog_bar=k == max(self.validation.ks))
+            self.log(f"val/ndcg@{k}", m[f"ndcg@{k}"])
+        self._item_emb = None
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(params=self.parameters())

@@ -1,0 +1,154 @@
+"""The ``retrieval`` stage: train the towers, build the FAISS index, evaluate candidates, save artifacts.
+
+Artifacts (``<run>/artifacts/``): ``two_tower.pt`` (tower weights + build config),
+``item_embeddings.npy``, ``items.faiss`` (+ ``.json``), and the feature store (``store/``) built
+from train+valid: what the batch command and serving load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.evaluate import metrics_from_topk
+from evaluation.metrics import item_popularity, ranking_metrics, topk_excluding
+from evaluation.report import add_section, update_metrics
+from features.prepare import Prepared
+from features.store import FeatureStore
+from retrieval.index import IndexConfig, build_index, save_index
+from retrieval.retriever import Retriever
+from retrieval.towers import TwoTower, build_two_tower
+from retrieval.trainer import fit_two_tower
+
+log = logging.getLogger(__name__)
+MODEL_NAME = "two_tower"
+
+
+def history_frame(data: Prepared, part: str) -> pd.DataFrame:
+    """Known interactions when answering for ``part``: train for valid; train+valid for test."""
+    return data.split.train if part == "valid" else pd.concat([data.split.train, data.split.valid], ignore_index=True)
+
+
+def first_times(frame: pd.DataFrame, data: Prepared) -> np.ndarray:
+    """(n_users,) each user's first timestamp in ``frame`` (their offline request time), -1 if none."""
+    out = np.full(len(data.users), -1, dtype=np.int64)
+    if len(frame):
+        first = frame.groupby("user_id", sort=False)["timestamp"].min()
+        idx = data.users.lookup(first.index.to_numpy())
+        out[idx[idx >= 0]] = first.to_numpy()[idx >= 0]
+    return out
+
+
+def fill_short_lists(items: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
+    """Replace -1 (fewer candidates than k) with excluded items, which can never be hits."""
+    if (items >= 0).all():
+        return items
+    out = items.copy()
+    for r in np.flatnonzero((items < 0).any(axis=1)):
+        need = np.flatnonzero(out[r] < 0)
+        pad = exclude.indices[exclude.indptr[r] : exclude.indptr[r + 1]]
+        if len(pad) < len(need):  # not enough excluded items: any item not already listed
+            pad = np.setdiff1d(np.arange(exclude.shape[1]), out[r])
+        out[r, need] = pad[: len(need)]
+    return out
+
+
+def candidate_lists(retriever: Retriever, data: Prepared, part: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieve k candidates for every user with truth in ``part``. -> (users, items (U, k))."""
+    truth = data.valid if part == "valid" else data.test
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    part_frame = data.split.valid if part == "valid" else data.split.test
+    ts = first_times(part_frame, data)[users]
+    _, items, _ = retriever.retrieve(users, ts, k)
+    return users, fill_short_lists(items, retriever.store.seen[users])
+
+
+def load_two_tower(path: str | Path, features) -> TwoTower:
+    """Rebuild the towers from ``two_tower.pt`` and a fitted FeatureSet."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_two_tower(features, 0, **ckpt["model_cfg"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def item_embeddings(model: TwoTower, item_table: dict[str, np.ndarray], batch_size: int = 65536) -> np.ndarray:
+    """(N, D) float32 embeddings of the whole catalog."""
+    n = len(next(iter(item_table.values())))
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            out.append(model.item_tower({k: torch.as_tensor(v[s : s + batch_size]) for k, v in item_table.items()}).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def cold_item_slice(data: Prepared, users: np.ndarray, lists: dict[str, np.ndarray], ks: list[int]) -> tuple[str, dict]:
+    """How often held-out (never trained on) items are retrieved for the users who took them."""
+    cold = data.cold_item_index()
+    mask = sp.csr_matrix((np.ones(len(cold), dtype=np.float32), (cold, cold)), shape=(data.n_items, data.n_items))
+    cold_truth = (data.test[users] @ mask).tocsr()
+    keep = np.diff(cold_truth.indptr) > 0
+    rows = ["| model | " + " | ".join(f"cold recall@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    out = {}
+    for name, topk in lists.items():
+        m = ranking_metrics(topk[keep], cold_truth[keep], ks)
+        out[name] = m
+        rows.append(f"| {name} | " + " | ".join(f"{m[f'recall@{k}']:.4f}" for k in ks) + " |")
+    return (f"{len(cold)} items held out of training entirely; "
+            f"{int(keep.sum())} test users interacted with them. Recall of those items among each user's "
+            f"candidates:\n\n" + "\n".join(rows)), out
+
+
+def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progress: bool) -> Retriever:
+    """Train, index, evaluate and save; returns the test-time retriever."""
+    rc = cfg.retrieval
+    model, stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress)
+    index_cfg = IndexConfig(**OmegaConf.to_container(cfg.index, resolve=True))
+    ks = list(rc.eval_ks)
+    pop = item_popularity(data.train)
+    vectors = data.item_vectors()
+    for part in ("valid", "test"):
+        if part == "test" and rc.refit:
+            # Same protocol as the baselines: the epoch count chosen on valid, refit on train+valid.
+            model, refit_stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress,
+                                               refit_epochs=stats["best_epochs"])
+            stats["refit_seconds"] = refit_stats["fit_seconds"]
+        emb = item_embeddings(model, data.item_table)
+        index = build_index(emb, index_cfg, cfg.seed)
+        store = FeatureStore.build(data, history_frame(data, part), rc.history_len)
+        retriever = Retriever(model.user_tower, index, store, emb)
+        users, items = candidate_lists(retriever, data, part, max(ks))
+        truth = (data.valid if part == "valid" else data.test)[users]
+        m = metrics_from_topk(items, truth, ks, pop, vectors)
+        update_metrics(out_dir, MODEL_NAME, part, m)
+        log.info("%s %s: %s", MODEL_NAME, part, {k: round(v, 4) for k, v in m.items() if k.startswith(("ndcg@10", "recall"))})
+    update_metrics(out_dir, MODEL_NAME, "train", {"samples_per_second": stats["samples_per_second"],
+                                                  "fit_seconds": stats["fit_seconds"] + stats.get("refit_seconds", 0.0),
+                                                  "epochs": stats["epochs"]})
+    notes = (f"Two-tower: {stats['epochs']} epochs in {stats['fit_seconds']:.1f}s "
+             f"({stats['samples_per_second']:.0f} training samples/s), best {rc.early_stopping.monitor} "
+             f"{stats.get('best_' + rc.early_stopping.monitor, float('nan')):.4f}; index `{index_cfg.factory}`.")
+    if len(data.split.cold_items):
+        users, items = candidate_lists(retriever, data, "test", max(ks))
+        rng = np.random.default_rng(cfg.seed)
+        exclude = retriever.store.seen[users]
+        random_lists = topk_excluding(rng.random((len(users), data.n_items)), exclude, max(ks))
+        pop_lists = topk_excluding(np.tile(pop, (len(users), 1)), exclude, max(ks))
+        text, cold = cold_item_slice(data, users, {MODEL_NAME: items, "random": random_lists, "mostpop": pop_lists}, ks)
+        for name, m in cold.items():
+            update_metrics(out_dir, name, "test_cold_items", {k: v for k, v in m.items() if k.startswith("recall")})
+        add_section(out_dir, "Cold items (retrieval)", text)
+    add_section(out_dir, "Retrieval", notes)
+    art = out_dir / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
+                "history_len": rc.history_len}, art / "two_tower.pt")
+    np.save(art / "item_embeddings.npy", emb)
+    save_index(index, index_cfg, art / "items.faiss")
+    retriever.store.save(art / "store")
+    return retriever

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real Hydra config, shrunk to tiny synthetic data, CPU, no logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "configs")
+
+# Small enough for seconds on 2 cores, big enough to have structure to learn.
+TINY_DATA = [
+    "data=synthetic",
+    "data.loader.n_users=300",
+    "data.loader.n_items=400",
+    "data.loader.n_interactions=6000",
+    "data.loader.n_categories=8",
+]
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose configs/train.yaml with overrides; outputs and caches go under tmp_path."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"paths.log_dir={tmp_path}/logs",
+                f"paths.output_dir={tmp_path}/run",
+                "progress=false",
+                *(overrides or []),
+            ],
+        )
+    with open_dict(cfg):
+        cfg.overrides = list(overrides or [])
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    return compose_cfg(tmp_path, TINY_DATA)

@@ -1,0 +1,111 @@
+"""MovieLens routes (local GroupLens / RecBole layouts, the package-index wheel) and custom tables."""
+
+import zipfile
+
+import pandas as pd
+import pytest
+
+from features.custom import load_tables
+from features.movielens import GENRES, RECBOLE_PREFIX, RECBOLE_WHEEL, load_movielens
+from features.schema import DataError
+
+
+def _write_grouplens(d):
+    d.mkdir()
+    (d / "u.data").write_text("1\t10\t5\t881250949\n2\t10\t3\t881250950\n2\t20\t4\t881250951\n")
+    flags = ["0"] * len(GENRES)
+    f1 = flags.copy(); f1[GENRES.index("Comedy")] = "1"; f1[GENRES.index("Drama")] = "1"
+    f2 = flags.copy(); f2[GENRES.index("Action")] = "1"
+    (d / "u.item").write_text(
+        "10|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(f1) + "\n"
+        "20|GoldenEye (1995)|01-Jan-1995||http://x|" + "|".join(f2) + "\n"
+    )
+    (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+
+
+def _atomic_files():
+    return {
+        "inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t5\t881250949\n2\t10\t3\t881250950\n2\t20\t4\t881250951\n",
+        "item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n10\tToy Story\t1995\tComedy Drama\n20\tGoldenEye\t1995\tAction\n",
+        "user": "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n",
+    }
+
+
+def test_grouplens_and_recbole_layouts_agree(tmp_path):
+    _write_grouplens(tmp_path / "gl")
+    (tmp_path / "rb").mkdir()
+    for k, text in _atomic_files().items():
+        (tmp_path / "rb" / f"ml-100k.{k}").write_text(text)
+    a = load_movielens(source="dir", path=str(tmp_path / "gl"))
+    b = load_movielens(source="dir", path=str(tmp_path / "rb"))
+    for t in ("interactions", "items", "users"):
+        pd.testing.assert_frame_equal(getattr(a, t), getattr(b, t), check_dtype=False)
+    assert a.items.set_index("item_id").loc["10", "genres"] == "Comedy|Drama"
+    assert a.items.set_index("item_id").loc["10", "title"] == "Toy Story"
+    assert set(a.meta["sha256"]) == {"u.data", "u.item", "u.user"}
+
+
+def test_cached_wheel_is_read_without_network(tmp_path):
+    # A wheel already in the cache is used as is: build a tiny fake one with the same layout.
+    with zipfile.ZipFile(tmp_path / RECBOLE_WHEEL, "w") as z:
+        for k, text in _atomic_files().items():
+            z.writestr(RECBOLE_PREFIX + k, text)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        load_movielens(source="pypi", cache_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_real_movielens_from_package_index(tmp_path_factory):
+    ds = load_movielens(source="pypi")  # shared user cache; fetched from the package index once
+    assert len(ds.interactions) == 100_000
+    assert ds.interactions["user_id"].nunique() == 943
+    assert len(ds.items) == 1682
+    assert set(ds.users.columns) >= {"user_id", "age", "gender", "occupation"}
+
+
+def test_movielens_bad_sources(tmp_path):
+    with pytest.raises(DataError, match="unknown MovieLens source 'ftp'"):
+        load_movielens(source="ftp")
+    with pytest.raises(DataError, match="needs data.path"):
+        load_movielens(source="dir")
+    with pytest.raises(DataError, match="does not exist"):
+        load_movielens(source="dir", path=str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="neither the GroupLens layout"):
+        load_movielens(source="dir", path=str(tmp_path / "empty"))
+
+
+def test_custom_csv_and_parquet_with_column_mapping(tmp_path):
+    inter = pd.DataFrame({"customer": [1, 2, 2], "sku": ["x", "x", "y"], "ts": [5, 6, 7], "weight": [1.0, 2.0, 1.0]})
+    inter.to_csv(tmp_path / "i.csv", index=False)
+    pd.DataFrame({"sku": ["x", "y"], "color": ["red", "blue"]}).to_parquet(tmp_path / "items.parquet")
+    ds = load_tables(
+        str(tmp_path / "i.csv"),
+        items=str(tmp_path / "items.parquet"),
+        columns={"user_id": "customer", "item_id": "sku", "timestamp": "ts"},
+    )
+    assert ds.interactions["user_id"].tolist() == ["1", "2", "2"]
+    assert ds.interactions["weight"].tolist() == [1.0, 2.0, 1.0]
+    assert ds.items.set_index("item_id").loc["y", "color"] == "blue"
+    assert sorted(ds.users["user_id"]) == ["1", "2"]
+
+
+def test_custom_bad_files(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_tables(str(tmp_path / "missing.csv"))
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_tables(str(tmp_path / "empty.csv"))
+    (tmp_path / "header_only.csv").write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(DataError, match="interactions table is empty"):
+        load_tables(str(tmp_path / "header_only.csv"))
+    pd.DataFrame({"user": [1], "item_id": ["a"], "timestamp": [1]}).to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(DataError, match=r"no column 'user_id'.*data.columns.user_id"):
+        load_tables(str(tmp_path / "c.csv"))
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(DataError, match="unsupported extension"):
+        load_tables(str(tmp_path / "x.json"))
+    pd.DataFrame({"user_id": [1], "item_id": ["a"], "timestamp": [1]}).to_csv(tmp_path / "ok.csv", index=False)
+    pd.DataFrame({"item_id": ["a", "a"]}).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(DataError, match="duplicate item_id"):
+        load_tables(str(tmp_path / "ok.csv"), items=str(tmp_path / "dup.csv"))

@@ -1,0 +1,85 @@
+"""Hydra entry point: ``python train.py [stage=<stage>] [overrides]``.
+
+Stages: baselines | retrieval | all. ``train(cfg)`` is plain and typed so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.report import read_metrics, write_report
+from evaluation.stage import run_baselines
+from features.prepare import prepare
+from features.schema import DataError
+from retrieval.stage import run_retrieval
+
+log = logging.getLogger("train")
+STAGES = ("baselines", "retrieval")
+
+
+def _stages(stage: str) -> list[str]:
+    if stage == "all":
+        return list(STAGES)
+    if stage not in STAGES:
+        raise DataError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}, all.")
+    return [stage]
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    """Instantiate every configured logger (``configs/logger``); an empty list means none."""
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    for lg in loggers:
+        log.info("logger: %s", type(lg).__name__)
+    return loggers
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run the configured stage(s); returns the run's metrics (also in ``<output_dir>/metrics.json``)."""
+    stages = _stages(cfg.stage)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("output dir: %s", out_dir)
+    t0 = time.time()
+    data = prepare(cfg)
+    data.save_artifacts(out_dir / "artifacts")
+    log.info("data prepared in %.1fs", time.time() - t0)
+    for stage in stages:
+        t = time.time()
+        if stage == "baselines":
+            run_baselines(data, cfg.baselines, cfg.eval, out_dir, cfg.progress)
+        elif stage == "retrieval":
+            run_retrieval(data, cfg, out_dir, make_loggers(cfg), cfg.progress)
+        log.info("stage %s done in %.1fs", stage, time.time() - t)
+    header = (
+        f"Dataset: {data.dataset.summary()}. Split: {data.split.name} {data.split.sizes()}.\n\n"
+        f"Command: `python train.py {' '.join(cfg.get('overrides', []) or [])}`"
+    )
+    path = write_report(out_dir, f"Run report: {cfg.data.name}", header)
+    log.info("report: %s", path)
+    return read_metrics(out_dir)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    OmegaConf.set_struct(cfg, False)
+    cfg.overrides = list(HydraConfig.get().overrides.task)
+    metrics = train(cfg)
+    print(_summary_table(metrics))
+
+
+def _summary_table(metrics: dict[str, float]) -> str:
+    from evaluation.report import metrics_table
+
+    return "\n" + metrics_table(metrics, "test", ["ndcg@10", "recall@10", "recall@20", "hr@10", "coverage@10"])
+
+
+if __name__ == "__main__":
+    main()
