@@ -18,6 +18,13 @@ TINY_DATA = [
     "data.loader.n_items=400",
     "data.loader.n_interactions=6000",
     "data.loader.n_categories=8",
+    "logger=csv",
+    "trainer=cpu",
+    "trainer.max_epochs=2",
+    "retrieval.batch_size=256",
+    "retrieval.history_len=20",
+    "retrieval.eval_ks=[10,50]",
+    "eval.ks=[10,20]",
 ]
 
 
@@ -43,3 +50,11 @@ def compose_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfi
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     return compose_cfg(tmp_path, TINY_DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """Prepared tiny synthetic data, shared by tests that only read it."""
+    from features.prepare import prepare
+
+    return prepare(compose_cfg(tmp_path_factory.mktemp("prep"), TINY_DATA))

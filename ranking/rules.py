@@ -1,0 +1,324 @@
+"""Business rules: pure post-processing of one request's ranked candidates.
+
+Every rule is a function ``rule(items, scores, catalog, ctx, **params) -> (items, scores)`` over
+numpy arrays: ``items`` (C,) int64 catalog indices and ``scores`` (C,) float32. Filters and caps
+keep the order they are given; rules that reorder (``boost``, ``mmr``) sort by score, ties by
+lower item index. No rule draws random numbers, so the output depends only on the inputs
+(``ctx.seed`` is carried for future rules that need randomness; none does today).
+
+Rules are configured and chained by :class:`ranking.rule_config.RuleSet` (configs/rules/*.yaml).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.vocab import IdVocab
+
+Admit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ItemCatalog:
+    """Item data the rules read, indexed by dense catalog index 0..N-1.
+
+    Attributes:
+        categories: (N, M) int64 category codes; 0 is padding. The first non-zero code of a row
+            is the item's primary category (used by ``category_cap``).
+        category_names: code -> name; index 0 is ``"<none>"``.
+        vectors: (N, F) item embeddings for MMR and content backfill; rows are L2-normalised on
+            construction (zero rows stay zero).
+        popularity: (N,) interaction counts (global backfill).
+        item_ids: (N,) external string ids (block/allow lists, request exclusions).
+        segment_popularity: segment name -> (N,) counts, for per-segment backfill.
+    """
+
+    categories: np.ndarray
+    category_names: list[str]
+    vectors: np.ndarray
+    popularity: np.ndarray
+    item_ids: np.ndarray
+    segment_popularity: dict[str, np.ndarray] = field(default_factory=dict)
+    primary: np.ndarray = field(init=False, repr=False)  # (N,) first non-zero code, 0 if none
+    _ids: IdVocab = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.categories = np.asarray(self.categories, dtype=np.int64)
+        if self.categories.ndim == 1:
+            self.categories = self.categories[:, None]
+        n = len(self.categories)
+        v = np.asarray(self.vectors, dtype=np.float32).reshape(n, -1)
+        norm = np.linalg.norm(v, axis=1, keepdims=True)
+        self.vectors = v / np.where(norm > 0, norm, 1.0)
+        self.popularity = np.asarray(self.popularity, dtype=np.float64)
+        self.segment_popularity = {s: np.asarray(p, dtype=np.float64) for s, p in self.segment_popularity.items()}
+        for name, arr in [("popularity", self.popularity), ("item_ids", self.item_ids),
+                          *((f"segment_popularity[{s!r}]", p) for s, p in self.segment_popularity.items())]:
+            if len(arr) != n:
+                raise ValueError(f"ItemCatalog.{name} has {len(arr)} rows but categories has {n}; give one per item.")
+        top = int(self.categories.max(initial=0))
+        if self.categories.min(initial=0) < 0 or top >= len(self.category_names):
+            raise ValueError(f"ItemCatalog.categories holds codes up to {top} but category_names has "
+                             f"{len(self.category_names)} names; codes must lie in 0..len(category_names)-1.")
+        self._ids = IdVocab(self.item_ids)
+        first = (self.categories != 0).argmax(axis=1)
+        self.primary = self.categories[np.arange(n), first] if n else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.categories)
+
+    @classmethod
+    def from_store(cls, store, vectors: np.ndarray, category_feature: str) -> "ItemCatalog":
+        """Catalog from a :class:`features.store.FeatureStore` and item-tower embeddings.
+
+        ``category_feature`` names a categorical or multi-categorical item feature (e.g.
+        ``genres``); its encoded codes are used as they are, so the reserved out-of-vocabulary
+        code of a multi-categorical feature is named ``"<unknown>"``.
+        """
+        enc = store.features.encoders["item"][category_feature]
+        reserved = ["<none>"] if enc.spec.kind == "categorical" else ["<none>", "<unknown>"]
+        return cls(store.item_table[category_feature], reserved + list(enc.state["vocab"]), vectors,
+                   store.popularity, store.items.ids)
+
+    def item_indices(self, values: Sequence | np.ndarray) -> np.ndarray:
+        """External string ids, or int catalog indices, -> int64 indices; unknown ones are dropped."""
+        arr = np.asarray(values)
+        if arr.size == 0:
+            return np.zeros(0, np.int64)
+        idx = arr.astype(np.int64) if arr.dtype.kind in "iu" else self._ids.lookup(arr.ravel())
+        return idx[(idx >= 0) & (idx < len(self))]
+
+    def category_codes(self, values: Sequence) -> np.ndarray:
+        """Category names (str) or codes (int) -> int64 codes.
+
+        Raises:
+            ValueError: a name or code that is not a category of this catalog.
+        """
+        codes = []
+        for v in values:
+            code = self.category_names.index(v) if isinstance(v, str) and v in self.category_names else v
+            if isinstance(code, str) or not 0 < int(code) < len(self.category_names):
+                raise ValueError(f"unknown category {v!r}; known: {', '.join(self.category_names[1:])}.")
+            codes.append(int(code))
+        return np.asarray(codes, dtype=np.int64)
+
+
+class ExposureTracker:
+    """Impressions per item over the last ``window`` served items (a ring buffer).
+
+    State lives with the caller (one tracker per serving process); ``exposure_cap`` reads it and
+    the caller calls :meth:`record` with what it served.
+    """
+
+    def __init__(self, n_items: int, window: int):
+        self.window = int(window)
+        self.counts = np.zeros(n_items, dtype=np.int64)  # (N,) impressions in the window
+        self._ring = np.full(self.window, -1, dtype=np.int64)
+        self._pos = 0
+
+    def record(self, items: np.ndarray) -> None:
+        """Add served items, evicting the oldest impressions beyond the window."""
+        items = np.asarray(items, dtype=np.int64)[-self.window:]
+        slots = (self._pos + np.arange(len(items))) % self.window
+        old = self._ring[slots]
+        np.subtract.at(self.counts, old[old >= 0], 1)
+        np.add.at(self.counts, items, 1)
+        self._ring[slots] = items
+        self._pos = (self._pos + len(items)) % self.window
+
+    def share(self, items: np.ndarray) -> np.ndarray:
+        """Share of the window each item takes (count / window; lenient while it fills up)."""
+        return self.counts[items] / self.window
+
+
+@dataclass
+class RequestContext:
+    """What one request carries besides its candidates.
+
+    Item lists take external string ids or int catalog indices; category lists take names or
+    codes. ``exposure`` is the caller's tracker (None: nothing to cap, e.g. offline evaluation).
+    """
+
+    seen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    exclude_items: Sequence = ()
+    include_categories: Sequence = ()
+    exclude_categories: Sequence = ()
+    segment: str | None = None
+    recent_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    promoted: Sequence = ()
+    seed: int = 0
+    exposure: ExposureTracker | None = None
+
+
+def sort_by_score(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best first; ties go to the lower item index."""
+    order = np.lexsort((items, -scores.astype(np.float64)))
+    return items[order], scores[order]
+
+
+def _keep(items, scores, mask):
+    return items[mask], scores[mask]
+
+
+def _category_mask(catalog, items, include, exclude) -> np.ndarray:
+    """Items with any category in ``include`` (when given) and none in ``exclude``."""
+    cats = catalog.categories[items]  # (C, M)
+    mask = np.ones(len(items), dtype=bool)
+    if len(include):
+        mask &= np.isin(cats, catalog.category_codes(include)).any(axis=1)
+    if len(exclude):
+        mask &= ~np.isin(cats, catalog.category_codes(exclude)).any(axis=1)
+    return mask
+
+
+def request_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext):
+    """The request's own filters, always applied: ``exclude_items`` and category include/exclude."""
+    mask = ~np.isin(items, catalog.item_indices(ctx.exclude_items))
+    return _keep(items, scores, mask & _category_mask(catalog, items, ctx.include_categories, ctx.exclude_categories))
+
+
+def exclude_seen(items, scores, catalog: ItemCatalog, ctx: RequestContext):
+    """Drop items the user has already seen (``ctx.seen``)."""
+    return _keep(items, scores, ~np.isin(items, ctx.seen))
+
+
+def block_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
+    """Drop items whose external id is in ``ids`` (ids not in the catalog are ignored)."""
+    return _keep(items, scores, ~np.isin(items, catalog.item_indices(ids)))
+
+
+def allow_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
+    """Keep only items whose external id is in ``ids``; an empty list allows everything."""
+    return (items, scores) if not len(ids) else _keep(items, scores, np.isin(items, catalog.item_indices(ids)))
+
+
+def category_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, include: Sequence, exclude: Sequence):
+    """Keep items with any category in ``include`` (empty: all) and none in ``exclude``."""
+    return _keep(items, scores, _category_mask(catalog, items, include, exclude))
+
+
+def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_per_category: int):
+    """Keep at most ``max_per_category`` items per primary category: the best-scoring ones.
+
+    Items without a category are not capped; survivors keep their input order.
+    """
+    order = np.lexsort((items, -scores.astype(np.float64)))
+    prim = catalog.primary[items[order]]  # best first
+    by_cat = np.argsort(prim, kind="stable")
+    grouped = prim[by_cat]
+    starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1] if len(grouped) else np.zeros(0, int)
+    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
+    ok = np.empty(len(items), dtype=bool)
+    ok[order[by_cat]] = (grouped == 0) | (rank < max_per_category)
+    return _keep(items, scores, ok)
+
+
+def exposure_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_share: float, window: int):
+    """Drop items that already hold ``max_share`` of the last ``window`` impressions.
+
+    An item with ``count`` impressions is kept only while ``count + 1 <= max_share * window``, so
+    serving it never pushes its share past ``max_share``. No tracker in ``ctx``: nothing to cap.
+
+    Raises:
+        ValueError: the tracker counts a different window than the rule is configured for.
+    """
+    if ctx.exposure is None:
+        return items, scores
+    if ctx.exposure.window != window:
+        raise ValueError(f"exposure_cap is configured for window={window} but the tracker counts "
+                         f"{ctx.exposure.window}; build it with RuleSet.make_tracker(n_items).")
+    limit = np.floor(max_share * window + 1e-9)
+    return _keep(items, scores, ctx.exposure.counts[items] < limit)
+
+
+def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str], amount: float,
+          max_boost: float):
+    """Add ``min(amount, max_boost)`` to the scores of promoted items, then sort by score.
+
+    Promoted items are ``ids`` (external ids from config) plus ``ctx.promoted``. The boost is
+    additive in score units and bounded: no item gains more than ``max_boost``.
+    """
+    promoted = np.union1d(catalog.item_indices(ids), catalog.item_indices(ctx.promoted))
+    bump = np.float32(min(amount, max_boost))
+    return sort_by_score(items, np.where(np.isin(items, promoted), scores + bump, scores).astype(np.float32))
+
+
+def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float):
+    """Maximal marginal relevance: greedily reorder for relevance and diversity.
+
+    Each step takes the item maximising ``lambda_ * rel - (1 - lambda_) * max_sim``, where ``rel``
+    is the score min-max normalised within the list and ``max_sim`` the highest cosine similarity
+    to an item already taken. Ties go to the higher score, then the lower item index. Scores are
+    returned unchanged, in the new order.
+    """
+    items, scores = sort_by_score(items, scores)
+    if len(items) < 2:
+        return items, scores
+    s = scores.astype(np.float64)
+    rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
+    vec = catalog.vectors[items]  # (C, F)
+    sim = vec @ vec.T  # (C, C)
+    max_sim = np.zeros(len(items))
+    taken = np.zeros(len(items), dtype=bool)
+    picks = []
+    for _ in range(len(items)):
+        value = np.where(taken, -np.inf, lambda_ * rel - (1.0 - lambda_) * max_sim)
+        j = int(np.argmax(value))  # first maximum = best score, lower index (list is sorted)
+        picks.append(j)
+        taken[j] = True
+        max_sim = np.maximum(max_sim, sim[j])
+    return items[picks], scores[picks]
+
+
+def backfill_source(catalog: ItemCatalog, ctx: RequestContext, source: str) -> tuple[str, np.ndarray]:
+    """The source backfill really uses and its (N,) item scores.
+
+    ``content``: cosine to the mean vector of ``ctx.recent_items``; a request with no recent
+    items falls back to ``popularity``: the segment's counts when ``ctx.segment`` is known to the
+    catalog, else global counts.
+    """
+    recent = np.asarray(ctx.recent_items, dtype=np.int64)
+    recent = recent[(recent >= 0) & (recent < len(catalog))]
+    if source == "content" and len(recent):
+        return "content", catalog.vectors @ catalog.vectors[recent].mean(axis=0)
+    return "popularity", catalog.segment_popularity.get(ctx.segment, catalog.popularity)
+
+
+def _top(values: np.ndarray, allowed: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the ``m`` best allowed values, best first, ties to the lower index."""
+    idx = np.flatnonzero(allowed)
+    v = values[idx]
+    if m < len(idx):
+        cut = v >= np.partition(v, len(v) - m)[len(v) - m]
+        idx, v = idx[cut], v[cut]
+    return idx[np.lexsort((idx, -v))][:m]
+
+
+def backfill(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, source: str, k: int,
+             admit: Admit | None = None):
+    """Top up a list shorter than ``k`` from popularity or content similarity.
+
+    Backfill items skip the list's items and ``ctx.seen``, must pass ``admit`` (the rule set's
+    filters and caps, applied to the whole list, which must keep the list's order) and come
+    after every listed item with scores below them (``min(scores) - 1, - 2, ...``: order only).
+    """
+    if len(items) >= k:
+        return items, scores
+    _, value = backfill_source(catalog, ctx, source)
+    blocked = np.zeros(len(catalog), dtype=bool)
+    blocked[items] = True
+    blocked[catalog.item_indices(np.asarray(ctx.seen, dtype=np.int64))] = True
+    floor = float(scores.min()) if len(scores) else 0.0
+    m = min(len(catalog), 4 * k)
+    while True:
+        pool = _top(value, ~blocked, m)
+        out_items = np.concatenate([items, pool]).astype(np.int64)
+        out_scores = np.concatenate([scores, floor - 1.0 - np.arange(len(pool))]).astype(np.float32)
+        if admit is not None:
+            out_items, out_scores = admit(out_items, out_scores)
+        if len(out_items) >= k or m >= len(catalog):
+            return out_items[:k], out_scores[:k]
+        m = min(len(catalog), 4 * m)
