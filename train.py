@@ -1,6 +1,6 @@
 """Hydra entry point: ``python train.py [stage=<stage>] [overrides]``.
 
-Stages: baselines | retrieval | all. ``train(cfg)`` is plain and typed so tests call it directly.
+Stages: baselines | retrieval | ranking | all. ``train(cfg)`` is plain and typed so tests call it directly.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.report import read_metrics, write_report
+from evaluation.plots import write_plots
+from evaluation.report import add_section, read_metrics, write_report
 from evaluation.stage import run_baselines
 from features.prepare import prepare
 from features.schema import DataError
+from ranking.stage import run_ranking
 from retrieval.stage import run_retrieval
 
 log = logging.getLogger("train")
-STAGES = ("baselines", "retrieval")
+STAGES = ("baselines", "retrieval", "ranking")
+# What each stage needs to have run first in the same invocation.
+NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"]}
 
 
 def _stages(stage: str) -> list[str]:
@@ -28,7 +32,7 @@ def _stages(stage: str) -> list[str]:
         return list(STAGES)
     if stage not in STAGES:
         raise DataError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}, all.")
-    return [stage]
+    return NEEDS[stage] + [stage]
 
 
 def make_loggers(cfg: DictConfig) -> list:
@@ -49,17 +53,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = prepare(cfg)
     data.save_artifacts(out_dir / "artifacts")
     log.info("data prepared in %.1fs", time.time() - t0)
+    loggers = make_loggers(cfg)
+    retrieval = None
     for stage in stages:
         t = time.time()
         if stage == "baselines":
             run_baselines(data, cfg.baselines, cfg.eval, out_dir, cfg.progress)
         elif stage == "retrieval":
-            run_retrieval(data, cfg, out_dir, make_loggers(cfg), cfg.progress)
+            retrieval = run_retrieval(data, cfg, out_dir, loggers, cfg.progress)
+        elif stage == "ranking":
+            run_ranking(data, cfg, retrieval, out_dir, loggers, cfg.progress)
         log.info("stage %s done in %.1fs", stage, time.time() - t)
     header = (
         f"Dataset: {data.dataset.summary()}. Split: {data.split.name} {data.split.sizes()}.\n\n"
         f"Command: `python train.py {' '.join(cfg.get('overrides', []) or [])}`"
     )
+    plots = write_plots(out_dir, data.test)
+    if plots:
+        add_section(out_dir, "Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots))
     path = write_report(out_dir, f"Run report: {cfg.data.name}", header)
     log.info("report: %s", path)
     return read_metrics(out_dir)

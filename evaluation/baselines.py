@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
+from features.cooccurrence import item_cosine_similarity
+
 
 @runtime_checkable
 class Recommender(Protocol):
@@ -96,32 +98,9 @@ class ItemKNN(_Fitted):
         self.k_neighbors, self.shrink, self.block_size = int(k_neighbors), float(shrink), int(block_size)
 
     def fit(self, train: sp.spmatrix) -> "ItemKNN":
-        x = self.train_ = binarize(train)  # (U, N)
-        n_items = x.shape[1]
-        xc = x.tocsc()
-        norms = np.sqrt(np.diff(xc.indptr).astype(np.float64))  # (N,) sqrt(|U_i|)
-        rows, cols, vals = [], [], []
-        for start in range(0, n_items, self.block_size):
-            stop = min(start + self.block_size, n_items)
-            co = (xc[:, start:stop].T.tocsr() @ x).tocsr()  # (b, N) co-occurrence counts
-            co.sort_indices()
-            target = np.repeat(np.arange(start, stop), np.diff(co.indptr))  # (nnz,)
-            sim = co.data / (norms[target] * norms[co.indices] + self.shrink)
-            keep = (co.indices != target) & (sim > 0)  # no self-similarity
-            target, neigh, sim = target[keep], co.indices[keep], sim[keep]
-            order = np.lexsort((-sim, target))  # per target, similarity desc (stable: index asc)
-            target, neigh, sim = target[order], neigh[order], sim[order]
-            first = np.searchsorted(target, target, side="left")
-            top = np.arange(target.size) - first < self.k_neighbors
-            rows.append(neigh[top])
-            cols.append(target[top])
-            vals.append(sim[top].astype(np.float32))
+        self.train_ = binarize(train)  # (U, N)
         # sim_[i, j] = similarity of neighbour i to target item j; user row @ sim_ sums over history.
-        self.sim_ = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n_items, n_items),
-            dtype=np.float32,
-        )
+        self.sim_ = item_cosine_similarity(self.train_, self.k_neighbors, self.shrink, self.block_size)
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
 METRICS_FILE = "metrics.json"
 SECTIONS_FILE = "report_sections.json"
 REPORT_FILE = "report.md"
@@ -36,6 +38,19 @@ def update_metrics(out_dir: str | Path, model: str, split: str, values: dict[str
     metrics.update({f"{model}/{split}/{k}": float(v) for k, v in values.items()})
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
+
+
+def save_lists(out_dir: str | Path, model: str, users: np.ndarray, items: np.ndarray) -> None:
+    """Keep a model's test top-K lists (``lists/<model>.npz``) for the report's plots."""
+    d = Path(out_dir) / "lists"
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez(d / f"{model}.npz", users=users, items=items)
+
+
+def load_lists(out_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every saved model's (users, items) test lists."""
+    d = Path(out_dir) / "lists"
+    return {p.stem: (z["users"], z["items"]) for p in sorted(d.glob("*.npz")) for z in [np.load(p)]}
 
 
 def add_section(out_dir: str | Path, title: str, body: str) -> None:

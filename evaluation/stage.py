@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from evaluation.evaluate import evaluate_scorer, select_by_validation
 from evaluation.metrics import item_popularity
-from evaluation.report import add_section, update_metrics
+from evaluation.report import add_section, save_lists, update_metrics
 from features.prepare import Prepared
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ def run_baselines(data: Prepared, baselines: DictConfig, eval_cfg: DictConfig, o
         valid = evaluate_model(model.score, data, "valid", ks, eval_cfg.batch_size, progress=False)
         update_metrics(out_dir, name, "valid", valid)
         model = factory(best).fit(data.history("test"))
-        test = evaluate_model(model.score, data, "test", ks, eval_cfg.batch_size, progress=progress)
+        test, topk, users = evaluate_model(model.score, data, "test", ks, eval_cfg.batch_size, progress=progress,
+                                           return_topk=True)
         update_metrics(out_dir, name, "test", test)
+        save_lists(out_dir, name, users, topk)
         log.info("%s test ndcg@10=%.4f recall@10=%.4f", name, test.get("ndcg@10", float("nan")), test.get("recall@10", float("nan")))
         results[name] = test
     add_section(

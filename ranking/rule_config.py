@@ -95,7 +95,7 @@ def _check_value(v, p: Param, name: str, at: str):
         if v not in p.choices:
             raise RuleConfigError(f"{at} = {v!r} is not one of: {', '.join(p.choices)}.")
         return v
-    if not isinstance(v, (list, tuple)) or any(isinstance(x, (bool, float)) or not isinstance(x, (str, int)) for x in v):
+    if not isinstance(v, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, (str, int)) for x in v):
         raise RuleConfigError(f"{at} = {v!r} is not a list of {'ids' if p.kind == 'ids' else 'names'}; "
                               f"write e.g. {p.example} (or [] for none).")
     # YAML reads `ids: [50]` as a number; external ids are strings, so 50 means "50".
@@ -267,5 +267,6 @@ class RuleSet:
         items, scores = items[:k], scores[:k]
         is_ranked = np.ones(len(items), bool) if ranked is None else np.isin(items, ranked)
         is_boosted = np.isin(items, boosted)
-        reasons = [("boosted" if b else "ranked") if rk else f"backfill:{source}" for rk, b in zip(is_ranked, is_boosted)]
+        reasons = [("boosted" if b else "ranked") if rk else f"backfill:{source}"
+                   for rk, b in zip(is_ranked, is_boosted)]
         return items, scores, reasons

@@ -21,7 +21,7 @@ from features.vocab import IdVocab
 Admit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-@dataclass
+@dataclass(eq=False)
 class ItemCatalog:
     """Item data the rules read, indexed by dense catalog index 0..N-1.
 

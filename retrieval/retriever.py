@@ -13,20 +13,36 @@ from features.store import FeatureStore
 from retrieval.index import search
 
 
-class Retriever:
-    """A user tower, an item index and the feature store that feeds them."""
+class TorchModel:
+    """Adapts an ``nn.Module`` taking a dict of tensors to numpy in, numpy out (eval mode)."""
 
-    def __init__(self, user_tower: torch.nn.Module, index, store: FeatureStore, item_embeddings: np.ndarray):
-        self.user_tower = user_tower.eval()
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        out = self.module({k: torch.as_tensor(v) for k, v in inputs.items()})
+        if isinstance(out, tuple):
+            return tuple(o.float().numpy() for o in out)
+        return out.float().numpy()
+
+
+class Retriever:
+    """A user encoder, an item index and the feature store that feeds them.
+
+    ``user_encoder`` maps user-tower inputs (dict of numpy arrays) to (B, D) query embeddings: the
+    PyTorch tower offline (:class:`TorchModel`), an onnxruntime session or a Triton call online.
+    """
+
+    def __init__(self, user_encoder, index, store: FeatureStore, item_embeddings: np.ndarray):
+        self.user_encoder = TorchModel(user_encoder) if isinstance(user_encoder, torch.nn.Module) else user_encoder
         self.index = index
         self.store = store
         self.item_embeddings = item_embeddings  # (N, D), for exact re-scoring and the ranker
 
-    @torch.no_grad()
     def embed_users(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """User-tower inputs -> (B, D) float32 query embeddings."""
-        x = {k: torch.as_tensor(v) for k, v in inputs.items()}
-        return self.user_tower(x).float().numpy()
+        return np.asarray(self.user_encoder(inputs), dtype=np.float32)
 
     def search(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per query, skipping each row's excluded items.

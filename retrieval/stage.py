@@ -8,6 +8,7 @@ from train+valid: what the batch command and serving load.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.evaluate import metrics_from_topk
 from evaluation.metrics import item_popularity, ranking_metrics, topk_excluding
-from evaluation.report import add_section, update_metrics
+from evaluation.report import add_section, save_lists, update_metrics
 from features.prepare import Prepared
 from features.store import FeatureStore
 from retrieval.index import IndexConfig, build_index, save_index
 from retrieval.retriever import Retriever
-from retrieval.towers import TwoTower, build_two_tower
+from retrieval.towers import TwoTower
 from retrieval.trainer import fit_two_tower
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ def candidate_lists(retriever: Retriever, data: Prepared, part: str, k: int) -> 
     return users, fill_short_lists(items, retriever.store.seen[users])
 
 
-def load_two_tower(path: str | Path, features) -> TwoTower:
-    """Rebuild the towers from ``two_tower.pt`` and a fitted FeatureSet."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_two_tower(features, 0, **ckpt["model_cfg"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
 def item_embeddings(model: TwoTower, item_table: dict[str, np.ndarray], batch_size: int = 65536) -> np.ndarray:
     """(N, D) float32 embeddings of the whole catalog."""
     n = len(next(iter(item_table.values())))
@@ -104,19 +97,45 @@ def cold_item_slice(data: Prepared, users: np.ndarray, lists: dict[str, np.ndarr
             f"candidates:\n\n" + "\n".join(rows)), out
 
 
-def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progress: bool) -> Retriever:
-    """Train, index, evaluate and save; returns the test-time retriever."""
+def refit_two_tower(data: Prepared, cfg: DictConfig, model: TwoTower, stats: dict, logger, out_dir: Path,
+                    progress: bool) -> tuple[TwoTower, dict]:
+    """``scratch``: retrain on train+valid for the best epoch count; ``finetune``: continue the
+    trained model on train+valid for ``refit.epochs`` epochs (keeps its embedding space)."""
+    rc = cfg.retrieval
+    if rc.refit.mode == "scratch":
+        return fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, refit_epochs=stats["best_epochs"])
+    if rc.refit.mode == "finetune":
+        return fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, refit_epochs=rc.refit.epochs,
+                             init_state=model.state_dict())
+    raise ValueError(f"retrieval.refit.mode={rc.refit.mode!r}; use none, scratch or finetune")
+
+
+@dataclass
+class RetrievalResult:
+    """What later stages need: per split part, the model that may answer it and its retriever.
+
+    ``retrievers["valid"]`` never saw the validation split (the ranker trains on its candidates);
+    ``retrievers["test"]`` is the (refit) model that answers test requests and is served.
+    """
+
+    models: dict[str, TwoTower]
+    retrievers: dict[str, Retriever]
+    stats: dict
+
+
+def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progress: bool) -> RetrievalResult:
+    """Train, index, evaluate and save; returns the models and retrievers of each split part."""
     rc = cfg.retrieval
     model, stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress)
     index_cfg = IndexConfig(**OmegaConf.to_container(cfg.index, resolve=True))
     ks = list(rc.eval_ks)
     pop = item_popularity(data.train)
     vectors = data.item_vectors()
+    result = RetrievalResult({}, {}, stats)
     for part in ("valid", "test"):
-        if part == "test" and rc.refit:
-            # Same protocol as the baselines: the epoch count chosen on valid, refit on train+valid.
-            model, refit_stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress,
-                                               refit_epochs=stats["best_epochs"])
+        if part == "test" and rc.refit.mode != "none":
+            # Same protocol as the baselines: chosen on valid, refit on train+valid.
+            model, refit_stats = refit_two_tower(data, cfg, model, stats, logger, out_dir, progress)
             stats["refit_seconds"] = refit_stats["fit_seconds"]
         emb = item_embeddings(model, data.item_table)
         index = build_index(emb, index_cfg, cfg.seed)
@@ -126,6 +145,9 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
         truth = (data.valid if part == "valid" else data.test)[users]
         m = metrics_from_topk(items, truth, ks, pop, vectors)
         update_metrics(out_dir, MODEL_NAME, part, m)
+        result.models[part], result.retrievers[part] = model, retriever
+        if part == "test":
+            save_lists(out_dir, MODEL_NAME, users, items)
         log.info("%s %s: %s", MODEL_NAME, part, {k: round(v, 4) for k, v in m.items() if k.startswith(("ndcg@10", "recall"))})
     update_metrics(out_dir, MODEL_NAME, "train", {"samples_per_second": stats["samples_per_second"],
                                                   "fit_seconds": stats["fit_seconds"] + stats.get("refit_seconds", 0.0),
@@ -151,4 +173,4 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
     np.save(art / "item_embeddings.npy", emb)
     save_index(index, index_cfg, art / "items.faiss")
     retriever.store.save(art / "store")
-    return retriever
+    return result

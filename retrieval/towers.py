@@ -10,6 +10,8 @@ Small blocks first, the towers last.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -156,3 +158,11 @@ def build_two_tower(features, n_item_codes: int, emb_dim: int, hidden: list[int]
     user = UserTower(features.specs["user"], features.specs["context"], card, item.id_table, emb_dim, hidden, out_dim,
                      dropout, user_id_dropout, history_dropout)
     return TwoTower(user, item)
+
+
+def load_two_tower(path: str | Path, features) -> TwoTower:
+    """Rebuild the towers from ``two_tower.pt`` and a fitted FeatureSet."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_two_tower(features, 0, **ckpt["model_cfg"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

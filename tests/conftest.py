@@ -58,3 +58,13 @@ def tiny_prepared(tmp_path_factory):
     from features.prepare import prepare
 
     return prepare(compose_cfg(tmp_path_factory.mktemp("prep"), TINY_DATA))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete trained run (retrieval + ranking) on tiny synthetic data; its run directory."""
+    from train import train
+
+    d = tmp_path_factory.mktemp("tiny_run")
+    train(compose_cfg(d, TINY_DATA + ["stage=ranking", "ranking.max_epochs=3", "ranking.cold_users=50"]))
+    return d / "run"

@@ -120,12 +120,12 @@ def test_retrieval_stage_end_to_end_with_cold_items(tmp_path):
 def test_resume_from_checkpoint(tmp_path):
     from tests.conftest import TINY_DATA, compose_cfg
 
-    cfg = compose_cfg(tmp_path / "a", TINY_DATA + ["stage=retrieval", "trainer.max_epochs=1", "retrieval.refit=false"])
+    cfg = compose_cfg(tmp_path / "a", TINY_DATA + ["stage=retrieval", "trainer.max_epochs=1", "retrieval.refit.mode=none"])
     train(cfg)
     last = tmp_path / "a" / "run" / "checkpoints" / "retrieval" / "last.ckpt"
     assert last.exists()
     assert torch.load(last, weights_only=False)["epoch"] == 0
-    cfg2 = compose_cfg(tmp_path / "b", TINY_DATA + ["stage=retrieval", "trainer.max_epochs=2", "retrieval.refit=false",
+    cfg2 = compose_cfg(tmp_path / "b", TINY_DATA + ["stage=retrieval", "trainer.max_epochs=2", "retrieval.refit.mode=none",
                                                     f"retrieval.resume_from={last}"])
     m = train(cfg2)
     resumed = torch.load(tmp_path / "b" / "run" / "checkpoints" / "retrieval" / "last.ckpt", weights_only=False)

@@ -1,0 +1,103 @@
+"""Batch recommendations: a trained run + a table of requests -> the top K per request.
+
+    python -m ranking.batch --run-dir outputs/<run> --requests requests.csv --k 10 --out recs.parquet
+
+Requests (CSV or parquet): ``user_id`` (required), optional ``timestamp`` (Unix seconds, the
+request's context; now when missing). Output (CSV or parquet by extension): ``user_id``,
+``rank`` (1-based), ``item_id``, ``score``, ``reason``, ``group`` (main signal group), ``route``.
+Every request goes through the full pipeline (retrieve -> rank -> rules), the same code the
+Triton ``recommend`` model runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from features.custom import read_table
+from features.schema import DataError
+from ranking.load import load_pipeline
+from ranking.pipeline import Pipeline, Request
+
+log = logging.getLogger(__name__)
+
+
+def read_requests(path: str | Path) -> pd.DataFrame:
+    """Load and check a requests table: a ``user_id`` column, optional numeric ``timestamp``."""
+    df = read_table(path, "requests")
+    if "user_id" not in df.columns:
+        raise DataError(f"requests file {path} has no 'user_id' column; found {list(df.columns)}. "
+                        f"Add a user_id column (one request per row).")
+    if len(df) == 0:
+        raise DataError(f"requests file {path} has no rows.")
+    if df["user_id"].isna().any():
+        raise DataError(f"requests file {path}: {int(df['user_id'].isna().sum())} row(s) have no user_id.")
+    if "timestamp" in df.columns:
+        ts = pd.to_numeric(df["timestamp"], errors="coerce")
+        bad = ts.isna() & df["timestamp"].notna()
+        if bad.any():
+            raise DataError(f"requests file {path}: timestamp {df['timestamp'][bad].iloc[0]!r} is not Unix seconds.")
+        df = df.assign(timestamp=ts)
+    return df
+
+
+def recommend_table(pipe: Pipeline, requests: pd.DataFrame, k: int, batch_size: int = 256,
+                    progress: bool = True) -> pd.DataFrame:
+    """Run every request through the pipeline; one output row per recommended item."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= pipe.max_k:
+        raise DataError(f"k={k!r} must be an integer in 1..{pipe.max_k}.")
+    users = requests["user_id"].astype(str).tolist()
+    times = requests["timestamp"].tolist() if "timestamp" in requests.columns else [None] * len(users)
+    rows = []
+    for s in tqdm(range(0, len(users), batch_size), desc="recommend", unit="batch", disable=not progress):
+        batch = [Request(u, k, None if t is None or pd.isna(t) else int(t)) for u, t in
+                 zip(users[s : s + batch_size], times[s : s + batch_size])]
+        for rec in pipe.recommend(batch):
+            for rank, (i, sc, r, g) in enumerate(zip(rec.item_ids, rec.scores, rec.reasons, rec.groups), start=1):
+                rows.append((rec.user_id, rank, i, sc, r, g, rec.route))
+    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "reason", "group", "route"])
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    p = Path(path)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        df.to_parquet(p, index=False)
+    elif p.suffix.lower() == ".csv":
+        df.to_csv(p, index=False)
+    else:
+        raise DataError(f"output {p} must end in .csv or .parquet.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="recsys-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True, help="output directory of `python train.py` (or its artifacts/)")
+    ap.add_argument("--requests", required=True, help="CSV or parquet with user_id[, timestamp]")
+    ap.add_argument("--k", type=int, default=10, help="items per request (default 10)")
+    ap.add_argument("--out", required=True, help="output file, .csv or .parquet")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.k <= 0:
+            raise DataError(f"--k={args.k} must be a positive integer.")
+        if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".pq"):
+            raise DataError(f"--out {args.out} must end in .csv or .parquet.")
+        requests = read_requests(args.requests)
+        pipe = load_pipeline(args.run_dir)
+        out = recommend_table(pipe, requests, args.k, progress=not args.no_progress)
+        write_table(out, args.out)
+    except (DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    log.info("wrote %d rows for %d requests to %s", len(out), len(requests), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

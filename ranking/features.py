@@ -1,0 +1,135 @@
+"""Ranker inputs for (request, candidate) pairs, grouped by signal.
+
+Groups (each fused late by :class:`ranking.model.LateFusionRanker`):
+- collaborative: user and item tower embeddings, the retrieval score, and the co-occurrence
+  score of the candidate against everything the user has interacted with (item-item cosine);
+- content: the item's attributes (every item feature except its id);
+- user: the user's attributes (every user feature except the id);
+- context: hour, day of week, time since the user's last interaction, the item's age;
+- popularity: overall and recent (last ``recent_days`` before the request) interaction counts.
+
+The same :class:`CandidateFeatures` serves offline training, evaluation and the Triton models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.cooccurrence import item_cosine_similarity
+from features.store import FeatureStore
+
+GROUPS = ("collaborative", "content", "user", "context", "popularity")
+COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score")
+CONTEXT_NUMERIC = ("since_last", "item_age")
+POPULARITY = ("pop_all", "pop_recent")
+_SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
+
+
+def input_groups(store: FeatureStore) -> dict[str, list[str]]:
+    """Input names per group for this store's features (the ranker's input table)."""
+    return {
+        "collaborative": list(COLLABORATIVE),
+        "content": [s.name for s in store.features.specs["item"] if s.name != "item_id"],
+        "user": [s.name for s in store.features.specs["user"] if s.name != "user_id"],
+        "context": [s.name for s in store.features.specs["context"]] + list(CONTEXT_NUMERIC),
+        "popularity": list(POPULARITY),
+    }
+
+
+class CandidateFeatures:
+    """Looks up and derives every ranker input from the feature store and history statistics."""
+
+    def __init__(self, store: FeatureStore, item_embeddings: np.ndarray, cooc: sp.csr_matrix, item_first_ts: np.ndarray,
+                 event_keys: np.ndarray, recent_days: float):
+        self.store = store
+        self.item_embeddings = item_embeddings  # (N, D)
+        self.cooc = cooc  # (N, N) item-item cosine, [neighbour, target]
+        self.item_first_ts = item_first_ts  # (N,) first interaction time, -1 if none
+        self.event_keys = event_keys  # sorted (item << 32 | timestamp) of history interactions
+        self.recent_seconds = int(recent_days * 86400)
+
+    @classmethod
+    def build(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, k_neighbors: int,
+              shrink: float, recent_days: float) -> "CandidateFeatures":
+        """From the store (built on ``history``) and the history interactions themselves."""
+        cooc = item_cosine_similarity(store.seen, k_neighbors, shrink, block_size=2048)
+        items = store.items.lookup(history["item_id"].to_numpy())
+        ts = history["timestamp"].to_numpy(dtype=np.int64)
+        keep = items >= 0
+        keys = np.sort((items[keep] << _SHIFT) | np.clip(ts[keep], 0, (1 << _SHIFT) - 1))
+        first = np.full(len(store.items), -1, dtype=np.int64)
+        order = np.argsort(ts[keep], kind="stable")[::-1]
+        first[items[keep][order]] = ts[keep][order]  # the earliest write wins (reverse time order)
+        return cls(store, item_embeddings, cooc.tocsr(), first, keys, recent_days)
+
+    def recent_counts(self, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        """Interactions with each item in [t - recent_days, t). (R,), (R,) -> (R,)"""
+        hi = (items << _SHIFT) | np.clip(timestamps, 0, (1 << _SHIFT) - 1)
+        lo = (items << _SHIFT) | np.clip(timestamps - self.recent_seconds, 0, (1 << _SHIFT) - 1)
+        return np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
+
+    def cooc_scores(self, users: np.ndarray, items: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
+        """Sum of cosine similarities between each candidate and the user's items. (B,), (B, C) -> (B, C)"""
+        known = users >= 0
+        rows = self.store.seen[np.where(known, users, 0)]
+        rows = (sp.diags(known.astype(np.float32)) @ rows).tocsr()
+        if recent is not None:  # items the request carries count too (e.g. a cold user's session)
+            r, c = np.nonzero(recent >= 0)
+            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign()
+        scores = (rows @ self.cooc).tocsr()  # (B, N) sparse
+        out = np.zeros(items.shape, dtype=np.float32)
+        chunk = max(1, 20_000_000 // scores.shape[1])  # rows densified at a time
+        for s in range(0, len(users), chunk):
+            dense = scores[s : s + chunk].toarray()  # (b, N)
+            out[s : s + chunk] = np.take_along_axis(dense, np.clip(items[s : s + chunk], 0, None), axis=1)
+        return np.where(items >= 0, out, 0.0)
+
+    def build_inputs(self, users: np.ndarray, timestamps: np.ndarray, queries: np.ndarray, items: np.ndarray,
+                     scores: np.ndarray, recent: np.ndarray | None = None, attributes=None) -> dict[str, np.ndarray]:
+        """Flat (B*C, ...) ranker inputs for B requests with C candidates each (-1 = no candidate)."""
+        b, c = items.shape
+        flat = np.clip(items.ravel(), 0, None)
+        ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
+        user_x = self.store.user_inputs(users, timestamps, recent, attributes)
+        x: dict[str, np.ndarray] = {
+            "user_emb": np.repeat(queries.astype(np.float32), c, axis=0),
+            "item_emb": self.item_embeddings[flat],
+            "retrieval_score": np.nan_to_num(scores.ravel().astype(np.float32), neginf=-1.0),
+            "cooc_score": np.log1p(self.cooc_scores(users, items, recent).ravel()),
+        }
+        for name in self.store.features.encoders["item"]:
+            if name != "item_id":
+                x[name] = self.store.item_table[name][flat]
+        for name in self.store.features.encoders["user"]:
+            if name != "user_id":
+                x[name] = np.repeat(user_x[name], c, axis=0)
+        for name in self.store.features.encoders["context"]:
+            x[name] = np.repeat(user_x[name], c, axis=0)
+        last = np.repeat(np.where(users >= 0, self.store.last_ts[np.clip(users, 0, None)], -1), c)
+        x["since_last"] = np.where(last >= 0, np.log1p(np.clip(ts - last, 0, None) / 3600.0), -1.0).astype(np.float32)
+        first = self.item_first_ts[flat]
+        x["item_age"] = np.where(first >= 0, np.log1p(np.clip(ts - first, 0, None) / 86400.0), -1.0).astype(np.float32)
+        x["pop_all"] = np.log1p(self.store.popularity[flat]).astype(np.float32)
+        x["pop_recent"] = np.log1p(self.recent_counts(flat, ts)).astype(np.float32)
+        return x
+
+    def save(self, out_dir: str | Path) -> None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(out / "cooc.npz", self.cooc)
+        np.savez(out / "ranker_tables.npz", item_embeddings=self.item_embeddings, item_first_ts=self.item_first_ts,
+                 event_keys=self.event_keys)
+        (out / "ranker_features.json").write_text(json.dumps({"recent_seconds": self.recent_seconds}))
+
+    @classmethod
+    def load(cls, out_dir: str | Path, store: FeatureStore) -> "CandidateFeatures":
+        d = Path(out_dir)
+        z = np.load(d / "ranker_tables.npz")
+        meta = json.loads((d / "ranker_features.json").read_text())
+        return cls(store, z["item_embeddings"], sp.load_npz(d / "cooc.npz").tocsr(), z["item_first_ts"],
+                   z["event_keys"], meta["recent_seconds"] / 86400)

@@ -1,0 +1,162 @@
+"""One pipeline object: retrieve -> rank -> rules, for a batch of requests.
+
+Offline evaluation, the batch command and the Triton ``recommend`` model all call it, so offline
+and online answers for the same request cannot differ. Models are plain callables (numpy in,
+numpy out): PyTorch modules offline, onnxruntime sessions or Triton calls online.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from ranking.features import GROUPS, CandidateFeatures
+from ranking.rule_config import RuleSet
+from ranking.rules import ExposureTracker, ItemCatalog, RequestContext
+from retrieval.retriever import Retriever
+
+ROUTES = ("known_user", "cold_user")
+MAX_ID_LENGTH = 256
+
+
+class RequestError(ValueError):
+    """A malformed request: the message names the field and the fix (served as INVALID_ARGUMENT)."""
+
+
+@dataclass
+class Request:
+    """One recommendation request. Only ``user_id`` and ``k`` are required."""
+
+    user_id: str
+    k: int
+    timestamp: int | None = None  # Unix seconds; now when omitted
+    exclude_items: list[str] = field(default_factory=list)
+    include_categories: list[str] = field(default_factory=list)
+    exclude_categories: list[str] = field(default_factory=list)
+    recent_items: list[str] = field(default_factory=list)  # e.g. a cold user's session
+    attributes: dict[str, object] = field(default_factory=dict)  # user attributes for unknown users
+    segment: str | None = None
+    promoted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recommendation:
+    """The answer to one request: items best first, with why each is there."""
+
+    user_id: str
+    route: str
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[str]  # ranked | boosted | backfill:popularity | backfill:content
+    groups: list[str]  # the signal group that contributed most to each item's score
+
+
+def validate_request(r: Request, max_k: int) -> None:
+    """Raise :class:`RequestError` for anything a request must not carry."""
+    if not isinstance(r.user_id, str) or not r.user_id.strip():
+        raise RequestError("user_id must be a non-empty string")
+    if len(r.user_id) > MAX_ID_LENGTH:
+        raise RequestError(f"user_id is {len(r.user_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
+    if isinstance(r.k, bool) or not isinstance(r.k, (int, np.integer)) or not 1 <= r.k <= max_k:
+        raise RequestError(f"k={r.k!r} must be an integer in 1..{max_k}")
+    if r.timestamp is not None:
+        t = float(r.timestamp)
+        if not np.isfinite(t) or t < 0:
+            raise RequestError(f"timestamp={r.timestamp!r} must be finite Unix seconds >= 0")
+    for name in ("exclude_items", "recent_items", "promoted", "include_categories", "exclude_categories"):
+        for v in getattr(r, name):
+            if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH:
+                raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+
+
+class Pipeline:
+    """Retriever + ranker + rules over one feature store."""
+
+    def __init__(self, retriever: Retriever, ranker: Callable, features: CandidateFeatures, rules: RuleSet,
+                 catalog: ItemCatalog, n_candidates: int, max_k: int, exposure: ExposureTracker | None = None):
+        self.retriever, self.ranker, self.features = retriever, ranker, features
+        self.rules, self.catalog = rules, catalog
+        self.n_candidates, self.max_k = n_candidates, max_k
+        self.exposure = exposure
+        self.store = retriever.store
+
+    def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None):
+        """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G)."""
+        r_scores, items, queries = self.retriever.retrieve(users, timestamps, self.n_candidates, recent=recent,
+                                                           attributes=attributes)
+        x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes)
+        scores, contrib = self.ranker(x)
+        b, c = items.shape
+        scores = np.where(items >= 0, np.asarray(scores, np.float32).reshape(b, c), -np.inf)
+        return items, scores, np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
+
+    def apply_rules(self, user: int, items: np.ndarray, scores: np.ndarray, contrib: np.ndarray, k: int,
+                    request: Request | None = None, recent: np.ndarray | None = None):
+        """Rules for one request's ranked candidates. -> items, scores, reasons, groups."""
+        ok = items >= 0
+        items, scores, contrib = items[ok], scores[ok], contrib[ok]
+        seen = self.store.seen.indices[self.store.seen.indptr[user] : self.store.seen.indptr[user + 1]] if user >= 0 else np.zeros(0, np.int64)
+        if recent is not None:
+            seen = np.union1d(seen, recent[recent >= 0])
+        ctx = RequestContext(seen=seen, exposure=self.exposure)
+        if request is not None:
+            ctx = RequestContext(
+                seen=seen, exclude_items=request.exclude_items, include_categories=request.include_categories,
+                exclude_categories=request.exclude_categories, segment=request.segment,
+                recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
+                promoted=request.promoted, exposure=self.exposure)
+        out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
+        main = dict(zip(items.tolist(), (GROUPS[g] for g in contrib.argmax(axis=1)))) if len(items) else {}
+        # backfilled items were not scored by the ranker: their source is what put them there
+        groups = [r.split(":")[1] if r.startswith("backfill") else main[i] for i, r in zip(out.tolist(), reasons)]
+        return out, out_scores, reasons, groups
+
+    def recommend(self, requests: list[Request]) -> list[Recommendation]:
+        """Answer a batch of requests (validated first; a bad one raises :class:`RequestError`)."""
+        for r in requests:
+            validate_request(r, self.max_k)
+        users = self.store.users.lookup([r.user_id for r in requests])
+        now = int(time.time())
+        ts = np.array([int(r.timestamp) if r.timestamp is not None else now for r in requests], dtype=np.int64)
+        recent = self._recent(requests)
+        attributes = self._attributes(requests)
+        try:
+            for r in requests:
+                self.catalog.category_codes(list(r.include_categories) + list(r.exclude_categories))
+        except ValueError as e:
+            raise RequestError(str(e)) from e
+        items, scores, contrib = self.rank(users, ts, recent, attributes)
+        out = []
+        for b, r in enumerate(requests):
+            it, sc, reasons, groups = self.apply_rules(int(users[b]), items[b], scores[b], contrib[b], int(r.k), r,
+                                                       recent[b] if recent is not None else None)
+            if self.exposure is not None:
+                self.exposure.record(it)
+            route = "known_user" if users[b] >= 0 else "cold_user"
+            out.append(Recommendation(r.user_id, route, [str(self.store.items.ids[i]) for i in it],
+                                      [float(s) for s in sc], list(reasons), groups))
+        return out
+
+    def _recent(self, requests: list[Request]) -> np.ndarray | None:
+        if not any(r.recent_items for r in requests):
+            return None
+        out = np.full((len(requests), self.store.history_len), -1, dtype=np.int64)
+        for b, r in enumerate(requests):
+            idx = self.store.items.lookup(r.recent_items)
+            idx = idx[idx >= 0][-self.store.history_len:]
+            if len(idx):
+                out[b, -len(idx):] = idx
+        return out
+
+    def _attributes(self, requests: list[Request]) -> pd.DataFrame | None:
+        if not any(r.attributes for r in requests):
+            return None
+        cols = {s.source for s in self.store.features.specs["user"]}
+        unknown = {k for r in requests for k in r.attributes} - cols
+        if unknown:
+            raise RequestError(f"unknown user attribute(s) {sorted(unknown)}; known: {sorted(cols - {'user_id'})}")
+        return pd.DataFrame([{c: r.attributes.get(c) for c in cols} for r in requests])

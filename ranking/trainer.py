@@ -1,0 +1,150 @@
+"""Train the late-fusion ranker on retrieval candidates (hard negatives) with a listwise loss.
+
+Training lists come from a time window the retrieval model never saw: the validation split,
+answered by the retrieval model trained on the train split only, with features computed from
+train history. A share of those lists is held out for early stopping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import scipy.sparse as sp
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from ranking.model import LateFusionRanker
+from retrieval.trainer import make_trainer
+
+log = logging.getLogger(__name__)
+
+
+def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of each list against its positives (uniform target over them).
+
+    Args:
+        scores: (U, C) ranker scores.
+        labels: (U, C) 1 for positives.
+        valid: (U, C) False where the slot holds no candidate.
+    """
+    logits = scores.masked_fill(~valid, -1e9)
+    logp = torch.log_softmax(logits, dim=1)
+    pos = labels * valid
+    n = pos.sum(1)
+    keep = n > 0
+    return -((logp * pos).sum(1)[keep] / n[keep]).mean()
+
+
+def list_ndcg(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean NDCG@k of re-ranking each list (positives only count if among the candidates)."""
+    order = scores.argsort(dim=1, descending=True)[:, :k]
+    gains = labels.gather(1, order)
+    disc = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float32))
+    dcg = (gains * disc).sum(1)
+    ideal = (labels.sort(dim=1, descending=True).values[:, :k] * disc).sum(1)
+    keep = ideal > 0
+    return (dcg[keep] / ideal[keep]).mean()
+
+
+class CandidateLists(torch.utils.data.Dataset):
+    """U lists of C candidates, stored flat (U*C rows); a batch is a set of whole lists."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray):
+        self.inputs = {k: torch.as_tensor(v) for k, v in inputs.items()}
+        self.labels = torch.as_tensor(labels, dtype=torch.float32)  # (U, C)
+        self.valid = torch.as_tensor(valid)  # (U, C)
+        self.c = labels.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def collate(self, lists: list[int]) -> dict:
+        u = torch.as_tensor(lists)
+        rows = (u[:, None] * self.c + torch.arange(self.c)[None]).reshape(-1)
+        return {"x": {k: v[rows] for k, v in self.inputs.items()}, "labels": self.labels[u], "valid": self.valid[u]}
+
+
+class RankerModule(L.LightningModule):
+    """Lightning wrapper: listwise loss, list NDCG@10 for validation, optimizer from config."""
+
+    def __init__(self, model: LateFusionRanker, optimizer):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+
+    def _scores(self, batch: dict) -> torch.Tensor:
+        s, _ = self.model(batch["x"])
+        return s.reshape(batch["labels"].shape)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = listwise_loss(self._scores(batch), batch["labels"], batch["valid"])
+        self.log("ranker/train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        s = self._scores(batch).masked_fill(~batch["valid"], -1e9)
+        self.log("ranker/val_ndcg@10", list_ndcg(s, batch["labels"], 10), prog_bar=True, batch_size=len(batch["labels"]))
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(params=self.parameters())
+
+
+@torch.no_grad()
+def set_group_baselines(model: LateFusionRanker, inputs: dict[str, np.ndarray], valid: np.ndarray, max_rows: int = 50_000) -> None:
+    """Store each group's average vector over (a sample of) training rows: the contribution reference."""
+    rows = np.flatnonzero(valid.ravel())[:max_rows]
+    model.eval()
+    h = model.group_vectors({k: torch.as_tensor(v[rows]) for k, v in inputs.items()})  # (R, G, H)
+    model.baseline.copy_(h.mean(0))
+
+
+def labels_for(items: np.ndarray, truth_rows: sp.csr_matrix) -> np.ndarray:
+    """(U, C) 1 where the candidate is one of the user's held-out items."""
+    rows = np.repeat(np.arange(len(items)), items.shape[1])
+    return (np.asarray(truth_rows[rows, np.clip(items.ravel(), 0, None)]).reshape(items.shape) > 0) & (items >= 0)
+
+
+def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
+               cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool) -> dict:
+    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10."""
+    L.seed_everything(seed, workers=True)
+    has_pos = labels.any(axis=1)
+    lists = np.flatnonzero(has_pos)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(lists)
+    n_val = max(1, int(len(lists) * cfg.val_share))
+    c = labels.shape[1]
+
+    def subset(idx: np.ndarray) -> CandidateLists:
+        rows = (idx[:, None] * c + np.arange(c)[None]).ravel()
+        return CandidateLists({k: v[rows] for k, v in inputs.items()}, labels[idx], valid[idx])
+
+    train_ds, val_ds = subset(np.sort(lists[n_val:])), subset(np.sort(lists[:n_val]))
+    module = RankerModule(model, instantiate(cfg.optimizer))
+    ckpt = ModelCheckpoint(dirpath=str(out_dir / "checkpoints" / "ranker"), monitor="ranker/val_ndcg@10", mode="max",
+                           save_top_k=1, save_last=True, filename="best")
+    callbacks = [EarlyStopping(monitor="ranker/val_ndcg@10", mode="max", patience=cfg.patience), ckpt]
+    trainer = make_trainer(trainer_cfg, logger, callbacks, out_dir, progress, max_epochs=cfg.max_epochs)
+    t0 = time.time()
+    trainer.fit(module,
+                DataLoader(train_ds, batch_size=cfg.lists_per_batch, shuffle=True, collate_fn=train_ds.collate),
+                DataLoader(val_ds, batch_size=cfg.lists_per_batch, collate_fn=val_ds.collate))
+    seconds = time.time() - t0
+    if ckpt.best_model_path:
+        module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
+    set_group_baselines(module.model, inputs, valid)
+    stats = {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),
+             "val_lists": len(val_ds), "best_val_ndcg@10": float(ckpt.best_model_score or float("nan")),
+             "positives_per_list": float(labels[has_pos].sum(1).mean()) if has_pos.any() else 0.0}
+    log.info("ranker trained: %s", stats)
+    return stats

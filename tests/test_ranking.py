@@ -1,0 +1,149 @@
+"""Late-fusion ranker, listwise loss, the pipeline object, loading a run, the batch command."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.schema import DataError
+from ranking.batch import main as batch_main
+from ranking.batch import read_requests, recommend_table
+from ranking.features import GROUPS
+from ranking.load import load_pipeline
+from ranking.model import build_ranker
+from ranking.pipeline import Request, RequestError
+from ranking.trainer import list_ndcg, listwise_loss
+
+
+def test_listwise_loss_hand_case():
+    # one list, logits [2, 0, 0], positive at 0 -> -log(e^2 / (e^2 + 2))
+    s = torch.tensor([[2.0, 0.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0, 0.0]])
+    loss = listwise_loss(s, y, torch.ones_like(y, dtype=torch.bool))
+    assert abs(loss.item() + math.log(math.exp(2) / (math.exp(2) + 2))) < 1e-6
+    # an invalid slot is ignored: same as a list of two
+    v = torch.tensor([[True, True, False]])
+    assert abs(listwise_loss(s, y, v).item() + math.log(math.exp(2) / (math.exp(2) + 1))) < 1e-6
+    # two positives: mean of their log-probabilities
+    y2 = torch.tensor([[1.0, 1.0, 0.0]])
+    p = torch.log_softmax(s, 1)[0]
+    assert abs(listwise_loss(s, y2, torch.ones_like(y2, dtype=torch.bool)).item() + (p[0] + p[1]).item() / 2) < 1e-6
+
+
+def test_list_ndcg():
+    s = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    y = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    # list 1: hit at rank 2 -> 1/log2(3); list 2: hit at rank 1 -> 1
+    assert abs(list_ndcg(s, y, 2).item() - (1 / math.log2(3) + 1) / 2) < 1e-6
+
+
+def test_ranker_contributions_are_occlusion_differences(tiny_run):
+    pipe = load_pipeline(tiny_run)
+    users = np.arange(4)
+    items, scores, contrib = pipe.rank(users, np.full(4, 1_700_000_000))
+    assert items.shape == scores.shape == contrib.shape[:2] and contrib.shape[2] == len(GROUPS)
+    model = pipe.ranker.module
+    r_scores, r_items, q = pipe.retriever.retrieve(users, np.full(4, 1_700_000_000), pipe.n_candidates)
+    x = {k: torch.as_tensor(v) for k, v in pipe.features.build_inputs(users, np.full(4, 1_700_000_000), q, r_items, r_scores).items()}
+    with torch.no_grad():
+        full, c = model(x)
+        h = model.group_vectors(x)
+        for g in range(len(GROUPS)):
+            h2 = h.clone()
+            h2[:, g] = model.baseline[g]
+            occluded = model.fusion(h2.reshape(len(h2), -1)).squeeze(-1)
+            torch.testing.assert_close(c[:, g], full - occluded, atol=1e-5, rtol=1e-5)
+
+
+def test_pipeline_routes_reasons_and_filters(tiny_run):
+    pipe = load_pipeline(tiny_run)
+    known = str(pipe.store.users.ids[0])
+    out = pipe.recommend([Request(known, 10, timestamp=1_700_000_000), Request("nobody-like-this", 5, timestamp=1_700_000_000)])
+    assert out[0].route == "known_user" and out[1].route == "cold_user"
+    assert len(out[0].item_ids) == 10 and len(out[1].item_ids) == 5
+    seen = set(pipe.store.items.ids[pipe.store.seen[0].indices])
+    assert not seen & set(out[0].item_ids)
+    assert set(out[0].groups) <= set(GROUPS) | {"popularity", "content"}
+    assert all(r in ("ranked", "boosted") or r.startswith("backfill") for r in out[0].reasons)
+    # a filter: exclude the first answer's items and a category
+    cat = pipe.catalog.category_names[pipe.catalog.primary[pipe.store.items.lookup([out[0].item_ids[0]])[0]]]
+    again = pipe.recommend([Request(known, 10, timestamp=1_700_000_000, exclude_items=out[0].item_ids[:3],
+                                    exclude_categories=[cat])])[0]
+    assert not set(out[0].item_ids[:3]) & set(again.item_ids)
+    idx = pipe.store.items.lookup(again.item_ids)
+    assert not (pipe.catalog.categories[idx] == pipe.catalog.category_codes([cat])[0]).any()
+
+
+def test_pipeline_is_deterministic_and_matches_offline_stage(tiny_run):
+    a = load_pipeline(tiny_run).recommend([Request(str(u), 7, timestamp=1_700_000_000) for u in range(5)])
+    b = load_pipeline(tiny_run).recommend([Request(str(u), 7, timestamp=1_700_000_000) for u in range(5)])
+    assert [r.item_ids for r in a] == [r.item_ids for r in b]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (Request("", 5), "user_id must be a non-empty string"),
+    (Request("x" * 300, 5), "at most 256"),
+    (Request("1", 0), "k=0 must be an integer in 1..200"),
+    (Request("1", 10_000), "k=10000"),
+    (Request("1", 5, timestamp=float("nan")), "timestamp=nan must be finite"),
+    (Request("1", 5, exclude_items=[""]), "exclude_items holds ''"),
+    (Request("1", 5, include_categories=["no-such-genre"]), "unknown category 'no-such-genre'"),
+    (Request("1", 5, attributes={"shoe_size": 44}), r"unknown user attribute\(s\) \['shoe_size'\]"),
+])
+def test_bad_requests_are_named(tiny_run, bad, match):
+    pipe = load_pipeline(tiny_run)
+    with pytest.raises(RequestError, match=match):
+        pipe.recommend([bad])
+
+
+def test_cold_user_with_recent_items_and_attributes(tiny_run):
+    pipe = load_pipeline(tiny_run)
+    recent = [str(i) for i in pipe.store.items.ids[:3]]
+    r = pipe.recommend([Request("brand-new", 8, timestamp=1_700_000_000, recent_items=recent,
+                                attributes={"age": 30, "segment": pipe.store.features.encoders["user"]["segment"].state["vocab"][0]})])[0]
+    assert r.route == "cold_user" and len(r.item_ids) == 8
+    assert not set(recent) & set(r.item_ids)  # the session's items count as seen
+
+
+def test_batch_command(tiny_run, tmp_path):
+    users = [str(u) for u in load_pipeline(tiny_run).store.users.ids[:6]] + ["unknown-user"]
+    pd.DataFrame({"user_id": users, "timestamp": [1_700_000_000] * 7}).to_csv(tmp_path / "req.csv", index=False)
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "req.csv"), "--k", "5",
+                       "--out", str(tmp_path / "out.parquet"), "--no-progress"]) == 0
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(out.columns) == ["user_id", "rank", "item_id", "score", "reason", "group", "route"]
+    assert len(out) == 35 and out.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
+    assert set(out[out.user_id == "unknown-user"].route) == {"cold_user"}
+
+
+def test_batch_command_bad_input(tiny_run, tmp_path, capsys):
+    pd.DataFrame({"customer": ["1"]}).to_csv(tmp_path / "bad.csv", index=False)
+    pd.DataFrame({"user_id": ["1"]}).to_csv(tmp_path / "ok.csv", index=False)
+    out = str(tmp_path / "o.csv")
+    assert batch_main(["--run-dir", str(tmp_path / "missing"), "--requests", str(tmp_path / "ok.csv"), "--out", out]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert batch_main(["--run-dir", str(tmp_path), "--requests", str(tmp_path / "ok.csv"), "--out", out]) == 2
+    assert "not a complete trained run" in capsys.readouterr().err
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "bad.csv"), "--out", out]) == 2
+    assert "no 'user_id' column" in capsys.readouterr().err
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "ok.csv"), "--k", "0", "--out", out]) == 2
+    assert "--k=0 must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(DataError, match="k=500 must be an integer"):
+        recommend_table(load_pipeline(tiny_run), read_requests(tmp_path / "ok.csv"), 500)
+
+
+def test_ranking_stage_metrics(tiny_run):
+    import json
+
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("ranker/test/ndcg@10", "pipeline/test/ndcg@10", "pipeline/test/coverage@10",
+                "pipeline/test_cold_users/ndcg@10", "mostpop/test_cold_users/ndcg@10", "ranker/valid_lists/ndcg@10"):
+        assert key in m, key
+    assert (tiny_run / "ndcg_at_k.png").exists() and (tiny_run / "exposure_lorenz.png").exists()
+
+
+def test_build_ranker_from_features(tiny_prepared):
+    model = build_ranker(tiny_prepared.features, 8, emb_dim=4, group_dim=8, hidden=[8], dropout=0.0)
+    assert model.baseline.shape == (len(GROUPS), 8)

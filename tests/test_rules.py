@@ -1,0 +1,271 @@
+"""Business rules: what each rule does (order, counts, caps), the chain, determinism, config errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.encoders import FeatureSet
+from features.store import FeatureStore
+from features.vocab import IdVocab
+from ranking import rules as R
+from ranking.rule_config import RuleConfigError, RuleSet
+
+ROOT = Path(__file__).resolve().parents[1]
+WHERE = "configs/rules/test.yaml"
+# Codes: 1 comedy, 2 drama, 3 horror; the first non-zero code is the primary category.
+CATS = [[1, 0], [1, 2], [1, 0], [2, 0], [2, 3], [3, 0], [0, 0], [3, 1]]
+VECS = [[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [-1, 0], [0, -1], [1, 1]]
+POP = [5, 1, 2, 8, 3, 9, 7, 4]  # popularity order: 5 3 6 0 7 4 2 1
+
+
+@pytest.fixture
+def cat():
+    ids = np.array([f"i{i}" for i in range(8)])
+    return R.ItemCatalog(CATS, ["<none>", "comedy", "drama", "horror"], VECS, POP, ids,
+                         {"kids": np.array([1, 9, 8, 0, 0, 0, 0, 0])})
+
+
+def arr(*xs, dtype=np.int64):
+    return np.array(xs, dtype=dtype)
+
+
+ALL = np.arange(8, dtype=np.int64)
+DESC = np.linspace(0.9, 0.2, 8).astype(np.float32)  # item i scores DESC[i]
+CTX = R.RequestContext()
+
+
+def test_sort_by_score_breaks_ties_by_lower_index():
+    items, scores = R.sort_by_score(arr(5, 2, 7, 1), arr(0.5, 0.9, 0.5, 0.1, dtype=np.float32))
+    assert items.tolist() == [2, 5, 7, 1]
+
+
+def test_exclude_seen_keeps_order(cat):
+    items, scores = R.exclude_seen(ALL[::-1], DESC[::-1], cat, R.RequestContext(seen=arr(2, 5)))
+    assert items.tolist() == [7, 6, 4, 3, 1, 0] and scores[0] == DESC[7]
+
+
+def test_block_and_allow_lists_use_external_ids(cat):
+    assert R.block_list(ALL, DESC, cat, CTX, ids=("i1", "i6", "gone"))[0].tolist() == [0, 2, 3, 4, 5, 7]
+    assert R.allow_list(ALL, DESC, cat, CTX, ids=("i6", "i1"))[0].tolist() == [1, 6]
+    assert R.allow_list(ALL, DESC, cat, CTX, ids=())[0].tolist() == ALL.tolist()  # empty: no restriction
+
+
+def test_category_filter_any_of_include_none_of_exclude(cat):
+    assert R.category_filter(ALL, DESC, cat, CTX, include=("drama",), exclude=())[0].tolist() == [1, 3, 4]
+    assert R.category_filter(ALL, DESC, cat, CTX, include=("comedy",), exclude=(3,))[0].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown category 'comdy'; known: comedy, drama, horror"):
+        R.category_filter(ALL, DESC, cat, CTX, include=("comdy",), exclude=())
+
+
+def test_request_filter_takes_ids_or_indices_and_category_names(cat):
+    ctx = R.RequestContext(exclude_items=["i0"], include_categories=["comedy"], exclude_categories=["horror"])
+    assert R.request_filter(ALL, DESC, cat, ctx)[0].tolist() == [1, 2]
+    assert R.request_filter(ALL, DESC, cat, R.RequestContext(exclude_items=arr(0, 7)))[0].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_category_cap_keeps_best_per_primary_category_in_input_order(cat):
+    perm = arr(7, 2, 6, 5, 0, 4, 1, 3)  # unsorted input
+    items, scores = R.category_cap(perm, DESC[perm], cat, CTX, max_per_category=1)
+    assert items.tolist() == [6, 5, 0, 3]  # comedy 0, drama 3, horror 5 (beats 7), 6 has no category
+    assert scores.tolist() == DESC[items].tolist()
+    two = R.category_cap(ALL, DESC, cat, CTX, max_per_category=2)[0]
+    assert two.tolist() == [0, 1, 3, 4, 5, 6, 7]
+
+
+def test_exposure_tracker_slides_its_window():
+    t = R.ExposureTracker(8, window=3)
+    t.record(arr(1, 2))
+    t.record(arr(3, 4))  # evicts 1
+    assert t.counts.tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    t.record(arr(0, 1, 2, 3, 4, 5, 6, 7))  # more than the window: only the last 3 count
+    assert t.counts.tolist() == [0, 0, 0, 0, 0, 1, 1, 1] and t.share(arr(7))[0] == pytest.approx(1 / 3)
+
+
+def test_exposure_cap_never_lets_an_item_pass_its_share(cat):
+    t = R.ExposureTracker(8, window=20)
+    ctx = R.RequestContext(exposure=t)
+    served = set()
+    for _ in range(50):
+        items, _ = R.exposure_cap(ALL, DESC, cat, ctx, max_share=0.25, window=20)
+        t.record(items[:3])
+        served |= set(items[:3].tolist())
+        assert t.counts.max() <= 5  # 0.25 * 20
+    assert len(served) > 3  # the cap spreads impressions beyond the top 3
+    assert R.exposure_cap(ALL, DESC, cat, CTX, max_share=0.0, window=20)[0].tolist() == ALL.tolist()  # no tracker
+    with pytest.raises(ValueError, match="window=10 but the tracker counts 20; build it with RuleSet.make_tracker"):
+        R.exposure_cap(ALL, DESC, cat, ctx, max_share=0.25, window=10)
+
+
+def test_boost_is_bounded_and_reorders(cat):
+    items, scores = R.boost(arr(0, 1, 2), arr(1.0, 0.9, 0.5, dtype=np.float32), cat, CTX, ids=("i2",), amount=5.0,
+                            max_boost=0.45)
+    assert items.tolist() == [0, 2, 1] and scores[1] == pytest.approx(0.95)
+    ctx = R.RequestContext(promoted=arr(1))
+    items, scores = R.boost(arr(0, 1, 2), arr(1.0, 0.9, 0.5, dtype=np.float32), cat, ctx, ids=(), amount=0.2,
+                            max_boost=0.3)
+    assert items.tolist() == [1, 0, 2] and scores[0] == pytest.approx(1.1)
+
+
+def test_mmr_trades_relevance_for_diversity(cat):
+    items, scores = arr(1, 3, 0), arr(0.95, 0.5, 1.0, dtype=np.float32)
+    assert R.mmr(items, scores, cat, CTX, lambda_=1.0)[0].tolist() == [0, 1, 3]
+    out, out_scores = R.mmr(items, scores, cat, CTX, lambda_=0.5)
+    assert out.tolist() == [0, 3, 1]  # 1 duplicates 0's direction
+    assert out_scores.tolist() == pytest.approx([1.0, 0.5, 0.95])  # scores travel with their items
+    assert R.mmr(arr(2, 1, 0), arr(0.5, 0.5, 0.5, dtype=np.float32), cat, CTX, lambda_=0.5)[0].tolist() == [0, 1, 2]
+
+
+def test_backfill_from_global_and_segment_popularity(cat):
+    one, s = arr(0), arr(1.0, dtype=np.float32)
+    items, scores = R.backfill(one, s, cat, R.RequestContext(seen=arr(5)), source="popularity", k=4)
+    assert items.tolist() == [0, 3, 6, 7] and scores.tolist() == [1.0, 0.0, -1.0, -2.0]
+    kids = R.RequestContext(segment="kids")
+    assert R.backfill(one, s, cat, kids, source="popularity", k=4)[0].tolist() == [0, 1, 2, 3]
+    other = R.RequestContext(segment="unknown")
+    assert R.backfill(one, s, cat, other, source="popularity", k=3)[0].tolist() == [0, 5, 3]
+    assert R.backfill(ALL, DESC, cat, CTX, source="popularity", k=3)[0].tolist() == ALL.tolist()  # enough already
+
+
+def test_backfill_from_content_falls_back_to_popularity(cat):
+    ctx = R.RequestContext(seen=arr(5), recent_items=arr(5, -1))  # -1 padding is ignored
+    assert R.backfill_source(cat, ctx, "content")[0] == "content"
+    assert R.backfill(arr(0), arr(1.0, dtype=np.float32), cat, ctx, source="content", k=4)[0].tolist() == [0, 3, 4, 6]
+    assert R.backfill_source(cat, R.RequestContext(), "content")[0] == "popularity"
+
+
+def rule_cfg(*rules, k=4):
+    return {"k": k, "rules": list(rules)}
+
+
+def test_rule_set_on_a_toy_request(cat):
+    rs = RuleSet.from_config(rule_cfg({"name": "exclude_seen"}, {"name": "block_list", "ids": ["i1"]},
+                                      {"name": "boost", "ids": ["i7"], "amount": 0.5, "max_boost": 0.25},
+                                      {"name": "category_cap", "max_per_category": 1},
+                                      {"name": "backfill", "source": "popularity"}), WHERE)
+    ctx = R.RequestContext(seen=arr(2))
+    items, scores, reasons = rs.apply(arr(3, 0, 1, 2, 7), arr(0.6, 0.9, 0.8, 0.7, 0.5, dtype=np.float32), cat, ctx, 4)
+    # 2 seen, 1 blocked, 7 boosted past 3; backfill skips 5 (horror is capped by 7) and 1 (blocked).
+    assert items.tolist() == [0, 7, 3, 6]
+    assert reasons == ["ranked", "boosted", "ranked", "backfill:popularity"]
+    assert np.all(np.diff(scores) < 0) and scores[1] == pytest.approx(0.75)
+    short = rs.apply(arr(3, 0), arr(0.6, 0.9, dtype=np.float32), cat, ctx, 1)
+    assert short[0].tolist() == [0] and short[2] == ["ranked"]
+
+
+def test_backfill_respects_request_and_config_filters(cat):
+    rs = RuleSet.from_config(rule_cfg({"name": "category_filter", "include": [], "exclude": ["drama"]},
+                                      {"name": "backfill", "source": "popularity"}, k=3), WHERE)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    items, _, reasons = rs.apply(*empty, cat, CTX, 3)  # cold start: nothing ranked
+    assert items.tolist() == [5, 6, 0] and reasons == ["backfill:popularity"] * 3
+    ctx = R.RequestContext(include_categories=["comedy"])
+    assert rs.apply(*empty, cat, ctx, 3)[0].tolist() == [0, 7, 2]
+
+
+def test_rule_sets_are_deterministic(cat):
+    rs = RuleSet.load(ROOT / "configs/rules/diverse.yaml")
+    rng = np.random.default_rng(0)
+    scores = rng.random(8).astype(np.float32)
+    outs = []
+    for seed in (0, 1, 2):
+        perm = rng.permutation(8)  # the candidates' order does not matter either
+        ctx = R.RequestContext(seen=arr(4), recent_items=arr(0), seed=seed, exposure=rs.make_tracker(len(cat)))
+        outs.append(rs.apply(ALL[perm], scores[perm], cat, ctx, 5))
+    for items, s, reasons in outs[1:]:
+        assert items.tolist() == outs[0][0].tolist() and s.tolist() == outs[0][1].tolist() and reasons == outs[0][2]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/rules").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_rules_config_loads_and_runs(path, cat):
+    rs = RuleSet.load(path)
+    rs.check_catalog(cat)
+    ctx = R.RequestContext(seen=arr(0), exposure=rs.make_tracker(len(cat)))
+    items, scores, reasons = rs.apply(ALL, DESC, cat, ctx, rs.k)
+    assert 0 not in items.tolist() and len(items) == len(reasons) == len(set(items.tolist())) <= rs.k
+
+
+GOOD = {"name": "exposure_cap", "max_share": 0.05, "window": 100}
+
+
+@pytest.mark.parametrize("cfg, match", [
+    (rule_cfg({"name": "mmmr"}), r"unknown rule 'mmmr' \(rules\[0\]\) in configs/rules/test.yaml; known rules: "
+                                 r"exclude_seen, block_list"),
+    (rule_cfg({"name": "mmr", "lambda": 0.5}), r"rule 'mmr' .* unknown parameter\(s\) \['lambda'\]; known: lambda_"),
+    (rule_cfg({"name": "boost", "ids": []}),
+     r"missing parameter\(s\) \['amount', 'max_boost'\]; add e.g. `amount: 0.1"),
+    (rule_cfg({**GOOD, "max_share": "0.05"}), r"'exposure_cap' .* parameter 'max_share' = '0.05' is not a number; "
+                                              r"write e.g. `max_share: 0.05` \(no quotes\)"),
+    (rule_cfg({**GOOD, "max_share": True}), r"'max_share' = True is not a number"),
+    (rule_cfg({**GOOD, "max_share": 1.5}), r"'max_share' = 1.5 is out of range; it must be in \[0, 1\]"),
+    (rule_cfg({"name": "mmr", "lambda_": -0.1}), r"'mmr' .* 'lambda_' = -0.1 is out of range; it must be in \[0, 1\]"),
+    (rule_cfg({"name": "mmr", "lambda_": float("nan")}), r"'lambda_' = nan is not a number"),
+    (rule_cfg({"name": "category_cap", "max_per_category": -1}), r"'max_per_category' = -1 is out of range; "
+                                                                 r"it must be >= 0"),
+    (rule_cfg({"name": "category_cap", "max_per_category": 2.5}), r"'max_per_category' = 2.5 is not a whole number"),
+    (rule_cfg({**GOOD, "window": 0}), r"'window' = 0 is out of range; it must be >= 1"),
+    (rule_cfg({**GOOD, "max_share": 0.001}), r"max_share \* window = 0.1 < 1, so no item could ever be shown"),
+    (rule_cfg({"name": "boost", "ids": [], "amount": 0.1, "max_boost": -0.2}), r"'max_boost' = -0.2 is out of range"),
+    (rule_cfg({"name": "boost", "ids": [], "amount": -1, "max_boost": 0.2}), r"'amount' = -1 is out of range"),
+    (rule_cfg({"name": "block_list", "ids": "i1"}), r"'ids' = 'i1' is not a list of ids"),
+    (rule_cfg({"name": "category_filter", "include": [1.5], "exclude": []}),
+     r"'include' = \[1.5\] is not a list of names"),
+    (rule_cfg({"name": "backfill", "source": "random"}), r"'source' = 'random' is not one of: popularity, content"),
+    (rule_cfg({"name": "backfill", "source": "content"}, {"name": "exclude_seen"}), r"move it to the end"),
+    (rule_cfg({"name": "mmr", "lambda_": 0.5}, {"name": "boost", "ids": [], "amount": 0.1, "max_boost": 0.1}),
+     r"move boost before mmr"),
+    (rule_cfg({"name": "exclude_seen"}, {"name": "exclude_seen"}), r"'exclude_seen' appears 2 times"),
+    (rule_cfg("exclude_seen"), r"rules\[0\] .* is 'exclude_seen'; each rule is a mapping with a name"),
+    (rule_cfg({"name": "exclude_seen"}, k=0), r"k = 0 .* must be a whole number > 0"),
+    ({"k": 10, "rules": "exclude_seen"}, r"it must be a list"),
+    ({"k": 10, "rules": [], "extra": 1}, r"has keys \['extra', 'k', 'rules'\]; it needs exactly `k` and `rules`"),
+])
+def test_bad_config_stops_with_a_clear_error(cfg, match):
+    with pytest.raises(RuleConfigError, match=match):
+        RuleSet.from_config(cfg, WHERE)
+
+
+def test_ids_given_as_numbers_are_external_ids():
+    rs = RuleSet.from_config(rule_cfg({"name": "block_list", "ids": [50, "i1"]}), WHERE)
+    assert rs.rules[0].params["ids"] == ("50", "i1")
+
+
+def test_check_catalog_names_unknown_categories_and_logs_unknown_ids(cat, caplog):
+    bad = RuleSet.from_config(rule_cfg({"name": "category_filter", "include": [], "exclude": ["horor"]}), WHERE)
+    with pytest.raises(RuleConfigError, match=r"'category_filter' .* parameter 'exclude': unknown category 'horor'"):
+        bad.check_catalog(cat)
+    RuleSet.from_config(rule_cfg({"name": "block_list", "ids": ["i1", "zz"]}), WHERE).check_catalog(cat)
+    assert "not in the catalog: ['zz']" in caplog.text
+
+
+@pytest.mark.parametrize("items, scores, k, match", [
+    ([0, 1], [0.5, 0.4], 0, "k = 0 must be a whole number > 0"),
+    ([0, 1], [0.5], 3, r"items \(2,\) and scores \(1,\) must be 1-D and of equal length"),
+    ([0, 9], [0.5, 0.4], 3, r"catalog indices in 0..7; got 0..9"),
+    ([0, 1], [0.5, float("nan")], 3, "scores contain 1 NaN"),
+])
+def test_apply_rejects_malformed_requests(cat, items, scores, k, match):
+    rs = RuleSet.from_config(rule_cfg({"name": "exclude_seen"}), WHERE)
+    with pytest.raises(ValueError, match=match):
+        rs.apply(items, scores, cat, CTX, k)
+
+
+def test_catalog_checks_shapes_and_codes():
+    with pytest.raises(ValueError, match="popularity has 2 rows but categories has 8"):
+        R.ItemCatalog(CATS, ["<none>", "a", "b", "c"], VECS, [1, 2], np.array([f"i{i}" for i in range(8)]))
+    with pytest.raises(ValueError, match="codes up to 3 but category_names has 2 names"):
+        R.ItemCatalog(CATS, ["<none>", "a"], VECS, POP, np.array([f"i{i}" for i in range(8)]))
+
+
+def test_catalog_from_feature_store():
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "genres": ["x|y", "", "y"]})
+    fs = FeatureSet.from_config({"item": {"genres": {"kind": "multi_categorical", "max_len": 2}}}, WHERE)
+    fs.encoders["item"]["genres"].fit(items["genres"])
+    table = fs.transform("item", items)
+    store = FeatureStore(IdVocab(["u"]), IdVocab(items["item_id"]), fs, {}, table, None, None, None,
+                         np.array([3, 1, 2]))
+    c = R.ItemCatalog.from_store(store, np.eye(3, dtype=np.float32), "genres")
+    assert c.category_names[:2] == ["<none>", "<unknown>"] and len(c) == 3
+    assert [c.category_names[p] for p in c.primary] == ["x", "<none>", "y"]
+    assert c.item_indices(["c", "zz"]).tolist() == [2]
