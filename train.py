@@ -1,6 +1,6 @@
 """Hydra entry point: ``python train.py [stage=<stage>] [overrides]``.
 
-Stages: baselines | retrieval | ranking | all. ``train(cfg)`` is plain and typed so tests call it directly.
+Stages: baselines | retrieval | ranking | distill | all. ``train(cfg)`` is plain and typed so tests call it directly.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from evaluation.report import add_section, read_metrics, write_report
 from evaluation.stage import run_baselines
 from features.prepare import prepare
 from features.schema import DataError
-from ranking.stage import run_ranking
+from ranking.stage import run_distill, run_ranking
 from retrieval.stage import run_retrieval
 
 log = logging.getLogger("train")
-STAGES = ("baselines", "retrieval", "ranking")
+STAGES = ("baselines", "retrieval", "ranking", "distill")
 # What each stage needs to have run first in the same invocation.
-NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"]}
+NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"], "distill": ["retrieval", "ranking"]}
 
 
 def _stages(stage: str) -> list[str]:
@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data.save_artifacts(out_dir / "artifacts")
     log.info("data prepared in %.1fs", time.time() - t0)
     loggers = make_loggers(cfg)
-    retrieval = None
+    retrieval = ranking = None
     for stage in stages:
         t = time.time()
         if stage == "baselines":
@@ -62,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         elif stage == "retrieval":
             retrieval = run_retrieval(data, cfg, out_dir, loggers, cfg.progress)
         elif stage == "ranking":
-            run_ranking(data, cfg, retrieval, out_dir, loggers, cfg.progress)
+            ranking = run_ranking(data, cfg, retrieval, out_dir, loggers, cfg.progress)
+        elif stage == "distill":
+            run_distill(data, cfg, ranking, out_dir, loggers, cfg.progress)
         log.info("stage %s done in %.1fs", stage, time.time() - t)
     header = (
         f"Dataset: {data.dataset.summary()}. Split: {data.split.name} {data.split.sizes()}.\n\n"

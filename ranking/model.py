@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from features.encoders import FeatureSpec
-from ranking.features import CONTEXT_NUMERIC, GROUPS, POPULARITY
+from ranking.features import COLLABORATIVE, CONTEXT_NUMERIC, GROUPS, POPULARITY
 from retrieval.towers import FeatureEmbedder, mlp
 
 
@@ -27,12 +27,18 @@ class NumericEncoder(nn.Module):
         self.names = names
         self.out_dim = sum(dims[n] for n in names)
 
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.names)
+
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([x[n].reshape(x[n].shape[0], -1).to(torch.float32) for n in self.names], dim=-1)
 
 
 class CollaborativeEncoder(nn.Module):
     """Tower embeddings, their product, the retrieval score and the co-occurrence score."""
+
+    input_names = list(COLLABORATIVE)
 
     def __init__(self, emb_dim: int):
         super().__init__()
@@ -48,28 +54,39 @@ class LateFusionRanker(nn.Module):
 
     def __init__(self, item_specs: list[FeatureSpec], user_specs: list[FeatureSpec], context_specs: list[FeatureSpec],
                  cardinalities: dict[str, int], tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int],
-                 dropout: float):
+                 dropout: float, groups: list[str] | None = None):
         super().__init__()
+        self.groups = list(groups or GROUPS)
+        unknown = set(self.groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown ranker group(s) {sorted(unknown)}; known: {', '.join(GROUPS)}")
+        self.group_index = [GROUPS.index(g) for g in self.groups]  # column of each group in the output
         content = [s for s in item_specs if s.name != "item_id"]
         user = [s for s in user_specs if s.name != "user_id"]
-        raw = {
+        all_raw = {
             "collaborative": CollaborativeEncoder(tower_dim),
             "content": FeatureEmbedder(content, cardinalities, emb_dim),
             "user": FeatureEmbedder(user, cardinalities, emb_dim),
             "context": _ContextEncoder(context_specs, cardinalities, emb_dim),
             "popularity": NumericEncoder(list(POPULARITY), {n: 1 for n in POPULARITY}),
         }
+        raw = {g: all_raw[g] for g in self.groups}
         self.raw = nn.ModuleDict(raw)
-        self.project = nn.ModuleDict({g: mlp(max(raw[g].out_dim, 1), [], group_dim, 0.0) for g in GROUPS})
+        self.project = nn.ModuleDict({g: mlp(max(raw[g].out_dim, 1), [], group_dim, 0.0) for g in self.groups})
         self.act = nn.GELU()
-        self.fusion = mlp(group_dim * len(GROUPS), hidden, 1, dropout)
+        self.fusion = mlp(group_dim * len(self.groups), hidden, 1, dropout)
         # Average group vectors on training data: the "absent" reference for contributions.
-        self.register_buffer("baseline", torch.zeros(len(GROUPS), group_dim))
+        self.register_buffer("baseline", torch.zeros(len(self.groups), group_dim))
+
+    @property
+    def input_names(self) -> list[str]:
+        """Every input this model reads, group by group (the ONNX input table)."""
+        return [n for g in self.groups for n in self.raw[g].input_names]
 
     def group_vectors(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """-> (R, G, H) one vector per signal group."""
+        """-> (R, G', H) one vector per signal group of this model."""
         vecs = []
-        for g in GROUPS:
+        for g in self.groups:
             h = self.raw[g](x)
             if h.shape[-1] == 0:  # a group with no features (e.g. no user attributes)
                 h = torch.zeros(h.shape[0], 1, device=h.device)
@@ -77,16 +94,20 @@ class LateFusionRanker(nn.Module):
         return torch.stack(vecs, dim=1)
 
     def forward(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.group_vectors(x)  # (R, G, H)
+        h = self.group_vectors(x)  # (R, G', H)
         r, g, d = h.shape
         if self.training:
-            return self.fusion(h.reshape(r, g * d)).squeeze(-1), torch.zeros(r, g, device=h.device)
+            return self.fusion(h.reshape(r, g * d)).squeeze(-1), torch.zeros(r, len(GROUPS), device=h.device)
         # Variant 0 is the full input; variant j+1 has group j replaced by its baseline.
         eye = torch.eye(g, device=h.device, dtype=h.dtype)  # (G, G)
         keep = torch.cat([torch.zeros(1, g, device=h.device, dtype=h.dtype), eye])[:, None, :, None]  # (G+1, 1, G, 1)
         variants = h[None] * (1 - keep) + self.baseline[None, None] * keep  # (G+1, R, G, H)
         scores = self.fusion(variants.reshape((g + 1) * r, g * d)).reshape(g + 1, r)
-        return scores[0], (scores[0][None] - scores[1:]).T  # (R,), (R, G)
+        contrib = (scores[0][None] - scores[1:]).T  # (R, G')
+        if g == len(GROUPS):
+            return scores[0], contrib  # (R,), (R, G)
+        full = torch.zeros(r, len(GROUPS), device=h.device, dtype=contrib.dtype)
+        return scores[0], full.index_copy(1, torch.as_tensor(self.group_index, device=h.device), contrib)
 
 
 class _ContextEncoder(nn.Module):
@@ -98,15 +119,20 @@ class _ContextEncoder(nn.Module):
         self.numeric = NumericEncoder(list(CONTEXT_NUMERIC), {n: 1 for n in CONTEXT_NUMERIC})
         self.out_dim = self.embed.out_dim + self.numeric.out_dim
 
+    @property
+    def input_names(self) -> list[str]:
+        return self.embed.input_names + self.numeric.input_names
+
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.cat([self.embed(x), self.numeric(x)], dim=-1)
 
 
-def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int], dropout: float) -> LateFusionRanker:
-    """Construct from a fitted :class:`features.encoders.FeatureSet`."""
+def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int], dropout: float,
+                 groups: list[str] | None = None) -> LateFusionRanker:
+    """Construct from a fitted :class:`features.encoders.FeatureSet` (``groups``: a subset, e.g. for a student)."""
     card = {**features.cardinalities("item"), **features.cardinalities("user"), **features.cardinalities("context")}
     return LateFusionRanker(features.specs["item"], features.specs["user"], features.specs["context"], card, tower_dim,
-                            emb_dim, group_dim, hidden, dropout)
+                            emb_dim, group_dim, hidden, dropout, groups)
 
 
 def load_ranker(path: str | Path, features) -> LateFusionRanker:

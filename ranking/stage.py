@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.evaluate import metrics_from_topk
 from evaluation.metrics import item_popularity, topk_excluding
-from evaluation.report import add_section, save_lists, update_metrics
+from evaluation.report import add_section, read_metrics, save_lists, update_metrics
 from features.prepare import Prepared
+from ranking.distill import distill
 from ranking.features import CandidateFeatures
 from ranking.load import make_catalog
 from ranking.model import LateFusionRanker, build_ranker
@@ -80,7 +83,18 @@ def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.
     return {"ranker": np.concatenate(ranked), "pipeline": ruled_arr}
 
 
-def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_dir: Path, logger, progress: bool) -> Pipeline:
+@dataclass
+class RankingResult:
+    """The test-time pipeline, the trained teacher and its training lists (for distillation)."""
+
+    pipeline: Pipeline
+    ranker: LateFusionRanker
+    lists: tuple[dict, np.ndarray, np.ndarray]
+    users: np.ndarray  # test users with truth
+    timestamps: np.ndarray  # their request times
+
+
+def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_dir: Path, logger, progress: bool) -> RankingResult:
     """Train the ranker, evaluate ranker / pipeline / cold users on test, save artifacts."""
     rc = cfg.ranking
     inputs, labels, valid = training_lists(data, result, cfg)
@@ -127,4 +141,77 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     (art / "pipeline.json").write_text(json.dumps({
         "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
         "dataset": cfg.data.name}))
-    return pipe
+    return RankingResult(pipe, ranker, (inputs, labels, valid), users, ts)
+
+
+def count_flops(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> int:
+    """Multiply-adds x2 of every Linear layer in one forward pass over ``inputs`` (lookups excluded)."""
+    flops = []
+
+    def hook(mod, args, out):
+        flops.append(2 * args[0].shape[:-1].numel() * mod.in_features * mod.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        model.eval()({k: torch.as_tensor(v) for k, v in inputs.items()})
+    for h in handles:
+        h.remove()
+    return int(sum(flops))
+
+
+def torch_latency_ms(model: torch.nn.Module, inputs: dict[str, np.ndarray], repeats: int = 30) -> float:
+    """Median wall time of one forward pass (PyTorch, CPU threads as configured)."""
+    x = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    times = []
+    with torch.no_grad():
+        model.eval()(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t) * 1000)
+    return float(np.median(times))
+
+
+def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir: Path, logger, progress: bool) -> LateFusionRanker:
+    """Distil the teacher into the configured student, gate it, evaluate it like the teacher."""
+    inputs, labels, valid = ranking.lists
+    tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
+    student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))
+    stats = distill(ranking.ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
+                    out_dir, cfg.seed, progress)
+    student.eval()
+    pipe = ranking.pipeline
+    teacher_fn = pipe.ranker
+    ks = list(cfg.eval.ks)
+    pop, vectors = item_popularity(data.train), data.item_vectors()
+    try:
+        pipe.ranker, pipe.exposure = TorchModel(student), None
+        lists = evaluate_pipeline(pipe, data, ranking.users, ranking.timestamps, ks)
+    finally:
+        pipe.ranker = teacher_fn
+    m = metrics_from_topk(lists["ranker"], data.test[ranking.users], ks, pop, vectors)
+    update_metrics(out_dir, "student", "test", m)
+    save_lists(out_dir, "student", ranking.users, lists["ranker"])
+    # 500 candidates of real requests: latency, size, FLOPs of both rankers.
+    rows = {k: v[:500] for k, v in inputs.items()}
+    cost = {}
+    for name, model in (("teacher", ranking.ranker), ("student", student)):
+        cost[name] = {"params": sum(p.numel() for p in model.parameters()),
+                      "flops_500": count_flops(model, rows), "torch_ms_500": torch_latency_ms(model, rows)}
+        update_metrics(out_dir, name if name == "student" else "ranker", "cost", cost[name])
+    teacher = read_metrics(out_dir)
+    kept = {k: m[k] / teacher[f"ranker/test/{k}"] for k in ("ndcg@10", "recall@10") if teacher.get(f"ranker/test/{k}")}
+    update_metrics(out_dir, "student", "retained", kept)
+    add_section(out_dir, "Distillation", (
+        f"Student ranker (groups {', '.join(student.groups)}; {cost['student']['params']:,} parameters vs "
+        f"{cost['teacher']['params']:,}) distilled from the teacher's scores (MSE + listwise KL at T="
+        f"{cfg.distill.temperature}, label weight {cfg.distill.label_weight}) in {stats['epochs']} epochs. "
+        f"Held-out lists NDCG@10: student {stats['student_val_ndcg@10']:.4f} vs teacher "
+        f"{stats['teacher_val_ndcg@10']:.4f} ({stats['retained']:.1%} retained; gate "
+        f"{cfg.distill.gate.min_retained:.0%}). Test: NDCG@10 {kept.get('ndcg@10', float('nan')):.1%} and Recall@10 "
+        f"{kept.get('recall@10', float('nan')):.1%} of the teacher's. 500 candidates: "
+        f"{cost['student']['flops_500'] / 1e6:.1f} vs {cost['teacher']['flops_500'] / 1e6:.1f} MFLOPs, PyTorch "
+        f"{cost['student']['torch_ms_500']:.2f} vs {cost['teacher']['torch_ms_500']:.2f} ms."))
+    torch.save({"state_dict": student.state_dict(), "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
+                "tower_dim": tower_dim}, out_dir / "artifacts" / "ranker_student.pt")
+    return student

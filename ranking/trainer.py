@@ -56,10 +56,12 @@ def list_ndcg(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
 class CandidateLists(torch.utils.data.Dataset):
     """U lists of C candidates, stored flat (U*C rows); a batch is a set of whole lists."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray):
+    def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
+                 teacher: np.ndarray | None = None):
         self.inputs = {k: torch.as_tensor(v) for k, v in inputs.items()}
         self.labels = torch.as_tensor(labels, dtype=torch.float32)  # (U, C)
         self.valid = torch.as_tensor(valid)  # (U, C)
+        self.teacher = None if teacher is None else torch.as_tensor(teacher, dtype=torch.float32)  # (U, C)
         self.c = labels.shape[1]
 
     def __len__(self) -> int:
@@ -71,7 +73,10 @@ class CandidateLists(torch.utils.data.Dataset):
     def collate(self, lists: list[int]) -> dict:
         u = torch.as_tensor(lists)
         rows = (u[:, None] * self.c + torch.arange(self.c)[None]).reshape(-1)
-        return {"x": {k: v[rows] for k, v in self.inputs.items()}, "labels": self.labels[u], "valid": self.valid[u]}
+        batch = {"x": {k: v[rows] for k, v in self.inputs.items()}, "labels": self.labels[u], "valid": self.valid[u]}
+        if self.teacher is not None:
+            batch["teacher"] = self.teacher[u]
+        return batch
 
 
 class RankerModule(L.LightningModule):
@@ -114,27 +119,29 @@ def labels_for(items: np.ndarray, truth_rows: sp.csr_matrix) -> np.ndarray:
     return (np.asarray(truth_rows[rows, np.clip(items.ravel(), 0, None)]).reshape(items.shape) > 0) & (items >= 0)
 
 
-def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
-               cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool) -> dict:
-    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10."""
-    L.seed_everything(seed, workers=True)
-    has_pos = labels.any(axis=1)
-    lists = np.flatnonzero(has_pos)
-    rng = np.random.default_rng(seed)
-    rng.shuffle(lists)
-    n_val = max(1, int(len(lists) * cfg.val_share))
+def split_lists(labels: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lists with a positive, shuffled by seed into (train, held-out) index arrays (both sorted)."""
+    lists = np.flatnonzero(labels.any(axis=1))
+    np.random.default_rng(seed).shuffle(lists)
+    n_val = max(1, int(len(lists) * val_share))
+    return np.sort(lists[n_val:]), np.sort(lists[:n_val])
+
+
+def subset_lists(inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray, idx: np.ndarray,
+                 teacher: np.ndarray | None = None) -> CandidateLists:
     c = labels.shape[1]
+    rows = (idx[:, None] * c + np.arange(c)[None]).ravel()
+    return CandidateLists({k: v[rows] for k, v in inputs.items()}, labels[idx], valid[idx],
+                          None if teacher is None else teacher[idx])
 
-    def subset(idx: np.ndarray) -> CandidateLists:
-        rows = (idx[:, None] * c + np.arange(c)[None]).ravel()
-        return CandidateLists({k: v[rows] for k, v in inputs.items()}, labels[idx], valid[idx])
 
-    train_ds, val_ds = subset(np.sort(lists[n_val:])), subset(np.sort(lists[:n_val]))
-    module = RankerModule(model, instantiate(cfg.optimizer))
-    ckpt = ModelCheckpoint(dirpath=str(out_dir / "checkpoints" / "ranker"), monitor="ranker/val_ndcg@10", mode="max",
-                           save_top_k=1, save_last=True, filename="best")
+def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: CandidateLists, cfg: DictConfig,
+              trainer_cfg: DictConfig, logger, ckpt_dir: Path, progress: bool) -> dict:
+    """Lightning fit with early stopping / best checkpoint on held-out lists' NDCG@10."""
+    ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), monitor="ranker/val_ndcg@10", mode="max", save_top_k=1,
+                           save_last=True, filename="best")
     callbacks = [EarlyStopping(monitor="ranker/val_ndcg@10", mode="max", patience=cfg.patience), ckpt]
-    trainer = make_trainer(trainer_cfg, logger, callbacks, out_dir, progress, max_epochs=cfg.max_epochs)
+    trainer = make_trainer(trainer_cfg, logger, callbacks, ckpt_dir.parent.parent, progress, max_epochs=cfg.max_epochs)
     t0 = time.time()
     trainer.fit(module,
                 DataLoader(train_ds, batch_size=cfg.lists_per_batch, shuffle=True, collate_fn=train_ds.collate),
@@ -142,9 +149,20 @@ def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: n
     seconds = time.time() - t0
     if ckpt.best_model_path:
         module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
+    return {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),
+            "val_lists": len(val_ds), "best_val_ndcg@10": float(ckpt.best_model_score or float("nan"))}
+
+
+def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
+               cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool) -> dict:
+    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10."""
+    L.seed_everything(seed, workers=True)
+    train_idx, val_idx = split_lists(labels, cfg.val_share, seed)
+    module = RankerModule(model, instantiate(cfg.optimizer))
+    stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx), subset_lists(inputs, labels, valid, val_idx),
+                      cfg, trainer_cfg, logger, out_dir / "checkpoints" / "ranker", progress)
     set_group_baselines(module.model, inputs, valid)
-    stats = {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),
-             "val_lists": len(val_ds), "best_val_ndcg@10": float(ckpt.best_model_score or float("nan")),
-             "positives_per_list": float(labels[has_pos].sum(1).mean()) if has_pos.any() else 0.0}
+    has_pos = labels.any(axis=1)
+    stats["positives_per_list"] = float(labels[has_pos].sum(1).mean()) if has_pos.any() else 0.0
     log.info("ranker trained: %s", stats)
     return stats

@@ -68,3 +68,15 @@ def tiny_run(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_run")
     train(compose_cfg(d, TINY_DATA + ["stage=ranking", "ranking.max_epochs=3", "ranking.cold_users=50"]))
     return d / "run"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is visible; everything else always runs."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
