@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from features.cooccurrence import item_cosine_similarity
+from features.cooccurrence import ease_weights, item_cosine_similarity
 
 
 @runtime_checkable
@@ -135,13 +135,7 @@ class EASE(_Fitted):
                 f"EASE with n_items={n_items} needs ~{gib:.1f} GiB of dense N x N float64 matrices, "
                 f"above max_items={self.max_items}; use ItemKNN, filter rare items, or raise max_items"
             )
-        gram = (x.T @ x).toarray().astype(np.float64)  # (N, N)
-        gram[np.diag_indices(n_items)] += self.l2
-        p = np.linalg.inv(gram)  # (N, N) symmetric positive definite
-        del gram
-        p /= -np.diag(p).copy()[None, :]  # in place: B_ij = -P_ij / P_jj
-        p[np.diag_indices(n_items)] = 0.0
-        self.weights_ = p.astype(np.float32)  # (N, N)
+        self.weights_ = ease_weights(x, self.l2)  # (N, N)
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Item-item co-occurrence similarity (cosine), shared by the ItemKNN baseline and the ranker."""
+"""Item-item co-occurrence models (cosine kNN, EASE), shared by the baselines and the ranker."""
 
 from __future__ import annotations
 
@@ -41,3 +41,25 @@ def item_cosine_similarity(x: sp.csr_matrix, k_neighbors: int, shrink: float, bl
     return sp.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items), dtype=np.float32
     )
+
+
+def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
+    """EASE (Steck, 2019): B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0.
+
+    Dense O(N^2) memory, O(N^3) time: for catalogs up to ~20k items.
+
+    Args:
+        x: (U, N) binary interactions.
+        l2: ridge strength (> 0).
+
+    Returns:
+        (N, N) float32 weights; ``user_rows @ B`` scores every item.
+    """
+    n_items = x.shape[1]
+    gram = (x.T @ x).toarray().astype(np.float64)  # (N, N)
+    gram[np.diag_indices(n_items)] += l2
+    p = np.linalg.inv(gram)  # (N, N) symmetric positive definite
+    del gram
+    p /= -np.diag(p).copy()[None, :]  # in place: B_ij = -P_ij / P_jj
+    p[np.diag_indices(n_items)] = 0.0
+    return p.astype(np.float32)

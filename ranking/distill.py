@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ranking.model import LateFusionRanker
-from ranking.trainer import fit_lists, list_ndcg, listwise_loss, set_group_baselines, split_lists, subset_lists
+from ranking.trainer import (RankerModule, fit_lists, list_ndcg, listwise_loss, set_group_baselines, split_lists,
+                             subset_lists)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,12 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, valid: torch
     return loss
 
 
-class DistillModule(L.LightningModule):
-    def __init__(self, student: LateFusionRanker, optimizer, cfg: DictConfig):
-        super().__init__()
-        self.model = student
-        self.optimizer_factory = optimizer
-        self.cfg = cfg
+class DistillModule(RankerModule):
+    """The ranker's Lightning wrapper with the distillation loss (validation stays list NDCG@10)."""
 
-    def _scores(self, batch: dict) -> torch.Tensor:
-        s, _ = self.model(batch["x"])
-        return s.reshape(batch["labels"].shape)
+    def __init__(self, student: LateFusionRanker, optimizer, cfg: DictConfig):
+        super().__init__(student, optimizer)
+        self.cfg = cfg
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         c = self.cfg
@@ -70,13 +67,6 @@ class DistillModule(L.LightningModule):
                                  c.temperature, c.score_weight, c.kl_weight, c.label_weight)
         self.log("distill/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        s = self._scores(batch).masked_fill(~batch["valid"], -1e9)
-        self.log("ranker/val_ndcg@10", list_ndcg(s, batch["labels"], 10), prog_bar=True, batch_size=len(batch["labels"]))
-
-    def configure_optimizers(self):
-        return self.optimizer_factory(params=self.parameters())
 
 
 @torch.no_grad()

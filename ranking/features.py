@@ -1,8 +1,9 @@
 """Ranker inputs for (request, candidate) pairs, grouped by signal.
 
 Groups (each fused late by :class:`ranking.model.LateFusionRanker`):
-- collaborative: user and item tower embeddings, the retrieval score, and the co-occurrence
-  score of the candidate against everything the user has interacted with (item-item cosine);
+- collaborative: user and item tower embeddings, the retrieval score, and two co-occurrence
+  scores of the candidate against everything the user has interacted with: item-item cosine
+  (any catalog size) and EASE (catalogs up to ``ease_max_items``; 0 above, logged);
 - content: the item's attributes (every item feature except its id);
 - user: the user's attributes (every user feature except the id);
 - context: hour, day of week, time since the user's last interaction, the item's age;
@@ -14,19 +15,21 @@ The same :class:`CandidateFeatures` serves offline training, evaluation and the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.cooccurrence import item_cosine_similarity
+from features.cooccurrence import ease_weights, item_cosine_similarity
 from features.store import FeatureStore
 
 GROUPS = ("collaborative", "content", "user", "context", "popularity")
-COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score")
+COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score", "ease_score")
 CONTEXT_NUMERIC = ("since_last", "item_age")
 POPULARITY = ("pop_all", "pop_recent")
+log = logging.getLogger(__name__)
 _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
 
 
@@ -44,20 +47,26 @@ def input_groups(store: FeatureStore) -> dict[str, list[str]]:
 class CandidateFeatures:
     """Looks up and derives every ranker input from the feature store and history statistics."""
 
-    def __init__(self, store: FeatureStore, item_embeddings: np.ndarray, cooc: sp.csr_matrix, item_first_ts: np.ndarray,
-                 event_keys: np.ndarray, recent_days: float):
+    def __init__(self, store: FeatureStore, item_embeddings: np.ndarray, cooc: sp.csr_matrix, ease: np.ndarray | None,
+                 item_first_ts: np.ndarray, event_keys: np.ndarray, recent_days: float):
         self.store = store
         self.item_embeddings = item_embeddings  # (N, D)
         self.cooc = cooc  # (N, N) item-item cosine, [neighbour, target]
+        self.ease = ease  # (N, N) dense EASE weights, or None for large catalogs
         self.item_first_ts = item_first_ts  # (N,) first interaction time, -1 if none
         self.event_keys = event_keys  # sorted (item << 32 | timestamp) of history interactions
         self.recent_seconds = int(recent_days * 86400)
 
     @classmethod
     def build(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, k_neighbors: int,
-              shrink: float, recent_days: float) -> "CandidateFeatures":
+              shrink: float, ease_l2: float | None, ease_max_items: int, recent_days: float) -> "CandidateFeatures":
         """From the store (built on ``history``) and the history interactions themselves."""
         cooc = item_cosine_similarity(store.seen, k_neighbors, shrink, block_size=2048)
+        ease = None
+        if ease_l2 and len(store.items) <= ease_max_items:
+            ease = ease_weights(store.seen, ease_l2)
+        elif ease_l2:
+            log.info("catalog of %d items > ranking.cooc.ease_max_items=%d: ease_score is 0", len(store.items), ease_max_items)
         items = store.items.lookup(history["item_id"].to_numpy())
         ts = history["timestamp"].to_numpy(dtype=np.int64)
         keep = items >= 0
@@ -65,7 +74,7 @@ class CandidateFeatures:
         first = np.full(len(store.items), -1, dtype=np.int64)
         order = np.argsort(ts[keep], kind="stable")[::-1]
         first[items[keep][order]] = ts[keep][order]  # the earliest write wins (reverse time order)
-        return cls(store, item_embeddings, cooc.tocsr(), first, keys, recent_days)
+        return cls(store, item_embeddings, cooc.tocsr(), ease, first, keys, recent_days)
 
     def recent_counts(self, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Interactions with each item in [t - recent_days, t). (R,), (R,) -> (R,)"""
@@ -73,19 +82,20 @@ class CandidateFeatures:
         lo = (items << _SHIFT) | np.clip(timestamps - self.recent_seconds, 0, (1 << _SHIFT) - 1)
         return np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
 
-    def cooc_scores(self, users: np.ndarray, items: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
-        """Sum of cosine similarities between each candidate and the user's items. (B,), (B, C) -> (B, C)"""
+    def history_scores(self, weights, users: np.ndarray, items: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
+        """Sum of item-item ``weights`` from the user's items to each candidate. (B,), (B, C) -> (B, C)"""
         known = users >= 0
         rows = self.store.seen[np.where(known, users, 0)]
         rows = (sp.diags(known.astype(np.float32)) @ rows).tocsr()
         if recent is not None:  # items the request carries count too (e.g. a cold user's session)
             r, c = np.nonzero(recent >= 0)
             rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign()
-        scores = (rows @ self.cooc).tocsr()  # (B, N) sparse
+        scores = rows @ weights  # (B, N), sparse or dense
         out = np.zeros(items.shape, dtype=np.float32)
         chunk = max(1, 20_000_000 // scores.shape[1])  # rows densified at a time
         for s in range(0, len(users), chunk):
-            dense = scores[s : s + chunk].toarray()  # (b, N)
+            part = scores[s : s + chunk]
+            dense = part.toarray() if sp.issparse(part) else np.asarray(part)  # (b, N)
             out[s : s + chunk] = np.take_along_axis(dense, np.clip(items[s : s + chunk], 0, None), axis=1)
         return np.where(items >= 0, out, 0.0)
 
@@ -100,7 +110,9 @@ class CandidateFeatures:
             "user_emb": np.repeat(queries.astype(np.float32), c, axis=0),
             "item_emb": self.item_embeddings[flat],
             "retrieval_score": np.nan_to_num(scores.ravel().astype(np.float32), neginf=-1.0),
-            "cooc_score": np.log1p(self.cooc_scores(users, items, recent).ravel()),
+            "cooc_score": np.log1p(self.history_scores(self.cooc, users, items, recent).ravel()),
+            "ease_score": (self.history_scores(self.ease, users, items, recent).ravel() if self.ease is not None
+                           else np.zeros(b * c, dtype=np.float32)),
         }
         for name in self.store.features.encoders["item"]:
             if name != "item_id":
@@ -124,6 +136,8 @@ class CandidateFeatures:
         sp.save_npz(out / "cooc.npz", self.cooc)
         np.savez(out / "ranker_tables.npz", item_embeddings=self.item_embeddings, item_first_ts=self.item_first_ts,
                  event_keys=self.event_keys)
+        if self.ease is not None:
+            np.save(out / "ease.npy", self.ease)
         (out / "ranker_features.json").write_text(json.dumps({"recent_seconds": self.recent_seconds}))
 
     @classmethod
@@ -131,5 +145,6 @@ class CandidateFeatures:
         d = Path(out_dir)
         z = np.load(d / "ranker_tables.npz")
         meta = json.loads((d / "ranker_features.json").read_text())
-        return cls(store, z["item_embeddings"], sp.load_npz(d / "cooc.npz").tocsr(), z["item_first_ts"],
+        ease = np.load(d / "ease.npy") if (d / "ease.npy").exists() else None
+        return cls(store, z["item_embeddings"], sp.load_npz(d / "cooc.npz").tocsr(), ease, z["item_first_ts"],
                    z["event_keys"], meta["recent_seconds"] / 86400)

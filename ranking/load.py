@@ -66,4 +66,4 @@ def load_pipeline(path: str | Path, user_encoder=None, ranker=None) -> Pipeline:
     catalog = make_catalog(store, emb, meta["category_feature"])
     features = CandidateFeatures.load(art / "ranker_features", store)
     return Pipeline(retriever, ranker, features, rules, catalog, meta["n_candidates"], meta["max_k"],
-                    rules.make_tracker(len(catalog)))
+                    meta["cold_popular_share"], rules.make_tracker(len(catalog)))

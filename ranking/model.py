@@ -36,17 +36,18 @@ class NumericEncoder(nn.Module):
 
 
 class CollaborativeEncoder(nn.Module):
-    """Tower embeddings, their product, the retrieval score and the co-occurrence score."""
+    """Tower embeddings, their product, the retrieval score and the co-occurrence scores."""
 
     input_names = list(COLLABORATIVE)
 
     def __init__(self, emb_dim: int):
         super().__init__()
-        self.out_dim = 3 * emb_dim + 2
+        self.out_dim = 3 * emb_dim + 3
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         u, i = x["user_emb"], x["item_emb"]  # (R, D) each
-        return torch.cat([u, i, u * i, x["retrieval_score"][:, None], x["cooc_score"][:, None]], dim=-1)
+        scalars = [x[n][:, None] for n in ("retrieval_score", "cooc_score", "ease_score")]
+        return torch.cat([u, i, u * i, *scalars], dim=-1)
 
 
 class LateFusionRanker(nn.Module):

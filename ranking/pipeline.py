@@ -73,21 +73,45 @@ def validate_request(r: Request, max_k: int) -> None:
                 raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
 
+def retrieve_candidates(retriever: Retriever, users: np.ndarray, timestamps: np.ndarray, n: int, popular_share: float,
+                        recent: np.ndarray | None = None, attributes=None):
+    """Retrieval candidates for a batch. -> scores (B, n), items (B, n), queries (B, D).
+
+    A request with neither a known user nor recent items has little for the user tower to go on:
+    the lower ``popular_share`` of its slots go to the most popular items (scored by the same
+    query), so the ranker can fall back on popularity and context.
+    """
+    scores, items, queries = retriever.retrieve(users, timestamps, n, recent=recent, attributes=attributes)
+    has_recent = np.zeros(len(users), bool) if recent is None else (recent >= 0).any(axis=1)
+    cold = np.flatnonzero((np.asarray(users) < 0) & ~has_recent)
+    n_pop = int(n * popular_share)
+    if len(cold) and n_pop:
+        popular = np.argsort(-retriever.store.popularity, kind="stable")[:n]
+        for b in cold:
+            keep = items[b][(items[b] >= 0) & ~np.isin(items[b], popular[:n_pop])][: n - n_pop]
+            fill = popular[~np.isin(popular, keep)][: n - len(keep)]
+            row = np.concatenate([keep, fill])
+            items[b, : len(row)] = row
+            scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
+    return scores, items, queries
+
+
 class Pipeline:
     """Retriever + ranker + rules over one feature store."""
 
     def __init__(self, retriever: Retriever, ranker: Callable, features: CandidateFeatures, rules: RuleSet,
-                 catalog: ItemCatalog, n_candidates: int, max_k: int, exposure: ExposureTracker | None = None):
+                 catalog: ItemCatalog, n_candidates: int, max_k: int, cold_popular_share: float,
+                 exposure: ExposureTracker | None = None):
         self.retriever, self.ranker, self.features = retriever, ranker, features
         self.rules, self.catalog = rules, catalog
-        self.n_candidates, self.max_k = n_candidates, max_k
+        self.n_candidates, self.max_k, self.cold_popular_share = n_candidates, max_k, cold_popular_share
         self.exposure = exposure
         self.store = retriever.store
 
     def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None):
         """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G)."""
-        r_scores, items, queries = self.retriever.retrieve(users, timestamps, self.n_candidates, recent=recent,
-                                                           attributes=attributes)
+        r_scores, items, queries = retrieve_candidates(self.retriever, users, timestamps, self.n_candidates,
+                                                       self.cold_popular_share, recent, attributes)
         x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes)
         scores, contrib = self.ranker(x)
         b, c = items.shape

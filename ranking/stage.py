@@ -25,7 +25,7 @@ from ranking.distill import distill
 from ranking.features import CandidateFeatures
 from ranking.load import make_catalog
 from ranking.model import LateFusionRanker, build_ranker
-from ranking.pipeline import Pipeline
+from ranking.pipeline import Pipeline, retrieve_candidates
 from ranking.rule_config import RuleSet
 from ranking.trainer import fit_ranker, labels_for
 from retrieval.retriever import TorchModel
@@ -38,7 +38,7 @@ def candidate_features(data: Prepared, result: RetrievalResult, part: str, cfg: 
     """Ranker feature builder over the history that is known when answering ``part``."""
     r = result.retrievers[part]
     return CandidateFeatures.build(r.store, history_frame(data, part), r.item_embeddings, cfg.cooc.k_neighbors,
-                                   cfg.cooc.shrink, cfg.recent_days)
+                                   cfg.cooc.shrink, cfg.cooc.ease_l2, cfg.cooc.ease_max_items, cfg.recent_days)
 
 
 def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: LateFusionRanker, cfg: DictConfig,
@@ -46,17 +46,27 @@ def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: L
     r = result.retrievers[part]
     catalog = make_catalog(r.store, r.item_embeddings, cfg.data.get("category_feature"))
     return Pipeline(r, TorchModel(ranker), candidate_features(data, result, part, cfg.ranking), rules, catalog,
-                    cfg.ranking.n_candidates, cfg.ranking.max_k, rules.make_tracker(len(catalog)))
+                    cfg.ranking.n_candidates, cfg.ranking.max_k, cfg.ranking.cold_popular_share,
+                    rules.make_tracker(len(catalog)))
 
 
 def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
-    """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C)."""
-    pipe_feats = candidate_features(data, result, "valid", cfg.ranking)
+    """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C).
+
+    A ``cold_share`` of the lists is repeated as if the user were unknown (no id, no history), so
+    the ranker also learns the cold-start route it will face online.
+    """
+    feats = candidate_features(data, result, "valid", cfg.ranking)
     users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     ts = first_times(data.split.valid, data)[users]
-    scores, items, queries = result.retrievers["valid"].retrieve(users, ts, cfg.ranking.n_candidates)
-    inputs = pipe_feats.build_inputs(users, ts, queries, items, scores)
-    return inputs, labels_for(items, data.valid[users]), items >= 0
+    rng = np.random.default_rng(cfg.seed)
+    cold = rng.choice(len(users), size=int(len(users) * cfg.ranking.cold_share), replace=False)
+    query_users = np.concatenate([users, np.full(len(cold), -1)])
+    truth_users, ts = np.concatenate([users, users[cold]]), np.concatenate([ts, ts[cold]])
+    scores, items, queries = retrieve_candidates(result.retrievers["valid"], query_users, ts, cfg.ranking.n_candidates,
+                                                 cfg.ranking.cold_popular_share)
+    inputs = feats.build_inputs(query_users, ts, queries, items, scores)
+    return inputs, labels_for(items, data.valid[truth_users]), items >= 0
 
 
 def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.ndarray, ks: list[int],
@@ -122,7 +132,8 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     cts = first_times(data.split.test, data)[cold]
     pipe.exposure = None  # keep the main evaluation's exposure state out of the slice
     cold_lists = evaluate_pipeline(pipe, data, cold, cts, ks, cold=True)
-    mostpop = topk_excluding(np.tile(pipe.store.popularity.astype(np.float32), (len(cold), 1)), pipe.store.seen[cold], max(ks))
+    # A truly unknown user has no known history, so nothing is excluded for either.
+    mostpop = topk_excluding(np.tile(pipe.store.popularity.astype(np.float32), (len(cold), 1)), None, max(ks))
     for name, topk in {"pipeline": cold_lists["pipeline"], "mostpop": mostpop}.items():
         update_metrics(out_dir, name, "test_cold_users", metrics_from_topk(topk, data.test[cold], ks, pop, vectors))
 
@@ -140,6 +151,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     (art / "rules.yaml").write_text(OmegaConf.to_yaml(cfg.rules))
     (art / "pipeline.json").write_text(json.dumps({
         "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
+        "cold_popular_share": rc.cold_popular_share,
         "dataset": cfg.data.name}))
     return RankingResult(pipe, ranker, (inputs, labels, valid), users, ts)
 

@@ -97,30 +97,36 @@ def cold_item_slice(data: Prepared, users: np.ndarray, lists: dict[str, np.ndarr
             f"candidates:\n\n" + "\n".join(rows)), out
 
 
-def refit_two_tower(data: Prepared, cfg: DictConfig, model: TwoTower, stats: dict, logger, out_dir: Path,
+def refit_two_tower(data: Prepared, cfg: DictConfig, stats: dict, logger, out_dir: Path,
                     progress: bool) -> tuple[TwoTower, dict]:
-    """``scratch``: retrain on train+valid for the best epoch count; ``finetune``: continue the
-    trained model on train+valid for ``refit.epochs`` epochs (keeps its embedding space)."""
-    rc = cfg.retrieval
-    if rc.refit.mode == "scratch":
-        return fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, refit_epochs=stats["best_epochs"])
-    if rc.refit.mode == "finetune":
-        return fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, refit_epochs=rc.refit.epochs,
-                             init_state=model.state_dict())
-    raise ValueError(f"retrieval.refit.mode={rc.refit.mode!r}; use none, scratch or finetune")
+    """Retrain from scratch on train+valid for the best epoch count found on valid."""
+    if cfg.retrieval.refit.mode != "scratch":
+        raise ValueError(f"retrieval.refit.mode={cfg.retrieval.refit.mode!r}; use none or scratch")
+    return fit_two_tower(data, cfg.retrieval, cfg.trainer, logger, out_dir, cfg.seed, progress,
+                         refit_epochs=stats["best_epochs"])
 
 
 @dataclass
 class RetrievalResult:
-    """What later stages need: per split part, the model that may answer it and its retriever.
+    """What later stages need: the served model and, per split part, a retriever over the history
+    known when answering it (train for ``valid``, train+valid for ``test`` and serving). The model
+    never saw the validation split, so the ranker can train on its validation candidates."""
 
-    ``retrievers["valid"]`` never saw the validation split (the ranker trains on its candidates);
-    ``retrievers["test"]`` is the (refit) model that answers test requests and is served.
-    """
-
-    models: dict[str, TwoTower]
+    model: TwoTower
     retrievers: dict[str, Retriever]
     stats: dict
+
+
+def _evaluate(retriever: Retriever, data: Prepared, part: str, ks: list[int], out_dir: Path, name: str) -> dict:
+    """Candidate metrics of one retriever on valid or test (test lists kept for the plots)."""
+    users, items = candidate_lists(retriever, data, part, max(ks))
+    truth = (data.valid if part == "valid" else data.test)[users]
+    m = metrics_from_topk(items, truth, ks, item_popularity(data.train), data.item_vectors())
+    update_metrics(out_dir, name, part, m)
+    if part == "test":
+        save_lists(out_dir, name, users, items)
+    log.info("%s %s: %s", name, part, {k: round(v, 4) for k, v in m.items() if k.startswith(("ndcg@10", "recall"))})
+    return m
 
 
 def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progress: bool) -> RetrievalResult:
@@ -130,31 +136,32 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
     index_cfg = IndexConfig(**OmegaConf.to_container(cfg.index, resolve=True))
     ks = list(rc.eval_ks)
     pop = item_popularity(data.train)
-    vectors = data.item_vectors()
-    result = RetrievalResult({}, {}, stats)
+    result = RetrievalResult(model, {}, stats)
+    emb = item_embeddings(model, data.item_table)
+    index = build_index(emb, index_cfg, cfg.seed)
     for part in ("valid", "test"):
-        if part == "test" and rc.refit.mode != "none":
-            # Same protocol as the baselines: chosen on valid, refit on train+valid.
-            model, refit_stats = refit_two_tower(data, cfg, model, stats, logger, out_dir, progress)
-            stats["refit_seconds"] = refit_stats["fit_seconds"]
-        emb = item_embeddings(model, data.item_table)
-        index = build_index(emb, index_cfg, cfg.seed)
+        # One model, trained on train only, answers both parts (the ranker trains on its validation
+        # candidates, so the served pipeline keeps it); only the known history grows.
         store = FeatureStore.build(data, history_frame(data, part), rc.history_len)
         retriever = Retriever(model.user_tower, index, store, emb)
-        users, items = candidate_lists(retriever, data, part, max(ks))
-        truth = (data.valid if part == "valid" else data.test)[users]
-        m = metrics_from_topk(items, truth, ks, pop, vectors)
-        update_metrics(out_dir, MODEL_NAME, part, m)
-        result.models[part], result.retrievers[part] = model, retriever
-        if part == "test":
-            save_lists(out_dir, MODEL_NAME, users, items)
-        log.info("%s %s: %s", MODEL_NAME, part, {k: round(v, 4) for k, v in m.items() if k.startswith(("ndcg@10", "recall"))})
+        _evaluate(retriever, data, part, ks, out_dir, MODEL_NAME)
+        result.retrievers[part] = retriever
+    if rc.refit.mode != "none":
+        # The baselines' protocol: hyperparameters (epochs) chosen on valid, refit on train+valid.
+        refit, refit_stats = refit_two_tower(data, cfg, stats, logger, out_dir, progress)
+        stats["refit_seconds"] = refit_stats["fit_seconds"]
+        r_emb = item_embeddings(refit, data.item_table)
+        r = Retriever(refit.user_tower, build_index(r_emb, index_cfg, cfg.seed), result.retrievers["test"].store, r_emb)
+        _evaluate(r, data, "test", ks, out_dir, MODEL_NAME + "_refit")
     update_metrics(out_dir, MODEL_NAME, "train", {"samples_per_second": stats["samples_per_second"],
                                                   "fit_seconds": stats["fit_seconds"] + stats.get("refit_seconds", 0.0),
                                                   "epochs": stats["epochs"]})
     notes = (f"Two-tower: {stats['epochs']} epochs in {stats['fit_seconds']:.1f}s "
              f"({stats['samples_per_second']:.0f} training samples/s), best {rc.early_stopping.monitor} "
-             f"{stats.get('best_' + rc.early_stopping.monitor, float('nan')):.4f}; index `{index_cfg.factory}`.")
+             f"{stats.get('best_' + rc.early_stopping.monitor, float('nan')):.4f}; index `{index_cfg.factory}`. "
+             f"`{MODEL_NAME}` is the served model (trained on train; the ranker learns from its validation "
+             f"candidates); `{MODEL_NAME}_refit` follows the baselines' protocol (retrained on train+valid for "
+             f"the same number of epochs) and is reported for comparison only.")
     if len(data.split.cold_items):
         users, items = candidate_lists(retriever, data, "test", max(ks))
         rng = np.random.default_rng(cfg.seed)

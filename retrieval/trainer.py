@@ -56,14 +56,12 @@ def request_times(first: Histories, fallback: Histories, users: np.ndarray) -> n
 
 
 def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int,
-                  progress: bool, refit_epochs: int | None = None, init_state: dict | None = None) -> tuple[TwoTower, dict]:
+                  progress: bool, refit_epochs: int | None = None) -> tuple[TwoTower, dict]:
     """Train the towers and return (model, stats).
 
     Without ``refit_epochs``: train on the train split, early-stop on validation recall and keep
     the best checkpoint. With it: train from scratch on train+valid for exactly that many epochs
     (the protocol the baselines follow for the test split: select on valid, refit on train+valid).
-    ``init_state`` warm-starts from trained weights (a fine-tune keeps the embedding space, so a
-    ranker trained on the first model's features still fits the refit one).
     """
     L.seed_everything(seed, workers=True)
     refit = refit_epochs is not None
@@ -71,8 +69,6 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
     train_h = Histories.build(data, frame)
     valid_h = Histories.build(data, data.split.valid)
     model = build_two_tower(data.features, data.n_items, **cfg.model)
-    if init_state is not None:
-        model.load_state_dict(init_state)
     examples = TrainExamples(data, train_h, cfg.history_len, cfg.history_mode)
     loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=examples.collate,
                         drop_last=len(examples) > cfg.batch_size, num_workers=0)
