@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
-# The main job: data -> baselines -> retrieval -> ranking -> export -> Triton -> gRPC answers.
+# The main job: data -> baselines -> retrieval -> ranking -> distill -> export -> Triton -> gRPC answers.
 run: $(STAMP)
 	$(PY) train.py $(ARGS)
+	$(PY) -m serving.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

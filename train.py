@@ -1,6 +1,6 @@
 """Hydra entry point: ``python train.py [stage=<stage>] [overrides]``.
 
-Stages: baselines | retrieval | ranking | distill | all. ``train(cfg)`` is plain and typed so tests call it directly.
+Stages: baselines | retrieval | ranking | distill | export | all. ``train(cfg)`` is plain and typed so tests call it directly.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.plots import write_plots
 from evaluation.report import add_section, read_metrics, write_report
 from evaluation.stage import run_baselines
+from export.stage import run_export
 from features.prepare import prepare
 from features.schema import DataError
 from ranking.stage import run_distill, run_ranking
 from retrieval.stage import run_retrieval
 
 log = logging.getLogger("train")
-STAGES = ("baselines", "retrieval", "ranking", "distill")
+STAGES = ("baselines", "retrieval", "ranking", "distill", "export")
 # What each stage needs to have run first in the same invocation.
-NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"], "distill": ["retrieval", "ranking"]}
+NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"], "distill": ["retrieval", "ranking"],
+         "export": ["retrieval", "ranking"]}
 
 
 def _stages(stage: str) -> list[str]:
@@ -65,6 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             ranking = run_ranking(data, cfg, retrieval, out_dir, loggers, cfg.progress)
         elif stage == "distill":
             run_distill(data, cfg, ranking, out_dir, loggers, cfg.progress)
+        elif stage == "export":
+            run_export(cfg, out_dir)
         log.info("stage %s done in %.1fs", stage, time.time() - t)
     header = (
         f"Dataset: {data.dataset.summary()}. Split: {data.split.name} {data.split.sizes()}.\n\n"

@@ -6,6 +6,7 @@ serving needs (vocabularies, fitted encoders) so they are loaded unchanged later
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,10 @@ class Prepared:
         self.users.save(out / "users.json")
         self.items.save(out / "items.json")
         self.features.save(out / "encoders.json")
+        items = self.dataset.items
+        if "title" in items.columns:  # display names for clients
+            titles = items["title"].astype(object).where(items["title"].notna(), "")
+            (out / "item_titles.json").write_text(json.dumps(dict(zip(items["item_id"].astype(str), titles.astype(str)))))
 
 
 def load_dataset(data_cfg: DictConfig) -> Dataset:

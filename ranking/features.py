@@ -82,14 +82,36 @@ class CandidateFeatures:
         lo = (items << _SHIFT) | np.clip(timestamps - self.recent_seconds, 0, (1 << _SHIFT) - 1)
         return np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
 
+    def history_rows(self, users: np.ndarray, recent: np.ndarray | None = None) -> sp.csr_matrix:
+        """(B, N) binary: each request's known items (stored history, plus items the request carries)."""
+        known = users >= 0
+        rows = (sp.diags(known.astype(np.float32)) @ self.store.seen[np.where(known, users, 0)]).tocsr()
+        if recent is not None:  # e.g. a cold user's session
+            r, c = np.nonzero(recent >= 0)
+            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign().tocsr()
+        return rows
+
+    def history_top(self, users: np.ndarray, m: int, recent: np.ndarray | None = None) -> np.ndarray:
+        """The m best unseen items by co-occurrence with each request's items (EASE when available,
+        else cosine); -1 where fewer score above zero. (B,) -> (B, m)"""
+        rows = self.history_rows(users, recent)
+        weights = self.ease if self.ease is not None else self.cooc
+        out = np.full((len(users), m), -1, dtype=np.int64)
+        for b in range(len(users)):
+            if rows.indptr[b + 1] == rows.indptr[b]:
+                continue
+            row = rows[b] @ weights  # (1, N)
+            dense = (row.toarray() if sp.issparse(row) else np.asarray(row)).ravel()
+            dense[rows.indices[rows.indptr[b] : rows.indptr[b + 1]]] = -np.inf
+            top = np.argpartition(-dense, min(m, len(dense) - 1))[:m]
+            top = top[np.argsort(-dense[top], kind="stable")]
+            top = top[dense[top] > 0]
+            out[b, : len(top)] = top
+        return out
+
     def history_scores(self, weights, users: np.ndarray, items: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
         """Sum of item-item ``weights`` from the user's items to each candidate. (B,), (B, C) -> (B, C)"""
-        known = users >= 0
-        rows = self.store.seen[np.where(known, users, 0)]
-        rows = (sp.diags(known.astype(np.float32)) @ rows).tocsr()
-        if recent is not None:  # items the request carries count too (e.g. a cold user's session)
-            r, c = np.nonzero(recent >= 0)
-            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign()
+        rows = self.history_rows(users, recent)
         scores = rows @ weights  # (B, N), sparse or dense
         out = np.zeros(items.shape, dtype=np.float32)
         chunk = max(1, 20_000_000 // scores.shape[1])  # rows densified at a time

@@ -54,6 +54,10 @@ def load_pipeline(path: str | Path, user_encoder=None, ranker=None) -> Pipeline:
     """
     art = artifacts_dir(path)
     meta = json.loads((art / "pipeline.json").read_text())
+    missing = {"n_candidates", "max_k", "category_feature", "cold_popular_share", "cooc_share"} - set(meta)
+    if missing:
+        raise FileNotFoundError(f"{art / 'pipeline.json'} lacks {sorted(missing)}: the run was made by an older "
+                                f"version; re-run `python train.py`.")
     store = FeatureStore.load(art / "store")
     emb = np.load(art / "item_embeddings.npy")
     index, _ = load_index(art / "items.faiss")
@@ -66,4 +70,4 @@ def load_pipeline(path: str | Path, user_encoder=None, ranker=None) -> Pipeline:
     catalog = make_catalog(store, emb, meta["category_feature"])
     features = CandidateFeatures.load(art / "ranker_features", store)
     return Pipeline(retriever, ranker, features, rules, catalog, meta["n_candidates"], meta["max_k"],
-                    meta["cold_popular_share"], rules.make_tracker(len(catalog)))
+                    meta["cold_popular_share"], meta["cooc_share"], rules.make_tracker(len(catalog)))

@@ -73,26 +73,47 @@ def validate_request(r: Request, max_k: int) -> None:
                 raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
 
-def retrieve_candidates(retriever: Retriever, users: np.ndarray, timestamps: np.ndarray, n: int, popular_share: float,
-                        recent: np.ndarray | None = None, attributes=None):
-    """Retrieval candidates for a batch. -> scores (B, n), items (B, n), queries (B, D).
+def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.ndarray:
+    """Up to n items: ``first`` (minus extra's) for n - n_extra slots, then extra, then the rest of first."""
+    first, extra = first[first >= 0], extra[extra >= 0][:n_extra]
+    head = first[~np.isin(first, extra)]
+    row = np.concatenate([head[: n - len(extra)], extra])
+    return np.concatenate([row, head[n - len(extra):]])[:n]
 
-    A request with neither a known user nor recent items has little for the user tower to go on:
-    the lower ``popular_share`` of its slots go to the most popular items (scored by the same
-    query), so the ranker can fall back on popularity and context.
+
+def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, timestamps: np.ndarray,
+                        n: int, popular_share: float, cooc_share: float, recent: np.ndarray | None = None,
+                        attributes=None):
+    """Candidates for a batch from three sources. -> scores (B, n), items (B, n), queries (B, D).
+
+    - the two-tower query through the FAISS index (every request);
+    - co-occurrence with the request's known items (EASE, or cosine on large catalogs): their best
+      ``cooc_share`` of the slots, so items the towers rank low but history strongly suggests reach
+      the ranker;
+    - for a request with neither a known user nor recent items (little for the towers to go on):
+      the most popular items in ``popular_share`` of the slots.
+    Every candidate's retrieval score is the query . item inner product, whatever its source.
     """
     scores, items, queries = retriever.retrieve(users, timestamps, n, recent=recent, attributes=attributes)
+    users = np.asarray(users)
     has_recent = np.zeros(len(users), bool) if recent is None else (recent >= 0).any(axis=1)
-    cold = np.flatnonzero((np.asarray(users) < 0) & ~has_recent)
-    n_pop = int(n * popular_share)
-    if len(cold) and n_pop:
-        popular = np.argsort(-retriever.store.popularity, kind="stable")[:n]
-        for b in cold:
-            keep = items[b][(items[b] >= 0) & ~np.isin(items[b], popular[:n_pop])][: n - n_pop]
-            fill = popular[~np.isin(popular, keep)][: n - len(keep)]
-            row = np.concatenate([keep, fill])
-            items[b, : len(row)] = row
-            scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
+    cold = (users < 0) & ~has_recent
+    n_cooc, n_pop = int(n * cooc_share), int(n * popular_share)
+    extra = np.full((len(users), 0), -1, dtype=np.int64)
+    if n_cooc and (~cold).any():
+        extra = features.history_top(users, n_cooc, recent)
+    popular = np.argsort(-retriever.store.popularity, kind="stable")[:n]
+    for b in range(len(users)):
+        if cold[b] and n_pop:
+            row = _merge(items[b], popular, n_pop, n)
+        elif n_cooc and not cold[b]:
+            row = _merge(items[b], extra[b], n_cooc, n)
+        else:
+            continue
+        items[b] = -1
+        items[b, : len(row)] = row
+        scores[b] = -np.inf
+        scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
     return scores, items, queries
 
 
@@ -100,18 +121,20 @@ class Pipeline:
     """Retriever + ranker + rules over one feature store."""
 
     def __init__(self, retriever: Retriever, ranker: Callable, features: CandidateFeatures, rules: RuleSet,
-                 catalog: ItemCatalog, n_candidates: int, max_k: int, cold_popular_share: float,
+                 catalog: ItemCatalog, n_candidates: int, max_k: int, cold_popular_share: float, cooc_share: float,
                  exposure: ExposureTracker | None = None):
         self.retriever, self.ranker, self.features = retriever, ranker, features
         self.rules, self.catalog = rules, catalog
-        self.n_candidates, self.max_k, self.cold_popular_share = n_candidates, max_k, cold_popular_share
+        self.n_candidates, self.max_k = n_candidates, max_k
+        self.cold_popular_share, self.cooc_share = cold_popular_share, cooc_share
         self.exposure = exposure
         self.store = retriever.store
 
     def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None):
         """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G)."""
-        r_scores, items, queries = retrieve_candidates(self.retriever, users, timestamps, self.n_candidates,
-                                                       self.cold_popular_share, recent, attributes)
+        r_scores, items, queries = retrieve_candidates(self.retriever, self.features, users, timestamps,
+                                                       self.n_candidates, self.cold_popular_share, self.cooc_share,
+                                                       recent, attributes)
         x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes)
         scores, contrib = self.ranker(x)
         b, c = items.shape

@@ -47,7 +47,7 @@ def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: L
     catalog = make_catalog(r.store, r.item_embeddings, cfg.data.get("category_feature"))
     return Pipeline(r, TorchModel(ranker), candidate_features(data, result, part, cfg.ranking), rules, catalog,
                     cfg.ranking.n_candidates, cfg.ranking.max_k, cfg.ranking.cold_popular_share,
-                    rules.make_tracker(len(catalog)))
+                    cfg.ranking.cooc_share, rules.make_tracker(len(catalog)))
 
 
 def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
@@ -63,8 +63,9 @@ def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
     cold = rng.choice(len(users), size=int(len(users) * cfg.ranking.cold_share), replace=False)
     query_users = np.concatenate([users, np.full(len(cold), -1)])
     truth_users, ts = np.concatenate([users, users[cold]]), np.concatenate([ts, ts[cold]])
-    scores, items, queries = retrieve_candidates(result.retrievers["valid"], query_users, ts, cfg.ranking.n_candidates,
-                                                 cfg.ranking.cold_popular_share)
+    scores, items, queries = retrieve_candidates(result.retrievers["valid"], feats, query_users, ts,
+                                                 cfg.ranking.n_candidates, cfg.ranking.cold_popular_share,
+                                                 cfg.ranking.cooc_share)
     inputs = feats.build_inputs(query_users, ts, queries, items, scores)
     return inputs, labels_for(items, data.valid[truth_users]), items >= 0
 
@@ -151,7 +152,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     (art / "rules.yaml").write_text(OmegaConf.to_yaml(cfg.rules))
     (art / "pipeline.json").write_text(json.dumps({
         "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
-        "cold_popular_share": rc.cold_popular_share,
+        "cold_popular_share": rc.cold_popular_share, "cooc_share": rc.cooc_share,
         "dataset": cfg.data.name}))
     return RankingResult(pipe, ranker, (inputs, labels, valid), users, ts)
 

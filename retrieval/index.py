@@ -26,6 +26,7 @@ class IndexConfig:
     factory: str = "Flat"
     nprobe: int | None = None  # IVF: lists visited per query
     ef_search: int | None = None  # HNSW: search breadth
+    k_factor_rf: int | None = None  # refine (",RFlat"): re-rank k * k_factor_rf approximate hits exactly
     train_size: int = 200_000  # vectors sampled to train IVF / PQ
     use_gpu: bool = True  # only when faiss sees a GPU
 
@@ -36,8 +37,13 @@ def _apply_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
         params.append(f"nprobe={cfg.nprobe}")
     if cfg.ef_search is not None:
         params.append(f"efSearch={cfg.ef_search}")
+    if cfg.k_factor_rf is not None:
+        params.append(f"k_factor_rf={cfg.k_factor_rf}")
     if params:
-        faiss.ParameterSpace().set_index_parameters(index, ",".join(params))
+        inner = index
+        while isinstance(inner, (faiss.IndexIDMap, faiss.IndexIDMap2)):  # parameters live on the wrapped index
+            inner = faiss.downcast_index(inner.index)
+        faiss.ParameterSpace().set_index_parameters(inner, ",".join(params))
 
 
 def _maybe_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
@@ -59,7 +65,8 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> fais
         base = faiss.index_factory(x.shape[1], cfg.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         raise ValueError(f"bad faiss index_factory string {cfg.factory!r} (configs/index): {e}") from e
-    index = base if "IVF" in cfg.factory else faiss.IndexIDMap2(base)
+    # IVF indexes take ids natively; everything else (Flat, HNSW, IVF + refine) is wrapped.
+    index = base if isinstance(base, faiss.IndexIVF) or cfg.factory.startswith("IDMap") else faiss.IndexIDMap2(base)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = x[rng.choice(len(x), size=min(cfg.train_size, len(x)), replace=False)]

@@ -37,6 +37,7 @@ def compose_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfi
                 f"paths.root_dir={ROOT}",
                 f"paths.log_dir={tmp_path}/logs",
                 f"paths.output_dir={tmp_path}/run",
+                f"export.repository={tmp_path}/triton_repo",
                 "progress=false",
                 *(overrides or []),
             ],

@@ -1,0 +1,47 @@
+"""The export config: ``cfg.export`` (configs/export/default.yaml), and a finished run's config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from export.triton_config import FLAVOURS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = ROOT / "configs" / "export" / "default.yaml"
+
+
+def export_config(cfg: DictConfig) -> DictConfig:
+    """``cfg.export``, or configs/export/default.yaml resolved against ``cfg`` when the group is absent.
+
+    Raises:
+        ValueError: an unknown ``export.flavour``.
+    """
+    if cfg.get("export") is None:
+        cfg = OmegaConf.merge(cfg, {"export": OmegaConf.load(DEFAULTS)})
+    ecfg = cfg.export
+    if ecfg.flavour not in FLAVOURS:
+        raise ValueError(f"export.flavour={ecfg.flavour!r}; known: {', '.join(FLAVOURS)} (configs/export/default.yaml)")
+    return ecfg
+
+
+def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """A finished run's config, with paths pointing at this checkout and ``run_dir``, plus overrides.
+
+    The run's own ``.hydra/config.yaml`` when present (runs of ``python train.py``), otherwise
+    configs/train.yaml; ``key=value`` overrides (e.g. ``export.flavour=stock``) go on top.
+    """
+    saved = run_dir / ".hydra" / "config.yaml"
+    if saved.exists():
+        cfg = OmegaConf.load(saved)
+    else:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"paths.output_dir={run_dir}"])
+    OmegaConf.set_struct(cfg, False)
+    cfg.paths.root_dir = str(ROOT)
+    cfg.paths.output_dir = str(run_dir)
+    if cfg.get("export") is None:
+        cfg.export = OmegaConf.load(DEFAULTS)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))

@@ -1,0 +1,135 @@
+"""ONNX export of the plain modules (towers, ranker) and the parity checks that guard it.
+
+Each module is wrapped so that it takes positional tensors in the order of its
+:class:`export.spec.ModelSpec` and returns a tuple in the order of its outputs; the ONNX graph
+gets the table's names and a dynamic batch axis on every tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+# The exporter's graph passes log every rewrite and deduplicated initializer at INFO.
+for _name in ("onnx_ir", "onnxscript"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class PositionalModel(nn.Module):
+    """Adapts a module taking a dict of named tensors to positional inputs in table order.
+
+    Args:
+        module: the plain model (``UserTower``, ``ItemTower``, ``LateFusionRanker``), eval mode.
+        spec: its table; ``forward(*tensors)`` builds ``{name: tensor}`` from ``spec.inputs``.
+    """
+
+    def __init__(self, module: nn.Module, spec: ModelSpec):
+        super().__init__()
+        self.module = module.eval()
+        self.names = spec.input_names
+        self.n_outputs = len(spec.outputs)
+        self.eval()
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(dict(zip(self.names, tensors)))
+        out = out if isinstance(out, tuple) else (out,)
+        if len(out) != self.n_outputs:
+            raise ValueError(f"module returned {len(out)} outputs, the table declares {self.n_outputs}")
+        return tuple(out)
+
+
+def example_inputs(spec: ModelSpec, rows: int, seed: int = 0,
+                   high: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs matching the table: integer codes in ``[0, high[name])``, floats ~ N(0, 1).
+
+    Args:
+        spec: the model's table.
+        rows: batch size.
+        seed: random seed.
+        high: exclusive upper bound of each integer input (embedding-table sizes); 2 when absent.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for t in spec.inputs:
+        shape = (rows, *t.shape)
+        if np.issubdtype(t.dtype, np.integer):
+            out[t.name] = rng.integers(0, (high or {}).get(t.name, 2), size=shape).astype(t.dtype)
+        else:
+            out[t.name] = rng.standard_normal(shape).astype(t.dtype)
+    return out
+
+
+def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, example: dict[str, np.ndarray], opset: int) -> Path:
+    """Export ``module`` to a self-contained ONNX file (weights inside) and check it.
+
+    Args:
+        module: plain model in eval mode.
+        spec: its table (input/output names and order).
+        path: where to write ``model.onnx``.
+        example: inputs to trace with; the batch axis must be > 1 so it is not specialised.
+        opset: ONNX opset version.
+
+    Returns:
+        ``path``.
+    """
+    wrapped = PositionalModel(module, spec)
+    args = tuple(torch.as_tensor(example[n]) for n in spec.input_names)
+    if len(args[0]) < 2:
+        raise ValueError("export needs an example batch of at least 2 rows, or the batch axis is fixed to 1")
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(wrapped, args, str(path), input_names=spec.input_names, output_names=spec.output_names,
+                          dynamic_shapes=(tuple({0: batch} for _ in args),), opset_version=opset,
+                          external_data=False, verbose=False)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    log.info("exported %s -> %s", spec.name, path)
+    return path
+
+
+def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU onnxruntime session (few threads: serving runs several models side by side)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a session on named inputs; outputs in table order."""
+    feed = {t.name: np.asarray(inputs[t.name], dtype=t.dtype) for t in spec.inputs}
+    return session.run(spec.output_names, feed)
+
+
+@torch.no_grad()
+def run_torch(module: nn.Module, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run the PyTorch module on the same named inputs; outputs in table order."""
+    out = PositionalModel(module, spec)(*(torch.as_tensor(inputs[n]) for n in spec.input_names))
+    return [o.numpy() for o in out]
+
+
+def check_parity(module: nn.Module, spec: ModelSpec, path: Path, inputs: dict[str, np.ndarray], atol: float) -> float:
+    """Largest |PyTorch - onnxruntime| difference over all outputs.
+
+    Raises:
+        AssertionError: when it exceeds ``atol`` (the export is wrong; do not serve it).
+    """
+    expected = run_torch(module, spec, inputs)
+    got = run_onnx(onnx_session(path), spec, inputs)
+    worst = 0.0
+    for t, e, g in zip(spec.outputs, expected, got):
+        if e.shape != g.shape:
+            raise AssertionError(f"{spec.name}.{t.name}: onnxruntime shape {g.shape} != PyTorch {e.shape}")
+        worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
+    if worst > atol:
+        raise AssertionError(f"{spec.name}: onnxruntime differs from PyTorch by {worst:.2e} > {atol:.0e} ({path})")
+    return worst

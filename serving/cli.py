@@ -1,0 +1,64 @@
+"""Ask a running server for recommendations: ``python -m serving.cli --user 196 --k 10``.
+
+Prints one line per item (rank, id, title, score, reason, driving signal group), or JSON with
+``--json``. Start a server first: ``python -m serving.serve --model-repository triton_repo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from tritonclient.utils import InferenceServerException
+
+from serving.client import RecommendClient
+from serving.protocol import Recommendations
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (see `--help`)."""
+    p = argparse.ArgumentParser(prog="python -m serving.cli", description=__doc__.splitlines()[0])
+    p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start answer)")
+    p.add_argument("--k", type=int, default=10, help="number of items (default: %(default)s)")
+    p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC host:port (default: %(default)s)")
+    p.add_argument("--timestamp", type=float, default=None,
+                   help="request time, Unix seconds (default: the server's clock)")
+    p.add_argument("--exclude-items", nargs="*", default=[], metavar="ID", help="item ids never to return")
+    p.add_argument("--include-categories", nargs="*", default=[], metavar="CAT", help="only these categories")
+    p.add_argument("--exclude-categories", nargs="*", default=[], metavar="CAT", help="never these categories")
+    p.add_argument("--recent-items", nargs="*", default=[], metavar="ID",
+                   help="items the user just interacted with (a session for an unknown user)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    return p.parse_args(argv)
+
+
+def format_answer(answer: Recommendations) -> str:
+    """A readable table of one answer."""
+    lines = [f"user {answer.user_id} ({answer.route}): {len(answer.item_ids)} items",
+             f"{'#':>3}  {'item':<10} {'title':<40} {'score':>8}  {'reason':<20} group"]
+    titles = answer.titles or [""] * len(answer.item_ids)
+    for rank, row in enumerate(zip(answer.item_ids, titles, answer.scores, answer.reasons, answer.groups), 1):
+        item, title, score, reason, group = row
+        lines.append(f"{rank:>3}  {item:<10} {(title or '-')[:40]:<40} {score:>8.4f}  {reason:<20} {group}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one request; returns the exit status (2: request rejected, 1: server unreachable or failed)."""
+    args = parse_args(argv)
+    try:
+        with RecommendClient(args.url, timeout=args.timeout) as client:
+            answer = client.recommend(args.user, args.k, args.timestamp, args.exclude_items, args.include_categories,
+                                      args.exclude_categories, args.recent_items)
+    except InferenceServerException as err:
+        print(f"error: {err.message()} ({err.status()})", file=sys.stderr)
+        return 2 if err.status() == "StatusCode.INVALID_ARGUMENT" else 1
+    print(json.dumps(asdict(answer), indent=1) if args.json else format_answer(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""gRPC client of the ``recommend`` model.
+
+Example:
+    >>> with RecommendClient("127.0.0.1:8001") as client:
+    ...     answer = client.recommend("196", k=10, exclude_categories=["Horror"])
+    >>> answer.item_ids, answer.scores, answer.reasons, answer.route
+
+A rejected request raises :class:`tritonclient.utils.InferenceServerException`; its
+``status()`` is ``"StatusCode.INVALID_ARGUMENT"`` and its message names the bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import np_to_triton_dtype
+
+from serving.protocol import MODEL, OUTPUTS, Recommendations, decode_response, encode_request
+
+
+class RecommendClient:
+    """Calls ``recommend`` on a Triton server over gRPC.
+
+    Args:
+        url: ``host:port`` of the server's gRPC endpoint.
+        model: model name in the repository.
+        timeout: seconds per call (None waits forever).
+    """
+
+    def __init__(self, url: str, model: str = MODEL, timeout: float | None = 10.0):
+        self.url, self.model, self.timeout = url, model, timeout
+        self._client = grpcclient.InferenceServerClient(url)
+        self._outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+
+    def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
+                  include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
+                  recent_items: Sequence[str] = ()) -> Recommendations:
+        """The top ``k`` items for ``user_id``, best first.
+
+        Args:
+            user_id: external user id; an unknown one takes the cold-start route.
+            k: list length, 1..the server's max_k.
+            timestamp: request time in Unix seconds (context features); the server's clock if None.
+            exclude_items: item ids never to return.
+            include_categories: only items in these categories (empty = all).
+            exclude_categories: no items in these categories.
+            recent_items: items the user just interacted with (e.g. a cold user's session).
+
+        Raises:
+            tritonclient.utils.InferenceServerException: the server rejected or failed the call.
+        """
+        tensors = encode_request(user_id, k, timestamp, exclude_items, include_categories, exclude_categories,
+                                 recent_items)
+        return self.infer(tensors, user_id)
+
+    def infer(self, tensors: dict, user_id: str = "") -> Recommendations:
+        """Send raw input tensors by name (any dtype/shape, for testing the server's checks)."""
+        inputs = []
+        for name, array in tensors.items():
+            inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            inp.set_data_from_numpy(array)
+            inputs.append(inp)
+        result = self._client.infer(self.model, inputs, outputs=self._outputs, client_timeout=self.timeout)
+        return decode_response(user_id, {name: result.as_numpy(name) for name in OUTPUTS})
+
+    def close(self) -> None:
+        """Close the gRPC channel."""
+        self._client.close()
+
+    def __enter__(self) -> "RecommendClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+

@@ -1,0 +1,94 @@
+"""End-to-end demo: export (if needed) -> start Triton -> real gRPC requests -> stop.
+
+``python -m serving.demo --run-dir outputs/<run>`` (default: the newest complete run in
+outputs/). Sends a known user, an unknown user (cold start), a request with filters and a
+malformed one, prints the answers and the product metrics, then stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from tritonclient.utils import InferenceServerException
+
+from export.config import ROOT, run_config
+from export.stage import export_if_needed
+from serving.cli import format_answer
+from serving.client import RecommendClient
+from serving.triton_server import TritonServer
+
+def latest_run(outputs: Path) -> Path:
+    """The newest run directory under ``outputs`` with a complete set of pipeline artifacts."""
+    runs = sorted((p.parent.parent for p in outputs.glob("*/artifacts/pipeline.json")), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise FileNotFoundError(f"no trained run under {outputs}; run `python train.py` first or pass --run-dir")
+    return runs[-1]
+
+
+def demo_requests(art: Path) -> list[tuple[str, dict]]:
+    """(title, request kwargs) for a known user, an unknown one, a filtered request and a bad one."""
+    users = json.loads((art / "store" / "users.json").read_text())
+    seen = sp.load_npz(art / "store" / "seen.npz").tocsr()
+    known = users[int(np.argmax(np.diff(seen.indptr) > 0))]
+    now = int(np.load(art / "store" / "tables.npz")["last_ts"].max())  # the end of the data, not today
+    meta = json.loads((art / "pipeline.json").read_text())
+    encoders = json.loads((art / "store" / "encoders.json").read_text())["item"]
+    vocab = next((e["state"]["vocab"] for e in encoders if e["spec"]["name"] == meta["category_feature"]), [])
+    filters = {"exclude_categories": vocab[:1]} if vocab else {}
+    return [
+        (f"known user {known}", {"user_id": known, "k": 10, "timestamp": now}),
+        ("unknown user (cold start)", {"user_id": "new-user-0001", "k": 10, "timestamp": now}),
+        (f"known user {known}, filters {filters}", {"user_id": known, "k": 5, "timestamp": now, **filters}),
+        ("malformed: k=0", {"user_id": known, "k": 0}),
+    ]
+
+
+def product_metrics(url: str) -> str:
+    """The recsys_* counters (no histogram buckets) from the Prometheus endpoint."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return "\n".join(line for line in text.splitlines()
+                     if line.startswith("recsys_") and "_bucket" not in line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    p = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, default=None, help="trained run (default: newest under outputs/)")
+    p.add_argument("overrides", nargs="*", help="export overrides, e.g. export.repository=/tmp/repo")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
+    run_dir = (args.run_dir or latest_run(ROOT / "outputs")).resolve()
+    cfg = run_config(run_dir, args.overrides)
+    if cfg.export.flavour != "wheel":
+        print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)
+        return 2
+    print(f"export of {run_dir} -> {cfg.export.repository}", flush=True)
+    repo = export_if_needed(cfg, run_dir)
+    started = time.monotonic()
+    with TritonServer(repo) as server:
+        print(f"tritonserver ready in {time.monotonic() - started:.1f} s: grpc {server.grpc_url}, "
+              f"metrics {server.metrics_url}, models {', '.join(server.ready_models())}\n", flush=True)
+        with RecommendClient(server.grpc_url) as client:
+            for title, request in demo_requests(repo / "recommend" / "1" / "artifacts"):
+                print(f"== {title}")
+                try:
+                    t = time.perf_counter()
+                    answer = client.recommend(**request)
+                    print(format_answer(answer), f"\n({(time.perf_counter() - t) * 1e3:.1f} ms)\n")
+                except InferenceServerException as err:
+                    print(f"rejected: {err.status()}: {err.message()}\n")
+        print("== product metrics\n" + product_metrics(server.metrics_url))
+    print("tritonserver stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The ``recommend`` model's wire format: tensor names, dtypes and shapes, both directions.
+
+Light on purpose (numpy only): the gRPC client imports it, so calling the service never pulls in
+torch. The server side turns these tensors into a :class:`ranking.pipeline.Request`
+(:mod:`serving.request`). ``tests/test_serving_protocol.py`` checks that the committed
+``triton_repo/recommend/config.pbtxt`` declares exactly this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODEL = "recommend"
+LIST_INPUTS = ("exclude_items", "include_categories", "exclude_categories", "recent_items")
+MAX_LIST_LEN = 1000  # entries per list input
+
+# name -> (numpy dtype, Triton datatype, dims, optional)
+INPUTS = {
+    "user_id": (np.object_, "BYTES", (1,), False),
+    "k": (np.int32, "INT32", (1,), False),
+    "timestamp": (np.float64, "FP64", (1,), True),  # Unix seconds; server time when absent
+    **{name: (np.object_, "BYTES", (-1,), True) for name in LIST_INPUTS},
+}
+OUTPUTS = {
+    "item_ids": (np.object_, "BYTES", (-1,)),
+    "scores": (np.float32, "FP32", (-1,)),
+    "reasons": (np.object_, "BYTES", (-1,)),  # ranked | boosted | backfill:popularity | backfill:content
+    "groups": (np.object_, "BYTES", (-1,)),  # signal group that drove each score
+    "titles": (np.object_, "BYTES", (-1,)),  # display titles ("" when the catalog has none)
+    "route": (np.object_, "BYTES", (1,)),  # known_user | cold_user
+}
+
+
+@dataclass
+class Recommendations:
+    """One answer from the service, best item first."""
+
+    user_id: str
+    route: str
+    item_ids: list[str]
+    scores: list[float]
+    reasons: list[str]
+    groups: list[str]
+    titles: list[str] = field(default_factory=list)
+
+
+def _strings(values) -> np.ndarray:
+    return np.array([v.encode("utf-8") if isinstance(v, str) else v for v in values], dtype=np.object_)
+
+
+def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude_items=(), include_categories=(),
+                   exclude_categories=(), recent_items=()) -> dict[str, np.ndarray]:
+    """Request tensors by input name; absent optional inputs are left out."""
+    tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
+    if timestamp is not None:
+        tensors["timestamp"] = np.array([timestamp], dtype=np.float64)
+    for name, values in zip(LIST_INPUTS, (exclude_items, include_categories, exclude_categories, recent_items)):
+        if len(values):
+            tensors[name] = _strings(values)
+    return tensors
+
+
+def _text(values: np.ndarray) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.ravel()]
+
+
+def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendations:
+    """Response tensors by output name -> :class:`Recommendations`."""
+    return Recommendations(user_id=user_id, route=_text(outputs["route"])[0], item_ids=_text(outputs["item_ids"]),
+                           scores=[float(s) for s in np.asarray(outputs["scores"]).ravel()],
+                           reasons=_text(outputs["reasons"]), groups=_text(outputs["groups"]),
+                           titles=_text(outputs["titles"]))

@@ -1,0 +1,87 @@
+"""Server side of the ``recommend`` wire format: tensors -> :class:`Request`, answer -> tensors.
+
+Everything a client can get wrong is caught here or in :func:`ranking.pipeline.validate_request`
+and raised as :class:`ranking.pipeline.RequestError` with a message naming the input and the
+fix; the Triton model turns it into INVALID_ARGUMENT. Triton itself already rejects a missing
+required input and a wrong datatype or rank before the model runs; the checks below repeat them
+so that the function is safe to call with anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
+from serving.protocol import INPUTS, LIST_INPUTS, MAX_LIST_LEN, OUTPUTS
+
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def _check_tensor(name: str, value: np.ndarray) -> np.ndarray:
+    dtype, datatype, dims, _ = INPUTS[name]
+    value = np.asarray(value)
+    if (value.dtype == np.object_) != (dtype == np.object_) or (dtype != np.object_ and value.dtype != dtype):
+        raise RequestError(f"input '{name}' has datatype {value.dtype}; send {datatype}")
+    if value.ndim != len(dims) or (dims[0] != -1 and value.shape[0] != dims[0]):
+        raise RequestError(f"input '{name}' has shape {list(value.shape)}; send shape {list(dims)}")
+    return value
+
+
+def _decode(name: str, values: np.ndarray) -> list[str]:
+    out = []
+    for v in values.ravel():
+        if isinstance(v, bytes):
+            if len(v) > 4 * MAX_ID_LENGTH:
+                raise RequestError(f"input '{name}' holds a value of {len(v)} bytes; at most {MAX_ID_LENGTH} "
+                                   "characters are allowed")
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise RequestError(f"input '{name}' holds bytes that are not UTF-8 ({err.reason})") from None
+        out.append(str(v))
+    return out
+
+
+def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
+    """Build and validate a :class:`Request` from the model's input tensors.
+
+    Args:
+        tensors: input name -> array (None or absent for an optional input not sent).
+        max_k: the largest k the pipeline serves.
+
+    Raises:
+        RequestError: a missing, malformed or out-of-range input; the message names it.
+    """
+    unknown = sorted(set(tensors) - set(INPUTS))
+    if unknown:
+        raise RequestError(f"unknown input(s) {unknown}; known: {', '.join(INPUTS)}")
+    got = {n: _check_tensor(n, v) for n, v in tensors.items() if v is not None}
+    missing = [n for n, (_, _, _, optional) in INPUTS.items() if not optional and n not in got]
+    if missing:
+        raise RequestError(f"missing required input(s) {missing}")
+    for name in LIST_INPUTS:
+        if name in got and len(got[name]) > MAX_LIST_LEN:
+            raise RequestError(f"input '{name}' has {len(got[name])} entries; at most {MAX_LIST_LEN} are allowed")
+    timestamp = None
+    if "timestamp" in got:
+        t = float(got["timestamp"][0])
+        if not np.isfinite(t) or not 0 <= t <= MAX_TIMESTAMP:
+            raise RequestError(f"input 'timestamp' is {t!r}; send finite Unix seconds in 0..{MAX_TIMESTAMP}, "
+                               "or leave it out for the server's clock")
+        timestamp = int(t)
+    request = Request(user_id=_decode("user_id", got["user_id"])[0], k=int(got["k"][0]), timestamp=timestamp,
+                      **{name: _decode(name, got[name]) if name in got else [] for name in LIST_INPUTS})
+    validate_request(request, max_k)
+    return request
+
+
+def encode_recommendation(rec: Recommendation, titles: dict[str, str]) -> dict[str, np.ndarray]:
+    """Output tensors of one answer (``titles``: item id -> display title, may be empty)."""
+    values = {"item_ids": rec.item_ids, "scores": rec.scores, "reasons": rec.reasons, "groups": rec.groups,
+              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route]}
+    out = {}
+    for name, (dtype, _, _) in OUTPUTS.items():
+        v = values[name]
+        out[name] = (np.array([s.encode("utf-8") for s in v], dtype=np.object_) if dtype == np.object_
+                     else np.asarray(v, dtype=dtype).reshape(len(v)))
+    return out

@@ -1,0 +1,233 @@
+"""ONNX export and the generated repository: tables, config.pbtxt, PyTorch vs onnxruntime parity."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from google.protobuf import text_format
+from omegaconf import OmegaConf
+from tritonclient.grpc import model_config_pb2
+
+from tests.conftest import TINY_DATA, compose_cfg
+from export.__main__ import main as export_main
+from export.config import DEFAULTS
+from export.onnx_export import example_inputs, onnx_session, run_onnx, run_torch
+from export.spec import ModelSpec, from_batch, ranker_spec, to_batch
+from export.stage import code_bounds, export_if_needed, is_exported, load_models, parity_inputs, run_export
+from export.triton_config import onnx_model_config
+from features.store import FeatureStore
+from ranking.features import GROUPS, input_groups
+from ranking.load import load_pipeline
+from ranking.model import build_ranker
+from ranking.pipeline import Request
+
+pytestmark = pytest.mark.slow
+ONNX_MODELS = ("user_tower", "item_tower", "ranker")
+
+
+def export_cfg(tmp, repo, *overrides):
+    """The tiny test config with an export group pointing at ``repo``."""
+    cfg = compose_cfg(tmp, TINY_DATA)
+    if cfg.get("export") is None:
+        cfg.export = OmegaConf.load(DEFAULTS)
+    cfg.export.repository = str(repo)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_run, tmp_path_factory):
+    """The tiny run exported once (shared with test_serving.py through the same path)."""
+    return export_if_needed(export_cfg(tmp_path_factory.mktemp("cfg"), tiny_run.parent / "triton_repo"), tiny_run)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_run):
+    """store, and name -> (PyTorch module, table, real inputs) of the run's models."""
+    art = tiny_run / "artifacts"
+    store = FeatureStore.load(art / "store")
+    loaded = load_models(art, store)
+    real = parity_inputs(art, store, loaded["user_tower"][0], loaded["ranker"][0], rows=50)
+    return store, {name: (module, spec, real[name]) for name, (module, spec) in loaded.items()}
+
+
+def test_tables_follow_the_feature_set(models):
+    store, m = models
+    user, item, ranker = (m[n][1] for n in ONNX_MODELS)
+    assert user.input_names == m["user_tower"][0].input_names
+    assert item.input_names == m["item_tower"][0].input_names
+    assert ranker.input_names == m["ranker"][0].input_names
+    assert sorted(ranker.input_names) == sorted(n for g in input_groups(store).values() for n in g)
+    kinds = {s.name: s for g in ("user", "item", "context") for s in store.features.specs[g]}
+    for spec in (user, item, ranker):
+        for t in spec.inputs:
+            if t.name in kinds and kinds[t.name].kind in ("multi_categorical", "text"):
+                assert (t.dtype, t.shape) == (np.int64, (kinds[t.name].max_len,)), t
+            elif t.name in kinds:
+                assert t.shape == () and t.dtype == (np.float32 if kinds[t.name].kind == "numeric" else np.int64), t
+    assert next(t for t in user.inputs if t.name == "history").shape == (store.history_len,)
+    assert ranker.outputs[1].shape == (len(GROUPS),)
+
+
+def test_real_inputs_have_the_table_dtypes_and_shapes(models):
+    for _, spec, x in models[1].values():
+        for t in spec.inputs:
+            assert x[t.name].dtype == t.dtype and x[t.name].shape[1:] == t.shape, (spec.name, t)
+
+
+def test_table_survives_json(models):
+    for _, spec, _ in models[1].values():
+        assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_to_batch_checks_names_and_shapes(models):
+    _, spec, x = models[1]["user_tower"]
+    wire = to_batch(spec.inputs, x)
+    assert [a.shape[1:] for a in wire] == [t.shape or (1,) for t in spec.inputs]
+    assert all(np.array_equal(from_batch(t, a), x[t.name]) for t, a in zip(spec.inputs, wire))
+    with pytest.raises(KeyError, match="input 'history' missing"):
+        to_batch(spec.inputs, {k: v for k, v in x.items() if k != "history"})
+    with pytest.raises(ValueError, match=r"input 'history' has rows of shape \(3,\), the table says \(20,\)"):
+        to_batch(spec.inputs, {**x, "history": x["history"][:, :3]})
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS)
+def test_onnx_graph_has_the_table_names_and_a_dynamic_batch(repo, models, name):
+    spec = models[1][name][1]
+    graph = onnx.load(str(repo / name / "1" / "model.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    assert [i.name for i in graph.graph.input] == spec.input_names
+    assert [o.name for o in graph.graph.output] == spec.output_names
+    for i in graph.graph.input:
+        assert i.type.tensor_type.shape.dim[0].dim_param, f"{name}.{i.name}: batch axis is not dynamic"
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS)
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_onnxruntime_matches_pytorch(repo, models, name, rows):
+    store, m = models
+    module, spec, real = m[name]
+    session = onnx_session(repo / name / "1" / "model.onnx")
+    for x in (example_inputs(spec, rows, seed=rows, high=code_bounds(store)), {k: v[:rows] for k, v in real.items()}):
+        for t, expected, got in zip(spec.outputs, run_torch(module, spec, x), run_onnx(session, spec, x)):
+            assert got.shape == expected.shape == (len(x[spec.input_names[0]]), *t.shape)
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{name}.{t.name}")
+
+
+@pytest.mark.parametrize("name", ONNX_MODELS)
+def test_generated_config_declares_the_table(repo, models, name):
+    spec = models[1][name][1]
+    cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert (cfg.name, cfg.backend) == (name, "python")
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+    for decl, t in zip([*cfg.input, *cfg.output], [*spec.inputs, *spec.outputs], strict=True):
+        assert decl.name == t.name
+        assert model_config_pb2.DataType.Name(decl.data_type) == t.triton_dtype
+        assert tuple(decl.dims) == (t.shape or (1,))
+        assert decl.HasField("reshape") == (t.shape == ()) and list(decl.reshape.shape) == []
+
+
+def test_stock_flavour_uses_native_onnxruntime_on_gpu(models):
+    spec = models[1]["ranker"][1]
+    cfg = text_format.Parse(onnx_model_config(spec, "stock", 4096, 100, 2, 1), model_config_pb2.ModelConfig())
+    assert cfg.backend == "onnxruntime" and cfg.default_model_filename == "model.onnx"
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == "KIND_GPU"
+    assert [t.name for t in cfg.input] == spec.input_names
+    with pytest.raises(ValueError, match="export.flavour='docker'; known: wheel, stock"):
+        onnx_model_config(spec, "docker", 1, 1, 1, 1)
+
+
+def test_manifest_titles_and_serving_files(repo, tiny_run):
+    manifest = json.loads((repo / "export.json").read_text())
+    assert manifest["run_dir"] == str(tiny_run.resolve()) and manifest["flavour"] == "wheel"
+    assert all(d < 1e-4 for d in manifest["parity_max_abs_diff"].values())
+    assert is_exported(repo, tiny_run, "wheel") and not is_exported(repo, tiny_run, "stock")
+    titles = json.loads((repo / "recommend" / "1" / "item_titles.json").read_text())
+    items = json.loads((tiny_run / "artifacts" / "items.json").read_text())
+    assert set(titles) == set(items) and any(titles.values())
+    specs = json.loads((repo / "recommend" / "1" / "specs.json").read_text())
+    assert [s["name"] for s in specs] == list(ONNX_MODELS)
+    assert json.loads((repo / "retrieval" / "1" / "item_ids.json").read_text()) == items
+    for name in ONNX_MODELS:  # the committed python runner travels with the model
+        assert (repo / name / "1" / "model.py").exists()
+
+
+def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run):
+    """The offline pipeline with onnxruntime models == with PyTorch: export changes nothing."""
+    m = models[1]
+
+    def ort_model(name):
+        session, spec = onnx_session(repo / name / "1" / "model.onnx"), m[name][1]
+        return lambda x: (lambda out: out[0] if len(out) == 1 else tuple(out))(run_onnx(session, spec, x))
+
+    torch_pipe = load_pipeline(tiny_run)
+    onnx_pipe = load_pipeline(tiny_run, user_encoder=ort_model("user_tower"), ranker=ort_model("ranker"))
+    users = json.loads((tiny_run / "artifacts" / "users.json").read_text())[:20] + ["someone-new"]
+    for u in users:
+        r = Request(user_id=u, k=10, timestamp=1_700_500_000)
+        a, b = torch_pipe.recommend([r])[0], onnx_pipe.recommend([r])[0]
+        assert (a.item_ids, a.reasons, a.route) == (b.item_ids, b.reasons, b.route)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_export_rejects_an_unknown_flavour(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="export.flavour='docker'; known: wheel, stock"):
+        run_export(export_cfg(tmp_path, tmp_path / "repo", "export.flavour=docker"), tiny_run)
+
+
+def test_export_of_an_incomplete_run_names_what_is_missing(tmp_path, capsys):
+    (tmp_path / "run" / "artifacts").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"lacks \['two_tower.pt'.*not a complete trained run"):
+        run_export(export_cfg(tmp_path, tmp_path / "repo"), tmp_path / "run")
+    assert export_main(["--run-dir", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_wrapper_rejects_a_module_with_other_outputs(models):
+    module, spec, x = models[1]["user_tower"]
+    two = ModelSpec(spec.name, spec.inputs, spec.outputs * 2)
+    with pytest.raises(ValueError, match="module returned 1 outputs, the table declares 2"), torch.no_grad():
+        run_torch(module, two, x)
+
+
+def test_demo_asks_for_real_users_and_categories(repo, tmp_path):
+    from serving.demo import demo_requests, latest_run
+
+    art = repo / "recommend" / "1" / "artifacts"
+    requests = dict(demo_requests(art))
+    users = json.loads((art / "users.json").read_text())
+    known, cold, filtered, bad = requests.values()
+    assert known["user_id"] in users and cold["user_id"] not in users and bad["k"] == 0
+    store = FeatureStore.load(art / "store")
+    assert known["timestamp"] == store.last_ts.max()
+    genres = store.features.encoders["item"]["genres"].state["vocab"]
+    assert filtered["exclude_categories"] == genres[:1]
+    with pytest.raises(FileNotFoundError, match="no trained run under"):
+        latest_run(tmp_path)
+
+
+def test_ranker_table_rejects_inputs_the_features_do_not_build(models):
+    store = models[0]
+    with pytest.raises(KeyError, match=r"ranker reads \['agee'\], which ranking.features.input_groups does not build"):
+        ranker_spec(store, ["user_emb", "agee"], 8)
+
+
+def test_a_distilled_student_is_exported_as_ranker_student(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "artifacts", run / "artifacts")
+    store = FeatureStore.load(run / "artifacts" / "store")
+    dim = np.load(run / "artifacts" / "item_embeddings.npy").shape[1]
+    model_cfg = {"emb_dim": 4, "group_dim": 8, "hidden": [8], "dropout": 0.0, "groups": ["collaborative", "popularity"]}
+    student = build_ranker(store.features, dim, **model_cfg)
+    torch.save({"state_dict": student.state_dict(), "model_cfg": model_cfg, "tower_dim": dim},
+               run / "artifacts" / "ranker_student.pt")
+    repo = run_export(export_cfg(tmp_path, tmp_path / "repo"), run)
+    cfg = text_format.Parse((repo / "ranker_student" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert [t.name for t in cfg.input] == student.input_names
+    assert set(student.input_names) < {n for g in input_groups(store).values() for n in g}
+    assert (repo / "ranker_student" / "1" / "model.py").read_text() == (repo / "ranker" / "1" / "model.py").read_text()
+    specs = {s["name"] for s in json.loads((repo / "recommend" / "1" / "specs.json").read_text())}
+    assert specs == {"user_tower", "item_tower", "ranker", "ranker_student"}
+    assert json.loads((repo / "export.json").read_text())["parity_max_abs_diff"]["ranker_student"] < 1e-4

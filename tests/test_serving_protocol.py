@@ -1,0 +1,111 @@
+"""The recommend wire format without a server: committed config vs protocol table, every check."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from ranking.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
+from serving.cli import format_answer
+from serving.protocol import INPUTS, MAX_LIST_LEN, OUTPUTS, decode_response, encode_request
+from serving.request import MAX_TIMESTAMP, encode_recommendation, parse_request
+
+ROOT = Path(__file__).resolve().parents[1]
+TRITON_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP64": "TYPE_FP64", "FP32": "TYPE_FP32"}
+MAX_K = 50
+
+
+def committed_config(model: str) -> model_config_pb2.ModelConfig:
+    text = (ROOT / "triton_repo" / model / "config.pbtxt").read_text()
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def test_committed_recommend_config_declares_the_protocol_table():
+    cfg = committed_config("recommend")
+    assert cfg.backend == "python" and cfg.max_batch_size == 0
+    inputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in cfg.input}
+    assert inputs == {n: (TRITON_TYPES[dt], dims, opt) for n, (_, dt, dims, opt) in INPUTS.items()}
+    outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
+    assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in OUTPUTS.items()}
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params == {"USER_TOWER_MODEL": "user_tower", "RANKER_MODEL": "ranker"}
+
+
+def test_committed_retrieval_config_parses():
+    cfg = committed_config("retrieval")
+    assert [t.name for t in cfg.input] == ["query", "k"]
+    assert [t.name for t in cfg.output] == ["item_index", "item_id", "score"]
+
+
+def test_encode_then_parse_gives_the_request():
+    tensors = encode_request("196", 10, 1_700_000_000, exclude_items=["i1"], include_categories=["drama"],
+                             exclude_categories=["horror"], recent_items=["i2", "i3"])
+    r = parse_request(tensors, MAX_K)
+    assert (r.user_id, r.k, r.timestamp) == ("196", 10, 1_700_000_000)
+    assert (r.exclude_items, r.include_categories, r.exclude_categories, r.recent_items) == (
+        ["i1"], ["drama"], ["horror"], ["i2", "i3"])
+    bare = parse_request(encode_request("u", 1), MAX_K)
+    assert bare.timestamp is None and bare.exclude_items == [] and bare.recent_items == []
+
+
+def test_unicode_ids_round_trip():
+    assert parse_request(encode_request("ユーザー", 3), MAX_K).user_id == "ユーザー"
+
+
+def with_(**changes):
+    t = encode_request("196", 10, 1_700_000_000)
+    t.update(changes)
+    return {k: v for k, v in t.items() if v is not None}
+
+
+@pytest.mark.parametrize("tensors, message", [
+    (with_(k=np.array([0], np.int32)), r"k=0 must be an integer in 1\.\.50"),
+    (with_(k=np.array([-3], np.int32)), r"k=-3 must be an integer in 1\.\.50"),
+    (with_(k=np.array([MAX_K + 1], np.int32)), r"k=51 must be an integer in 1\.\.50"),
+    (with_(k=np.array([1.5], np.float32)), r"input 'k' has datatype float32; send INT32"),
+    (with_(k=np.array([[3]], np.int32)), r"input 'k' has shape \[1, 1\]; send shape \[1\]"),
+    (with_(k=None), r"missing required input\(s\) \['k'\]"),
+    (with_(user_id=None), r"missing required input\(s\) \['user_id'\]"),
+    (with_(user_id=np.array([b"a", b"b"], object)), r"input 'user_id' has shape \[2\]; send shape \[1\]"),
+    (with_(user_id=np.array([1], np.int32)), r"input 'user_id' has datatype int32; send BYTES"),
+    (with_(user_id=np.array([b""], object)), "user_id must be a non-empty string"),
+    (with_(user_id=np.array([b"  "], object)), "user_id must be a non-empty string"),
+    (with_(user_id=np.array([b"u" * (MAX_ID_LENGTH + 1)], object)), r"user_id is 257 characters long; at most 256"),
+    (with_(user_id=np.array([b"u" * 5000], object)), r"'user_id' holds a value of 5000 bytes"),
+    (with_(user_id=np.array([b"\xff\xfe"], object)), r"'user_id' holds bytes that are not UTF-8"),
+    (with_(timestamp=np.array([np.nan])), r"'timestamp' is nan; send finite Unix seconds"),
+    (with_(timestamp=np.array([np.inf])), r"'timestamp' is inf; send finite Unix seconds"),
+    (with_(timestamp=np.array([-np.inf])), r"'timestamp' is -inf"),
+    (with_(timestamp=np.array([-1.0])), r"'timestamp' is -1.0; send finite Unix seconds in 0\.\."),
+    (with_(timestamp=np.array([MAX_TIMESTAMP + 1.0])), r"'timestamp' is 253402300800.0; send finite"),
+    (with_(timestamp=np.array([1, 2], np.float64)), r"input 'timestamp' has shape \[2\]"),
+    (with_(exclude_items=np.array([b""], object)), r"exclude_items holds ''; every entry must be a non-empty"),
+    (with_(recent_items=np.array([b"x" * 300], object)), r"recent_items holds 'xxx.*at most 256 characters"),
+    (with_(exclude_items=np.array([b"i"] * (MAX_LIST_LEN + 1), object)), r"'exclude_items' has 1001 entries"),
+    (with_(include_categories=np.array([[b"a"]], object)), r"'include_categories' has shape \[1, 1\]"),
+    (with_(colour=np.array([b"red"], object)), r"unknown input\(s\) \['colour'\]; known: user_id, k"),
+])
+def test_bad_requests_name_the_problem(tensors, message):
+    with pytest.raises(RequestError, match=message):
+        parse_request(tensors, MAX_K)
+
+
+def test_answer_round_trips_through_tensors():
+    rec = Recommendation("196", "known_user", ["i1", "i2"], [0.5, 0.25], ["ranked", "backfill:popularity"],
+                         ["collaborative", "popularity"])
+    out = encode_recommendation(rec, {"i1": "Toy Story"})
+    assert {n: a.dtype for n, a in out.items()} == {n: np.dtype(d) for n, (d, _, _) in OUTPUTS.items()}
+    back = decode_response("196", out)
+    assert (back.item_ids, back.scores, back.reasons, back.groups, back.route) == (
+        rec.item_ids, rec.scores, rec.reasons, rec.groups, rec.route)
+    assert back.titles == ["Toy Story", ""]
+    table = format_answer(back)
+    assert "Toy Story" in table and "backfill:popularity" in table and "known_user" in table
+
+
+def test_empty_answer_encodes():
+    out = encode_recommendation(Recommendation("u", "cold_user", [], [], [], []), {})
+    assert out["item_ids"].shape == (0,) and out["scores"].dtype == np.float32
+    assert decode_response("u", out).item_ids == []

@@ -1,0 +1,136 @@
+"""``recommend``: one request in, the final list out, through the offline pipeline itself.
+
+It builds the same :class:`ranking.pipeline.Pipeline` as offline evaluation with
+:func:`ranking.load.load_pipeline`, replacing only the two neural models with BLS calls to the
+``user_tower`` and ``ranker`` Triton models (ONNX), so online and offline answers agree. Tensors
+in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
+
+Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
+``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
+``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items`` and
+``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from export.spec import ModelSpec, from_batch, to_batch
+from ranking.load import load_pipeline
+from ranking.pipeline import ROUTES, RequestError
+from serving.protocol import INPUTS, OUTPUTS
+from serving.request import encode_recommendation, parse_request
+
+LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
+REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
+STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
+
+
+class BlsModel:
+    """A Triton model called over BLS as a pipeline callable: named numpy arrays in, numpy out."""
+
+    def __init__(self, model_name: str, spec: ModelSpec, latency):
+        self.model_name, self.spec, self.latency = model_name, spec, latency
+
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        start = time.perf_counter()
+        tensors = [pb_utils.Tensor(t.name, a) for t, a in zip(self.spec.inputs, to_batch(self.spec.inputs, inputs))]
+        response = pb_utils.InferenceRequest(
+            model_name=self.model_name, inputs=tensors, requested_output_names=self.spec.output_names,
+            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)).exec()
+        if response.has_error():
+            raise RuntimeError(f"BLS call to '{self.model_name}' failed: {response.error().message()}")
+        out = [from_batch(t, pb_utils.get_output_tensor_by_name(response, t.name).as_numpy())
+               for t in self.spec.outputs]
+        self.latency.observe(time.perf_counter() - start)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def timed(fn, histogram):
+    """Wrap ``fn`` so each call's duration lands in ``histogram`` (seconds)."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            histogram.observe(time.perf_counter() - start)
+    return wrapper
+
+
+class TritonPythonModel:
+    """The served pipeline, one per model instance (exposure-cap state included)."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        version = Path(args["model_repository"]) / args["model_version"]
+        specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((version / "specs.json").read_text())}
+        self._metrics()
+        user_tower, ranker = params["USER_TOWER_MODEL"], params["RANKER_MODEL"]
+        missing = [m for m in (user_tower, ranker) if m not in specs]
+        if missing:
+            raise ValueError(f"{version / 'specs.json'} has no table for {missing} (exported: {sorted(specs)}); "
+                             "fix USER_TOWER_MODEL / RANKER_MODEL in recommend/config.pbtxt or re-export")
+        user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
+        ranker = BlsModel(ranker, specs[ranker], self.stage["ranker"])
+        self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower, ranker=ranker)
+        # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
+        self.pipeline.retriever.retrieve = timed(self.pipeline.retriever.retrieve, self.stage["retrieval"])
+        self.pipeline.features.build_inputs = timed(self.pipeline.features.build_inputs, self.stage["features"])
+        self.pipeline.apply_rules = timed(self.pipeline.apply_rules, self.stage["rules"])
+        titles = version / "item_titles.json"
+        self.titles = json.loads(titles.read_text()) if titles.exists() else {}
+        self.logger = pb_utils.Logger
+
+    def _metrics(self) -> None:
+        kind = pb_utils.MetricFamily
+        # Families must outlive their metrics: keep references on self.
+        self.families = [
+            kind("recsys_requests_total", "Answered recommend requests by route", kind.COUNTER),
+            kind("recsys_request_errors_total", "Failed recommend requests by gRPC code", kind.COUNTER),
+            kind("recsys_items_total", "Returned items by why they are there (backfill = fallback)", kind.COUNTER),
+            kind("recsys_returned_items", "Items returned per request", kind.HISTOGRAM),
+            kind("recsys_stage_seconds", "Latency of each pipeline stage in seconds", kind.HISTOGRAM),
+        ]
+        requests, errors, items, returned, stage = self.families
+        self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
+        self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
+        self.items = {r: items.Metric(labels={"reason": r}) for r in REASONS}
+        self.returned = returned.Metric(labels={}, buckets=SIZE_BUCKETS)
+        self.stage = {s: stage.Metric(labels={"stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
+
+    def _answer(self, request) -> dict[str, np.ndarray]:
+        tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
+        parsed = parse_request({n: t.as_numpy() for n, t in tensors.items() if t is not None}, self.pipeline.max_k)
+        start = time.perf_counter()
+        rec = self.pipeline.recommend([parsed])[0]
+        self.stage["total"].observe(time.perf_counter() - start)
+        self.requests[rec.route].increment(1)
+        self.returned.observe(len(rec.item_ids))
+        for reason in rec.reasons:
+            self.items[reason if reason in self.items else "ranked"].increment(1)
+        return encode_recommendation(rec, self.titles)
+
+    def execute(self, requests: list) -> list:
+        """Answer each request; a bad one gets an error response, the others are unaffected."""
+        responses = []
+        for request in requests:
+            try:
+                out = self._answer(request)
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, out[n]) for n in OUTPUTS]))
+            except RequestError as err:
+                self.errors["invalid_argument"].increment(1)
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)))
+            except Exception as err:  # noqa: BLE001 - answer with INTERNAL, keep serving
+                self.errors["internal"].increment(1)
+                self.logger.log_error(f"recommend failed: {type(err).__name__}: {err}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
+        return responses
