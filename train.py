@@ -19,6 +19,7 @@ from evaluation.stage import run_baselines
 from export.stage import run_export
 from features.prepare import prepare
 from features.schema import DataError
+from ranking.distill import DistillGateError
 from ranking.stage import run_distill, run_ranking
 from retrieval.stage import run_retrieval
 
@@ -66,7 +67,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         elif stage == "ranking":
             ranking = run_ranking(data, cfg, retrieval, out_dir, loggers, cfg.progress)
         elif stage == "distill":
-            run_distill(data, cfg, ranking, out_dir, loggers, cfg.progress)
+            try:
+                run_distill(data, cfg, ranking, out_dir, loggers, cfg.progress)
+            except DistillGateError as e:
+                if cfg.stage == "distill":
+                    raise
+                # Within `all` the run goes on and serves the teacher only; the report says why.
+                log.error("distillation gate failed, no student exported: %s", e)
+                add_section(out_dir, "Distillation", f"**Gate failed, no student was written:** {e}")
         elif stage == "export":
             run_export(cfg, out_dir)
         log.info("stage %s done in %.1fs", stage, time.time() - t)

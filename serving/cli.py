@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--exclude-categories", nargs="*", default=[], metavar="CAT", help="never these categories")
     p.add_argument("--recent-items", nargs="*", default=[], metavar="ID",
                    help="items the user just interacted with (a session for an unknown user)")
+    p.add_argument("--ranker", default=None,
+                   help="exported ranker to score with: ranker, ranker_student, ranker_int8, ranker_student_int8 "
+                        "(default: the server's, export.ranker)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p.parse_args(argv)
@@ -37,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def format_answer(answer: Recommendations) -> str:
     """A readable table of one answer."""
-    lines = [f"user {answer.user_id} ({answer.route}): {len(answer.item_ids)} items",
+    by = f", scored by {answer.ranker}" if answer.ranker else ""
+    lines = [f"user {answer.user_id} ({answer.route}): {len(answer.item_ids)} items{by}",
              f"{'#':>3}  {'item':<10} {'title':<40} {'score':>8}  {'reason':<20} group"]
     titles = answer.titles or [""] * len(answer.item_ids)
     for rank, row in enumerate(zip(answer.item_ids, titles, answer.scores, answer.reasons, answer.groups), 1):
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RecommendClient(args.url, timeout=args.timeout) as client:
             answer = client.recommend(args.user, args.k, args.timestamp, args.exclude_items, args.include_categories,
-                                      args.exclude_categories, args.recent_items)
+                                      args.exclude_categories, args.recent_items, args.ranker)
     except InferenceServerException as err:
         print(f"error: {err.message()} ({err.status()})", file=sys.stderr)
         return 2 if err.status() == "StatusCode.INVALID_ARGUMENT" else 1

@@ -35,7 +35,7 @@ class RecommendClient:
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
                   include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
-                  recent_items: Sequence[str] = ()) -> Recommendations:
+                  recent_items: Sequence[str] = (), ranker: str | None = None) -> Recommendations:
         """The top ``k`` items for ``user_id``, best first.
 
         Args:
@@ -46,12 +46,14 @@ class RecommendClient:
             include_categories: only items in these categories (empty = all).
             exclude_categories: no items in these categories.
             recent_items: items the user just interacted with (e.g. a cold user's session).
+            ranker: an exported ranker (``ranker``, ``ranker_student``, ``ranker_int8``, ...); None uses
+                the server's default. The answer's ``ranker`` says which one scored it.
 
         Raises:
             tritonclient.utils.InferenceServerException: the server rejected or failed the call.
         """
         tensors = encode_request(user_id, k, timestamp, exclude_items, include_categories, exclude_categories,
-                                 recent_items)
+                                 recent_items, ranker)
         return self.infer(tensors, user_id)
 
     def infer(self, tensors: dict, user_id: str = "") -> Recommendations:

@@ -21,6 +21,7 @@ INPUTS = {
     "user_id": (np.object_, "BYTES", (1,), False),
     "k": (np.int32, "INT32", (1,), False),
     "timestamp": (np.float64, "FP64", (1,), True),  # Unix seconds; server time when absent
+    "ranker": (np.object_, "BYTES", (1,), True),  # an exported ranker's name; the export's default when absent
     **{name: (np.object_, "BYTES", (-1,), True) for name in LIST_INPUTS},
 }
 OUTPUTS = {
@@ -30,6 +31,7 @@ OUTPUTS = {
     "groups": (np.object_, "BYTES", (-1,)),  # signal group that drove each score
     "titles": (np.object_, "BYTES", (-1,)),  # display titles ("" when the catalog has none)
     "route": (np.object_, "BYTES", (1,)),  # known_user | cold_user
+    "ranker": (np.object_, "BYTES", (1,)),  # the ranker that scored the candidates
 }
 
 
@@ -44,6 +46,7 @@ class Recommendations:
     reasons: list[str]
     groups: list[str]
     titles: list[str] = field(default_factory=list)
+    ranker: str = ""  # the ranker that scored it ("" from a server without the output)
 
 
 def _strings(values) -> np.ndarray:
@@ -51,11 +54,13 @@ def _strings(values) -> np.ndarray:
 
 
 def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude_items=(), include_categories=(),
-                   exclude_categories=(), recent_items=()) -> dict[str, np.ndarray]:
+                   exclude_categories=(), recent_items=(), ranker: str | None = None) -> dict[str, np.ndarray]:
     """Request tensors by input name; absent optional inputs are left out."""
     tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
     if timestamp is not None:
         tensors["timestamp"] = np.array([timestamp], dtype=np.float64)
+    if ranker is not None:
+        tensors["ranker"] = _strings([ranker])
     for name, values in zip(LIST_INPUTS, (exclude_items, include_categories, exclude_categories, recent_items)):
         if len(values):
             tensors[name] = _strings(values)
@@ -71,4 +76,5 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
     return Recommendations(user_id=user_id, route=_text(outputs["route"])[0], item_ids=_text(outputs["item_ids"]),
                            scores=[float(s) for s in np.asarray(outputs["scores"]).ravel()],
                            reasons=_text(outputs["reasons"]), groups=_text(outputs["groups"]),
-                           titles=_text(outputs["titles"]))
+                           titles=_text(outputs["titles"]),
+                           ranker=_text(outputs["ranker"])[0] if outputs.get("ranker") is not None else "")

@@ -75,10 +75,29 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
     return request
 
 
-def encode_recommendation(rec: Recommendation, titles: dict[str, str]) -> dict[str, np.ndarray]:
-    """Output tensors of one answer (``titles``: item id -> display title, may be empty)."""
+def requested_ranker(tensors: dict[str, np.ndarray | None], rankers: list[str], default: str) -> str:
+    """The ranker a request names in its optional ``ranker`` input, or ``default``.
+
+    Args:
+        tensors: input name -> array, as for :func:`parse_request`.
+        rankers: the exported rankers' Triton names (``recommend/1/rankers.json``).
+        default: the export's ``export.ranker``.
+
+    Raises:
+        RequestError: a malformed value or a name that is not one of ``rankers``.
+    """
+    if tensors.get("ranker") is None:
+        return default
+    name = _decode("ranker", _check_tensor("ranker", tensors["ranker"]))[0]
+    if name not in rankers:
+        raise RequestError(f"unknown ranker {name!r} in input 'ranker'; known: {', '.join(rankers)}")
+    return name
+
+
+def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: str = "") -> dict[str, np.ndarray]:
+    """Output tensors of one answer (``titles``: item id -> display title, may be empty; ``ranker``: who scored it)."""
     values = {"item_ids": rec.item_ids, "scores": rec.scores, "reasons": rec.reasons, "groups": rec.groups,
-              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route]}
+              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route], "ranker": [ranker]}
     out = {}
     for name, (dtype, _, _) in OUTPUTS.items():
         v = values[name]

@@ -62,3 +62,13 @@ def test_gate_passes_and_student_is_saved_and_reported(tmp_path):
         assert key in m, key
     assert m["student/cost/params"] < m["ranker/cost/params"]
     assert m["student/cost/flops_500"] < m["ranker/cost/flops_500"]
+
+
+def test_gate_failure_inside_all_keeps_the_run_going(tmp_path):
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["stage=all", "ranking.max_epochs=2", "distill.max_epochs=1",
+                                             "distill.gate.min_retained=10.0"])
+    m = train(cfg)
+    assert "pipeline/test/ndcg@10" in m and "student/test/ndcg@10" not in m
+    assert "Gate failed, no student was written" in (tmp_path / "run" / "report.md").read_text()
+    assert not (tmp_path / "run" / "artifacts" / "ranker_student.pt").exists()
+    assert not (tmp_path / "triton_repo" / "ranker_student").exists()

@@ -88,7 +88,7 @@ def test_served_answers_equal_the_offline_pipeline(client, tiny_run, art):
 
 
 def test_all_models_ready(server):
-    assert server.ready_models() == ["item_tower", "ranker", "recommend", "retrieval", "user_tower"]
+    assert server.ready_models() == ["item_tower", "ranker", "ranker_int8", "recommend", "retrieval", "user_tower"]
 
 
 @pytest.mark.parametrize("name", ["user_tower", "item_tower", "ranker"])

@@ -2,8 +2,14 @@
 
 It builds the same :class:`ranking.pipeline.Pipeline` as offline evaluation with
 :func:`ranking.load.load_pipeline`, replacing only the two neural models with BLS calls to the
-``user_tower`` and ``ranker`` Triton models (ONNX), so online and offline answers agree. Tensors
+``user_tower`` and a ranker Triton model (ONNX), so online and offline answers agree. Tensors
 in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
+
+Rankers: ``1/rankers.json`` (written by the export) lists the exported ones (``ranker``,
+``ranker_student``, ``ranker_int8``, ...) and the default (``export.ranker``). A request may name
+another in its ``ranker`` input; the pipeline's ranker is swapped for that request only (requests
+run one after another in ``execute``), so exposure-cap state stays one per instance whatever the
+ranker. The ``ranker`` output says which one scored the answer.
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
 ``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
@@ -24,7 +30,7 @@ from export.spec import ModelSpec, from_batch, to_batch
 from ranking.load import load_pipeline
 from ranking.pipeline import ROUTES, RequestError
 from serving.protocol import INPUTS, OUTPUTS
-from serving.request import encode_recommendation, parse_request
+from serving.request import encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
@@ -72,14 +78,16 @@ class TritonPythonModel:
         version = Path(args["model_repository"]) / args["model_version"]
         specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((version / "specs.json").read_text())}
         self._metrics()
-        user_tower, ranker = params["USER_TOWER_MODEL"], params["RANKER_MODEL"]
-        missing = [m for m in (user_tower, ranker) if m not in specs]
-        if missing:
-            raise ValueError(f"{version / 'specs.json'} has no table for {missing} (exported: {sorted(specs)}); "
-                             "fix USER_TOWER_MODEL / RANKER_MODEL in recommend/config.pbtxt or re-export")
+        served = json.loads((version / "rankers.json").read_text())
+        self.default_ranker, user_tower = served["default"], params["USER_TOWER_MODEL"]
+        missing = [m for m in (user_tower, *served["rankers"]) if m not in specs]
+        if missing or self.default_ranker not in served["rankers"]:
+            raise ValueError(f"{version / 'specs.json'} has no table for {missing} (exported: {sorted(specs)}) or the "
+                             f"default ranker {self.default_ranker!r} is not among {served['rankers']}; re-export")
         user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
-        ranker = BlsModel(ranker, specs[ranker], self.stage["ranker"])
-        self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower, ranker=ranker)
+        self.rankers = {n: BlsModel(n, specs[n], self.stage["ranker"]) for n in served["rankers"]}
+        self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower,
+                                      ranker=self.rankers[self.default_ranker])
         # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
         self.pipeline.retriever.retrieve = timed(self.pipeline.retriever.retrieve, self.stage["retrieval"])
         self.pipeline.features.build_inputs = timed(self.pipeline.features.build_inputs, self.stage["features"])
@@ -107,15 +115,21 @@ class TritonPythonModel:
 
     def _answer(self, request) -> dict[str, np.ndarray]:
         tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
-        parsed = parse_request({n: t.as_numpy() for n, t in tensors.items() if t is not None}, self.pipeline.max_k)
+        arrays = {n: t.as_numpy() for n, t in tensors.items() if t is not None}
+        parsed = parse_request(arrays, self.pipeline.max_k)
+        ranker = requested_ranker(arrays, list(self.rankers), self.default_ranker)
         start = time.perf_counter()
-        rec = self.pipeline.recommend([parsed])[0]
+        self.pipeline.ranker = self.rankers[ranker]
+        try:
+            rec = self.pipeline.recommend([parsed])[0]
+        finally:
+            self.pipeline.ranker = self.rankers[self.default_ranker]
         self.stage["total"].observe(time.perf_counter() - start)
         self.requests[rec.route].increment(1)
         self.returned.observe(len(rec.item_ids))
         for reason in rec.reasons:
             self.items[reason if reason in self.items else "ranked"].increment(1)
-        return encode_recommendation(rec, self.titles)
+        return encode_recommendation(rec, self.titles, ranker)
 
     def execute(self, requests: list) -> list:
         """Answer each request; a bad one gets an error response, the others are unaffected."""
