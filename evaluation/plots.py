@@ -14,6 +14,18 @@ from evaluation.metrics import lorenz_curve, ranking_metrics  # noqa: E402
 from evaluation.report import load_lists  # noqa: E402
 
 
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_ndcg_curves(lists: dict, truth: sp.csr_matrix, path: Path, max_k: int = 50) -> Path:
     """NDCG@K for K = 1..max_k, one line per model."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -22,15 +34,7 @@ def plot_ndcg_curves(lists: dict, truth: sp.csr_matrix, path: Path, max_k: int =
         ks = list(range(1, k_max + 1))
         m = ranking_metrics(items[:, :k_max], truth[users], ks)
         ax.plot(ks, [m[f"ndcg@{k}"] for k in ks], label=name, lw=2 if name == "pipeline" else 1.2)
-    ax.set_xlabel("K")
-    ax.set_ylabel("NDCG@K (test)")
-    ax.set_title("Ranking quality by list length")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "K", "NDCG@K (test)", "Ranking quality by list length")
 
 
 def plot_lorenz(lists: dict, n_items: int, path: Path, k: int = 10) -> Path:
@@ -40,15 +44,8 @@ def plot_lorenz(lists: dict, n_items: int, path: Path, k: int = 10) -> Path:
     for name, (_, items) in lists.items():
         x, y = lorenz_curve(items[:, :k], n_items)
         ax.plot(x, y, label=name, lw=2 if name == "pipeline" else 1.2)
-    ax.set_xlabel("share of catalog (least exposed first)")
-    ax.set_ylabel(f"share of top-{k} impressions")
-    ax.set_title("Exposure concentration")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "share of catalog (least exposed first)", f"share of top-{k} impressions",
+                 "Exposure concentration")
 
 
 def write_plots(out_dir: Path, truth: sp.csr_matrix) -> list[Path]:
