@@ -15,6 +15,7 @@ CONFIGS = {
     "flat": IndexConfig(factory="Flat", use_gpu=False),
     "ivf": IndexConfig(factory="IVF16,Flat", nprobe=4, use_gpu=False),
     "hnsw": IndexConfig(factory="HNSW16", ef_search=48, use_gpu=False),
+    "ivf_refine": IndexConfig(factory="IVF16,PQ4x4fs,RFlat", nprobe=8, k_factor_rf=16, use_gpu=False),
 }
 
 
@@ -45,12 +46,17 @@ def built(items) -> dict[str, faiss.Index]:
 
 
 def search_params(index: faiss.Index) -> dict[str, int]:
-    """nprobe / efSearch as set inside the index, whatever wraps it."""
+    """nprobe / efSearch / k_factor_rf as set inside the index, whatever wraps it."""
+    out = {}
+    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
+    if isinstance(inner, faiss.IndexRefine):
+        out["k_factor_rf"] = int(inner.k_factor)
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
-        return {"nprobe": ivf.nprobe}
-    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexIDMap) else index)
-    return {"efSearch": inner.hnsw.efSearch} if isinstance(inner, faiss.IndexHNSW) else {}
+        out["nprobe"] = ivf.nprobe
+    if isinstance(inner, faiss.IndexHNSW):
+        out["efSearch"] = inner.hnsw.efSearch
+    return out
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -87,7 +93,9 @@ def test_ivf_visiting_every_list_matches_exact_search(items, queries, built):
     np.testing.assert_array_equal(ivf, exact)
 
 
-@pytest.mark.parametrize("name, expected", [("ivf", {"nprobe": 4}), ("hnsw", {"efSearch": 48}), ("flat", {})])
+@pytest.mark.parametrize("name, expected", [
+    ("ivf", {"nprobe": 4}), ("hnsw", {"efSearch": 48}), ("flat", {}), ("ivf_refine", {"nprobe": 8, "k_factor_rf": 16}),
+])
 def test_search_params_are_set_and_survive_save_load(name, expected, built, tmp_path):
     index = built[name]
     assert search_params(index) == expected
@@ -129,3 +137,10 @@ def test_ivf_with_refine_builds(items, queries, built):
     _, ids = search(index, queries, K)
     _, exact = search(built["flat"], queries, K)
     assert (ids == exact).mean() > 0.9
+
+
+def test_explicit_idmap_prefix_is_not_wrapped_twice(items, queries, built):
+    index = build_index(items, IndexConfig(factory="IDMap2,IVF16,Flat", nprobe=16, use_gpu=False))
+    assert isinstance(index, faiss.IndexIDMap2)
+    assert isinstance(faiss.downcast_index(index.index), faiss.IndexIVFFlat)
+    np.testing.assert_array_equal(search(index, queries, K)[1], search(built["flat"], queries, K)[1])
