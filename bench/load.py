@@ -188,18 +188,6 @@ def triton_phase(url: str, requests: list[dict], concurrency: int, seconds: floa
 
 # --- in process ----------------------------------------------------------------------------------
 
-def onnx_model(path: Path, spec):
-    """An exported ONNX model as a pipeline callable (numpy dict in, numpy out), one thread."""
-    from export.onnx_export import onnx_session, run_onnx
-
-    session = onnx_session(path, threads=1)
-
-    def call(inputs: dict[str, np.ndarray]):
-        out = run_onnx(session, spec, inputs)
-        return out[0] if len(out) == 1 else tuple(out)
-    return call
-
-
 def timed(fn, totals: dict[str, float], name: str):
     """Wrap ``fn`` so its time (ms) accumulates in ``totals[name]``."""
     def wrapper(*args, **kwargs):
@@ -379,13 +367,14 @@ def inprocess(args, art: Path, repo: Path, same: list[dict], phases: list[Phase]
     torch.set_num_threads(args.torch_threads)
     phases.append(inprocess_phase("in-process PyTorch", load_pipeline(art), same, args.seconds, args.warmup))
     if not args.skip_onnx:
+        from export.onnx_export import OnnxCallable
         from export.spec import ModelSpec
 
         specs = {s["name"]: ModelSpec.from_dict(s)
                  for s in json.loads((repo / "recommend" / "1" / "specs.json").read_text())}
-        ort_pipe = load_pipeline(art, user_encoder=onnx_model(repo / "user_tower" / "1" / "model.onnx",
+        ort_pipe = load_pipeline(art, user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx",
                                                               specs["user_tower"]),
-                                 ranker=onnx_model(repo / "ranker" / "1" / "model.onnx", specs["ranker"]))
+                                 ranker=OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"]))
         phases.append(inprocess_phase("in-process onnxruntime", ort_pipe, same, args.seconds, args.warmup))
     for p in phases[len(args.concurrency):]:
         log.info("%s: %d requests, p50 %.2f ms, p95 %.2f ms", p.setting, p.requests, p.percentile(50),

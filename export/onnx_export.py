@@ -96,12 +96,33 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, example: dict[st
     return path
 
 
-def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU onnxruntime session (few threads: serving runs several models side by side)."""
+def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session (few CPU threads: serving runs several models side by side).
+
+    ``gpu``: use the CUDA provider when this onnxruntime build has one (CPU otherwise).
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+class OnnxCallable:
+    """An exported ONNX model as a pipeline callable: named numpy arrays in, numpy out (like the
+    PyTorch :class:`retrieval.retriever.TorchModel`); one output comes back bare, several as a tuple."""
+
+    def __init__(self, path: Path, spec: ModelSpec, threads: int = 1, gpu: bool = False):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} missing; run `python -m export --run-dir <run>` to write it")
+        self.spec = spec
+        self.session = onnx_session(path, threads, gpu)
+
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        out = run_onnx(self.session, self.spec, inputs)
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 def run_onnx(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from ranking.model import LateFusionRanker
-from ranking.trainer import (RankerModule, fit_lists, list_ndcg, listwise_loss, set_group_baselines, split_lists,
-                             subset_lists)
+from ranking.model import LateFusionRanker, init_prior
+from ranking.trainer import (RankerModule, fit_lists, held_out_ndcg, listwise_loss, score_lists, set_group_baselines,
+                             split_lists, subset_lists, train_rows)
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +69,18 @@ class DistillModule(RankerModule):
         return loss
 
 
-@torch.no_grad()
-def score_lists(model: LateFusionRanker, inputs: dict[str, np.ndarray], shape: tuple[int, int], batch_rows: int = 65536) -> np.ndarray:
-    """A ranker's scores over flat list inputs, reshaped to (U, C)."""
-    model.eval()
-    n = shape[0] * shape[1]
-    out = [model({k: torch.as_tensor(v[s : s + batch_rows]) for k, v in inputs.items()})[0].numpy()
-           for s in range(0, n, batch_rows)]
-    return np.concatenate(out).reshape(shape)
-
-
-def held_out_ndcg(scores: np.ndarray, labels: np.ndarray, valid: np.ndarray, idx: np.ndarray) -> float:
-    s = torch.as_tensor(scores[idx]).masked_fill(~torch.as_tensor(valid[idx]), -1e9)
-    return float(list_ndcg(s, torch.as_tensor(labels[idx], dtype=torch.float32), 10))
-
-
 def distill(teacher: LateFusionRanker, student: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray,
             valid: np.ndarray, cfg: DictConfig, ranker_cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path,
-            seed: int, progress: bool) -> dict:
+            seed: int, progress: bool, groups: np.ndarray | None = None) -> dict:
     """Train ``student`` on ``teacher``'s scores; raise :class:`DistillGateError` below the gate.
 
-    Uses the same held-out lists as the teacher (same ``val_share`` and seed), which neither model
-    was fit on.
+    Uses the same held-out lists as the teacher (same ``val_share``, seed and ``groups``), which
+    neither model was fit on.
     """
     L.seed_everything(seed, workers=True)
     teacher_scores = score_lists(teacher, inputs, labels.shape)
-    train_idx, val_idx = split_lists(labels, ranker_cfg.val_share, seed)
+    train_idx, val_idx = split_lists(labels, ranker_cfg.val_share, seed, groups)
+    init_prior(student, inputs, train_rows(valid, train_idx))
     module = DistillModule(student, instantiate(cfg.optimizer), cfg)
     stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx, teacher_scores),
                       subset_lists(inputs, labels, valid, val_idx, teacher_scores), cfg, trainer_cfg, logger,

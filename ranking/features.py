@@ -3,7 +3,9 @@
 Groups (each fused late by :class:`ranking.model.LateFusionRanker`):
 - collaborative: user and item tower embeddings, the retrieval score, and two co-occurrence
   scores of the candidate against everything the user has interacted with: item-item cosine
-  (any catalog size) and EASE (catalogs up to ``ease_max_items``; 0 above, logged);
+  (any catalog size) and EASE (catalogs up to ``ease_max_items``; 0 above, logged); the three
+  scores again standardised within the request's list; whether the request has any known items
+  (``has_history``: 0 for the no-information cold route);
 - content: the item's attributes (every item feature except its id);
 - user: the user's attributes (every user feature except the id);
 - context: hour, day of week, time since the user's last interaction, the item's age;
@@ -26,7 +28,11 @@ from features.cooccurrence import ease_weights, item_cosine_similarity
 from features.store import FeatureStore
 
 GROUPS = ("collaborative", "content", "user", "context", "popularity")
-COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score", "ease_score")
+COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score", "ease_score", "retrieval_z", "cooc_z", "ease_z",
+                 "has_history")
+# Scores also given standardised within each request's list: a history of 80% of the data (the
+# ranker's training window) and one of 90% (test, serving) put raw sums on different scales.
+LIST_RELATIVE = {"retrieval_z": "retrieval_score", "cooc_z": "cooc_score", "ease_z": "ease_score"}
 CONTEXT_NUMERIC = ("since_last", "item_age")
 POPULARITY = ("pop_all", "pop_recent")
 log = logging.getLogger(__name__)
@@ -42,6 +48,15 @@ def input_groups(store: FeatureStore) -> dict[str, list[str]]:
         "context": [s.name for s in store.features.specs["context"]] + list(CONTEXT_NUMERIC),
         "popularity": list(POPULARITY),
     }
+
+
+def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps. (B, C)"""
+    n = np.maximum(ok.sum(1, keepdims=True), 1)
+    mean = np.where(ok, v, 0).sum(1, keepdims=True) / n
+    d = np.where(ok, v - mean, 0)
+    std = np.sqrt((d**2).sum(1, keepdims=True) / n)
+    return np.where(std > 1e-12, d / np.maximum(std, 1e-12), 0).astype(np.float32)
 
 
 class CandidateFeatures:
@@ -109,9 +124,10 @@ class CandidateFeatures:
             out[b, : len(top)] = top
         return out
 
-    def history_scores(self, weights, users: np.ndarray, items: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
-        """Sum of item-item ``weights`` from the user's items to each candidate. (B,), (B, C) -> (B, C)"""
-        rows = self.history_rows(users, recent)
+    def history_scores(self, weights, rows: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+        """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
+        to each candidate. (B, N), (B, C) -> (B, C)"""
+        users = np.arange(rows.shape[0])
         scores = rows @ weights  # (B, N), sparse or dense
         out = np.zeros(items.shape, dtype=np.float32)
         chunk = max(1, 20_000_000 // scores.shape[1])  # rows densified at a time
@@ -127,15 +143,20 @@ class CandidateFeatures:
         b, c = items.shape
         flat = np.clip(items.ravel(), 0, None)
         ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
+        rows = self.history_rows(users, recent)
         user_x = self.store.user_inputs(users, timestamps, recent, attributes)
         x: dict[str, np.ndarray] = {
             "user_emb": np.repeat(queries.astype(np.float32), c, axis=0),
             "item_emb": self.item_embeddings[flat],
             "retrieval_score": np.nan_to_num(scores.ravel().astype(np.float32), neginf=-1.0),
-            "cooc_score": np.log1p(self.history_scores(self.cooc, users, items, recent).ravel()),
-            "ease_score": (self.history_scores(self.ease, users, items, recent).ravel() if self.ease is not None
+            "cooc_score": np.log1p(self.history_scores(self.cooc, rows, items).ravel()),
+            "ease_score": (self.history_scores(self.ease, rows, items).ravel() if self.ease is not None
                            else np.zeros(b * c, dtype=np.float32)),
+            "has_history": np.repeat((np.diff(rows.indptr) > 0).astype(np.float32), c),
         }
+        ok = items >= 0
+        for z, raw in LIST_RELATIVE.items():
+            x[z] = list_standardise(x[raw].reshape(b, c), ok).ravel()
         for name in self.store.features.encoders["item"]:
             if name != "item_id":
                 x[name] = self.store.item_table[name][flat]

@@ -5,17 +5,32 @@ concatenation. A group's contribution is the score drop when that group's vector
 its average over the training data (occlusion), so every score says which group drove it. The
 contributions are computed in the same forward pass (one batched fusion call), so the exported
 model returns them too.
+
+Prior and residual: the score is ``w . prior inputs + scale[route] * fusion(groups)``. The prior
+is a fixed linear skip over the strongest single signals (EASE, or cosine co-occurrence on catalogs
+too large for EASE, of the request's items; overall popularity as a tie-breaker), scaled from the
+data by :func:`init_prior` before training. The fusion's last layer starts at zero, so the
+untrained ranker orders a known user's candidates like EASE and an unknown user's like
+popularity, and training learns a residual. ``scale`` has one entry per route (request with known
+items / without) and is chosen on held-out lists after training (:func:`choose_route_scales`):
+where the residual does not help a route on unseen lists, that route keeps the prior. A prior
+input's term counts towards its group's contribution.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from features.encoders import FeatureSpec
 from ranking.features import COLLABORATIVE, CONTEXT_NUMERIC, GROUPS, POPULARITY
+
+# Prior (skip) inputs and the group each one belongs to.
+PRIOR = {"ease_z": "collaborative", "cooc_z": "collaborative", "pop_all": "popularity"}
+ROUTE_INPUT = "has_history"  # 1: the request has known items, 0: the no-information cold route
 from retrieval.towers import FeatureEmbedder, mlp
 
 
@@ -39,14 +54,15 @@ class CollaborativeEncoder(nn.Module):
     """Tower embeddings, their product, the retrieval score and the co-occurrence scores."""
 
     input_names = list(COLLABORATIVE)
+    scalars = [n for n in COLLABORATIVE if n not in ("user_emb", "item_emb")]
 
     def __init__(self, emb_dim: int):
         super().__init__()
-        self.out_dim = 3 * emb_dim + 3
+        self.out_dim = 3 * emb_dim + len(self.scalars)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         u, i = x["user_emb"], x["item_emb"]  # (R, D) each
-        scalars = [x[n][:, None] for n in ("retrieval_score", "cooc_score", "ease_score")]
+        scalars = [x[n][:, None] for n in self.scalars]
         return torch.cat([u, i, u * i, *scalars], dim=-1)
 
 
@@ -55,7 +71,7 @@ class LateFusionRanker(nn.Module):
 
     def __init__(self, item_specs: list[FeatureSpec], user_specs: list[FeatureSpec], context_specs: list[FeatureSpec],
                  cardinalities: dict[str, int], tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int],
-                 dropout: float, groups: list[str] | None = None):
+                 dropout: float, groups: list[str] | None = None, prior: bool = True):
         super().__init__()
         self.groups = list(groups or GROUPS)
         unknown = set(self.groups) - set(GROUPS)
@@ -76,6 +92,16 @@ class LateFusionRanker(nn.Module):
         self.project = nn.ModuleDict({g: mlp(max(raw[g].out_dim, 1), [], group_dim, 0.0) for g in self.groups})
         self.act = nn.GELU()
         self.fusion = mlp(group_dim * len(self.groups), hidden, 1, dropout)
+        # Prior inputs of this model's groups; weights and means are set from data (init_prior).
+        self.prior_names = [n for n, g in PRIOR.items() if prior and g in self.groups]
+        self.register_buffer("prior_weight", torch.zeros(len(self.prior_names)))
+        self.register_buffer("prior_mean", torch.zeros(len(self.prior_names)))
+        # Weight of the learned residual for requests with / without known items.
+        self.register_buffer("route_scale", torch.ones(2))
+        self.prior_index = [GROUPS.index(PRIOR[n]) for n in self.prior_names]
+        if self.prior_names:
+            nn.init.zeros_(self.fusion[-1].weight)
+            nn.init.zeros_(self.fusion[-1].bias)
         # Average group vectors on training data: the "absent" reference for contributions.
         self.register_buffer("baseline", torch.zeros(len(self.groups), group_dim))
 
@@ -94,21 +120,41 @@ class LateFusionRanker(nn.Module):
             vecs.append(self.act(self.project[g](h)))
         return torch.stack(vecs, dim=1)
 
+    def prior_terms(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-> (R, P) each prior input's centred term w_j * (x_j - mean_j)."""
+        p = torch.stack([x[n].reshape(-1).to(torch.float32) for n in self.prior_names], dim=1)
+        return (p - self.prior_mean) * self.prior_weight
+
+    def residual_scale(self, x: dict[str, torch.Tensor], r: int) -> torch.Tensor:
+        """-> (R,) the learned residual's weight for each row's route."""
+        if ROUTE_INPUT not in self.input_names:
+            return self.route_scale[0].expand(r)
+        known = x[ROUTE_INPUT].reshape(-1).to(torch.float32)
+        return known * self.route_scale[0] + (1 - known) * self.route_scale[1]
+
     def forward(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.group_vectors(x)  # (R, G', H)
         r, g, d = h.shape
         if self.training:
-            return self.fusion(h.reshape(r, g * d)).squeeze(-1), torch.zeros(r, len(GROUPS), device=h.device)
+            s = self.fusion(h.reshape(r, g * d)).squeeze(-1)
+            if self.prior_names:
+                s = s + self.prior_terms(x).sum(1)
+            return s, torch.zeros(r, len(GROUPS), device=h.device)
         # Variant 0 is the full input; variant j+1 has group j replaced by its baseline.
         eye = torch.eye(g, device=h.device, dtype=h.dtype)  # (G, G)
         keep = torch.cat([torch.zeros(1, g, device=h.device, dtype=h.dtype), eye])[:, None, :, None]  # (G+1, 1, G, 1)
         variants = h[None] * (1 - keep) + self.baseline[None, None] * keep  # (G+1, R, G, H)
         scores = self.fusion(variants.reshape((g + 1) * r, g * d)).reshape(g + 1, r)
+        scores = scores * self.residual_scale(x, r)[None]
         contrib = (scores[0][None] - scores[1:]).T  # (R, G')
-        if g == len(GROUPS):
-            return scores[0], contrib  # (R,), (R, G)
         full = torch.zeros(r, len(GROUPS), device=h.device, dtype=contrib.dtype)
-        return scores[0], full.index_copy(1, torch.as_tensor(self.group_index, device=h.device), contrib)
+        full = full.index_copy(1, torch.as_tensor(self.group_index, device=h.device), contrib)
+        score = scores[0]
+        if self.prior_names:
+            terms = self.prior_terms(x)  # (R, P)
+            score = score + terms.sum(1)
+            full = full.index_add(1, torch.as_tensor(self.prior_index, device=h.device), terms)
+        return score, full  # (R,), (R, G)
 
 
 class _ContextEncoder(nn.Module):
@@ -128,12 +174,59 @@ class _ContextEncoder(nn.Module):
         return torch.cat([self.embed(x), self.numeric(x)], dim=-1)
 
 
+@torch.no_grad()
+def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 0.05) -> None:
+    """Scale the prior from training rows: unit weight per std of EASE (of cosine co-occurrence when
+    EASE is absent or constant), ``pop_weight`` per std of popularity; centre each on its mean."""
+    w = torch.zeros(len(model.prior_names))
+    for j, n in enumerate(model.prior_names):
+        v = torch.as_tensor(inputs[n][rows], dtype=torch.float64)
+        model.prior_mean[j] = v.mean().float()
+        std = float(v.std()) if len(v) > 1 else 0.0
+        if std > 1e-12:
+            w[j] = 1.0 / std
+    has = {n: w[j] > 0 for j, n in enumerate(model.prior_names)}
+    for j, n in enumerate(model.prior_names):
+        if n == "cooc_z" and has.get("ease_z", False):
+            w[j] = 0.0  # EASE leads where it exists; cosine stands in for it on large catalogs
+        elif n == "pop_all":
+            w[j] *= pop_weight
+    model.prior_weight.copy_(w)
+
+
+@torch.no_grad()
+def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, ndcg,
+                        grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:
+    """Pick each route's residual weight on held-out lists (``inputs`` flat over ``labels``' (U, C)).
+
+    ``ndcg(scores (U, C)) -> float`` scores a set of lists; ties go to the larger weight.
+    Returns {route: chosen weight} and sets ``model.route_scale``.
+    """
+    model.eval()
+    x = {k: torch.as_tensor(v) for k, v in inputs.items()}
+    shape = tuple(labels.shape)
+    model.route_scale.fill_(0.0)
+    prior = model(x)[0].numpy().reshape(shape)
+    model.route_scale.fill_(1.0)
+    residual = model(x)[0].numpy().reshape(shape) - prior
+    known = (x[ROUTE_INPUT].numpy().reshape(shape)[:, 0] > 0) if ROUTE_INPUT in x else np.ones(shape[0], bool)
+    chosen = {}
+    for j, (route, lists) in enumerate((("known", known), ("cold", ~known))):
+        if not lists.any():
+            continue  # no held-out list of this route: keep the full residual
+        res = {s: ndcg(prior[lists] + s * residual[lists], np.flatnonzero(lists)) for s in grid}
+        best = max(res.values())
+        chosen[route] = max(s for s, v in res.items() if v >= best)
+        model.route_scale[j] = chosen[route]
+    return chosen
+
+
 def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int], dropout: float,
-                 groups: list[str] | None = None) -> LateFusionRanker:
+                 groups: list[str] | None = None, prior: bool = True) -> LateFusionRanker:
     """Construct from a fitted :class:`features.encoders.FeatureSet` (``groups``: a subset, e.g. for a student)."""
     card = {**features.cardinalities("item"), **features.cardinalities("user"), **features.cardinalities("context")}
     return LateFusionRanker(features.specs["item"], features.specs["user"], features.specs["context"], card, tower_dim,
-                            emb_dim, group_dim, hidden, dropout, groups)
+                            emb_dim, group_dim, hidden, dropout, groups, prior)
 
 
 def load_ranker(path: str | Path, features) -> LateFusionRanker:

@@ -51,7 +51,8 @@ def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: L
 
 
 def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
-    """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C).
+    """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C),
+    groups (U,) the user whose positives each list holds.
 
     A ``cold_share`` of the lists is repeated as if the user were unknown (no id, no history), so
     the ranker also learns the cold-start route it will face online.
@@ -67,7 +68,7 @@ def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
                                                  cfg.ranking.n_candidates, cfg.ranking.cold_popular_share,
                                                  cfg.ranking.cooc_share)
     inputs = feats.build_inputs(query_users, ts, queries, items, scores)
-    return inputs, labels_for(items, data.valid[truth_users]), items >= 0
+    return inputs, labels_for(items, data.valid[truth_users]), items >= 0, truth_users
 
 
 def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.ndarray, ks: list[int],
@@ -100,7 +101,7 @@ class RankingResult:
 
     pipeline: Pipeline
     ranker: LateFusionRanker
-    lists: tuple[dict, np.ndarray, np.ndarray]
+    lists: tuple[dict, np.ndarray, np.ndarray, np.ndarray]  # inputs, labels, valid, groups
     users: np.ndarray  # test users with truth
     timestamps: np.ndarray  # their request times
 
@@ -108,10 +109,11 @@ class RankingResult:
 def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_dir: Path, logger, progress: bool) -> RankingResult:
     """Train the ranker, evaluate ranker / pipeline / cold users on test, save artifacts."""
     rc = cfg.ranking
-    inputs, labels, valid = training_lists(data, result, cfg)
+    inputs, labels, valid, groups = training_lists(data, result, cfg)
     tower_dim = result.retrievers["valid"].item_embeddings.shape[1]
+    torch.manual_seed(cfg.seed)  # the initial weights must not depend on what ran before in the process
     ranker = build_ranker(data.features, tower_dim, **rc.model)
-    stats = fit_ranker(ranker, inputs, labels, valid, rc, cfg.trainer, logger, out_dir, cfg.seed, progress)
+    stats = fit_ranker(ranker, inputs, labels, valid, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, groups)
     update_metrics(out_dir, "ranker", "valid_lists", {"ndcg@10": stats["best_val_ndcg@10"]})
     ranker.eval()
 
@@ -154,7 +156,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
         "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
         "cold_popular_share": rc.cold_popular_share, "cooc_share": rc.cooc_share,
         "dataset": cfg.data.name}))
-    return RankingResult(pipe, ranker, (inputs, labels, valid), users, ts)
+    return RankingResult(pipe, ranker, (inputs, labels, valid, groups), users, ts)
 
 
 def count_flops(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> int:
@@ -187,11 +189,12 @@ def torch_latency_ms(model: torch.nn.Module, inputs: dict[str, np.ndarray], repe
 
 def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir: Path, logger, progress: bool) -> LateFusionRanker:
     """Distil the teacher into the configured student, gate it, evaluate it like the teacher."""
-    inputs, labels, valid = ranking.lists
+    inputs, labels, valid, groups = ranking.lists
     tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
+    torch.manual_seed(cfg.seed)
     student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))
     stats = distill(ranking.ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
-                    out_dir, cfg.seed, progress)
+                    out_dir, cfg.seed, progress, groups)
     student.eval()
     pipe = ranking.pipeline
     teacher_fn = pipe.ranker

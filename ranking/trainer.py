@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from ranking.model import LateFusionRanker
+from ranking.model import LateFusionRanker, choose_route_scales, init_prior
 from retrieval.trainer import make_trainer
 
 log = logging.getLogger(__name__)
@@ -119,12 +119,27 @@ def labels_for(items: np.ndarray, truth_rows: sp.csr_matrix) -> np.ndarray:
     return (np.asarray(truth_rows[rows, np.clip(items.ravel(), 0, None)]).reshape(items.shape) > 0) & (items >= 0)
 
 
-def split_lists(labels: np.ndarray, val_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lists with a positive, shuffled by seed into (train, held-out) index arrays (both sorted)."""
+def split_lists(labels: np.ndarray, val_share: float, seed: int,
+                groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lists with a positive, shuffled by seed into (train, held-out) index arrays (both sorted).
+
+    ``groups`` (U,): lists of one group (e.g. a user's list and its cold-start copy, which share
+    their positives) land on the same side, so held-out lists never echo a training list.
+    """
     lists = np.flatnonzero(labels.any(axis=1))
-    np.random.default_rng(seed).shuffle(lists)
-    n_val = max(1, int(len(lists) * val_share))
-    return np.sort(lists[n_val:]), np.sort(lists[:n_val])
+    groups = lists if groups is None else np.asarray(groups)[lists]
+    keys = np.unique(groups)
+    np.random.default_rng(seed).shuffle(keys)
+    n_val = max(1, int(len(keys) * val_share))
+    held = np.isin(groups, keys[:n_val])
+    return np.sort(lists[~held]), np.sort(lists[held])
+
+
+def train_rows(valid: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Flat row numbers of the real candidates of lists ``idx``."""
+    c = valid.shape[1]
+    rows = (idx[:, None] * c + np.arange(c)[None]).ravel()
+    return rows[valid[idx].ravel()]
 
 
 def subset_lists(inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray, idx: np.ndarray,
@@ -135,9 +150,31 @@ def subset_lists(inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.nd
                           None if teacher is None else teacher[idx])
 
 
+@torch.no_grad()
+def score_lists(model: LateFusionRanker, inputs: dict, shape: tuple[int, int], batch_rows: int = 65536) -> np.ndarray:
+    """A ranker's scores over flat list inputs (numpy or tensors), reshaped to (U, C)."""
+    model.eval()
+    n = shape[0] * shape[1]
+    out = [model({k: torch.as_tensor(v[s : s + batch_rows]) for k, v in inputs.items()})[0].numpy()
+           for s in range(0, n, batch_rows)]
+    return np.concatenate(out).reshape(shape)
+
+
+def held_out_ndcg(scores: np.ndarray, labels, valid, idx: np.ndarray | None = None) -> float:
+    """Mean list NDCG@10 of ``scores`` (U, C) over the lists ``idx`` (all when None)."""
+    idx = np.arange(len(scores)) if idx is None else idx
+    s = torch.as_tensor(scores[idx]).masked_fill(~torch.as_tensor(np.asarray(valid)[idx]), -1e9)
+    return float(list_ndcg(s, torch.as_tensor(np.asarray(labels)[idx], dtype=torch.float32), 10))
+
+
 def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: CandidateLists, cfg: DictConfig,
               trainer_cfg: DictConfig, logger, ckpt_dir: Path, progress: bool) -> dict:
-    """Lightning fit with early stopping / best checkpoint on held-out lists' NDCG@10."""
+    """Lightning fit with early stopping / best checkpoint on held-out lists' NDCG@10, then each
+    route's residual weight chosen on the same held-out lists (see :mod:`ranking.model`)."""
+    labels, valid = val_ds.labels.numpy(), val_ds.valid.numpy()
+    shape = tuple(labels.shape)
+    prior = held_out_ndcg(score_lists(module.model, val_ds.inputs, shape), labels, valid)  # untrained: the prior
+    module.model.train()  # Lightning keeps the mode it finds
     ckpt = ModelCheckpoint(dirpath=str(ckpt_dir), monitor="ranker/val_ndcg@10", mode="max", save_top_k=1,
                            save_last=True, filename="best")
     callbacks = [EarlyStopping(monitor="ranker/val_ndcg@10", mode="max", patience=cfg.patience), ckpt]
@@ -149,15 +186,21 @@ def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: Candi
     seconds = time.time() - t0
     if ckpt.best_model_path:
         module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
+    scales = choose_route_scales(module.model, val_ds.inputs, labels, valid,
+                                 lambda s, idx: held_out_ndcg(s, labels[idx], valid[idx]))
+    final = held_out_ndcg(score_lists(module.model, val_ds.inputs, shape), labels, valid)
+    log.info("held-out NDCG@10: prior only %.4f, trained %.4f (residual weight per route %s)", prior, final, scales)
     return {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),
-            "val_lists": len(val_ds), "best_val_ndcg@10": float(ckpt.best_model_score or float("nan"))}
+            "val_lists": len(val_ds), "prior_val_ndcg@10": prior, "route_scale": scales, "best_val_ndcg@10": final}
 
 
 def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
-               cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool) -> dict:
-    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10."""
+               cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool,
+               groups: np.ndarray | None = None) -> dict:
+    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10 (split by ``groups``)."""
     L.seed_everything(seed, workers=True)
-    train_idx, val_idx = split_lists(labels, cfg.val_share, seed)
+    train_idx, val_idx = split_lists(labels, cfg.val_share, seed, groups)
+    init_prior(model, inputs, train_rows(valid, train_idx))
     module = RankerModule(model, instantiate(cfg.optimizer))
     stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx), subset_lists(inputs, labels, valid, val_idx),
                       cfg, trainer_cfg, logger, out_dir / "checkpoints" / "ranker", progress)

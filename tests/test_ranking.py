@@ -12,9 +12,9 @@ from ranking.batch import main as batch_main
 from ranking.batch import read_requests, recommend_table
 from ranking.features import GROUPS
 from ranking.load import load_pipeline
-from ranking.model import build_ranker
+from ranking.model import PRIOR, build_ranker, choose_route_scales, init_prior
 from ranking.pipeline import Request, RequestError
-from ranking.trainer import list_ndcg, listwise_loss
+from ranking.trainer import list_ndcg, listwise_loss, split_lists
 
 
 def test_listwise_loss_hand_case():
@@ -50,12 +50,83 @@ def test_ranker_contributions_are_occlusion_differences(tiny_run):
     with torch.no_grad():
         full, c = model(x)
         h = model.group_vectors(x)
-        for g in range(len(GROUPS)):
+        scale = model.residual_scale(x, len(h))
+        prior = model.prior_terms(x)  # (R, P): each term belongs to its input's group
+        residual = model.fusion(h.reshape(len(h), -1)).squeeze(-1) * scale
+        torch.testing.assert_close(full, residual + prior.sum(1), atol=1e-5, rtol=1e-5)
+        for g, name in enumerate(GROUPS):
             h2 = h.clone()
             h2[:, g] = model.baseline[g]
-            occluded = model.fusion(h2.reshape(len(h2), -1)).squeeze(-1)
-            torch.testing.assert_close(c[:, g], full - occluded, atol=1e-5, rtol=1e-5)
+            occluded = model.fusion(h2.reshape(len(h2), -1)).squeeze(-1) * scale
+            own = sum((prior[:, j] for j, n in enumerate(model.prior_names) if PRIOR[n] == name), torch.zeros(len(h)))
+            torch.testing.assert_close(c[:, g], residual - occluded + own, atol=1e-5, rtol=1e-5)
 
+
+def _inputs(pipe, known: np.ndarray, seed: int = 0) -> tuple:
+    """A fresh ranker over the run's features and real inputs for len(known) rows, with
+    has_history / ease_z / pop_all replaced by controlled values."""
+    model = build_ranker(pipe.store.features, pipe.retriever.item_embeddings.shape[1], emb_dim=4, group_dim=8,
+                         hidden=[8], dropout=0.0).eval()
+    n = len(known)
+    users = np.arange(n // 10 + 1)
+    r_scores, r_items, q = pipe.retriever.retrieve(users, np.full(len(users), 1_700_000_000), 10)
+    raw = pipe.features.build_inputs(users, np.full(len(users), 1_700_000_000), q, r_items, r_scores)
+    x = {k: torch.as_tensor(v[:n]) for k, v in raw.items()}
+    rng = np.random.default_rng(seed)
+    x["has_history"] = torch.as_tensor(known, dtype=torch.float32)
+    x["ease_z"] = torch.as_tensor(np.where(known > 0, rng.normal(size=n), 0.0), dtype=torch.float32)
+    x["pop_all"] = torch.as_tensor(rng.normal(size=n), dtype=torch.float32)
+    return model, x
+
+
+def test_untrained_ranker_orders_like_ease_then_popularity(tiny_run):
+    """Prior + zero residual: a known request is ordered by EASE (popularity only breaks near-ties),
+    a request without known items by popularity."""
+    known = np.r_[np.ones(50), np.zeros(50)]
+    model, x = _inputs(load_pipeline(tiny_run), known)
+    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)))
+    with torch.no_grad():
+        s = model(x)[0].numpy()
+    k = known > 0
+    rank = lambda v: np.argsort(np.argsort(-v))  # noqa: E731
+    assert np.corrcoef(rank(s[k]), rank(x["ease_z"].numpy()[k]))[0, 1] > 0.98
+    assert (np.argsort(-s[~k]) == np.argsort(-x["pop_all"].numpy()[~k])).all()
+
+
+def test_route_scales_chosen_on_held_out_lists(tiny_run):
+    """A residual that helps known lists and hurts cold ones is kept for the first route only."""
+    lists, c = 6, 10
+    known = np.repeat([1, 1, 1, 0, 0, 0], c)
+    model, x = _inputs(load_pipeline(tiny_run), known)
+    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)))
+    with torch.no_grad():  # a residual that is large and positive on the first candidate of each list
+        model.fusion[-1].bias.fill_(0.0)
+        model.fusion[-1].weight.fill_(0.0)
+    residual_first = np.tile(np.r_[1.0, np.zeros(c - 1)], lists)
+
+    def fake_forward(inputs, _orig=model.forward):
+        s, contrib = _orig(inputs)
+        scale = model.residual_scale(inputs, len(s))
+        return s + 100.0 * scale * torch.as_tensor(residual_first, dtype=torch.float32), contrib
+
+    model.forward = fake_forward
+    labels = np.zeros((lists, c))
+    labels[:3, 0] = 1  # known lists: the first candidate is the positive
+    labels[3:, 5] = 1  # cold lists: another one is
+    valid = np.ones((lists, c), bool)
+    from ranking.trainer import held_out_ndcg
+    chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx]))
+    assert chosen["known"] == 1.0 and chosen["cold"] == 0.0
+    assert model.route_scale.tolist() == [1.0, 0.0]
+
+
+def test_held_out_lists_keep_a_users_lists_together():
+    labels = np.zeros((8, 3), bool)
+    labels[:, 0] = True
+    groups = np.array([0, 1, 2, 3, 0, 1, 2, 3])  # lists 4..7 are cold copies of users 0..3
+    train, held = split_lists(labels, 0.5, seed=0, groups=groups)
+    assert set(groups[train]).isdisjoint(groups[held]) and len(train) + len(held) == 8
 
 def test_pipeline_routes_reasons_and_filters(tiny_run):
     pipe = load_pipeline(tiny_run)

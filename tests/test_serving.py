@@ -6,6 +6,7 @@ state, so it must see the same request sequence as the fresh offline pipeline it
 
 import json
 import re
+import shutil
 import urllib.request
 
 import numpy as np
@@ -85,6 +86,29 @@ def test_served_answers_equal_the_offline_pipeline(client, tiny_run, art):
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-4, err_msg=str(r))
         routes.add(got.route)
     assert routes == {"known_user", "cold_user"}
+
+
+def test_bls_inference_gives_the_same_answers(repo, tiny_run, art, tmp_path):
+    """recommend with INFERENCE=bls (towers and ranker as Triton calls) answers like the offline pipeline."""
+    bls = tmp_path / "repo_bls"
+    shutil.copytree(repo, bls, symlinks=True)
+    config = bls / "recommend" / "config.pbtxt"
+    text = config.read_text()
+    assert 'string_value: "in_process"' in text
+    config.write_text(text.replace('string_value: "in_process"', 'string_value: "bls"'))
+    offline = load_pipeline(tiny_run)
+    requests = sample_requests(art)[:6] + sample_requests(art)[-3:]
+    with TritonServer(bls, log_path=tmp_path / "tritonserver.log") as running, \
+            RecommendClient(running.grpc_url) as c:
+        for r in requests:
+            want = offline.recommend([r])[0]
+            got = c.recommend(r.user_id, r.k, r.timestamp, r.exclude_items, r.include_categories,
+                              r.exclude_categories, r.recent_items)
+            assert (got.item_ids, got.reasons, got.route) == (want.item_ids, want.reasons, want.route), r
+            np.testing.assert_allclose(got.scores, want.scores, atol=1e-4, err_msg=str(r))
+        page = scrape(running)
+    assert metric(page, "nv_inference_request_success", model="user_tower", version="1") == len(requests)
+    assert metric(page, "nv_inference_request_success", model="ranker", version="1") == len(requests)
 
 
 def test_all_models_ready(server):
@@ -208,7 +232,8 @@ def test_metrics_count_routes_errors_items_and_stage_latency(server, client, art
         return metric(after, name, **labels) - metric(before, name, **labels)
 
     assert delta("nv_inference_request_success", model="recommend", version="1") == 4  # errors are answers too
-    assert delta("nv_inference_request_success", model="user_tower", version="1") == 2  # BLS calls
+    # INFERENCE=in_process: the towers run inside recommend, not as Triton calls
+    assert delta("nv_inference_request_success", model="user_tower", version="1") == 0
     assert delta("recsys_requests_total", route="known_user") == 1
     assert delta("recsys_requests_total", route="cold_user") == 1
     assert delta("recsys_request_errors_total", code="invalid_argument") == 2

@@ -1,9 +1,18 @@
 """``recommend``: one request in, the final list out, through the offline pipeline itself.
 
 It builds the same :class:`ranking.pipeline.Pipeline` as offline evaluation with
-:func:`ranking.load.load_pipeline`, replacing only the two neural models with BLS calls to the
-``user_tower`` and a ranker Triton model (ONNX), so online and offline answers agree. Tensors
-in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
+:func:`ranking.load.load_pipeline`, replacing only the two neural models with their exported ONNX
+files, so online and offline answers agree. How those run is the ``INFERENCE`` parameter of
+config.pbtxt:
+
+- ``in_process`` (default): onnxruntime sessions inside this model over the repository's
+  ``user_tower/1/model.onnx`` and ``<ranker>/1/model.onnx`` (CUDA provider when present). On CPU
+  this is the fast path: a BLS call costs two interprocess hops per model (measured: ~3.5 ms per
+  request of 8.7 at concurrency 1 on ML-100K, see docs/serving.md).
+- ``bls``: BLS calls to the ``user_tower`` and ranker Triton models, e.g. to use the stock
+  container's GPU instances and dynamic batching across recommend instances.
+
+Tensors in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
 
 Rankers: ``1/rankers.json`` (written by the export) lists the exported ones (``ranker``,
 ``ranker_student``, ``ranker_int8``, ...) and the default (``export.ranker``). A request may name
@@ -26,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from export.onnx_export import OnnxCallable
 from export.spec import ModelSpec, from_batch, to_batch
 from ranking.load import load_pipeline
 from ranking.pipeline import ROUTES, RequestError
@@ -36,6 +46,7 @@ LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
 REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
 STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
+INFERENCE = ("in_process", "bls")
 
 
 class BlsModel:
@@ -84,8 +95,20 @@ class TritonPythonModel:
         if missing or self.default_ranker not in served["rankers"]:
             raise ValueError(f"{version / 'specs.json'} has no table for {missing} (exported: {sorted(specs)}) or the "
                              f"default ranker {self.default_ranker!r} is not among {served['rankers']}; re-export")
-        user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
-        self.rankers = {n: BlsModel(n, specs[n], self.stage["ranker"]) for n in served["rankers"]}
+        inference = params.get("INFERENCE", "in_process")
+        if inference == "bls":
+            user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
+            self.rankers = {n: BlsModel(n, specs[n], self.stage["ranker"]) for n in served["rankers"]}
+        elif inference == "in_process":
+            repo, threads = Path(args["model_repository"]).parent, int(params.get("ORT_THREADS", "1"))
+            gpu = args.get("model_instance_kind") == "GPU"
+
+            def local(name: str, stage: str):
+                return timed(OnnxCallable(repo / name / "1" / "model.onnx", specs[name], threads, gpu), self.stage[stage])
+            user_tower = local(user_tower, "user_tower")
+            self.rankers = {n: local(n, "ranker") for n in served["rankers"]}
+        else:
+            raise ValueError(f"parameter INFERENCE={inference!r}; known: {', '.join(INFERENCE)}")
         self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower,
                                       ranker=self.rankers[self.default_ranker])
         # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
