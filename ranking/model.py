@@ -13,7 +13,7 @@ data by :func:`init_prior` before training. The fusion's last layer starts at ze
 untrained ranker orders a known user's candidates like EASE and an unknown user's like
 popularity, and training learns a residual. ``scale`` has one entry per route (request with known
 items / without) and is chosen on held-out lists after training (:func:`choose_route_scales`):
-where the residual does not help a route on unseen lists, that route keeps the prior. A prior
+where the residual does not clearly help a route on unseen lists, that route keeps the prior. A prior
 input's term counts towards its group's contribution.
 """
 
@@ -51,18 +51,25 @@ class NumericEncoder(nn.Module):
 
 
 class CollaborativeEncoder(nn.Module):
-    """Tower embeddings, their product, the retrieval score and the co-occurrence scores."""
+    """Tower embeddings and their product (unless ``embeddings`` is False), the retrieval score,
+    the co-occurrence scores, their list-standardised versions and the route flag."""
 
-    input_names = list(COLLABORATIVE)
     scalars = [n for n in COLLABORATIVE if n not in ("user_emb", "item_emb")]
 
-    def __init__(self, emb_dim: int):
+    def __init__(self, emb_dim: int, embeddings: bool = True):
         super().__init__()
-        self.out_dim = 3 * emb_dim + len(self.scalars)
+        self.embeddings = embeddings
+        self.out_dim = (3 * emb_dim if embeddings else 0) + len(self.scalars)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(COLLABORATIVE) if self.embeddings else list(self.scalars)
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        scalars = [x[n][:, None].to(torch.float32) for n in self.scalars]
+        if not self.embeddings:
+            return torch.cat(scalars, dim=-1)
         u, i = x["user_emb"], x["item_emb"]  # (R, D) each
-        scalars = [x[n][:, None] for n in self.scalars]
         return torch.cat([u, i, u * i, *scalars], dim=-1)
 
 
@@ -71,7 +78,8 @@ class LateFusionRanker(nn.Module):
 
     def __init__(self, item_specs: list[FeatureSpec], user_specs: list[FeatureSpec], context_specs: list[FeatureSpec],
                  cardinalities: dict[str, int], tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int],
-                 dropout: float, groups: list[str] | None = None, prior: bool = True):
+                 dropout: float, groups: list[str] | None = None, prior: bool = True,
+                 tower_embeddings: bool = True):
         super().__init__()
         self.groups = list(groups or GROUPS)
         unknown = set(self.groups) - set(GROUPS)
@@ -81,7 +89,7 @@ class LateFusionRanker(nn.Module):
         content = [s for s in item_specs if s.name != "item_id"]
         user = [s for s in user_specs if s.name != "user_id"]
         all_raw = {
-            "collaborative": CollaborativeEncoder(tower_dim),
+            "collaborative": CollaborativeEncoder(tower_dim, tower_embeddings),
             "content": FeatureEmbedder(content, cardinalities, emb_dim),
             "user": FeatureEmbedder(user, cardinalities, emb_dim),
             "context": _ContextEncoder(context_specs, cardinalities, emb_dim),
@@ -196,10 +204,14 @@ def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 
 
 @torch.no_grad()
 def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, ndcg,
-                        grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:
+                        grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0), z: float = 1.645) -> dict[str, float]:
     """Pick each route's residual weight on held-out lists (``inputs`` flat over ``labels``' (U, C)).
 
-    ``ndcg(scores (U, C)) -> float`` scores a set of lists; ties go to the larger weight.
+    ``ndcg(scores (n, C), list_idx) -> (m,)`` per-list NDCG of those lists. A weight from ``grid``
+    is eligible only if its per-list gain over the prior alone is clearly positive (mean - ``z``
+    standard errors > 0: a few hundred held-out lists are noisy, and the prior is a strong
+    model); the eligible one with the largest mean gain wins, else the route keeps the prior
+    (weight 0). A route without held-out lists keeps the prior too.
     Returns {route: chosen weight} and sets ``model.route_scale``.
     """
     model.eval()
@@ -212,21 +224,24 @@ def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, nd
     known = (x[ROUTE_INPUT].numpy().reshape(shape)[:, 0] > 0) if ROUTE_INPUT in x else np.ones(shape[0], bool)
     chosen = {}
     for j, (route, lists) in enumerate((("known", known), ("cold", ~known))):
-        if not lists.any():
-            continue  # no held-out list of this route: keep the full residual
-        res = {s: ndcg(prior[lists] + s * residual[lists], np.flatnonzero(lists)) for s in grid}
-        best = max(res.values())
-        chosen[route] = max(s for s, v in res.items() if v >= best)
+        idx = np.flatnonzero(lists)
+        base = ndcg(prior[idx], idx) if len(idx) else np.zeros(0)
+        chosen[route], best = 0.0, 0.0
+        for s in grid if len(base) > 1 else ():
+            gain = ndcg(prior[idx] + s * residual[idx], idx) - base
+            mean, se = float(gain.mean()), float(gain.std(ddof=1) / np.sqrt(len(gain)))
+            if mean - z * se > 0 and mean > best:
+                chosen[route], best = s, mean
         model.route_scale[j] = chosen[route]
     return chosen
 
 
 def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int], dropout: float,
-                 groups: list[str] | None = None, prior: bool = True) -> LateFusionRanker:
+                 groups: list[str] | None = None, prior: bool = True, tower_embeddings: bool = True) -> LateFusionRanker:
     """Construct from a fitted :class:`features.encoders.FeatureSet` (``groups``: a subset, e.g. for a student)."""
     card = {**features.cardinalities("item"), **features.cardinalities("user"), **features.cardinalities("context")}
     return LateFusionRanker(features.specs["item"], features.specs["user"], features.specs["context"], card, tower_dim,
-                            emb_dim, group_dim, hidden, dropout, groups, prior)
+                            emb_dim, group_dim, hidden, dropout, groups, prior, tower_embeddings)
 
 
 def load_ranker(path: str | Path, features) -> LateFusionRanker:

@@ -12,7 +12,8 @@ allow_list         ids: [external ids]                         keep only these (
 category_filter    include: [names], exclude: [names]          any-of include, none-of exclude
 exposure_cap       max_share: 0..1, window: int > 0            cap each item's share of impressions
 boost              ids: [...], amount: >= 0, max_boost: >= 0   +min(amount, max_boost) to promoted
-category_cap       max_per_category: int >= 0                  per primary category
+category_cap       max_per_category: int >= 0, per_items: int  per primary category, for every per_items
+                   >= 0                                        items of the list (0: absolute)
 mmr                lambda_: 0..1                               1 = pure relevance, 0 = pure diversity
 backfill           source: popularity | content                top up to k (must be last)
 =================  ==========================================  ========================
@@ -69,7 +70,8 @@ RULES: dict[str, RuleSpec] = {
                                                     "exclude": Param("categories", "[Horror]")}, "filter"),
     "exposure_cap": RuleSpec(R.exposure_cap, {"max_share": Param("number", "0.05", 0.0, 1.0),
                                               "window": Param("count", "10000", 1)}, "filter"),
-    "category_cap": RuleSpec(R.category_cap, {"max_per_category": Param("count", "4", 0)}, "cap"),
+    "category_cap": RuleSpec(R.category_cap, {"max_per_category": Param("count", "4", 0),
+                                              "per_items": Param("count", "10", 0)}, "cap"),
     "boost": RuleSpec(R.boost, {"ids": _IDS, "amount": Param("number", "0.1", 0.0),
                                 "max_boost": Param("number", "0.2", 0.0)}, "reorder"),
     "mmr": RuleSpec(R.mmr, {"lambda_": Param("number", "0.7", 0.0, 1.0)}, "reorder"),
@@ -261,7 +263,7 @@ class RuleSet:
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx))
                 continue
             before = dict(zip(items.tolist(), scores.tolist())) if r.name == "boost" else {}
-            items, scores = r(items, scores, catalog, ctx)
+            items, scores = r(items, scores, catalog, ctx, **({"k": k} if r.name == "category_cap" else {}))
             if r.name == "boost":
                 boosted = np.asarray([i for i, s in zip(items.tolist(), scores.tolist()) if s > before[i]])
         items, scores = items[:k], scores[:k]

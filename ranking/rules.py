@@ -11,6 +11,8 @@ Rules are configured and chained by :class:`ranking.rule_config.RuleSet` (config
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -200,11 +202,16 @@ def category_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext, *,
     return _keep(items, scores, _category_mask(catalog, items, include, exclude))
 
 
-def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_per_category: int):
-    """Keep at most ``max_per_category`` items per primary category: the best-scoring ones.
+def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_per_category: int,
+                 per_items: int = 0, k: int | None = None):
+    """Keep at most ``max_per_category`` items per primary category for every ``per_items`` items of
+    the list asked for (cap = max_per_category * ceil(k / per_items); ``per_items`` 0 or no ``k``:
+    the cap is absolute): the best-scoring ones.
 
     Items without a category are not capped; survivors keep their input order.
     """
+    if per_items and k:
+        max_per_category = max_per_category * math.ceil(k / per_items)
     order = np.lexsort((items, -scores.astype(np.float64)))
     prim = catalog.primary[items[order]]  # best first
     by_cat = np.argsort(prim, kind="stable")

@@ -42,15 +42,17 @@ def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tenso
     return -((logp * pos).sum(1)[keep] / n[keep]).mean()
 
 
-def list_ndcg(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean NDCG@k of re-ranking each list (positives only count if among the candidates)."""
+def list_ndcg(scores: torch.Tensor, labels: torch.Tensor, k: int, per_list: bool = False) -> torch.Tensor:
+    """Mean NDCG@k of re-ranking each list (positives only count if among the candidates);
+    ``per_list``: one value per list that has a positive instead of the mean."""
     order = scores.argsort(dim=1, descending=True)[:, :k]
     gains = labels.gather(1, order)
     disc = 1.0 / torch.log2(torch.arange(2, k + 2, device=scores.device, dtype=torch.float32))
     dcg = (gains * disc).sum(1)
     ideal = (labels.sort(dim=1, descending=True).values[:, :k] * disc).sum(1)
     keep = ideal > 0
-    return (dcg[keep] / ideal[keep]).mean()
+    values = dcg[keep] / ideal[keep]
+    return values if per_list else values.mean()
 
 
 class CandidateLists(torch.utils.data.Dataset):
@@ -160,11 +162,13 @@ def score_lists(model: LateFusionRanker, inputs: dict, shape: tuple[int, int], b
     return np.concatenate(out).reshape(shape)
 
 
-def held_out_ndcg(scores: np.ndarray, labels, valid, idx: np.ndarray | None = None) -> float:
-    """Mean list NDCG@10 of ``scores`` (U, C) over the lists ``idx`` (all when None)."""
+def held_out_ndcg(scores: np.ndarray, labels, valid, idx: np.ndarray | None = None, per_list: bool = False):
+    """Mean list NDCG@10 of ``scores`` (U, C) over the lists ``idx`` (all when None); ``per_list``:
+    the (n,) values of the lists with a positive instead."""
     idx = np.arange(len(scores)) if idx is None else idx
     s = torch.as_tensor(scores[idx]).masked_fill(~torch.as_tensor(np.asarray(valid)[idx]), -1e9)
-    return float(list_ndcg(s, torch.as_tensor(np.asarray(labels)[idx], dtype=torch.float32), 10))
+    out = list_ndcg(s, torch.as_tensor(np.asarray(labels)[idx], dtype=torch.float32), 10, per_list)
+    return out.numpy() if per_list else float(out)
 
 
 def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: CandidateLists, cfg: DictConfig,
@@ -187,7 +191,8 @@ def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: Candi
     if ckpt.best_model_path:
         module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
     scales = choose_route_scales(module.model, val_ds.inputs, labels, valid,
-                                 lambda s, idx: held_out_ndcg(s, labels[idx], valid[idx]))
+                                 lambda s, idx: held_out_ndcg(s, labels[idx], valid[idx], per_list=True),
+                                 z=cfg.get("residual_z", 1.645))
     final = held_out_ndcg(score_lists(module.model, val_ds.inputs, shape), labels, valid)
     log.info("held-out NDCG@10: prior only %.4f, trained %.4f (residual weight per route %s)", prior, final, scales)
     return {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),

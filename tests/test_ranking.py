@@ -94,9 +94,10 @@ def test_untrained_ranker_orders_like_ease_then_popularity(tiny_run):
 
 
 def test_route_scales_chosen_on_held_out_lists(tiny_run):
-    """A residual that helps known lists and hurts cold ones is kept for the first route only."""
-    lists, c = 6, 10
-    known = np.repeat([1, 1, 1, 0, 0, 0], c)
+    """A residual that clearly helps known lists and hurts cold ones is kept for the first route only;
+    a residual that hurts is not kept for any."""
+    lists, c = 40, 10
+    known = np.repeat(np.r_[np.ones(20), np.zeros(20)], c)
     model, x = _inputs(load_pipeline(tiny_run), known)
     init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)))
     with torch.no_grad():  # a residual that is large and positive on the first candidate of each list
@@ -111,14 +112,18 @@ def test_route_scales_chosen_on_held_out_lists(tiny_run):
 
     model.forward = fake_forward
     labels = np.zeros((lists, c))
-    labels[:3, 0] = 1  # known lists: the first candidate is the positive
-    labels[3:, 5] = 1  # cold lists: another one is
+    labels[:20, 0] = 1  # known lists: the first candidate is the positive
+    labels[20:, 5] = 1  # cold lists: another one is
     valid = np.ones((lists, c), bool)
     from ranking.trainer import held_out_ndcg
     chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
-                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx]))
-    assert chosen["known"] == 1.0 and chosen["cold"] == 0.0
-    assert model.route_scale.tolist() == [1.0, 0.0]
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True))
+    assert chosen["known"] > 0 and chosen["cold"] == 0.0
+    assert model.route_scale.tolist() == [chosen["known"], 0.0]
+    residual_first = np.tile(np.r_[np.zeros(c - 1), 1.0], lists)  # now it pushes a negative to the top
+    chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True))
+    assert chosen == {"known": 0.0, "cold": 0.0}
 
 
 def test_held_out_lists_keep_a_users_lists_together():

@@ -74,6 +74,15 @@ def test_category_cap_keeps_best_per_primary_category_in_input_order(cat):
     assert two.tolist() == [0, 1, 3, 4, 5, 6, 7]
 
 
+def test_category_cap_scales_with_the_list_length(cat):
+    # 1 per 2 items of the list: k=2 -> 1 per category, k=3 or 4 -> 2, per_items=0 -> absolute
+    assert R.category_cap(ALL, DESC, cat, CTX, max_per_category=1, per_items=2, k=2)[0].tolist() == [0, 3, 5, 6]
+    for k in (3, 4):
+        got = R.category_cap(ALL, DESC, cat, CTX, max_per_category=1, per_items=2, k=k)[0].tolist()
+        assert got == [0, 1, 3, 4, 5, 6, 7]
+    assert R.category_cap(ALL, DESC, cat, CTX, max_per_category=1, per_items=0, k=50)[0].tolist() == [0, 3, 5, 6]
+
+
 def test_exposure_tracker_slides_its_window():
     t = R.ExposureTracker(8, window=3)
     t.record(arr(1, 2))
@@ -142,7 +151,7 @@ def rule_cfg(*rules, k=4):
 def test_rule_set_on_a_toy_request(cat):
     rs = RuleSet.from_config(rule_cfg({"name": "exclude_seen"}, {"name": "block_list", "ids": ["i1"]},
                                       {"name": "boost", "ids": ["i7"], "amount": 0.5, "max_boost": 0.25},
-                                      {"name": "category_cap", "max_per_category": 1},
+                                      {"name": "category_cap", "max_per_category": 1, "per_items": 0},
                                       {"name": "backfill", "source": "popularity"}), WHERE)
     ctx = R.RequestContext(seen=arr(2))
     items, scores, reasons = rs.apply(arr(3, 0, 1, 2, 7), arr(0.6, 0.9, 0.8, 0.7, 0.5, dtype=np.float32), cat, ctx, 4)
@@ -201,9 +210,9 @@ GOOD = {"name": "exposure_cap", "max_share": 0.05, "window": 100}
     (rule_cfg({**GOOD, "max_share": 1.5}), r"'max_share' = 1.5 is out of range; it must be in \[0, 1\]"),
     (rule_cfg({"name": "mmr", "lambda_": -0.1}), r"'mmr' .* 'lambda_' = -0.1 is out of range; it must be in \[0, 1\]"),
     (rule_cfg({"name": "mmr", "lambda_": float("nan")}), r"'lambda_' = nan is not a number"),
-    (rule_cfg({"name": "category_cap", "max_per_category": -1}), r"'max_per_category' = -1 is out of range; "
+    (rule_cfg({"name": "category_cap", "max_per_category": -1, "per_items": 10}), r"'max_per_category' = -1 is out of range; "
                                                                  r"it must be >= 0"),
-    (rule_cfg({"name": "category_cap", "max_per_category": 2.5}), r"'max_per_category' = 2.5 is not a whole number"),
+    (rule_cfg({"name": "category_cap", "max_per_category": 2.5, "per_items": 10}), r"'max_per_category' = 2.5 is not a whole number"),
     (rule_cfg({**GOOD, "window": 0}), r"'window' = 0 is out of range; it must be >= 1"),
     (rule_cfg({**GOOD, "max_share": 0.001}), r"max_share \* window = 0.1 < 1, so no item could ever be shown"),
     (rule_cfg({"name": "boost", "ids": [], "amount": 0.1, "max_boost": -0.2}), r"'max_boost' = -0.2 is out of range"),
