@@ -31,6 +31,14 @@ class FeatureStore:
         self.last_ts = last_ts  # (n_users,) latest interaction time, -1 if none
         self.seen = seen  # (n_users, n_items) binary CSR
         self.popularity = popularity  # (n_items,) interaction counts in the history table
+        self._by_popularity: np.ndarray | None = None
+
+    def most_popular(self, n: int) -> np.ndarray:
+        """The n most popular item indices, best first (ties: lower index first); the full order is
+        sorted once and kept (a 1M-item sort costs ~20 ms, too much per request)."""
+        if self._by_popularity is None:
+            self._by_popularity = np.argsort(-self.popularity, kind="stable")
+        return self._by_popularity[:n]
 
     @property
     def history_len(self) -> int:

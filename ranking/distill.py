@@ -80,11 +80,11 @@ def distill(teacher: LateFusionRanker, student: LateFusionRanker, inputs: dict[s
     L.seed_everything(seed, workers=True)
     teacher_scores = score_lists(teacher, inputs, labels.shape)
     train_idx, val_idx = split_lists(labels, ranker_cfg.val_share, seed, groups)
-    init_prior(student, inputs, train_rows(valid, train_idx))
+    init_prior(student, inputs, train_rows(valid, train_idx), ranker_cfg.prior_pop_weight)
     module = DistillModule(student, instantiate(cfg.optimizer), cfg)
     stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx, teacher_scores),
                       subset_lists(inputs, labels, valid, val_idx, teacher_scores), cfg, trainer_cfg, logger,
-                      out_dir / "checkpoints" / "student", progress)
+                      out_dir / "checkpoints" / "student", progress, ranker_cfg.residual_z)
     set_group_baselines(module.model, inputs, valid)
     student_scores = score_lists(module.model, inputs, labels.shape)
     t_ndcg = held_out_ndcg(teacher_scores, labels, valid, val_idx)

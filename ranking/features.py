@@ -108,33 +108,56 @@ class CandidateFeatures:
 
     def history_top(self, users: np.ndarray, m: int, recent: np.ndarray | None = None) -> np.ndarray:
         """The m best unseen items by co-occurrence with each request's items (EASE when available,
-        else cosine); -1 where fewer score above zero. (B,) -> (B, m)"""
+        else cosine); -1 where fewer score above zero. (B,) -> (B, m)
+
+        With the sparse cosine weights (large catalogs) only the items that co-occur are looked at,
+        never a dense row over the whole catalog.
+        """
         rows = self.history_rows(users, recent)
         weights = self.ease if self.ease is not None else self.cooc
         out = np.full((len(users), m), -1, dtype=np.int64)
+        scores = rows @ weights  # (B, N): dense for EASE, sparse for cosine
+        if sp.issparse(scores):
+            scores = scores.tocsr()
         for b in range(len(users)):
-            if rows.indptr[b + 1] == rows.indptr[b]:
+            known = rows.indices[rows.indptr[b] : rows.indptr[b + 1]]
+            if not len(known):
                 continue
-            row = rows[b] @ weights  # (1, N)
-            dense = (row.toarray() if sp.issparse(row) else np.asarray(row)).ravel()
-            dense[rows.indices[rows.indptr[b] : rows.indptr[b + 1]]] = -np.inf
-            top = np.argpartition(-dense, min(m, len(dense) - 1))[:m]
-            top = top[np.argsort(-dense[top], kind="stable")]
-            top = top[dense[top] > 0]
+            if sp.issparse(scores):
+                idx = scores.indices[scores.indptr[b] : scores.indptr[b + 1]]
+                val = scores.data[scores.indptr[b] : scores.indptr[b + 1]]
+                keep = (val > 0) & ~np.isin(idx, known)
+                idx, val = idx[keep], val[keep]
+            else:
+                val = np.asarray(scores[b]).ravel().copy()
+                val[known] = -np.inf
+                idx = np.arange(len(val))
+            if len(val) > m:  # the m best and everything tied with the m-th: ties go by index below
+                sel = val >= -np.partition(-val, m - 1)[m - 1]
+                idx, val = idx[sel], val[sel]
+            order = np.lexsort((idx, -val))  # best first, ties by index
+            top = idx[order][val[order] > 0][:m]
             out[b, : len(top)] = top
         return out
 
     def history_scores(self, weights, rows: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
         to each candidate. (B, N), (B, C) -> (B, C)"""
-        users = np.arange(rows.shape[0])
         scores = rows @ weights  # (B, N), sparse or dense
         out = np.zeros(items.shape, dtype=np.float32)
-        chunk = max(1, 20_000_000 // scores.shape[1])  # rows densified at a time
-        for s in range(0, len(users), chunk):
-            part = scores[s : s + chunk]
-            dense = part.toarray() if sp.issparse(part) else np.asarray(part)  # (b, N)
-            out[s : s + chunk] = np.take_along_axis(dense, np.clip(items[s : s + chunk], 0, None), axis=1)
+        safe = np.clip(items, 0, None)
+        if sp.issparse(scores):  # look the candidates up in each sparse row: no dense (B, N)
+            scores = scores.tocsr()
+            scores.sort_indices()
+            for b in range(items.shape[0]):
+                idx = scores.indices[scores.indptr[b] : scores.indptr[b + 1]]
+                val = scores.data[scores.indptr[b] : scores.indptr[b + 1]]
+                if not len(idx):
+                    continue
+                pos = np.clip(np.searchsorted(idx, safe[b]), 0, len(idx) - 1)
+                out[b] = np.where(idx[pos] == safe[b], val[pos], 0.0)
+        else:
+            out[:] = np.take_along_axis(np.asarray(scores), safe, axis=1)
         return np.where(items >= 0, out, 0.0)
 
     def build_inputs(self, users: np.ndarray, timestamps: np.ndarray, queries: np.ndarray, items: np.ndarray,

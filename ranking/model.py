@@ -183,7 +183,7 @@ class _ContextEncoder(nn.Module):
 
 
 @torch.no_grad()
-def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 0.05) -> None:
+def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 0.01) -> None:
     """Scale the prior from training rows: unit weight per std of EASE (of cosine co-occurrence when
     EASE is absent or constant), ``pop_weight`` per std of popularity; centre each on its mean."""
     w = torch.zeros(len(model.prior_names))

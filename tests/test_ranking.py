@@ -223,3 +223,29 @@ def test_ranking_stage_metrics(tiny_run):
 def test_build_ranker_from_features(tiny_prepared):
     model = build_ranker(tiny_prepared.features, 8, emb_dim=4, group_dim=8, hidden=[8], dropout=0.0)
     assert model.baseline.shape == (len(GROUPS), 8)
+
+
+def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run):
+    """Large catalogs use the sparse cosine path of history_top / history_scores: same answers as dense."""
+    pipe = load_pipeline(tiny_run)
+    f = pipe.features
+    users = np.array([0, 1, 2, -1, 5])
+    recent = np.full((len(users), f.store.history_len), -1)
+    recent[3, -2:] = [3, 4]  # an unknown user with a session
+    rows = f.history_rows(users, recent)
+    dense = (rows @ f.cooc).toarray()
+    items = np.tile(np.arange(-1, 30), (len(users), 1))
+    got = f.history_scores(f.cooc, rows, items)
+    want = np.where(items >= 0, np.take_along_axis(dense, np.clip(items, 0, None), 1), 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    ease, f.ease = f.ease, None
+    try:
+        top = f.history_top(users, 15, recent)
+    finally:
+        f.ease = ease
+    for b in range(len(users)):
+        row = dense[b].copy()
+        row[rows.indices[rows.indptr[b]:rows.indptr[b + 1]]] = -np.inf
+        order = np.lexsort((np.arange(len(row)), -row))
+        expect = [i for i in order if row[i] > 0][:15]
+        assert top[b][top[b] >= 0].tolist() == expect, b
