@@ -143,7 +143,8 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     add_section(out_dir, "Ranking", (
         f"Late-fusion ranker trained on {stats['train_lists']} validation-window lists of {rc.n_candidates} "
         f"retrieval candidates ({stats['positives_per_list']:.1f} positives per list), early-stopped on "
-        f"{stats['val_lists']} held-out lists (list NDCG@10 {stats['best_val_ndcg@10']:.4f}) after "
+        f"{stats['val_lists']} held-out lists (list NDCG@10 {stats['best_val_ndcg@10']:.4f}; the prior alone "
+        f"{stats['prior_val_ndcg@10']:.4f}; residual weight per route {stats['route_scale']}) after "
         f"{stats['epochs']} epochs, {stats['fit_seconds']:.1f}s. `ranker` = candidates re-ordered by the ranker; "
         f"`pipeline` = ranker + rules ({', '.join(r.name for r in rules.rules)}). Cold users: {len(cold)} test users answered "
         f"as unknown (no id, no history: context and popularity only), row `test_cold_users`."))

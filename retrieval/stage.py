@@ -132,6 +132,8 @@ def _evaluate(retriever: Retriever, data: Prepared, part: str, ks: list[int], ou
 def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progress: bool) -> RetrievalResult:
     """Train, index, evaluate and save; returns the models and retrievers of each split part."""
     rc = cfg.retrieval
+    if rc.refit.mode not in ("none", "scratch"):  # fail before training, not after
+        raise ValueError(f"retrieval.refit.mode={rc.refit.mode!r}; use none or scratch")
     model, stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress)
     index_cfg = IndexConfig(**OmegaConf.to_container(cfg.index, resolve=True))
     ks = list(rc.eval_ks)

@@ -132,3 +132,14 @@ def test_resume_from_checkpoint(tmp_path):
     assert resumed["epoch"] == 1  # continued from epoch 0 instead of starting over
     assert m["two_tower/train/epochs"] == 2
     json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
+
+
+def test_unknown_refit_mode_stops_before_training(tmp_path):
+    from features.prepare import prepare
+    from retrieval.stage import run_retrieval
+    from tests.conftest import TINY_DATA, compose_cfg
+
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["stage=retrieval", "retrieval.refit.mode=warm"])
+    with pytest.raises(ValueError, match="retrieval.refit.mode='warm'; use none or scratch"):
+        run_retrieval(prepare(cfg), cfg, tmp_path, [], False)
+    assert not (tmp_path / "checkpoints").exists()
