@@ -17,6 +17,9 @@ from retrieval.loss import sampled_softmax_loss
 from retrieval.towers import TwoTower
 
 
+MAX_SCORES = 20_000_000  # dense (user, item) scores held at once during validation
+
+
 class RetrievalValidation:
     """What validation needs: user inputs per batch of users, items to exclude, the truth."""
 
@@ -75,8 +78,14 @@ class TwoTowerModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         users = batch.cpu().numpy()
         x = {k: v.to(self.device) for k, v in self.validation.make_inputs(users).items()}
-        scores = (self.model.user_tower(x) @ self._item_emb.T).float().cpu().numpy()  # (B, N)
-        self._topk.append(topk_excluding(scores, self.validation.exclude[users], max(self.validation.ks)))
+        queries = self.model.user_tower(x)  # (B, D)
+        # Score at most ~20M (user, item) pairs at a time: a 1M-item catalog would otherwise need a
+        # dense (eval_batch_size, N) matrix of ~4 GB per 1000 users.
+        step = max(1, MAX_SCORES // self._item_emb.shape[0])
+        for s in range(0, len(users), step):
+            scores = (queries[s : s + step] @ self._item_emb.T).float().cpu().numpy()  # (b, N)
+            self._topk.append(topk_excluding(scores, self.validation.exclude[users[s : s + step]],
+                                             max(self.validation.ks)))
 
     def on_validation_epoch_end(self) -> None:
         if not self._topk:

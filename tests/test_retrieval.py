@@ -143,3 +143,26 @@ def test_unknown_refit_mode_stops_before_training(tmp_path):
     with pytest.raises(ValueError, match="retrieval.refit.mode='warm'; use none or scratch"):
         run_retrieval(prepare(cfg), cfg, tmp_path, [], False)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_validation_scores_in_chunks_like_all_at_once(tiny_prepared, monkeypatch):
+    """Validation bounds its dense score matrix (1M-item catalogs); chunking changes nothing."""
+    import retrieval.module as M
+    from retrieval.data import item_inputs
+
+    d = tiny_prepared
+    model = build_two_tower(d.features, d.n_items, **MODEL).eval()
+    store = FeatureStore.build(d, d.split.train, history_len=5)
+    users = np.flatnonzero(np.diff(d.valid.indptr) > 0)[:40]
+    make = lambda u: {k: torch.as_tensor(v) for k, v in store.user_inputs(u, np.full(len(u), 3600)).items()}  # noqa: E731
+    validation = M.RetrievalValidation(users, make, d.train, d.valid, [10])
+    module = M.TwoTowerModule(model, None, 0.1, False, 0, torch.zeros(d.n_items), item_inputs(d), validation)
+    runs = []
+    for cap in (M.MAX_SCORES, 3 * d.n_items):  # everything at once, then 3 users at a time
+        monkeypatch.setattr(M, "MAX_SCORES", cap)
+        with torch.no_grad():
+            module.on_validation_epoch_start()
+            module.validation_step(torch.as_tensor(users), 0)
+        runs.append(np.concatenate(module._topk))
+    assert runs[0].shape == (len(users), 10)
+    np.testing.assert_array_equal(runs[0], runs[1])
