@@ -11,20 +11,35 @@ from export.triton_config import FLAVOURS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "configs" / "export" / "default.yaml"
+INFERENCE = ("auto", "in_process", "bls")
 
 
 def export_config(cfg: DictConfig) -> DictConfig:
     """``cfg.export``, or configs/export/default.yaml resolved against ``cfg`` when the group is absent.
 
     Raises:
-        ValueError: an unknown ``export.flavour``.
+        ValueError: an unknown ``export.flavour`` or ``export.recommend_inference``.
     """
     if cfg.get("export") is None:
         cfg = OmegaConf.merge(cfg, {"export": OmegaConf.load(DEFAULTS)})
     ecfg = cfg.export
     if ecfg.flavour not in FLAVOURS:
         raise ValueError(f"export.flavour={ecfg.flavour!r}; known: {', '.join(FLAVOURS)} (configs/export/default.yaml)")
+    if ecfg.get("recommend_inference", "auto") not in INFERENCE:
+        raise ValueError(f"export.recommend_inference={ecfg.recommend_inference!r}; known: {', '.join(INFERENCE)} "
+                         "(configs/export/default.yaml)")
     return ecfg
+
+
+def recommend_inference(ecfg: DictConfig) -> str:
+    """How ``recommend`` runs its ONNX models: ``in_process`` (onnxruntime inside the python model) or
+    ``bls`` (calls to the Triton ONNX models). ``auto``: ``bls`` for the stock flavour, whose ONNX
+    models run on the GPU with the native backend; ``in_process`` for the wheel flavour, where a BLS
+    call is two interprocess hops to another python model."""
+    choice = ecfg.get("recommend_inference", "auto")
+    if choice == "auto":
+        return "bls" if ecfg.flavour == "stock" else "in_process"
+    return choice
 
 
 def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:

@@ -13,8 +13,8 @@ from tritonclient.grpc import model_config_pb2
 
 from tests.conftest import TINY_DATA, compose_cfg
 from export.__main__ import main as export_main
-from export.config import DEFAULTS
-from export.onnx_export import example_inputs, onnx_session, run_onnx, run_torch
+from export.config import DEFAULTS, recommend_inference
+from export.onnx_export import OnnxCallable, example_inputs, onnx_session, run_onnx, run_torch
 from export.spec import ModelSpec, from_batch, ranker_spec, to_batch
 from export.stage import code_bounds, export_if_needed, is_exported, load_models, parity_inputs, run_export
 from export.triton_config import onnx_model_config
@@ -147,6 +147,8 @@ def test_manifest_titles_and_serving_files(repo, tiny_run):
     titles = json.loads((repo / "recommend" / "1" / "item_titles.json").read_text())
     items = json.loads((tiny_run / "artifacts" / "items.json").read_text())
     assert set(titles) == set(items) and any(titles.values())
+    served = json.loads((repo / "recommend" / "1" / "rankers.json").read_text())
+    assert served["default"] == "ranker" and served["inference"] == "in_process"  # wheel flavour: auto -> in process
     specs = json.loads((repo / "recommend" / "1" / "specs.json").read_text())
     assert [s["name"] for s in specs] == [*ONNX_MODELS, "ranker_int8"]  # int8 twin of the teacher (no student here)
     assert json.loads((repo / "retrieval" / "1" / "item_ids.json").read_text()) == items
@@ -159,8 +161,7 @@ def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run)
     m = models[1]
 
     def ort_model(name):
-        session, spec = onnx_session(repo / name / "1" / "model.onnx"), m[name][1]
-        return lambda x: (lambda out: out[0] if len(out) == 1 else tuple(out))(run_onnx(session, spec, x))
+        return OnnxCallable(repo / name / "1" / "model.onnx", m[name][1])
 
     torch_pipe = load_pipeline(tiny_run)
     onnx_pipe = load_pipeline(tiny_run, user_encoder=ort_model("user_tower"), ranker=ort_model("ranker"))
@@ -170,6 +171,17 @@ def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run)
         a, b = torch_pipe.recommend([r])[0], onnx_pipe.recommend([r])[0]
         assert (a.item_ids, a.reasons, a.route) == (b.item_ids, b.reasons, b.route)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_recommend_inference_follows_the_flavour_unless_set():
+    assert recommend_inference(OmegaConf.create({"flavour": "wheel", "recommend_inference": "auto"})) == "in_process"
+    assert recommend_inference(OmegaConf.create({"flavour": "stock", "recommend_inference": "auto"})) == "bls"
+    assert recommend_inference(OmegaConf.create({"flavour": "stock", "recommend_inference": "in_process"})) == "in_process"
+
+
+def test_export_rejects_an_unknown_recommend_inference(tiny_run, tmp_path):
+    with pytest.raises(ValueError, match="export.recommend_inference='grpc'; known: auto, in_process, bls"):
+        run_export(export_cfg(tmp_path, tmp_path / "repo", "export.recommend_inference=grpc"), tiny_run)
 
 
 def test_export_rejects_an_unknown_flavour(tiny_run, tmp_path):
@@ -232,3 +244,20 @@ def test_a_distilled_student_is_exported_as_ranker_student(tiny_run, tmp_path):
     specs = {s["name"] for s in json.loads((repo / "recommend" / "1" / "specs.json").read_text())}
     assert specs == {"user_tower", "item_tower", "ranker", "ranker_student"}
     assert json.loads((repo / "export.json").read_text())["parity_max_abs_diff"]["ranker_student"] < 1e-4
+
+
+def test_template_copy_takes_only_committed_files(tmp_path):
+    """An export into triton_repo/ itself (make run) leaves generated models there; copying the
+    template into another repository must not carry them along."""
+    from export.stage import TEMPLATE, TEMPLATE_FILES, copy_template
+
+    template = tmp_path / "template"
+    for name in TEMPLATE_FILES:
+        (template / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(TEMPLATE / name, template / name)
+    (template / "ranker_student" / "1").mkdir(parents=True)
+    (template / "ranker_student" / "config.pbtxt").write_text('name: "ranker_student"')
+    (template / "ranker_student" / "1" / "model.py").write_text("")
+    copy_template(tmp_path / "repo", template)
+    copied = sorted(str(p.relative_to(tmp_path / "repo")) for p in (tmp_path / "repo").rglob("*") if p.is_file())
+    assert copied == sorted(TEMPLATE_FILES)

@@ -57,8 +57,8 @@ def test_int8_ranker_is_written_next_to_the_fp32_one(repo):
     assert quality["top10_overlap"] >= MIN_TOP10_OVERLAP and quality["lists"] > 0
     specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((repo / "recommend/1/specs.json").read_text())}
     assert specs["ranker_int8"].inputs == specs["ranker"].inputs
-    assert json.loads((repo / "recommend/1/rankers.json").read_text()) == {"default": "ranker",
-                                                                          "rankers": ["ranker", "ranker_int8"]}
+    assert json.loads((repo / "recommend/1/rankers.json").read_text()) == {
+        "default": "ranker", "rankers": ["ranker", "ranker_int8"], "inference": "in_process"}
 
 
 def test_int8_scores_agree_with_fp32_on_real_lists(repo, tiny_run):

@@ -94,8 +94,8 @@ def test_bls_inference_gives_the_same_answers(repo, tiny_run, art, tmp_path):
     shutil.copytree(repo, bls, symlinks=True)
     config = bls / "recommend" / "config.pbtxt"
     text = config.read_text()
-    assert 'string_value: "in_process"' in text
-    config.write_text(text.replace('string_value: "in_process"', 'string_value: "bls"'))
+    assert 'string_value: "auto"' in text  # the wheel export chose in_process (checked in test_export)
+    config.write_text(text.replace('string_value: "auto"', 'string_value: "bls"'))
     offline = load_pipeline(tiny_run)
     requests = sample_requests(art)[:6] + sample_requests(art)[-3:]
     with TritonServer(bls, log_path=tmp_path / "tritonserver.log") as running, \

@@ -30,7 +30,7 @@ def test_committed_recommend_config_declares_the_protocol_table():
     outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
     assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in OUTPUTS.items()}
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "in_process", "ORT_THREADS": "1"}
+    assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1"}
 
 
 def test_committed_retrieval_config_parses():

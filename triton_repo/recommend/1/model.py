@@ -3,7 +3,8 @@
 It builds the same :class:`ranking.pipeline.Pipeline` as offline evaluation with
 :func:`ranking.load.load_pipeline`, replacing only the two neural models with their exported ONNX
 files, so online and offline answers agree. How those run is the ``INFERENCE`` parameter of
-config.pbtxt:
+config.pbtxt (``auto``, the default, takes the export's choice from ``1/rankers.json``: ``bls`` for
+the stock flavour, ``in_process`` for the wheel; see ``export.recommend_inference``):
 
 - ``in_process`` (default): onnxruntime sessions inside this model over the repository's
   ``user_tower/1/model.onnx`` and ``<ranker>/1/model.onnx`` (CUDA provider when present). On CPU
@@ -46,7 +47,7 @@ LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
 REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
 STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
-INFERENCE = ("in_process", "bls")
+INFERENCE = ("auto", "in_process", "bls")
 
 
 class BlsModel:
@@ -95,7 +96,9 @@ class TritonPythonModel:
         if missing or self.default_ranker not in served["rankers"]:
             raise ValueError(f"{version / 'specs.json'} has no table for {missing} (exported: {sorted(specs)}) or the "
                              f"default ranker {self.default_ranker!r} is not among {served['rankers']}; re-export")
-        inference = params.get("INFERENCE", "in_process")
+        inference = params.get("INFERENCE", "auto")
+        if inference == "auto":
+            inference = served.get("inference", "in_process")
         if inference == "bls":
             user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
             self.rankers = {n: BlsModel(n, specs[n], self.stage["ranker"]) for n in served["rankers"]}
