@@ -16,6 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.encoders import FeatureSet, context_from_timestamp
+from features.history import Histories
 from features.vocab import IdVocab, interaction_matrix
 
 
@@ -47,19 +48,9 @@ class FeatureStore:
     @classmethod
     def build(cls, data, history: pd.DataFrame, history_len: int) -> "FeatureStore":
         """From prepared data and the interactions that count as known history."""
-        u = data.users.lookup(history["user_id"].to_numpy())
-        i = data.items.lookup(history["item_id"].to_numpy())
-        ts = history["timestamp"].to_numpy(dtype=np.int64)
-        order = np.lexsort((i, ts, u))
-        u, i, ts = u[order], i[order], ts[order]
-        n_users = len(data.users)
-        counts = np.bincount(u, minlength=n_users)
-        end = np.cumsum(counts)
-        start = end - counts
-        idx = end[:, None] - history_len + np.arange(history_len)[None, :]  # (n_users, L)
-        valid = idx >= start[:, None]
-        recent = np.where(valid, i[np.clip(idx, 0, max(len(i) - 1, 0))] if len(i) else -1, -1)
-        last_ts = np.where(counts > 0, ts[np.clip(end - 1, 0, max(len(ts) - 1, 0))] if len(ts) else -1, -1)
+        h = Histories.build(data, history)
+        users = np.arange(len(data.users))
+        recent, last_ts = h.recent_items(users, history_len), h.last_timestamp(users)
         seen = interaction_matrix(history, data.users, data.items)
         popularity = np.asarray(seen.sum(axis=0)).ravel()
         return cls(data.users, data.items, data.features, data.user_table, data.item_table, recent.astype(np.int64),
