@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -153,8 +154,9 @@ class TritonPythonModel:
         self.stage["total"].observe(time.perf_counter() - start)
         self.requests[rec.route].increment(1)
         self.returned.observe(len(rec.item_ids))
-        for reason in rec.reasons:
-            self.items[reason if reason in self.items else "ranked"].increment(1)
+        # One increment per reason, not per item: every metric call is a round trip to the server.
+        for reason, n in Counter(r if r in self.items else "ranked" for r in rec.reasons).items():
+            self.items[reason].increment(n)
         return encode_recommendation(rec, self.titles, ranker)
 
     def execute(self, requests: list) -> list:
