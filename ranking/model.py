@@ -30,6 +30,7 @@ from ranking.features import COLLABORATIVE, CONTEXT_NUMERIC, GROUPS, POPULARITY
 
 # Prior (skip) inputs and the group each one belongs to.
 PRIOR = {"ease_z": "collaborative", "cooc_z": "collaborative", "pop_all": "popularity"}
+RESIDUAL_WEIGHTS = (0.25, 0.5, 0.75, 1.0)  # candidate weights of the residual per route (0 = prior only)
 ROUTE_INPUT = "has_history"  # 1: the request has known items, 0: the no-information cold route
 from retrieval.towers import FeatureEmbedder, mlp
 
@@ -78,8 +79,7 @@ class LateFusionRanker(nn.Module):
 
     def __init__(self, item_specs: list[FeatureSpec], user_specs: list[FeatureSpec], context_specs: list[FeatureSpec],
                  cardinalities: dict[str, int], tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int],
-                 dropout: float, groups: list[str] | None = None, prior: bool = True,
-                 tower_embeddings: bool = True):
+                 dropout: float, groups: list[str] | None, prior: bool, tower_embeddings: bool):
         super().__init__()
         self.groups = list(groups or GROUPS)
         unknown = set(self.groups) - set(GROUPS)
@@ -183,7 +183,7 @@ class _ContextEncoder(nn.Module):
 
 
 @torch.no_grad()
-def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 0.01) -> None:
+def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float) -> None:
     """Scale the prior from training rows: unit weight per std of EASE (of cosine co-occurrence when
     EASE is absent or constant), ``pop_weight`` per std of popularity; centre each on its mean."""
     w = torch.zeros(len(model.prior_names))
@@ -203,8 +203,8 @@ def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float = 
 
 
 @torch.no_grad()
-def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, ndcg,
-                        grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0), z: float = 1.645) -> dict[str, float]:
+def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, ndcg, z: float,
+                        grid: tuple[float, ...] = RESIDUAL_WEIGHTS) -> dict[str, float]:
     """Pick each route's residual weight on held-out lists (``inputs`` flat over ``labels``' (U, C)).
 
     ``ndcg(scores (n, C), list_idx) -> (m,)`` per-list NDCG of those lists. A weight from ``grid``
@@ -237,7 +237,7 @@ def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, nd
 
 
 def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden: list[int], dropout: float,
-                 groups: list[str] | None = None, prior: bool = True, tower_embeddings: bool = True) -> LateFusionRanker:
+                 prior: bool, tower_embeddings: bool, groups: list[str] | None = None) -> LateFusionRanker:
     """Construct from a fitted :class:`features.encoders.FeatureSet` (``groups``: a subset, e.g. for a student)."""
     card = {**features.cardinalities("item"), **features.cardinalities("user"), **features.cardinalities("context")}
     return LateFusionRanker(features.specs["item"], features.specs["user"], features.specs["context"], card, tower_dim,

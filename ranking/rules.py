@@ -203,7 +203,7 @@ def category_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext, *,
 
 
 def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_per_category: int,
-                 per_items: int = 0, k: int | None = None):
+                 per_items: int, k: int | None = None):
     """Keep at most ``max_per_category`` items per primary category for every ``per_items`` items of
     the list asked for (cap = max_per_category * ceil(k / per_items); ``per_items`` 0 or no ``k``:
     the cap is absolute): the best-scoring ones.

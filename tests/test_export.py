@@ -231,7 +231,8 @@ def test_a_distilled_student_is_exported_as_ranker_student(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "artifacts", run / "artifacts")
     store = FeatureStore.load(run / "artifacts" / "store")
     dim = np.load(run / "artifacts" / "item_embeddings.npy").shape[1]
-    model_cfg = {"emb_dim": 4, "group_dim": 8, "hidden": [8], "dropout": 0.0, "groups": ["collaborative", "popularity"]}
+    model_cfg = {"emb_dim": 4, "group_dim": 8, "hidden": [8], "dropout": 0.0, "prior": True, "tower_embeddings": True,
+                 "groups": ["collaborative", "popularity"]}
     student = build_ranker(store.features, dim, **model_cfg)
     torch.save({"state_dict": student.state_dict(), "model_cfg": model_cfg, "tower_dim": dim},
                run / "artifacts" / "ranker_student.pt")

@@ -66,7 +66,7 @@ def _inputs(pipe, known: np.ndarray, seed: int = 0) -> tuple:
     """A fresh ranker over the run's features and real inputs for len(known) rows, with
     has_history / ease_z / pop_all replaced by controlled values."""
     model = build_ranker(pipe.store.features, pipe.retriever.item_embeddings.shape[1], emb_dim=4, group_dim=8,
-                         hidden=[8], dropout=0.0).eval()
+                         hidden=[8], dropout=0.0, prior=True, tower_embeddings=True).eval()
     n = len(known)
     users = np.arange(n // 10 + 1)
     r_scores, r_items, q = pipe.retriever.retrieve(users, np.full(len(users), 1_700_000_000), 10)
@@ -84,7 +84,7 @@ def test_untrained_ranker_orders_like_ease_then_popularity(tiny_run):
     a request without known items by popularity."""
     known = np.r_[np.ones(50), np.zeros(50)]
     model, x = _inputs(load_pipeline(tiny_run), known)
-    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)))
+    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)), pop_weight=0.01)
     with torch.no_grad():
         s = model(x)[0].numpy()
     k = known > 0
@@ -99,7 +99,7 @@ def test_route_scales_chosen_on_held_out_lists(tiny_run):
     lists, c = 40, 10
     known = np.repeat(np.r_[np.ones(20), np.zeros(20)], c)
     model, x = _inputs(load_pipeline(tiny_run), known)
-    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)))
+    init_prior(model, {k: v.numpy() for k, v in x.items()}, np.arange(len(known)), pop_weight=0.01)
     with torch.no_grad():  # a residual that is large and positive on the first candidate of each list
         model.fusion[-1].bias.fill_(0.0)
         model.fusion[-1].weight.fill_(0.0)
@@ -117,12 +117,12 @@ def test_route_scales_chosen_on_held_out_lists(tiny_run):
     valid = np.ones((lists, c), bool)
     from ranking.trainer import held_out_ndcg
     chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
-                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True))
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645)
     assert chosen["known"] > 0 and chosen["cold"] == 0.0
     assert model.route_scale.tolist() == [chosen["known"], 0.0]
     residual_first = np.tile(np.r_[np.zeros(c - 1), 1.0], lists)  # now it pushes a negative to the top
     chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
-                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True))
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645)
     assert chosen == {"known": 0.0, "cold": 0.0}
 
 
@@ -221,7 +221,8 @@ def test_ranking_stage_metrics(tiny_run):
 
 
 def test_build_ranker_from_features(tiny_prepared):
-    model = build_ranker(tiny_prepared.features, 8, emb_dim=4, group_dim=8, hidden=[8], dropout=0.0)
+    model = build_ranker(tiny_prepared.features, 8, emb_dim=4, group_dim=8, hidden=[8], dropout=0.0, prior=True,
+                         tower_embeddings=True)
     assert model.baseline.shape == (len(GROUPS), 8)
 
 

@@ -67,10 +67,10 @@ def test_request_filter_takes_ids_or_indices_and_category_names(cat):
 
 def test_category_cap_keeps_best_per_primary_category_in_input_order(cat):
     perm = arr(7, 2, 6, 5, 0, 4, 1, 3)  # unsorted input
-    items, scores = R.category_cap(perm, DESC[perm], cat, CTX, max_per_category=1)
+    items, scores = R.category_cap(perm, DESC[perm], cat, CTX, max_per_category=1, per_items=0)
     assert items.tolist() == [6, 5, 0, 3]  # comedy 0, drama 3, horror 5 (beats 7), 6 has no category
     assert scores.tolist() == DESC[items].tolist()
-    two = R.category_cap(ALL, DESC, cat, CTX, max_per_category=2)[0]
+    two = R.category_cap(ALL, DESC, cat, CTX, max_per_category=2, per_items=0)[0]
     assert two.tolist() == [0, 1, 3, 4, 5, 6, 7]
 
 
