@@ -27,12 +27,12 @@ from torch import nn
 
 from features.encoders import FeatureSpec
 from ranking.features import COLLABORATIVE, CONTEXT_NUMERIC, GROUPS, POPULARITY
+from retrieval.towers import FeatureEmbedder, mlp
 
 # Prior (skip) inputs and the group each one belongs to.
 PRIOR = {"ease_z": "collaborative", "cooc_z": "collaborative", "pop_all": "popularity"}
 RESIDUAL_WEIGHTS = (0.25, 0.5, 0.75, 1.0)  # candidate weights of the residual per route (0 = prior only)
 ROUTE_INPUT = "has_history"  # 1: the request has known items, 0: the no-information cold route
-from retrieval.towers import FeatureEmbedder, mlp
 
 
 class NumericEncoder(nn.Module):
