@@ -43,20 +43,25 @@ def item_cosine_similarity(x: sp.csr_matrix, k_neighbors: int, shrink: float, bl
     )
 
 
-def ease_weights(x: sp.csr_matrix, l2: float) -> np.ndarray:
-    """EASE (Steck, 2019): B = I - P / diag(P), P = (X^T X + l2 I)^-1, diag(B) = 0.
+def ease_weights(x: sp.csr_matrix, l2: float, side: sp.spmatrix | None = None) -> np.ndarray:
+    """EASE (Steck, 2019): B = I - P / diag(P), P = (X^T X + S S^T + l2 I)^-1, diag(B) = 0.
 
-    Dense O(N^2) memory, O(N^3) time: for catalogs up to ~20k items.
+    Dense O(N^2) memory, O(N^3) time: for catalogs up to ~20k items. ``side`` adds item content as
+    extra "users" (side-information EASE): items that share attributes then predict each other
+    a little even with few co-interactions.
 
     Args:
         x: (U, N) binary interactions.
         l2: ridge strength (> 0).
+        side: (N, F) item attributes, already scaled by their weight, or None.
 
     Returns:
         (N, N) float32 weights; ``user_rows @ B`` scores every item.
     """
     n_items = x.shape[1]
     gram = (x.T @ x).toarray().astype(np.float64)  # (N, N)
+    if side is not None:
+        gram += (side @ side.T).toarray() if sp.issparse(side) else side @ side.T
     gram[np.diag_indices(n_items)] += l2
     p = np.linalg.inv(gram)  # (N, N) symmetric positive definite
     del gram

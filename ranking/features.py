@@ -50,6 +50,24 @@ def input_groups(store: FeatureStore) -> dict[str, list[str]]:
     }
 
 
+def item_content(store: FeatureStore) -> sp.csr_matrix:
+    """(N, F) multi-hot of every categorical / multi-categorical / text (token) item attribute except
+    the id (padding code 0 left out); numeric attributes are not used."""
+    blocks = []
+    for spec in store.features.specs["item"]:
+        if spec.name == "item_id" or spec.kind not in ("categorical", "multi_categorical", "text"):
+            continue
+        codes = np.asarray(store.item_table[spec.name])
+        codes = codes.reshape(len(codes), -1)  # (N, M): one or several codes per item
+        rows = np.repeat(np.arange(len(codes)), codes.shape[1])
+        keep = codes.ravel() > 0
+        blocks.append(sp.csr_matrix((np.ones(keep.sum(), np.float32), (rows[keep], codes.ravel()[keep])),
+                                    shape=(len(codes), int(codes.max()) + 1)))
+    if not blocks:
+        return sp.csr_matrix((len(store.items), 0), dtype=np.float32)
+    return sp.hstack(blocks).tocsr().sign()
+
+
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps. (B, C)"""
     n = np.maximum(ok.sum(1, keepdims=True), 1)
@@ -74,12 +92,14 @@ class CandidateFeatures:
 
     @classmethod
     def build(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, k_neighbors: int,
-              shrink: float, ease_l2: float | None, ease_max_items: int, recent_days: float) -> "CandidateFeatures":
-        """From the store (built on ``history``) and the history interactions themselves."""
+              shrink: float, ease_l2: float | None, ease_max_items: int, recent_days: float,
+              ease_content: float) -> "CandidateFeatures":
+        """From the store (built on ``history``) and the history interactions themselves;
+        ``ease_content``: weight of the item attributes in EASE (0: interactions only)."""
         cooc = item_cosine_similarity(store.seen, k_neighbors, shrink, block_size=2048)
         ease = None
         if ease_l2 and len(store.items) <= ease_max_items:
-            ease = ease_weights(store.seen, ease_l2)
+            ease = ease_weights(store.seen, ease_l2, ease_content * item_content(store) if ease_content else None)
         elif ease_l2:
             log.info("catalog of %d items > ranking.cooc.ease_max_items=%d: ease_score is 0", len(store.items), ease_max_items)
         items = store.items.lookup(history["item_id"].to_numpy())

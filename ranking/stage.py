@@ -18,11 +18,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.evaluate import metrics_from_topk
-from evaluation.metrics import item_popularity, topk_excluding
+from evaluation.metrics import item_popularity, ranking_metrics, topk_excluding
 from evaluation.report import add_section, read_metrics, save_lists, update_metrics
+from features.cooccurrence import ease_weights
 from features.prepare import Prepared
 from ranking.distill import distill
-from ranking.features import CandidateFeatures
+from ranking.features import CandidateFeatures, item_content
 from ranking.load import make_catalog
 from ranking.model import LateFusionRanker, build_ranker
 from ranking.pipeline import Pipeline, retrieve_candidates
@@ -34,30 +35,52 @@ from retrieval.stage import RetrievalResult, fill_short_lists, first_times, hist
 log = logging.getLogger(__name__)
 
 
-def candidate_features(data: Prepared, result: RetrievalResult, part: str, cfg: DictConfig) -> CandidateFeatures:
+def candidate_features(data: Prepared, result: RetrievalResult, part: str, cfg: DictConfig,
+                       ease_content: float) -> CandidateFeatures:
     """Ranker feature builder over the history that is known when answering ``part``."""
     r = result.retrievers[part]
     return CandidateFeatures.build(r.store, history_frame(data, part), r.item_embeddings, cfg.cooc.k_neighbors,
-                                   cfg.cooc.shrink, cfg.cooc.ease_l2, cfg.cooc.ease_max_items, cfg.recent_days)
+                                   cfg.cooc.shrink, cfg.cooc.ease_l2, cfg.cooc.ease_max_items, cfg.recent_days,
+                                   ease_content)
+
+
+def choose_ease_content(data: Prepared, result: RetrievalResult, cfg: DictConfig) -> tuple[float, dict[float, float]]:
+    """The weight of item attributes in the prior's EASE, from ``cfg.cooc.ease_content_weights``:
+    fit on train, full-ranking NDCG@10 on the validation split (ties: the smaller weight).
+    -> (weight, {weight: valid NDCG@10}); one candidate (or no EASE): no fitting, an empty table."""
+    grid = [float(w) for w in cfg.cooc.ease_content_weights]
+    store = result.retrievers["valid"].store
+    if len(grid) == 1 or not cfg.cooc.ease_l2 or len(store.items) > cfg.cooc.ease_max_items:
+        return grid[0], {}
+    users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
+    content = item_content(store)
+    table = {}
+    for w in grid:
+        b = ease_weights(store.seen, cfg.cooc.ease_l2, w * content if w else None)
+        top = topk_excluding(np.asarray(store.seen[users] @ b), store.seen[users], 10)
+        table[w] = float(ranking_metrics(top, data.valid[users], [10])["ndcg@10"])
+    best = max(table.values())
+    return min(w for w, v in table.items() if v >= best), table
 
 
 def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: LateFusionRanker, cfg: DictConfig,
-                   rules: RuleSet) -> Pipeline:
+                   rules: RuleSet, ease_content: float) -> Pipeline:
     r = result.retrievers[part]
     catalog = make_catalog(r.store, r.item_embeddings, cfg.data.get("category_feature"))
-    return Pipeline(r, TorchModel(ranker), candidate_features(data, result, part, cfg.ranking), rules, catalog,
+    features = candidate_features(data, result, part, cfg.ranking, ease_content)
+    return Pipeline(r, TorchModel(ranker), features, rules, catalog,
                     cfg.ranking.n_candidates, cfg.ranking.max_k, cfg.ranking.cold_popular_share,
                     cfg.ranking.cooc_share, rules.make_tracker(len(catalog)))
 
 
-def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig):
+def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, ease_content: float):
     """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C),
     groups (U,) the user whose positives each list holds.
 
     A ``cold_share`` of the lists is repeated as if the user were unknown (no id, no history), so
     the ranker also learns the cold-start route it will face online.
     """
-    feats = candidate_features(data, result, "valid", cfg.ranking)
+    feats = candidate_features(data, result, "valid", cfg.ranking, ease_content)
     users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     ts = first_times(data.split.valid, data)[users]
     rng = np.random.default_rng(cfg.seed)
@@ -109,7 +132,11 @@ class RankingResult:
 def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_dir: Path, logger, progress: bool) -> RankingResult:
     """Train the ranker, evaluate ranker / pipeline / cold users on test, save artifacts."""
     rc = cfg.ranking
-    inputs, labels, valid, groups = training_lists(data, result, cfg)
+    ease_content, content_table = choose_ease_content(data, result, rc)
+    if content_table:
+        log.info("EASE item-attribute weight %s chosen on valid NDCG@10 %s", ease_content, content_table)
+    update_metrics(out_dir, "ranker", "prior", {"ease_content_weight": ease_content})
+    inputs, labels, valid, groups = training_lists(data, result, cfg, ease_content)
     tower_dim = result.retrievers["valid"].item_embeddings.shape[1]
     torch.manual_seed(cfg.seed)  # the initial weights must not depend on what ran before in the process
     ranker = build_ranker(data.features, tower_dim, **rc.model)
@@ -118,7 +145,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     ranker.eval()
 
     rules = RuleSet.from_config(OmegaConf.to_container(cfg.rules, resolve=True), "configs/rules")
-    pipe = build_pipeline(data, result, "test", ranker, cfg, rules)
+    pipe = build_pipeline(data, result, "test", ranker, cfg, rules, ease_content)
     rules.check_catalog(pipe.catalog)
     ks = list(cfg.eval.ks)
     users = np.flatnonzero(np.diff(data.test.indptr) > 0)
@@ -147,7 +174,10 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
         f"{stats['prior_val_ndcg@10']:.4f}; residual weight per route {stats['route_scale']}) after "
         f"{stats['epochs']} epochs, {stats['fit_seconds']:.1f}s. `ranker` = candidates re-ordered by the ranker; "
         f"`pipeline` = ranker + rules ({', '.join(r.name for r in rules.rules)}). Cold users: {len(cold)} test users answered "
-        f"as unknown (no id, no history: context and popularity only), row `test_cold_users`."))
+        f"as unknown (no id, no history: context and popularity only), row `test_cold_users`. Prior: EASE (l2 "
+        f"{rc.cooc.ease_l2}) with item attributes at weight {ease_content}"
+        + (" chosen on valid NDCG@10 (" + ", ".join(f"{w}: {v:.4f}" for w, v in content_table.items()) + ")."
+           if content_table else ".")))
     art = out_dir / "artifacts"
     torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
                 "tower_dim": tower_dim}, art / "ranker.pt")
@@ -155,7 +185,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     (art / "rules.yaml").write_text(OmegaConf.to_yaml(cfg.rules))
     (art / "pipeline.json").write_text(json.dumps({
         "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
-        "cold_popular_share": rc.cold_popular_share, "cooc_share": rc.cooc_share,
+        "cold_popular_share": rc.cold_popular_share, "cooc_share": rc.cooc_share, "ease_content_weight": ease_content,
         "dataset": cfg.data.name}))
     return RankingResult(pipe, ranker, (inputs, labels, valid, groups), users, ts)
 

@@ -133,6 +133,20 @@ def test_ease_matches_closed_form_with_zero_diagonal():
     np.testing.assert_allclose(s, xd[[3, 0]] @ want, atol=1e-5)
 
 
+def test_ease_with_item_attributes_is_the_closed_form_with_attribute_rows():
+    """Side-information EASE = EASE on X stacked with the (weighted) attribute matrix as extra rows:
+    two items that share an attribute but never co-occur get a positive weight."""
+    from features.cooccurrence import ease_weights
+
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32))
+    side = sp.csr_matrix(np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32)) * 2.0  # items 2, 3 share one
+    w = ease_weights(x, 1.0, side)
+    stacked = np.vstack([x.toarray(), side.toarray().T]).astype(np.float64)
+    p = np.linalg.inv(stacked.T @ stacked + np.eye(4))
+    np.testing.assert_allclose(w, np.eye(4) - p / np.diag(p), atol=1e-6)
+    assert ease_weights(x, 1.0)[2, 3] == 0 and w[2, 3] > 0
+
+
 def test_ease_recovers_planted_blocks_better_than_mostpop():
     train, valid = planted_blocks()
     users = np.arange(train.shape[0])

@@ -250,3 +250,18 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run):
         order = np.lexsort((np.arange(len(row)), -row))
         expect = [i for i in order if row[i] > 0][:15]
         assert top[b][top[b] >= 0].tolist() == expect, b
+
+
+def test_item_content_is_a_multi_hot_of_categorical_attributes(tiny_run):
+    from ranking.features import item_content
+
+    store = load_pipeline(tiny_run).store
+    c = item_content(store)
+    assert c.shape[0] == len(store.items) and c.nnz > 0 and set(np.unique(c.data)) == {1.0}
+    used = [sp.name for sp in store.features.specs["item"]
+            if sp.name != "item_id" and sp.kind in ("categorical", "multi_categorical", "text")]
+    assert used  # the tiny data has categorical item attributes
+    for item in (0, 3, 7):  # one column per distinct non-padding code of each attribute
+        want = sum(len(np.unique(np.ravel(store.item_table[n][item])[np.ravel(store.item_table[n][item]) > 0]))
+                   for n in used)
+        assert c[item].nnz == want
