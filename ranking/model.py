@@ -245,7 +245,17 @@ def build_ranker(features, tower_dim: int, emb_dim: int, group_dim: int, hidden:
 
 
 def load_ranker(path: str | Path, features) -> LateFusionRanker:
+    """A saved ranker (``ranker.pt`` / ``ranker_student.pt``) in eval mode.
+
+    Raises:
+        ValueError: the file was written by an older ranker (other inputs or settings); the
+            message says how to rebuild it.
+    """
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_ranker(features, ckpt["tower_dim"], **ckpt["model_cfg"])
-    model.load_state_dict(ckpt["state_dict"])
+    redo = f"{path} was written by an older version of the ranker; re-run `python train.py` (stage ranking / distill)"
+    try:
+        model = build_ranker(features, ckpt["tower_dim"], **ckpt["model_cfg"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"{redo}: {err}") from err
     return model.eval()

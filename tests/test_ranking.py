@@ -265,3 +265,14 @@ def test_item_content_is_a_multi_hot_of_categorical_attributes(tiny_run):
         want = sum(len(np.unique(np.ravel(store.item_table[n][item])[np.ravel(store.item_table[n][item]) > 0]))
                    for n in used)
         assert c[item].nnz == want
+
+
+def test_an_older_ranker_checkpoint_gets_a_clear_error(tiny_run, tmp_path):
+    from ranking.model import load_ranker
+
+    ckpt = torch.load(tiny_run / "artifacts" / "ranker.pt", weights_only=False)
+    old = {**ckpt, "model_cfg": {k: v for k, v in ckpt["model_cfg"].items() if k not in ("prior", "tower_embeddings")}}
+    torch.save(old, tmp_path / "ranker.pt")
+    pipe = load_pipeline(tiny_run)
+    with pytest.raises(ValueError, match="older version of the ranker; re-run `python train.py`"):
+        load_ranker(tmp_path / "ranker.pt", pipe.store.features)
