@@ -368,10 +368,9 @@ def inprocess(args, art: Path, repo: Path, same: list[dict], phases: list[Phase]
     phases.append(inprocess_phase("in-process PyTorch", load_pipeline(art), same, args.seconds, args.warmup))
     if not args.skip_onnx:
         from export.onnx_export import OnnxCallable
-        from export.spec import ModelSpec
+        from export.spec import load_specs
 
-        specs = {s["name"]: ModelSpec.from_dict(s)
-                 for s in json.loads((repo / "recommend" / "1" / "specs.json").read_text())}
+        specs = load_specs(repo / "recommend" / "1" / "specs.json")
         ort_pipe = load_pipeline(art, user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx",
                                                               specs["user_tower"]),
                                  ranker=OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"]))

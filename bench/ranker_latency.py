@@ -42,7 +42,7 @@ import torch
 
 from export.config import run_config
 from export.onnx_export import onnx_session, run_onnx
-from export.spec import ModelSpec
+from export.spec import ModelSpec, load_specs
 from export.stage import RANKERS, export_if_needed, ranker_lists
 from features.store import FeatureStore
 from ranking.model import load_ranker
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     repo = export_if_needed(run_config(run, [f"export.repository={repo}"]), run)
     manifest = json.loads((repo / "export.json").read_text())
     art = Path(manifest["artifacts"])
-    specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((repo / "recommend/1/specs.json").read_text())}
+    specs = load_specs(repo / "recommend/1/specs.json")
     n_candidates = json.loads((art / "pipeline.json").read_text())["n_candidates"]
     inputs, _ = ranker_lists(art, -(-args.candidates // n_candidates))  # whole served lists of real users
     rows_all = {k: v[: args.candidates] for k, v in inputs.items()}

@@ -117,14 +117,16 @@ class EASE(_Fitted):
     Args:
         l2: ridge strength (> 0); typical values 100-1000 on MovieLens-sized data.
         max_items: largest catalog allowed.
+        side: (N, F) item attributes, already weighted, added to the Gram matrix
+            (side-information EASE, see :func:`features.cooccurrence.ease_weights`), or None.
     """
 
-    def __init__(self, l2: float, max_items: int = 20_000):
+    def __init__(self, l2: float, max_items: int = 20_000, side: sp.spmatrix | None = None):
         if not np.isfinite(l2) or l2 <= 0:
             raise ValueError(f"l2 must be a finite number > 0, got {l2!r}")
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items!r}")
-        self.l2, self.max_items = float(l2), int(max_items)
+        self.l2, self.max_items, self.side = float(l2), int(max_items), side
 
     def fit(self, train: sp.spmatrix) -> "EASE":
         x = self.train_ = binarize(train)  # (U, N)
@@ -135,7 +137,7 @@ class EASE(_Fitted):
                 f"EASE with n_items={n_items} needs ~{gib:.1f} GiB of dense N x N float64 matrices, "
                 f"above max_items={self.max_items}; use ItemKNN, filter rare items, or raise max_items"
             )
-        self.weights_ = ease_weights(x, self.l2)  # (N, N)
+        self.weights_ = ease_weights(x, self.l2, self.side)  # (N, N)
         return self
 
     def score(self, users: np.ndarray) -> np.ndarray:

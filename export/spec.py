@@ -13,7 +13,9 @@ Shapes are per row: the batch axis is implicit and always first. ``()`` is one v
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -68,7 +70,12 @@ class ModelSpec:
         return cls(d["name"], rows(d["inputs"]), rows(d["outputs"]))
 
 
-def feature_tensor(spec, history_len: int | None = None) -> TensorSpec:
+def load_specs(path) -> dict[str, "ModelSpec"]:
+    """The tensor tables an export wrote (``recommend/1/specs.json``), by model name."""
+    return {s["name"]: ModelSpec.from_dict(s) for s in json.loads(Path(path).read_text())}
+
+
+def feature_tensor(spec) -> TensorSpec:
     """The tensor of one declared feature, by kind (see :mod:`features.encoders`)."""
     if spec.kind in ("categorical", "context"):
         return TensorSpec(spec.name, np.dtype(np.int64), ())

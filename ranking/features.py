@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from evaluation.metrics import topk_excluding
 from features.cooccurrence import ease_weights, item_cosine_similarity
 from features.store import FeatureStore
 
@@ -126,38 +127,30 @@ class CandidateFeatures:
             rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign().tocsr()
         return rows
 
-    def history_top(self, users: np.ndarray, m: int, recent: np.ndarray | None = None) -> np.ndarray:
-        """The m best unseen items by co-occurrence with each request's items (EASE when available,
-        else cosine); -1 where fewer score above zero. (B,) -> (B, m)
+    def history_top(self, rows: sp.csr_matrix, m: int) -> np.ndarray:
+        """The m best unseen items by co-occurrence with each request's items (``rows``, see
+        :meth:`history_rows`; EASE when available, else cosine), best first, ties by index; -1 where
+        fewer score above zero. (B, N) -> (B, m)
 
         With the sparse cosine weights (large catalogs) only the items that co-occur are looked at,
         never a dense row over the whole catalog.
         """
-        rows = self.history_rows(users, recent)
-        weights = self.ease if self.ease is not None else self.cooc
-        out = np.full((len(users), m), -1, dtype=np.int64)
-        scores = rows @ weights  # (B, N): dense for EASE, sparse for cosine
-        if sp.issparse(scores):
-            scores = scores.tocsr()
-        for b in range(len(users)):
+        scores = rows @ (self.ease if self.ease is not None else self.cooc)  # (B, N)
+        if not sp.issparse(scores):
+            scores = np.asarray(scores)
+            top = topk_excluding(scores, rows, min(m, scores.shape[1]))
+            top = np.where(np.take_along_axis(scores, top, 1) > 0, top, -1)
+            return np.pad(top, ((0, 0), (0, m - top.shape[1])), constant_values=-1)
+        scores = scores.tocsr()
+        out = np.full((rows.shape[0], m), -1, dtype=np.int64)
+        for b in range(rows.shape[0]):
             known = rows.indices[rows.indptr[b] : rows.indptr[b + 1]]
-            if not len(known):
-                continue
-            if sp.issparse(scores):
-                idx = scores.indices[scores.indptr[b] : scores.indptr[b + 1]]
-                val = scores.data[scores.indptr[b] : scores.indptr[b + 1]]
-                keep = (val > 0) & ~np.isin(idx, known)
-                idx, val = idx[keep], val[keep]
-            else:
-                val = np.asarray(scores[b]).ravel().copy()
-                val[known] = -np.inf
-                idx = np.arange(len(val))
-            if len(val) > m:  # the m best and everything tied with the m-th: ties go by index below
-                sel = val >= -np.partition(-val, m - 1)[m - 1]
-                idx, val = idx[sel], val[sel]
-            order = np.lexsort((idx, -val))  # best first, ties by index
-            top = idx[order][val[order] > 0][:m]
-            out[b, : len(top)] = top
+            idx = scores.indices[scores.indptr[b] : scores.indptr[b + 1]]
+            val = scores.data[scores.indptr[b] : scores.indptr[b + 1]]
+            keep = (val > 0) & ~np.isin(idx, known)
+            idx, val = idx[keep], val[keep]
+            order = np.lexsort((idx, -val))[:m]  # best first, ties by index
+            out[b, : len(order)] = idx[order]
         return out
 
     def history_scores(self, weights, rows: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
@@ -181,12 +174,14 @@ class CandidateFeatures:
         return np.where(items >= 0, out, 0.0)
 
     def build_inputs(self, users: np.ndarray, timestamps: np.ndarray, queries: np.ndarray, items: np.ndarray,
-                     scores: np.ndarray, recent: np.ndarray | None = None, attributes=None) -> dict[str, np.ndarray]:
-        """Flat (B*C, ...) ranker inputs for B requests with C candidates each (-1 = no candidate)."""
+                     scores: np.ndarray, recent: np.ndarray | None = None, attributes=None,
+                     rows: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+        """Flat (B*C, ...) ranker inputs for B requests with C candidates each (-1 = no candidate);
+        ``rows``: the requests' :meth:`history_rows` when the caller already built them."""
         b, c = items.shape
         flat = np.clip(items.ravel(), 0, None)
         ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
-        rows = self.history_rows(users, recent)
+        rows = self.history_rows(users, recent) if rows is None else rows
         user_x = self.store.user_inputs(users, timestamps, recent, attributes)
         x: dict[str, np.ndarray] = {
             "user_emb": np.repeat(queries.astype(np.float32), c, axis=0),

@@ -106,6 +106,7 @@ class LateFusionRanker(nn.Module):
         self.register_buffer("prior_mean", torch.zeros(len(self.prior_names)))
         # Weight of the learned residual for requests with / without known items.
         self.register_buffer("route_scale", torch.ones(2))
+        self.routed = ROUTE_INPUT in self.input_names  # without the input: one weight for all rows
         self.prior_index = [GROUPS.index(PRIOR[n]) for n in self.prior_names]
         if self.prior_names:
             nn.init.zeros_(self.fusion[-1].weight)
@@ -135,7 +136,7 @@ class LateFusionRanker(nn.Module):
 
     def residual_scale(self, x: dict[str, torch.Tensor], r: int) -> torch.Tensor:
         """-> (R,) the learned residual's weight for each row's route."""
-        if ROUTE_INPUT not in self.input_names:
+        if not self.routed:
             return self.route_scale[0].expand(r)
         known = x[ROUTE_INPUT].reshape(-1).to(torch.float32)
         return known * self.route_scale[0] + (1 - known) * self.route_scale[1]

@@ -83,8 +83,10 @@ def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.nda
 
 def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, timestamps: np.ndarray,
                         n: int, popular_share: float, cooc_share: float, recent: np.ndarray | None = None,
-                        attributes=None):
+                        attributes=None, rows=None):
     """Candidates for a batch from three sources. -> scores (B, n), items (B, n), queries (B, D).
+
+    ``rows``: the requests' ``features.history_rows`` when the caller already built them.
 
     - the two-tower query through the FAISS index (every request);
     - co-occurrence with the request's known items (EASE, or cosine on large catalogs): their best
@@ -101,7 +103,7 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
     n_cooc, n_pop = int(n * cooc_share), int(n * popular_share)
     extra = np.full((len(users), 0), -1, dtype=np.int64)
     if n_cooc and (~cold).any():
-        extra = features.history_top(users, n_cooc, recent)
+        extra = features.history_top(features.history_rows(users, recent) if rows is None else rows, n_cooc)
     popular = retriever.store.most_popular(n) if cold.any() and n_pop else None
     for b in range(len(users)):
         if cold[b] and n_pop:
@@ -133,10 +135,11 @@ class Pipeline:
 
     def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None):
         """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G)."""
+        rows = self.features.history_rows(users, recent)  # (B, N) known items, shared by both steps
         r_scores, items, queries = retrieve_candidates(self.retriever, self.features, users, timestamps,
                                                        self.n_candidates, self.cold_popular_share, self.cooc_share,
-                                                       recent, attributes)
-        x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes)
+                                                       recent, attributes, rows)
+        x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes, rows)
         scores, contrib = self.ranker(x)
         b, c = items.shape
         scores = np.where(items >= 0, np.asarray(scores, np.float32).reshape(b, c), -np.inf)

@@ -54,11 +54,13 @@ class Param:
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """A rule function, its parameters, and its role: filter | cap | reorder | backfill."""
+    """A rule function, its parameters, and its role: filter | cap | reorder | backfill.
+    ``takes_k``: the function also gets the list length asked for (keyword ``k``)."""
 
     fn: Callable
     params: dict[str, Param]
     role: str
+    takes_k: bool = False
 
 
 _IDS = Param("ids", '["item_42"]')
@@ -71,7 +73,7 @@ RULES: dict[str, RuleSpec] = {
     "exposure_cap": RuleSpec(R.exposure_cap, {"max_share": Param("number", "0.05", 0.0, 1.0),
                                               "window": Param("count", "10000", 1)}, "filter"),
     "category_cap": RuleSpec(R.category_cap, {"max_per_category": Param("count", "4", 0),
-                                              "per_items": Param("count", "10", 0)}, "cap"),
+                                              "per_items": Param("count", "10", 0)}, "cap", takes_k=True),
     "boost": RuleSpec(R.boost, {"ids": _IDS, "amount": Param("number", "0.1", 0.0),
                                 "max_boost": Param("number", "0.2", 0.0)}, "reorder"),
     "mmr": RuleSpec(R.mmr, {"lambda_": Param("number", "0.7", 0.0, 1.0)}, "reorder"),
@@ -263,7 +265,7 @@ class RuleSet:
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx))
                 continue
             before = dict(zip(items.tolist(), scores.tolist())) if r.name == "boost" else {}
-            items, scores = r(items, scores, catalog, ctx, **({"k": k} if r.name == "category_cap" else {}))
+            items, scores = r(items, scores, catalog, ctx, **({"k": k} if RULES[r.name].takes_k else {}))
             if r.name == "boost":
                 boosted = np.asarray([i for i, s in zip(items.tolist(), scores.tolist()) if s > before[i]])
         items, scores = items[:k], scores[:k]

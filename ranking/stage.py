@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.evaluate import metrics_from_topk
-from evaluation.metrics import item_popularity, ranking_metrics, topk_excluding
+from evaluation.baselines import EASE
+from evaluation.evaluate import metrics_from_topk, select_by_validation
+from evaluation.metrics import item_popularity, topk_excluding
 from evaluation.report import add_section, read_metrics, save_lists, update_metrics
-from features.cooccurrence import ease_weights
 from features.prepare import Prepared
 from ranking.distill import distill
 from ranking.features import CandidateFeatures, item_content
@@ -48,19 +48,15 @@ def choose_ease_content(data: Prepared, result: RetrievalResult, cfg: DictConfig
     """The weight of item attributes in the prior's EASE, from ``cfg.cooc.ease_content_weights``:
     fit on train, full-ranking NDCG@10 on the validation split (ties: the smaller weight).
     -> (weight, {weight: valid NDCG@10}); one candidate (or no EASE): no fitting, an empty table."""
-    grid = [float(w) for w in cfg.cooc.ease_content_weights]
+    grid = sorted(float(w) for w in cfg.cooc.ease_content_weights)  # a tie goes to the first: the smaller
     store = result.retrievers["valid"].store
     if len(grid) == 1 or not cfg.cooc.ease_l2 or len(store.items) > cfg.cooc.ease_max_items:
         return grid[0], {}
-    users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
     content = item_content(store)
-    table = {}
-    for w in grid:
-        b = ease_weights(store.seen, cfg.cooc.ease_l2, w * content if w else None)
-        top = topk_excluding(np.asarray(store.seen[users] @ b), store.seen[users], 10)
-        table[w] = float(ranking_metrics(top, data.valid[users], [10])["ndcg@10"])
-    best = max(table.values())
-    return min(w for w, v in table.items() if v >= best), table
+    best, table = select_by_validation(
+        lambda w: EASE(cfg.cooc.ease_l2, max_items=cfg.cooc.ease_max_items, side=w * content if w else None),
+        grid, store.seen, data.valid, metric="ndcg@10", ks=[10])
+    return best, {w: float(v) for w, v in table.items()}
 
 
 def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: LateFusionRanker, cfg: DictConfig,

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from export.config import DEFAULTS
 from export.onnx_export import onnx_session, run_onnx
 from export.quantize import int8_name, top_k_agreement
-from export.spec import ModelSpec
+from export.spec import load_specs
 from export.stage import check_default_ranker, export_if_needed, ranker_lists, run_export
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -56,15 +56,14 @@ def test_int8_ranker_is_written_next_to_the_fp32_one(repo):
     quality = manifest["int8"]["ranker_int8"]
     assert quality["bytes_int8"] == int8.stat().st_size < fp32.stat().st_size == quality["bytes_fp32"]
     assert quality["top10_overlap"] >= MIN_TOP10_OVERLAP and quality["lists"] > 0
-    specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((repo / "recommend/1/specs.json").read_text())}
+    specs = load_specs(repo / "recommend/1/specs.json")
     assert specs["ranker_int8"].inputs == specs["ranker"].inputs
     assert json.loads((repo / "recommend/1/rankers.json").read_text()) == {
         "default": "ranker", "rankers": ["ranker", "ranker_int8"], "inference": "in_process"}
 
 
 def test_int8_scores_agree_with_fp32_on_real_lists(repo, tiny_run):
-    spec = ModelSpec.from_dict(next(s for s in json.loads((repo / "recommend/1/specs.json").read_text())
-                                    if s["name"] == "ranker"))
+    spec = load_specs(repo / "recommend/1/specs.json")["ranker"]
     x, valid = ranker_lists(tiny_run / "artifacts", 20)
     ref = run_onnx(onnx_session(repo / "ranker" / "1" / "model.onnx"), spec, x)[0].reshape(valid.shape)
     got = run_onnx(onnx_session(repo / "ranker_int8" / "1" / "model.onnx"), spec, x)[0].reshape(valid.shape)

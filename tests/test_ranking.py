@@ -241,7 +241,7 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     ease, f.ease = f.ease, None
     try:
-        top = f.history_top(users, 15, recent)
+        top = f.history_top(rows, 15)
     finally:
         f.ease = ease
     for b in range(len(users)):
@@ -276,3 +276,13 @@ def test_an_older_ranker_checkpoint_gets_a_clear_error(tiny_run, tmp_path):
     pipe = load_pipeline(tiny_run)
     with pytest.raises(ValueError, match="older version of the ranker; re-run `python train.py`"):
         load_ranker(tmp_path / "ranker.pt", pipe.store.features)
+
+
+def test_merge_gives_the_extra_source_its_share_of_slots():
+    from ranking.pipeline import _merge
+
+    first, extra = np.array([5, 6, 7, 8, -1]), np.array([7, 9, 3, -1])
+    # 2 of 4 slots for the extra source (7 moves there, no duplicate), the rest from the first source
+    assert _merge(first, extra, 2, 4).tolist() == [5, 6, 7, 9]
+    assert _merge(first, extra, 0, 4).tolist() == [5, 6, 7, 8]
+    assert _merge(first, np.array([-1, -1]), 2, 4).tolist() == [5, 6, 7, 8]  # nothing extra: no gap

@@ -148,6 +148,12 @@ def rule_cfg(*rules, k=4):
     return {"k": k, "rules": list(rules)}
 
 
+def test_rule_set_gives_category_cap_the_list_length(cat):
+    rs = RuleSet.from_config(rule_cfg({"name": "category_cap", "max_per_category": 1, "per_items": 2}), WHERE)
+    assert rs.apply(ALL, DESC, cat, CTX, 2)[0].tolist() == [0, 3]  # 1 per category for 2 items
+    assert rs.apply(ALL, DESC, cat, CTX, 4)[0].tolist() == [0, 1, 3, 4]  # 2 per category for 4 items
+
+
 def test_rule_set_on_a_toy_request(cat):
     rs = RuleSet.from_config(rule_cfg({"name": "exclude_seen"}, {"name": "block_list", "ids": ["i1"]},
                                       {"name": "boost", "ids": ["i7"], "amount": 0.5, "max_boost": 0.25},

@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from export.config import INFERENCE
 from export.onnx_export import OnnxCallable
-from export.spec import ModelSpec, from_batch, to_batch
+from export.spec import ModelSpec, from_batch, load_specs, to_batch
 from ranking.load import load_pipeline
 from ranking.pipeline import ROUTES, RequestError
 from serving.protocol import INPUTS, OUTPUTS
@@ -48,17 +49,15 @@ LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
 REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
 STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
-INFERENCE = ("auto", "in_process", "bls")
 
 
 class BlsModel:
     """A Triton model called over BLS as a pipeline callable: named numpy arrays in, numpy out."""
 
-    def __init__(self, model_name: str, spec: ModelSpec, latency):
-        self.model_name, self.spec, self.latency = model_name, spec, latency
+    def __init__(self, model_name: str, spec: ModelSpec):
+        self.model_name, self.spec = model_name, spec
 
     def __call__(self, inputs: dict[str, np.ndarray]):
-        start = time.perf_counter()
         tensors = [pb_utils.Tensor(t.name, a) for t, a in zip(self.spec.inputs, to_batch(self.spec.inputs, inputs))]
         response = pb_utils.InferenceRequest(
             model_name=self.model_name, inputs=tensors, requested_output_names=self.spec.output_names,
@@ -67,7 +66,6 @@ class BlsModel:
             raise RuntimeError(f"BLS call to '{self.model_name}' failed: {response.error().message()}")
         out = [from_batch(t, pb_utils.get_output_tensor_by_name(response, t.name).as_numpy())
                for t in self.spec.outputs]
-        self.latency.observe(time.perf_counter() - start)
         return out[0] if len(out) == 1 else tuple(out)
 
 
@@ -89,7 +87,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version = Path(args["model_repository"]) / args["model_version"]
-        specs = {s["name"]: ModelSpec.from_dict(s) for s in json.loads((version / "specs.json").read_text())}
+        specs = load_specs(version / "specs.json")
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
         self.default_ranker, user_tower = served["default"], params["USER_TOWER_MODEL"]
@@ -101,18 +99,18 @@ class TritonPythonModel:
         if inference == "auto":
             inference = served.get("inference", "in_process")
         if inference == "bls":
-            user_tower = BlsModel(user_tower, specs[user_tower], self.stage["user_tower"])
-            self.rankers = {n: BlsModel(n, specs[n], self.stage["ranker"]) for n in served["rankers"]}
+            def model(name: str):
+                return BlsModel(name, specs[name])
         elif inference == "in_process":
             repo, threads = Path(args["model_repository"]).parent, int(params.get("ORT_THREADS", "1"))
             gpu = args.get("model_instance_kind") == "GPU"
 
-            def local(name: str, stage: str):
-                return timed(OnnxCallable(repo / name / "1" / "model.onnx", specs[name], threads, gpu), self.stage[stage])
-            user_tower = local(user_tower, "user_tower")
-            self.rankers = {n: local(n, "ranker") for n in served["rankers"]}
+            def model(name: str):
+                return OnnxCallable(repo / name / "1" / "model.onnx", specs[name], threads, gpu)
         else:
             raise ValueError(f"parameter INFERENCE={inference!r}; known: {', '.join(INFERENCE)}")
+        user_tower = timed(model(user_tower), self.stage["user_tower"])
+        self.rankers = {n: timed(model(n), self.stage["ranker"]) for n in served["rankers"]}
         self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower,
                                       ranker=self.rankers[self.default_ranker])
         # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
