@@ -1,10 +1,11 @@
 """Hydra entry point: ``python train.py [stage=<stage>] [overrides]``.
 
-Stages: baselines | retrieval | ranking | distill | export | all. ``train(cfg)`` is plain and typed so tests call it directly.
+Stages: baselines | retrieval | ranking | distill | deploy | export | all, and backtest (on request). ``train(cfg)`` is plain and typed so tests call it directly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,26 +16,32 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.plots import write_plots
 from evaluation.report import add_section, read_metrics, write_report
-from evaluation.stage import run_baselines
-from export.stage import run_export
 from features.prepare import prepare
-from features.schema import DataError
+from features.schema import Dataset, DataError
+from pipeline.artifacts import RunArtifacts
 from ranking.distill import DistillGateError
-from ranking.stage import run_distill, run_ranking
-from retrieval.stage import run_retrieval
+from stages.backtest import run_backtest
+from stages.baselines import run_baselines
+from stages.deploy import run_deploy
+from stages.distill import run_distill
+from stages.export import run_export
+from stages.ranking import run_ranking
+from stages.retrieval import run_retrieval
 
 log = logging.getLogger("train")
-STAGES = ("baselines", "retrieval", "ranking", "distill", "export")
+STAGES = ("baselines", "retrieval", "ranking", "distill", "deploy", "export")
+# Run only when asked: the backtest trains the whole product once per protocol.
+EXTRA_STAGES = ("backtest",)
 # What each stage needs to have run first in the same invocation.
 NEEDS = {"baselines": [], "retrieval": [], "ranking": ["retrieval"], "distill": ["retrieval", "ranking"],
-         "export": ["retrieval", "ranking"]}
+         "deploy": ["retrieval", "ranking"], "export": ["retrieval", "ranking"], "backtest": []}
 
 
 def _stages(stage: str) -> list[str]:
     if stage == "all":
         return list(STAGES)
-    if stage not in STAGES:
-        raise DataError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}, all.")
+    if stage not in STAGES + EXTRA_STAGES:
+        raise DataError(f"unknown stage {stage!r}; known: {', '.join(STAGES + EXTRA_STAGES)}, all.")
     return NEEDS[stage] + [stage]
 
 
@@ -46,15 +53,23 @@ def make_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Run the configured stage(s); returns the run's metrics (also in ``<output_dir>/metrics.json``)."""
+def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
+    """Run the configured stage(s); returns the run's metrics (also in ``<output_dir>/metrics.json``).
+
+    ``dataset``: the tables to use instead of loading ``cfg.data`` (the backtest's data before its cut).
+    """
     stages = _stages(cfg.stage)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("output dir: %s", out_dir)
     t0 = time.time()
-    data = prepare(cfg)
-    data.save_artifacts(out_dir / "artifacts")
+    art = RunArtifacts(out_dir)
+    art.start(cfg, cfg.data.name)  # status "running" until the end: a killed run stays visibly incomplete
+    data = prepare(cfg, dataset)
+    titles = data.titles()
+    if titles is not None:
+        with art.writing("item_titles") as path:
+            path.write_text(json.dumps(titles))
     log.info("data prepared in %.1fs", time.time() - t0)
     loggers = make_loggers(cfg)
     retrieval = ranking = None
@@ -75,6 +90,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 # Within `all` the run goes on and serves the teacher only; the report says why.
                 log.error("distillation gate failed, no student exported: %s", e)
                 add_section(out_dir, "Distillation", f"**Gate failed, no student was written:** {e}")
+        elif stage == "backtest":
+            run_backtest(cfg, out_dir, train)
+        elif stage == "deploy":
+            run_deploy(data, cfg, ranking, out_dir)
         elif stage == "export":
             run_export(cfg, out_dir)
         log.info("stage %s done in %.1fs", stage, time.time() - t)
@@ -87,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         add_section(out_dir, "Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots))
     path = write_report(out_dir, f"Run report: {cfg.data.name}", header)
     log.info("report: %s", path)
+    art.finish()
     return read_metrics(out_dir)
 
 

@@ -43,10 +43,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 import train as train_entry
-from features.store import FeatureStore
+from pipeline.artifacts import RunArtifacts
 from retrieval.index import IndexConfig, build_index, search
 from retrieval.retriever import Retriever
-from retrieval.towers import load_two_tower
 
 log = logging.getLogger("bench.ann")
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,13 +169,13 @@ def train_run(args: argparse.Namespace) -> Path:
 
 def load_embeddings(run_dir: Path, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) item embeddings and (Q, D) user-tower queries of sampled users with history."""
-    art = run_dir / "artifacts"
-    items = np.load(art / "item_embeddings.npy").astype(np.float32)
-    store = FeatureStore.load(art / "store")
-    model = load_two_tower(art / "two_tower.pt", store.features)
+    art = RunArtifacts(run_dir)
+    items = art.load_item_embeddings().astype(np.float32)
+    store = art.load_store()
+    model = art.load_towers(store)
     known = np.flatnonzero(store.last_ts >= 0)
     if len(known) == 0:
-        raise ValueError(f"no user with history in {art / 'store'}; cannot make queries")
+        raise ValueError(f"no user with history in {art.path('store')}; cannot make queries")
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(known, size=min(n_queries, len(known)), replace=False))
     retriever = Retriever(model.user_tower, None, store, items)

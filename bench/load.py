@@ -1,6 +1,6 @@
 """Load benchmark of the served ``recommend`` model against the in-process pipeline, in one run.
 
-Given a trained run, it exports the Triton model repository if needed (``export.stage``), starts
+Given a trained run, it exports the Triton model repository if needed (``export.repository``), starts
 the real server (``serving.triton_server.TritonServer``, 127.0.0.1 only), warms it up and, for each
 concurrency level, sends real recommend requests over gRPC (``serving.client.RecommendClient``,
 one client per thread): known user ids from the run's feature store plus a share of unknown ids
@@ -9,7 +9,7 @@ one client per thread): known user ids from the run's feature store plus a share
 exception, or fewer than k items). Server-side time per request is read from Triton's inference
 statistics and the product's ``recsys_stage_seconds`` histogram, before and after each level.
 
-Then the SAME requests go through the in-process pipeline (``ranking.load.load_pipeline``),
+Then the SAME requests go through the in-process pipeline (``pipeline.artifacts.load_pipeline``),
 sequentially, with ``torch.set_num_threads(1)``: once with the PyTorch models and once with the
 exported ONNX models on onnxruntime (what the Triton models run), so the Triton overhead is a
 ratio measured in the same run on the same machine state.
@@ -45,8 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import torch
+
+from pipeline.artifacts import RunArtifacts
 
 log = logging.getLogger("bench.load")
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,18 +86,18 @@ class Phase:
                 "wall_s": self.wall_s, "server_ms": self.server_ms, "errors": self.errors}
 
 
-def make_requests(art: Path, n: int, unknown_share: float, k: int, seed: int) -> list[dict]:
+def make_requests(art: RunArtifacts, n: int, unknown_share: float, k: int, seed: int) -> list[dict]:
     """``n`` request kwargs: known users (with history) sampled with a seed, a share of unknown ids.
 
     Every request carries the same timestamp, the last one in the data, so context features and
     answers do not depend on when the benchmark runs.
     """
-    users = json.loads((art / "store" / "users.json").read_text())
-    seen = sp.load_npz(art / "store" / "seen.npz").tocsr()
-    with_history = np.flatnonzero(np.diff(seen.indptr) > 0)
+    store = art.load_store()
+    users = store.users.ids
+    with_history = np.flatnonzero(np.diff(store.seen.indptr) > 0)
     if not len(with_history):
-        raise ValueError(f"{art / 'store'} has no user with history; is it a trained run?")
-    timestamp = int(np.load(art / "store" / "tables.npz")["last_ts"].max())
+        raise ValueError(f"{art.path('store')} has no user with history; is it a trained run?")
+    timestamp = int(store.last_ts.max())
     rng = np.random.default_rng(seed)
     unknown = rng.random(n) < unknown_share
     picks = rng.choice(with_history, size=n, replace=True)
@@ -188,28 +189,15 @@ def triton_phase(url: str, requests: list[dict], concurrency: int, seconds: floa
 
 # --- in process ----------------------------------------------------------------------------------
 
-def timed(fn, totals: dict[str, float], name: str):
-    """Wrap ``fn`` so its time (ms) accumulates in ``totals[name]``."""
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            totals[name] = totals.get(name, 0.0) + (time.perf_counter() - start) * 1e3
-    return wrapper
-
-
 def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float, warmup: int) -> Phase:
     """The same requests through ``pipeline.recommend``, one at a time, with per-stage times."""
-    from ranking.pipeline import Request
+    from pipeline.pipeline import Request
 
     totals: dict[str, float] = {}
-    # Same stage boundaries as the served model's recsys_stage_seconds (user_tower inside retrieval).
-    pipeline.retriever.user_encoder = timed(pipeline.retriever.user_encoder, totals, "stage:user_tower")
-    pipeline.retriever.retrieve = timed(pipeline.retriever.retrieve, totals, "stage:retrieval")
-    pipeline.features.build_inputs = timed(pipeline.features.build_inputs, totals, "stage:features")
-    pipeline.ranker = timed(pipeline.ranker, totals, "stage:ranker")
-    pipeline.apply_rules = timed(pipeline.apply_rules, totals, "stage:rules")
+
+    def on_stage(stage: str, seconds: float) -> None:  # the served model's recsys_stage_seconds stages
+        if stage != "total":
+            totals[f"stage:{stage}"] = totals.get(f"stage:{stage}", 0.0) + seconds * 1e3
     for r in requests[:warmup]:
         pipeline.recommend([Request(**r)])
     totals.clear()
@@ -221,7 +209,7 @@ def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float
             break
         t = time.perf_counter()
         try:
-            rec = pipeline.recommend([Request(**r)])[0]
+            rec = pipeline.recommend([Request(**r)], on_stage=on_stage)[0]
             ok, why = len(rec.item_ids) == r["k"], f"{len(rec.item_ids)} items for k={r['k']}"
         except Exception as err:  # noqa: BLE001
             ok, why = False, f"{type(err).__name__}: {err}"
@@ -272,7 +260,7 @@ def export_repository(run_dir: Path, repository: Path | None) -> tuple[Path, boo
     """The run's Triton repository: ``repository`` (exported into it if it does not hold this run),
     or a new temp directory. Returns (path, whether it is a temp dir to remove)."""
     from export.config import run_config
-    from export.stage import export_if_needed
+    from export.repository import export_if_needed
 
     temp = repository is None
     repo = Path(tempfile.mkdtemp(prefix="bench-load-repo-")) if temp else repository.resolve()
@@ -321,11 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    from ranking.load import artifacts_dir
     from serving.triton_server import TritonServer
 
     run_dir = args.run_dir.resolve()
-    art = artifacts_dir(run_dir)
+    art = RunArtifacts(run_dir).check()
     name = args.name or run_dir.name
     requests = make_requests(art, args.requests + args.warmup, args.unknown_share, args.k, args.seed)
     warm, measured = requests[:args.warmup], requests[args.warmup:]
@@ -359,34 +346,30 @@ def main(argv: list[str] | None = None) -> int:
     return report(args, run_dir, art, repo, name, loadavg_start, phases)
 
 
-def inprocess(args, art: Path, repo: Path, same: list[dict], phases: list[Phase]) -> None:
+def inprocess(args, art: RunArtifacts, repo: Path, same: list[dict], phases: list[Phase]) -> None:
     """The in-process phases (appended to ``phases``) on the requests the Triton levels sent."""
-    from ranking.load import load_pipeline
-
     # In process, after the server is gone (it would share the 2 cores otherwise).
     torch.set_num_threads(args.torch_threads)
-    phases.append(inprocess_phase("in-process PyTorch", load_pipeline(art), same, args.seconds, args.warmup))
+    phases.append(inprocess_phase("in-process PyTorch", art.load_pipeline(), same, args.seconds, args.warmup))
     if not args.skip_onnx:
-        from export.onnx_export import OnnxCallable
-        from export.spec import load_specs
+        from inference.models import OnnxCallable
+        from inference.spec import load_specs
 
         specs = load_specs(repo / "recommend" / "1" / "specs.json")
-        ort_pipe = load_pipeline(art, user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx",
-                                                              specs["user_tower"]),
-                                 ranker=OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"]))
+        ort_pipe = art.load_pipeline(
+            user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx", specs["user_tower"]),
+            rankers={"ranker": OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"])})
         phases.append(inprocess_phase("in-process onnxruntime", ort_pipe, same, args.seconds, args.warmup))
     for p in phases[len(args.concurrency):]:
         log.info("%s: %d requests, p50 %.2f ms, p95 %.2f ms", p.setting, p.requests, p.percentile(50),
                  p.percentile(95))
 
 
-def report(args, run_dir: Path, art: Path, repo: Path, name: str, loadavg_start, phases: list[Phase]) -> int:
+def report(args, run_dir: Path, art: RunArtifacts, repo: Path, name: str, loadavg_start, phases: list[Phase]) -> int:
     """Print and write the tables; returns the exit status (1: a failure or a missed p95 target)."""
     rows = [p.summary() for p in phases]
     settings = {"run_dir": str(run_dir), "repository": str(repo), "command": shlex.join(sys.argv),
-                "n_items": len(json.loads((art / "store" / "items.json").read_text())),
-                "index": json.loads((art / "items.faiss.json").read_text()) if (art / "items.faiss.json").exists()
-                else None, "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(),
+                "n_items": len(art.item_ids()), "index": art.index_settings(), "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(),
                 "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
                 "cpus": os.cpu_count(), "python": platform.python_version(), "torch_threads": args.torch_threads,
                 **{k: v for k, v in vars(args).items() if k not in ("run_dir", "repository", "out_dir")}}

@@ -1,13 +1,13 @@
 """Ranker cost: teacher vs distilled student vs their int8 twins, alone and through Triton.
 
 For a run directory (``python train.py stage=distill`` writes ``ranker_student.pt``), the run is
-exported (``export.stage.export_if_needed``, into ``--repository``), then for every exported ranker:
+exported (``export.repository.export_if_needed``, into ``--repository``), then for every exported ranker:
 
 - onnxruntime latency of one call over 500 real candidates (the served lists of real users,
-  :func:`export.stage.ranker_lists`), CPU, 1 and 2 intra-op threads: median and p95 of
+  :func:`export.repository.ranker_lists`), CPU, 1 and 2 intra-op threads: median and p95 of
   ``--repeats`` calls after a warm-up;
-- PyTorch latency of the same call (``ranking.stage.torch_latency_ms``, fp32 rankers, 1 thread);
-- FLOPs (``ranking.stage.count_flops`` on the PyTorch model; int8 twins do the same work) and
+- PyTorch latency of the same call (``ranking.cost.torch_latency_ms``, fp32 rankers, 1 thread);
+- FLOPs (``ranking.cost.count_flops`` on the PyTorch model; int8 twins do the same work) and
   parameters, and the size of ``model.onnx`` in bytes;
 - end to end: ``recommend`` over gRPC naming each ranker, concurrency 1, ``--requests`` requests
   of real users at fixed timestamps: p50 / p95 ms, plus the mean ``ranker`` stage time from the
@@ -41,12 +41,11 @@ import onnxruntime as ort
 import torch
 
 from export.config import run_config
-from export.onnx_export import onnx_session, run_onnx
-from export.spec import ModelSpec, load_specs
-from export.stage import RANKERS, export_if_needed, ranker_lists
-from features.store import FeatureStore
-from ranking.model import load_ranker
-from ranking.stage import count_flops, torch_latency_ms
+from inference.models import onnx_session, run_onnx
+from inference.spec import ModelSpec, load_specs
+from export.repository import export_if_needed, ranker_lists
+from pipeline.artifacts import RunArtifacts
+from ranking.cost import count_flops, torch_latency_ms
 
 log = logging.getLogger("bench.ranker_latency")
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,18 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     repo = (args.repository or run / "triton_repo_bench").resolve()
     repo = export_if_needed(run_config(run, [f"export.repository={repo}"]), run)
     manifest = json.loads((repo / "export.json").read_text())
-    art = Path(manifest["artifacts"])
+    art = RunArtifacts(manifest["artifacts"])
     specs = load_specs(repo / "recommend/1/specs.json")
-    n_candidates = json.loads((art / "pipeline.json").read_text())["n_candidates"]
+    n_candidates = art.load_settings().n_candidates
     inputs, _ = ranker_lists(art, -(-args.candidates // n_candidates))  # whole served lists of real users
     rows_all = {k: v[: args.candidates] for k, v in inputs.items()}
-    store = FeatureStore.load(art / "store")
+    store = art.load_store()
     torch.set_num_threads(1)
 
     rows = []
     for name in manifest["rankers"]:
         base = name.removesuffix("_int8")
-        module = load_ranker(art / RANKERS[base], store.features)
+        module = art.load_ranker(base, store)
         x = {n: rows_all[n] for n in module.input_names}
         path = repo / name / "1" / "model.onnx"
         rows.append({"ranker": name, "ort_1_thread": ort_latency(path, specs[name], x, 1, args.repeats),
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: %s", name, rows[-1])
     profile = {n: op_profile(repo / n / "1" / "model.onnx", specs[n], {k: rows_all[k] for k in specs[n].input_names})
                for n in manifest["rankers"]}
-    users = json.loads((art / "users.json").read_text())[:: 7][:50]
+    users = art.user_ids()[:: 7][:50]
     served = {} if args.no_triton else served_latency(repo, manifest["rankers"], users, args.requests)
 
     by = {r["ranker"]: r for r in rows}

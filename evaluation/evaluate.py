@@ -21,8 +21,8 @@ from evaluation.metrics import (
     item_popularity as popularity_of,
     novelty,
     ranking_metrics,
-    topk_excluding,
 )
+from inference.topk import topk_excluding
 
 
 def _check_inputs(users: np.ndarray, history: sp.spmatrix, truth: sp.spmatrix, ks, batch_size) -> np.ndarray:
@@ -170,3 +170,17 @@ def select_by_validation(
         table[param] = result[metric]
     best = max(table, key=table.get)  # max keeps the first of equal values
     return best, table
+
+
+def fill_short_lists(items: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
+    """Replace -1 (fewer candidates than k) with excluded items, which can never be hits."""
+    if (items >= 0).all():
+        return items
+    out = items.copy()
+    for r in np.flatnonzero((items < 0).any(axis=1)):
+        need = np.flatnonzero(out[r] < 0)
+        pad = exclude.indices[exclude.indptr[r] : exclude.indptr[r + 1]]
+        if len(pad) < len(need):  # not enough excluded items: any item not already listed
+            pad = np.setdiff1d(np.arange(exclude.shape[1]), out[r])
+        out[r, need] = pad[: len(need)]
+    return out

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from export.config import run_config
-from export.stage import run_export
+from export.repository import run_export
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from export.triton_config import FLAVOURS
+from inference.models import INFERENCE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "configs" / "export" / "default.yaml"
-INFERENCE = ("auto", "in_process", "bls")
 
 
 def export_config(cfg: DictConfig) -> DictConfig:

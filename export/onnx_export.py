@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.spec import ModelSpec
+from inference.models import onnx_session, run_onnx
+from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 # The exporter's graph passes log every rewrite and deduplicated initializer at INFO.
@@ -94,41 +94,6 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, example: dict[st
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     log.info("exported %s -> %s", spec.name, path)
     return path
-
-
-def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.InferenceSession:
-    """An onnxruntime session (few CPU threads: serving runs several models side by side).
-
-    ``gpu``: use the CUDA provider when this onnxruntime build has one (CPU otherwise).
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), opts, providers=providers)
-
-
-class OnnxCallable:
-    """An exported ONNX model as a pipeline callable: named numpy arrays in, numpy out (like the
-    PyTorch :class:`retrieval.retriever.TorchModel`); one output comes back bare, several as a tuple."""
-
-    def __init__(self, path: Path, spec: ModelSpec, threads: int = 1, gpu: bool = False):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path} missing; run `python -m export --run-dir <run>` to write it")
-        self.spec = spec
-        self.session = onnx_session(path, threads, gpu)
-
-    def __call__(self, inputs: dict[str, np.ndarray]):
-        out = run_onnx(self.session, self.spec, inputs)
-        return out[0] if len(out) == 1 else tuple(out)
-
-
-def run_onnx(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a session on named inputs; outputs in table order."""
-    feed = {t.name: np.asarray(inputs[t.name], dtype=t.dtype) for t in spec.inputs}
-    return session.run(spec.output_names, feed)
 
 
 @torch.no_grad()

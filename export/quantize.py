@@ -18,8 +18,8 @@ import onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from export.onnx_export import onnx_session, run_onnx
-from export.spec import ModelSpec
+from inference.models import onnx_session, run_onnx
+from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 SUFFIX = "_int8"

@@ -12,7 +12,7 @@ carry ``(B, 1)`` and the model sees ``(B,)``, exactly the shape the PyTorch modu
 
 from __future__ import annotations
 
-from export.spec import ModelSpec, TensorSpec
+from inference.spec import ModelSpec, TensorSpec
 
 FLAVOURS = ("wheel", "stock")
 

@@ -1,17 +1,16 @@
 """From config to model-ready data: load, split, index, fit encoders on train, encode tables.
 
-:class:`Prepared` is what every stage consumes; :meth:`Prepared.save_artifacts` writes the pieces
-serving needs (vocabularies, fitted encoders) so they are loaded unchanged later.
+:class:`Prepared` is what every stage consumes; the vocabularies and fitted encoders that serving
+needs are saved with the feature store (:meth:`features.store.FeatureStore.save`) and loaded unchanged later.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -74,16 +73,28 @@ class Prepared:
     def cold_item_index(self) -> np.ndarray:
         return self.items.lookup(self.split.cold_items) if len(self.split.cold_items) else np.array([], dtype=np.int64)
 
-    def save_artifacts(self, out_dir: str | Path) -> None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.users.save(out / "users.json")
-        self.items.save(out / "items.json")
-        self.features.save(out / "encoders.json")
+    def titles(self) -> dict[str, str] | None:
+        """Item id -> display title for clients; None when the catalog has no ``title`` column."""
         items = self.dataset.items
-        if "title" in items.columns:  # display names for clients
-            titles = items["title"].astype(object).where(items["title"].notna(), "")
-            (out / "item_titles.json").write_text(json.dumps(dict(zip(items["item_id"].astype(str), titles.astype(str)))))
+        if "title" not in items.columns:
+            return None
+        titles = items["title"].astype(object).where(items["title"].notna(), "")
+        return dict(zip(items["item_id"].astype(str), titles.astype(str)))
+
+
+def history_frame(data: Prepared, part: str) -> pd.DataFrame:
+    """Known interactions when answering for ``part``: train for valid; train+valid for test."""
+    return data.split.train if part == "valid" else pd.concat([data.split.train, data.split.valid], ignore_index=True)
+
+
+def first_times(frame: pd.DataFrame, data: Prepared) -> np.ndarray:
+    """(n_users,) each user's first timestamp in ``frame`` (their offline request time), -1 if none."""
+    out = np.full(len(data.users), -1, dtype=np.int64)
+    if len(frame):
+        first = frame.groupby("user_id", sort=False)["timestamp"].min()
+        idx = data.users.lookup(first.index.to_numpy())
+        out[idx[idx >= 0]] = first.to_numpy()[idx >= 0]
+    return out
 
 
 def load_dataset(data_cfg: DictConfig) -> Dataset:

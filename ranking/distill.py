@@ -84,7 +84,7 @@ def distill(teacher: LateFusionRanker, student: LateFusionRanker, inputs: dict[s
     module = DistillModule(student, instantiate(cfg.optimizer), cfg)
     stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx, teacher_scores),
                       subset_lists(inputs, labels, valid, val_idx, teacher_scores), cfg, trainer_cfg, logger,
-                      out_dir / "checkpoints" / "student", progress, ranker_cfg.residual_z)
+                      out_dir / "checkpoints" / "student", progress, ranker_cfg)
     set_group_baselines(module.model, inputs, valid)
     student_scores = score_lists(module.model, inputs, labels.shape)
     t_ndcg = held_out_ndcg(teacher_scores, labels, valid, val_idx)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from evaluation.metrics import topk_excluding
+from inference.topk import topk_excluding
 from features.cooccurrence import ease_weights, item_cosine_similarity
 from features.store import FeatureStore
 
@@ -111,6 +111,14 @@ class CandidateFeatures:
         order = np.argsort(ts[keep], kind="stable")[::-1]
         first[items[keep][order]] = ts[keep][order]  # the earliest write wins (reverse time order)
         return cls(store, item_embeddings, cooc.tocsr(), ease, first, keys, recent_days)
+
+    @classmethod
+    def from_config(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, ranking_cfg,
+                    ease_content: float) -> "CandidateFeatures":
+        """:meth:`build` with the ``ranking`` config's ``cooc`` and ``recent_days`` (a DictConfig or dict)."""
+        c = ranking_cfg["cooc"]
+        return cls.build(store, history, item_embeddings, c["k_neighbors"], c["shrink"], c["ease_l2"],
+                         c["ease_max_items"], ranking_cfg["recent_days"], ease_content)
 
     def recent_counts(self, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Interactions with each item in [t - recent_days, t). (R,), (R,) -> (R,)"""

@@ -31,7 +31,6 @@ from retrieval.towers import FeatureEmbedder, mlp
 
 # Prior (skip) inputs and the group each one belongs to.
 PRIOR = {"ease_z": "collaborative", "cooc_z": "collaborative", "pop_all": "popularity"}
-RESIDUAL_WEIGHTS = (0.25, 0.5, 0.75, 1.0)  # candidate weights of the residual per route (0 = prior only)
 ROUTE_INPUT = "has_history"  # 1: the request has known items, 0: the no-information cold route
 
 
@@ -205,11 +204,11 @@ def init_prior(model: LateFusionRanker, inputs: dict, rows, pop_weight: float) -
 
 @torch.no_grad()
 def choose_route_scales(model: LateFusionRanker, inputs: dict, labels, valid, ndcg, z: float,
-                        grid: tuple[float, ...] = RESIDUAL_WEIGHTS) -> dict[str, float]:
+                        grid: tuple[float, ...]) -> dict[str, float]:
     """Pick each route's residual weight on held-out lists (``inputs`` flat over ``labels``' (U, C)).
 
     ``ndcg(scores (n, C), list_idx) -> (m,)`` per-list NDCG of those lists. A weight from ``grid``
-    is eligible only if its per-list gain over the prior alone is clearly positive (mean - ``z``
+    (``ranking.residual_weights``) is eligible only if its per-list gain over the prior alone is clearly positive (mean - ``z``
     standard errors > 0: a few hundred held-out lists are noisy, and the prior is a strong
     model); the eligible one with the largest mean gain wins, else the route keeps the prior
     (weight 0). A route without held-out lists keeps the prior too.

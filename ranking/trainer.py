@@ -172,9 +172,10 @@ def held_out_ndcg(scores: np.ndarray, labels, valid, idx: np.ndarray | None = No
 
 
 def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: CandidateLists, cfg: DictConfig,
-              trainer_cfg: DictConfig, logger, ckpt_dir: Path, progress: bool, residual_z: float) -> dict:
+              trainer_cfg: DictConfig, logger, ckpt_dir: Path, progress: bool, residual: DictConfig) -> dict:
     """Lightning fit with early stopping / best checkpoint on held-out lists' NDCG@10, then each
-    route's residual weight chosen on the same held-out lists (see :mod:`ranking.model`)."""
+    route's residual weight chosen on the same held-out lists (see :mod:`ranking.model`) from
+    ``residual.residual_weights`` at ``residual.residual_z`` standard errors (the ranking config)."""
     labels, valid = val_ds.labels.numpy(), val_ds.valid.numpy()
     shape = tuple(labels.shape)
     prior = held_out_ndcg(score_lists(module.model, val_ds.inputs, shape), labels, valid)  # untrained: the prior
@@ -192,7 +193,7 @@ def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: Candi
         module.load_state_dict(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["state_dict"])
     scales = choose_route_scales(module.model, val_ds.inputs, labels, valid,
                                  lambda s, idx: held_out_ndcg(s, labels[idx], valid[idx], per_list=True),
-                                 z=residual_z)
+                                 z=residual.residual_z, grid=tuple(residual.residual_weights))
     final = held_out_ndcg(score_lists(module.model, val_ds.inputs, shape), labels, valid)
     log.info("held-out NDCG@10: prior only %.4f, trained %.4f (residual weight per route %s)", prior, final, scales)
     return {"fit_seconds": seconds, "epochs": trainer.current_epoch, "train_lists": len(train_ds),
@@ -208,7 +209,7 @@ def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: n
     init_prior(model, inputs, train_rows(valid, train_idx), cfg.prior_pop_weight)
     module = RankerModule(model, instantiate(cfg.optimizer))
     stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx), subset_lists(inputs, labels, valid, val_idx),
-                      cfg, trainer_cfg, logger, out_dir / "checkpoints" / "ranker", progress, cfg.residual_z)
+                      cfg, trainer_cfg, logger, out_dir / "checkpoints" / "ranker", progress, cfg)
     set_group_baselines(module.model, inputs, valid)
     has_pos = labels.any(axis=1)
     stats["positives_per_list"] = float(labels[has_pos].sum(1).mean()) if has_pos.any() else 0.0

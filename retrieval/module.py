@@ -12,7 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from evaluation.metrics import ranking_metrics, topk_excluding
+from evaluation.metrics import ranking_metrics
+from inference.topk import topk_excluding
 from retrieval.loss import sampled_softmax_loss
 from retrieval.towers import TwoTower
 

@@ -10,21 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from features.store import FeatureStore
+from inference.models import TorchModel
 from retrieval.index import search
-
-
-class TorchModel:
-    """Adapts an ``nn.Module`` taking a dict of tensors to numpy in, numpy out (eval mode)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module.eval()
-
-    @torch.no_grad()
-    def __call__(self, inputs: dict[str, np.ndarray]):
-        out = self.module({k: torch.as_tensor(v) for k, v in inputs.items()})
-        if isinstance(out, tuple):
-            return tuple(o.float().numpy() for o in out)
-        return out.float().numpy()
 
 
 class Retriever:
@@ -69,10 +56,14 @@ class Retriever:
         out_s[:, :n], out_i[:, :n] = scores[:, :n], items[:, :n]
         return out_s, out_i
 
-    def retrieve(self, users: np.ndarray, timestamps: np.ndarray, k: int, exclude_seen: bool = True,
-                 recent: np.ndarray | None = None, attributes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates for a batch of requests. -> (scores (B, k), items (B, k), queries (B, D))."""
-        queries = self.embed_users(self.store.user_inputs(users, timestamps, recent, attributes))
+    def embed_requests(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None,
+                       attributes=None) -> np.ndarray:
+        """The user tower on a batch of requests. -> (B, D) query embeddings."""
+        return self.embed_users(self.store.user_inputs(users, timestamps, recent, attributes))
+
+    def candidates(self, queries: np.ndarray, users: np.ndarray, k: int,
+                   exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k index items for the queries, each known user's seen items skipped. -> scores, items (B, k)."""
         exclude = None
         if exclude_seen:
             known = np.asarray(users) >= 0
@@ -81,5 +72,11 @@ class Retriever:
                 exclude = sp.diags(known.astype(np.float32)) @ exclude
                 exclude.eliminate_zeros()
             exclude = exclude.tocsr()
-        scores, items = self.search(queries, k, exclude)
+        return self.search(queries, k, exclude)
+
+    def retrieve(self, users: np.ndarray, timestamps: np.ndarray, k: int, exclude_seen: bool = True,
+                 recent: np.ndarray | None = None, attributes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates for a batch of requests. -> (scores (B, k), items (B, k), queries (B, D))."""
+        queries = self.embed_requests(users, timestamps, recent, attributes)
+        scores, items = self.candidates(queries, users, k, exclude_seen)
         return scores, items, queries

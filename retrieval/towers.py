@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -166,3 +167,13 @@ def load_two_tower(path: str | Path, features) -> TwoTower:
     model = build_two_tower(features, 0, **ckpt["model_cfg"])
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def item_embeddings(model: TwoTower, item_table: dict[str, np.ndarray], batch_size: int = 65536) -> np.ndarray:
+    """(N, D) float32 embeddings of the whole catalog."""
+    n = len(next(iter(item_table.values())))
+    out = []
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            out.append(model.item_tower({k: torch.as_tensor(v[s : s + batch_size]) for k, v in item_table.items()}).numpy())
+    return np.concatenate(out).astype(np.float32)

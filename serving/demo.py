@@ -8,7 +8,6 @@ malformed one, prints the answers and the product metrics, then stops the server
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -16,33 +15,40 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 from tritonclient.utils import InferenceServerException
 
 from export.config import ROOT, run_config
-from export.stage import export_if_needed
+from export.repository import export_if_needed
+from pipeline.artifacts import RunArtifacts
 from serving.cli import format_answer
 from serving.client import RecommendClient
 from serving.triton_server import TritonServer
 
 def latest_run(outputs: Path) -> Path:
     """The newest run directory under ``outputs`` with a complete set of pipeline artifacts."""
-    runs = sorted((p.parent.parent for p in outputs.glob("*/artifacts/pipeline.json")), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p.parent.parent for p in outputs.glob("*/artifacts/manifest.json") if _servable(p.parent)),
+                  key=lambda p: p.stat().st_mtime)
     if not runs:
         raise FileNotFoundError(f"no trained run under {outputs}; run `python train.py` first or pass --run-dir")
     return runs[-1]
 
 
-def demo_requests(art: Path) -> list[tuple[str, dict]]:
+def _servable(art_dir: Path) -> bool:
+    try:
+        RunArtifacts(art_dir).check()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def demo_requests(art: RunArtifacts) -> list[tuple[str, dict]]:
     """(title, request kwargs) for a known user, an unknown one, a filtered request and a bad one."""
-    users = json.loads((art / "store" / "users.json").read_text())
-    seen = sp.load_npz(art / "store" / "seen.npz").tocsr()
-    known = users[int(np.argmax(np.diff(seen.indptr) > 0))]
-    now = int(np.load(art / "store" / "tables.npz")["last_ts"].max())  # the end of the data, not today
-    meta = json.loads((art / "pipeline.json").read_text())
-    encoders = json.loads((art / "store" / "encoders.json").read_text())["item"]
-    vocab = next((e["state"]["vocab"] for e in encoders if e["spec"]["name"] == meta["category_feature"]), [])
-    filters = {"exclude_categories": vocab[:1]} if vocab else {}
+    store, settings = art.load_store(), art.load_settings()
+    known = store.users.ids[int(np.argmax(np.diff(store.seen.indptr) > 0))]
+    now = int(store.last_ts.max())  # the end of the data, not today
+    encoder = store.features.encoders["item"].get(settings.category_feature) if settings.category_feature else None
+    vocab = encoder.state.get("vocab", []) if encoder is not None else []
+    filters = {"exclude_categories": [str(vocab[0])]} if vocab else {}
     return [
         (f"known user {known}", {"user_id": known, "k": 10, "timestamp": now}),
         ("unknown user (cold start)", {"user_id": "new-user-0001", "k": 10, "timestamp": now}),
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tritonserver ready in {time.monotonic() - started:.1f} s: grpc {server.grpc_url}, "
               f"metrics {server.metrics_url}, models {', '.join(server.ready_models())}\n", flush=True)
         with RecommendClient(server.grpc_url) as client:
-            for title, request in demo_requests(repo / "recommend" / "1" / "artifacts"):
+            for title, request in demo_requests(RunArtifacts(repo / "recommend" / "1" / "artifacts")):
                 print(f"== {title}")
                 try:
                     t = time.perf_counter()

@@ -1,8 +1,8 @@
 """The ``recommend`` model's wire format: tensor names, dtypes and shapes, both directions.
 
 Light on purpose (numpy only): the gRPC client imports it, so calling the service never pulls in
-torch. The server side turns these tensors into a :class:`ranking.pipeline.Request`
-(:mod:`serving.request`). ``tests/test_serving_protocol.py`` checks that the committed
+torch. The server side turns these tensors into a :class:`pipeline.pipeline.Request`
+(:mod:`serving.request`). ``tests/serving/test_serving_protocol.py`` checks that the committed
 ``triton_repo/recommend/config.pbtxt`` declares exactly this table.
 """
 

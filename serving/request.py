@@ -1,7 +1,7 @@
 """Server side of the ``recommend`` wire format: tensors -> :class:`Request`, answer -> tensors.
 
-Everything a client can get wrong is caught here or in :func:`ranking.pipeline.validate_request`
-and raised as :class:`ranking.pipeline.RequestError` with a message naming the input and the
+Everything a client can get wrong is caught here or in :func:`pipeline.pipeline.validate_request`
+and raised as :class:`pipeline.pipeline.RequestError` with a message naming the input and the
 fix; the Triton model turns it into INVALID_ARGUMENT. Triton itself already rejects a missing
 required input and a wrong datatype or rank before the model runs; the checks below repeat them
 so that the function is safe to call with anything.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
+from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
 from serving.protocol import INPUTS, LIST_INPUTS, MAX_LIST_LEN, OUTPUTS
 
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z

@@ -67,7 +67,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from train import train
 
     d = tmp_path_factory.mktemp("tiny_run")
-    train(compose_cfg(d, TINY_DATA + ["stage=ranking", "ranking.max_epochs=3", "ranking.cold_users=50"]))
+    train(compose_cfg(d, TINY_DATA + ["stage=ranking", "ranking.max_epochs=3", "eval.cold_users=50"]))
     return d / "run"
 
 
@@ -81,3 +81,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_deployed_run(tmp_path_factory) -> Path:
+    """A trained run whose served state was rebuilt from all interactions (stage=deploy)."""
+    from train import train
+
+    d = tmp_path_factory.mktemp("tiny_deployed")
+    train(compose_cfg(d, TINY_DATA + ["stage=deploy", "ranking.max_epochs=2", "eval.cold_users=20",
+                                      "retrieval.refit.mode=none"]))
+    return d / "run"

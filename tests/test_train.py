@@ -1,5 +1,6 @@
 """train.py end to end on tiny data, and a smoke test for every config group option."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,9 @@ def test_baselines_stage_writes_metrics_and_report(tmp_path):
     assert m["ease/test/ndcg@10"] > m["mostpop/test/ndcg@10"]
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| ease |" in report and "Baselines" in report and "l2 =" in report
-    assert (tmp_path / "run" / "artifacts" / "encoders.json").exists()
+    manifest = json.loads((tmp_path / "run" / "artifacts" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["config"]["stage"] == "baselines"
+    assert "store" not in manifest["artifacts"]  # the baselines serve nothing
 
 
 @pytest.mark.parametrize("split", _options("split"))
@@ -75,11 +78,26 @@ def test_movielens_baselines_real_data(tmp_path):
     assert m["ease/test/ndcg@10"] > m["mostpop/test/ndcg@10"]
 
 
-@pytest.mark.parametrize("group", ["data", "split", "eval", "baselines", "retrieval", "index", "trainer", "logger", "paths"])
+@pytest.mark.parametrize("group", ["data", "split", "eval", "baselines", "retrieval", "index", "ranking", "pipeline",
+                                   "rules", "distill", "export", "trainer", "logger", "paths"])
 def test_every_config_option_composes(tmp_path, group):
     for option in _options(group):
         cfg = compose_cfg(tmp_path, [f"{group}={option}"])
         assert cfg[group] is not None
+        if "_target_" in cfg[group] and group != "trainer":  # groups that configure a class build it
+            assert instantiate(cfg[group]) is not None
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_and_overrides(tmp_path, experiment):
+    from omegaconf import OmegaConf
+
+    text = (Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml").read_text()
+    assert "# @package _global_" in text  # experiments override keys of the whole config
+    base = compose_cfg(tmp_path)
+    cfg = compose_cfg(tmp_path, [f"experiment={experiment}"])
+    assert OmegaConf.to_container(cfg, resolve=True) != OmegaConf.to_container(base, resolve=True)
+    assert instantiate(cfg.pipeline).n_candidates > 0
 
 
 @pytest.mark.parametrize("logger", _options("logger"))
@@ -93,9 +111,11 @@ def test_every_logger_instantiates_offline(tmp_path, logger):
             assert lg.experiment.settings.mode in ("offline", "dryrun")  # works with no network and no account
 
 
-def test_precision_auto_is_fp32_on_cpu():
+def test_precision_auto_picks_bf16_only_on_a_bf16_gpu(monkeypatch):
     import torch
 
-    expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    assert resolve_precision("auto") == expected
-    assert resolve_precision("16-mixed") == "16-mixed"
+    for cuda, bf16, expected in ((False, False, "32-true"), (True, False, "32-true"), (True, True, "bf16-mixed")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert resolve_precision("auto") == expected
+    assert resolve_precision("16-mixed") == "16-mixed"  # an explicit choice is kept as it is

@@ -1,8 +1,8 @@
 """``recommend``: one request in, the final list out, through the offline pipeline itself.
 
-It builds the same :class:`ranking.pipeline.Pipeline` as offline evaluation with
-:func:`ranking.load.load_pipeline`, replacing only the two neural models with their exported ONNX
-files, so online and offline answers agree. How those run is the ``INFERENCE`` parameter of
+It builds the same :class:`pipeline.pipeline.Pipeline` as offline evaluation with
+:meth:`pipeline.artifacts.RunArtifacts.load_pipeline`, replacing only the neural models with their
+exported ONNX files, so online and offline answers agree. How those run is the ``INFERENCE`` parameter of
 config.pbtxt (``auto``, the default, takes the export's choice from ``1/rankers.json``: ``bls`` for
 the stock flavour, ``in_process`` for the wheel; see ``export.recommend_inference``):
 
@@ -19,7 +19,8 @@ Rankers: ``1/rankers.json`` (written by the export) lists the exported ones (``r
 ``ranker_student``, ``ranker_int8``, ...) and the default (``export.ranker``). A request may name
 another in its ``ranker`` input; the pipeline's ranker is swapped for that request only (requests
 run one after another in ``execute``), so exposure-cap state stays one per instance whatever the
-ranker. The ``ranker`` output says which one scored the answer.
+ranker. The ``ranker`` output says which one scored the answer. The ranker choice and the stage
+timings are arguments of :meth:`Pipeline.recommend`: nothing in the pipeline is replaced from here.
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
 ``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
@@ -30,25 +31,22 @@ Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from export.config import INFERENCE
-from export.onnx_export import OnnxCallable
-from export.spec import ModelSpec, from_batch, load_specs, to_batch
-from ranking.load import load_pipeline
-from ranking.pipeline import ROUTES, RequestError
+from inference.models import INFERENCE, OnnxCallable
+from inference.spec import ModelSpec, from_batch, load_specs, to_batch
+from pipeline.artifacts import RunArtifacts
+from pipeline.pipeline import ROUTES, STAGES, RequestError
 from serving.protocol import INPUTS, OUTPUTS
 from serving.request import encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
 REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
-STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
 
 
 class BlsModel:
@@ -67,17 +65,6 @@ class BlsModel:
         out = [from_batch(t, pb_utils.get_output_tensor_by_name(response, t.name).as_numpy())
                for t in self.spec.outputs]
         return out[0] if len(out) == 1 else tuple(out)
-
-
-def timed(fn, histogram):
-    """Wrap ``fn`` so each call's duration lands in ``histogram`` (seconds)."""
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            histogram.observe(time.perf_counter() - start)
-    return wrapper
 
 
 class TritonPythonModel:
@@ -109,16 +96,11 @@ class TritonPythonModel:
                 return OnnxCallable(repo / name / "1" / "model.onnx", specs[name], threads, gpu)
         else:
             raise ValueError(f"parameter INFERENCE={inference!r}; known: {', '.join(INFERENCE)}")
-        user_tower = timed(model(user_tower), self.stage["user_tower"])
-        self.rankers = {n: timed(model(n), self.stage["ranker"]) for n in served["rankers"]}
-        self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower,
-                                      ranker=self.rankers[self.default_ranker])
-        # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
-        self.pipeline.retriever.retrieve = timed(self.pipeline.retriever.retrieve, self.stage["retrieval"])
-        self.pipeline.features.build_inputs = timed(self.pipeline.features.build_inputs, self.stage["features"])
-        self.pipeline.apply_rules = timed(self.pipeline.apply_rules, self.stage["rules"])
-        titles = version / "item_titles.json"
-        self.titles = json.loads(titles.read_text()) if titles.exists() else {}
+        art = RunArtifacts(version / "artifacts")
+        self.pipeline = art.load_pipeline(user_encoder=model(user_tower), rankers={n: model(n) for n in served["rankers"]},
+                                          default_ranker=self.default_ranker)
+        self.rankers = list(served["rankers"])
+        self.titles = art.titles()
         self.logger = pb_utils.Logger
 
     def _metrics(self) -> None:
@@ -138,18 +120,15 @@ class TritonPythonModel:
         self.returned = returned.Metric(labels={}, buckets=SIZE_BUCKETS)
         self.stage = {s: stage.Metric(labels={"stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
 
+    def _observe(self, stage: str, seconds: float) -> None:
+        self.stage[stage].observe(seconds)
+
     def _answer(self, request) -> dict[str, np.ndarray]:
         tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
         arrays = {n: t.as_numpy() for n, t in tensors.items() if t is not None}
         parsed = parse_request(arrays, self.pipeline.max_k)
-        ranker = requested_ranker(arrays, list(self.rankers), self.default_ranker)
-        start = time.perf_counter()
-        self.pipeline.ranker = self.rankers[ranker]
-        try:
-            rec = self.pipeline.recommend([parsed])[0]
-        finally:
-            self.pipeline.ranker = self.rankers[self.default_ranker]
-        self.stage["total"].observe(time.perf_counter() - start)
+        ranker = requested_ranker(arrays, self.rankers, self.default_ranker)
+        rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
         self.requests[rec.route].increment(1)
         self.returned.observe(len(rec.item_ids))
         # One increment per reason, not per item: every metric call is a round trip to the server.

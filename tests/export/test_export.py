@@ -14,15 +14,17 @@ from tritonclient.grpc import model_config_pb2
 from tests.conftest import TINY_DATA, compose_cfg
 from export.__main__ import main as export_main
 from export.config import DEFAULTS, recommend_inference
-from export.onnx_export import OnnxCallable, example_inputs, onnx_session, run_onnx, run_torch
-from export.spec import ModelSpec, from_batch, ranker_spec, to_batch
-from export.stage import code_bounds, export_if_needed, is_exported, load_models, parity_inputs, run_export
+from export.onnx_export import example_inputs, run_torch
+from inference.models import OnnxCallable, onnx_session, run_onnx
+from export.spec import ranker_spec
+from inference.spec import ModelSpec, from_batch, to_batch
+from export.repository import code_bounds, export_if_needed, is_exported, load_models, parity_inputs, run_export
 from export.triton_config import onnx_model_config
 from features.store import FeatureStore
 from ranking.features import GROUPS, input_groups
-from ranking.load import load_pipeline
+from pipeline.artifacts import RunArtifacts, load_pipeline
 from ranking.model import build_ranker
-from ranking.pipeline import Request
+from pipeline.pipeline import Request
 
 pytestmark = pytest.mark.slow
 ONNX_MODELS = ("user_tower", "item_tower", "ranker")
@@ -46,8 +48,8 @@ def repo(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def models(tiny_run):
     """store, and name -> (PyTorch module, table, real inputs) of the run's models."""
-    art = tiny_run / "artifacts"
-    store = FeatureStore.load(art / "store")
+    art = RunArtifacts(tiny_run)
+    store = art.load_store()
     loaded = load_models(art, store)
     real = parity_inputs(art, store, loaded["user_tower"][0], loaded["ranker"][0], rows=50)
     return store, {name: (module, spec, real[name]) for name, (module, spec) in loaded.items()}
@@ -144,8 +146,8 @@ def test_manifest_titles_and_serving_files(repo, tiny_run):
     assert manifest["run_dir"] == str(tiny_run.resolve()) and manifest["flavour"] == "wheel"
     assert all(d < 1e-4 for d in manifest["parity_max_abs_diff"].values())
     assert is_exported(repo, tiny_run, "wheel") and not is_exported(repo, tiny_run, "stock")
-    titles = json.loads((repo / "recommend" / "1" / "item_titles.json").read_text())
-    items = json.loads((tiny_run / "artifacts" / "items.json").read_text())
+    titles = RunArtifacts(repo / "recommend" / "1" / "artifacts").titles()
+    items = json.loads((tiny_run / "artifacts" / "store" / "items.json").read_text())
     assert set(titles) == set(items) and any(titles.values())
     served = json.loads((repo / "recommend" / "1" / "rankers.json").read_text())
     assert served["default"] == "ranker" and served["inference"] == "in_process"  # wheel flavour: auto -> in process
@@ -165,7 +167,7 @@ def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run)
 
     torch_pipe = load_pipeline(tiny_run)
     onnx_pipe = load_pipeline(tiny_run, user_encoder=ort_model("user_tower"), ranker=ort_model("ranker"))
-    users = json.loads((tiny_run / "artifacts" / "users.json").read_text())[:20] + ["someone-new"]
+    users = json.loads((tiny_run / "artifacts" / "store" / "users.json").read_text())[:20] + ["someone-new"]
     for u in users:
         r = Request(user_id=u, k=10, timestamp=1_700_500_000)
         a, b = torch_pipe.recommend([r])[0], onnx_pipe.recommend([r])[0]
@@ -208,8 +210,8 @@ def test_demo_asks_for_real_users_and_categories(repo, tmp_path):
     from serving.demo import demo_requests, latest_run
 
     art = repo / "recommend" / "1" / "artifacts"
-    requests = dict(demo_requests(art))
-    users = json.loads((art / "users.json").read_text())
+    requests = dict(demo_requests(RunArtifacts(art)))
+    users = json.loads((art / "store" / "users.json").read_text())
     known, cold, filtered, bad = requests.values()
     assert known["user_id"] in users and cold["user_id"] not in users and bad["k"] == 0
     store = FeatureStore.load(art / "store")
@@ -234,8 +236,8 @@ def test_a_distilled_student_is_exported_as_ranker_student(tiny_run, tmp_path):
     model_cfg = {"emb_dim": 4, "group_dim": 8, "hidden": [8], "dropout": 0.0, "prior": True, "tower_embeddings": True,
                  "groups": ["collaborative", "popularity"]}
     student = build_ranker(store.features, dim, **model_cfg)
-    torch.save({"state_dict": student.state_dict(), "model_cfg": model_cfg, "tower_dim": dim},
-               run / "artifacts" / "ranker_student.pt")
+    with RunArtifacts(run).writing("ranker_student") as path:
+        torch.save({"state_dict": student.state_dict(), "model_cfg": model_cfg, "tower_dim": dim}, path)
     # int8 off: this student is untrained, so the int8 top-10 agreement gate says nothing useful here
     repo = run_export(export_cfg(tmp_path, tmp_path / "repo", "export.int8.enabled=false"), run)
     cfg = text_format.Parse((repo / "ranker_student" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
@@ -250,7 +252,7 @@ def test_a_distilled_student_is_exported_as_ranker_student(tiny_run, tmp_path):
 def test_template_copy_takes_only_committed_files(tmp_path):
     """An export into triton_repo/ itself (make run) leaves generated models there; copying the
     template into another repository must not carry them along."""
-    from export.stage import TEMPLATE, TEMPLATE_FILES, copy_template
+    from export.repository import TEMPLATE, TEMPLATE_FILES, copy_template
 
     template = tmp_path / "template"
     for name in TEMPLATE_FILES:

@@ -136,7 +136,7 @@ def test_resume_from_checkpoint(tmp_path):
 
 def test_unknown_refit_mode_stops_before_training(tmp_path):
     from features.prepare import prepare
-    from retrieval.stage import run_retrieval
+    from stages.retrieval import run_retrieval
     from tests.conftest import TINY_DATA, compose_cfg
 
     cfg = compose_cfg(tmp_path, TINY_DATA + ["stage=retrieval", "retrieval.refit.mode=warm"])

@@ -14,12 +14,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from pipeline.settings import PipelineSettings
 from ranking.features import GROUPS, CandidateFeatures
 from ranking.rule_config import RuleSet
 from ranking.rules import ExposureTracker, ItemCatalog, RequestContext
 from retrieval.retriever import Retriever
 
 ROUTES = ("known_user", "cold_user")
+# What on_stage reports, in order: the user tower, candidate retrieval, ranker features, the ranker,
+# the rules, and the whole request.
+STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
 MAX_ID_LENGTH = 256
 
 
@@ -81,11 +85,11 @@ def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.nda
     return np.concatenate([row, head[n - len(extra):]])[:n]
 
 
-def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, timestamps: np.ndarray,
-                        n: int, popular_share: float, cooc_share: float, recent: np.ndarray | None = None,
-                        attributes=None, rows=None):
-    """Candidates for a batch from three sources. -> scores (B, n), items (B, n), queries (B, D).
+def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, queries: np.ndarray,
+                        settings: PipelineSettings, recent: np.ndarray | None = None, rows=None):
+    """Candidates for a batch from three sources. -> scores (B, n), items (B, n).
 
+    ``queries``: the requests' user-tower embeddings (B, D) (:meth:`Retriever.embed_requests`);
     ``rows``: the requests' ``features.history_rows`` when the caller already built them.
 
     - the two-tower query through the FAISS index (every request);
@@ -93,14 +97,15 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
       ``cooc_share`` of the slots, so items the towers rank low but history strongly suggests reach
       the ranker;
     - for a request with neither a known user nor recent items (little for the towers to go on):
-      the most popular items in ``popular_share`` of the slots.
+      the most popular items in ``cold_popular_share`` of the slots.
     Every candidate's retrieval score is the query . item inner product, whatever its source.
     """
-    scores, items, queries = retriever.retrieve(users, timestamps, n, recent=recent, attributes=attributes)
+    n = settings.n_candidates
+    scores, items = retriever.candidates(queries, users, n)
     users = np.asarray(users)
     has_recent = np.zeros(len(users), bool) if recent is None else (recent >= 0).any(axis=1)
     cold = (users < 0) & ~has_recent
-    n_cooc, n_pop = int(n * cooc_share), int(n * popular_share)
+    n_cooc, n_pop = int(n * settings.cooc_share), int(n * settings.cold_popular_share)
     extra = np.full((len(users), 0), -1, dtype=np.int64)
     if n_cooc and (~cold).any():
         extra = features.history_top(features.history_rows(users, recent) if rows is None else rows, n_cooc)
@@ -116,31 +121,91 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
         items[b, : len(row)] = row
         scores[b] = -np.inf
         scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
-    return scores, items, queries
+    return scores, items
+
+
+StageCallback = Callable[[str, float], None]  # (stage name, seconds)
+
+
+class _Stages:
+    """Times the pipeline's steps for an ``on_stage`` callback (nothing is timed without one)."""
+
+    def __init__(self, on_stage: StageCallback | None):
+        self.on_stage = on_stage
+
+    def run(self, name: str, fn, *args, **kwargs):
+        if self.on_stage is None:
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.on_stage(name, time.perf_counter() - start)
 
 
 class Pipeline:
-    """Retriever + ranker + rules over one feature store."""
+    """Retriever + rankers + rules over one feature store.
 
-    def __init__(self, retriever: Retriever, ranker: Callable, features: CandidateFeatures, rules: RuleSet,
-                 catalog: ItemCatalog, n_candidates: int, max_k: int, cold_popular_share: float, cooc_share: float,
+    Args:
+        retriever: user encoder, item index and feature store.
+        rankers: ranker name -> callable (named numpy inputs -> scores, contributions); a request
+            may name any of them.
+        default_ranker: the ranker used when a request names none.
+        features: the ranker's candidate features.
+        rules: business rules after the ranker.
+        catalog: the rules' view of the items.
+        settings: :class:`PipelineSettings`.
+        exposure: exposure-cap state shared by every request of this pipeline (None: no cap state).
+    """
+
+    def __init__(self, retriever: Retriever, rankers: dict[str, Callable], default_ranker: str,
+                 features: CandidateFeatures, rules: RuleSet, catalog: ItemCatalog, settings: PipelineSettings,
                  exposure: ExposureTracker | None = None):
-        self.retriever, self.ranker, self.features = retriever, ranker, features
-        self.rules, self.catalog = rules, catalog
-        self.n_candidates, self.max_k = n_candidates, max_k
-        self.cold_popular_share, self.cooc_share = cold_popular_share, cooc_share
+        if default_ranker not in rankers:
+            raise ValueError(f"default ranker {default_ranker!r} is not among the rankers {sorted(rankers)}")
+        self.retriever, self.rankers, self.default_ranker = retriever, dict(rankers), default_ranker
+        self.features, self.rules, self.catalog, self.settings = features, rules, catalog, settings
         self.exposure = exposure
         self.store = retriever.store
         self.store.most_popular(1)  # sort the catalog by popularity now, not on the first cold request
 
-    def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None):
-        """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G)."""
+    @property
+    def max_k(self) -> int:
+        return self.settings.max_k
+
+    def variant(self, **changes) -> "Pipeline":
+        """A pipeline sharing this one's parts, with some replaced (``rankers``, ``default_ranker``,
+        ``exposure``, ...): e.g. an evaluation without exposure state, or with another ranker."""
+        parts = dict(retriever=self.retriever, rankers=self.rankers, default_ranker=self.default_ranker,
+                     features=self.features, rules=self.rules, catalog=self.catalog, settings=self.settings,
+                     exposure=self.exposure)
+        unknown = set(changes) - set(parts)
+        if unknown:
+            raise TypeError(f"unknown pipeline part(s) {sorted(unknown)}; known: {sorted(parts)}")
+        return Pipeline(**{**parts, **changes})
+
+    def ranker(self, name: str | None = None) -> Callable:
+        """The ranker callable of that name (the default when None); RequestError for an unknown one."""
+        name = self.default_ranker if name is None else name
+        if name not in self.rankers:
+            raise RequestError(f"ranker={name!r} is not served; known: {', '.join(self.rankers)}")
+        return self.rankers[name]
+
+    def rank(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None, attributes=None,
+             ranker: str | None = None, on_stage: StageCallback | None = None):
+        """Candidates and ranker scores for a batch. -> items (B, C), scores (B, C), contributions (B, C, G).
+
+        ``on_stage(name, seconds)`` is called after each step (user_tower, retrieval, features, ranker).
+        """
+        score = self.ranker(ranker)
+        stages = _Stages(on_stage)
+        queries = stages.run("user_tower", self.retriever.embed_requests, users, timestamps, recent, attributes)
         rows = self.features.history_rows(users, recent)  # (B, N) known items, shared by both steps
-        r_scores, items, queries = retrieve_candidates(self.retriever, self.features, users, timestamps,
-                                                       self.n_candidates, self.cold_popular_share, self.cooc_share,
-                                                       recent, attributes, rows)
-        x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes, rows)
-        scores, contrib = self.ranker(x)
+        r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
+                                     self.settings, recent, rows)
+        x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
+                       attributes, rows)
+        scores, contrib = stages.run("ranker", score, x)
         b, c = items.shape
         scores = np.where(items >= 0, np.asarray(scores, np.float32).reshape(b, c), -np.inf)
         return items, scores, np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
@@ -166,8 +231,17 @@ class Pipeline:
         groups = [r.split(":")[1] if r.startswith("backfill") else main[i] for i, r in zip(out.tolist(), reasons)]
         return out, out_scores, reasons, groups
 
-    def recommend(self, requests: list[Request]) -> list[Recommendation]:
-        """Answer a batch of requests (validated first; a bad one raises :class:`RequestError`)."""
+    def recommend(self, requests: list[Request], ranker: str | None = None,
+                  on_stage: StageCallback | None = None) -> list[Recommendation]:
+        """Answer a batch of requests (validated first; a bad one raises :class:`RequestError`).
+
+        Args:
+            requests: the batch.
+            ranker: which of ``rankers`` scores it (None: the default).
+            on_stage: called with (stage, seconds) for each step of :data:`STAGES`.
+        """
+        start = time.perf_counter()
+        self.ranker(ranker)  # an unknown ranker is a bad request, before any work
         for r in requests:
             validate_request(r, self.max_k)
         users = self.store.users.lookup([r.user_id for r in requests])
@@ -180,7 +254,8 @@ class Pipeline:
                 self.catalog.category_codes(list(r.include_categories) + list(r.exclude_categories))
         except ValueError as e:
             raise RequestError(str(e)) from e
-        items, scores, contrib = self.rank(users, ts, recent, attributes)
+        items, scores, contrib = self.rank(users, ts, recent, attributes, ranker, on_stage)
+        rules_start = time.perf_counter()
         out = []
         for b, r in enumerate(requests):
             it, sc, reasons, groups = self.apply_rules(int(users[b]), items[b], scores[b], contrib[b], int(r.k), r,
@@ -190,6 +265,10 @@ class Pipeline:
             route = "known_user" if users[b] >= 0 else "cold_user"
             out.append(Recommendation(r.user_id, route, [str(self.store.items.ids[i]) for i in it],
                                       [float(s) for s in sc], list(reasons), groups))
+        if on_stage is not None:
+            end = time.perf_counter()
+            on_stage("rules", end - rules_start)
+            on_stage("total", end - start)
         return out
 
     def _recent(self, requests: list[Request]) -> np.ndarray | None:

@@ -1,6 +1,6 @@
 """Batch recommendations: a trained run + a table of requests -> the top K per request.
 
-    python -m ranking.batch --run-dir outputs/<run> --requests requests.csv --k 10 --out recs.parquet
+    python -m pipeline.batch --run-dir outputs/<run> --requests requests.csv --k 10 --out recs.parquet
 
 Requests (CSV or parquet): ``user_id`` (required), optional ``timestamp`` (Unix seconds, the
 request's context; now when missing). Output (CSV or parquet by extension): ``user_id``,
@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from features.custom import read_table
 from features.schema import DataError
-from ranking.load import load_pipeline
-from ranking.pipeline import Pipeline, Request
+from pipeline.artifacts import load_pipeline
+from pipeline.pipeline import Pipeline, Request
 
 log = logging.getLogger(__name__)
 

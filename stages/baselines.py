@@ -34,25 +34,35 @@ def evaluate_model(score_fn, data: Prepared, part: str, ks: list[int], batch_siz
     )
 
 
+def tuned_factory(spec: DictConfig, data: Prepared, eval_cfg: DictConfig):
+    """A baseline's factory and its hyperparameter chosen on ``data``'s validation split (fit on train).
+
+    Returns:
+        ``factory(value) -> model``, the chosen value (None when the baseline is not tuned), and
+        {value: validation metric}.
+    """
+    def factory(value=None):
+        return instantiate(spec.model, **({spec.tune.param: value} if spec.tune and value is not None else {}))
+
+    if not spec.tune:
+        return factory, None, {}
+    best, table = select_by_validation(factory, list(spec.tune.grid), data.train, data.valid,
+                                       metric=eval_cfg.select_metric, ks=list(eval_cfg.ks))
+    return factory, best, table
+
+
 def run_baselines(data: Prepared, baselines: DictConfig, eval_cfg: DictConfig, out_dir: Path, progress: bool) -> dict:
     """Fit, tune and evaluate every configured baseline; write rows into metrics.json."""
     ks = list(eval_cfg.ks)
     notes = []
     results = {}
     for name, spec in baselines.items():
-        factory = lambda value=None, spec=spec: instantiate(  # noqa: E731
-            spec.model, **({spec.tune.param: value} if spec.tune and value is not None else {})
-        )
+        factory, best, table = tuned_factory(spec, data, eval_cfg)
         if spec.tune:
-            best, table = select_by_validation(
-                factory, list(spec.tune.grid), data.train, data.valid, metric=eval_cfg.select_metric, ks=ks
-            )
             notes.append(
                 f"- {name}: {spec.tune.param} = {best} chosen on valid {eval_cfg.select_metric} "
                 + "(" + ", ".join(f"{k}: {v:.4f}" for k, v in table.items()) + ")"
             )
-        else:
-            best = None
         model = factory(best).fit(data.train)
         valid = evaluate_model(model.score, data, "valid", ks, eval_cfg.batch_size, progress=False)
         update_metrics(out_dir, name, "valid", valid)

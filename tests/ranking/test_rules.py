@@ -12,7 +12,7 @@ from features.vocab import IdVocab
 from ranking import rules as R
 from ranking.rule_config import RuleConfigError, RuleSet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WHERE = "configs/rules/test.yaml"
 # Codes: 1 comedy, 2 drama, 3 horror; the first non-zero code is the primary category.
 CATS = [[1, 0], [1, 2], [1, 0], [2, 0], [2, 3], [3, 0], [0, 0], [3, 1]]

@@ -16,8 +16,8 @@ from evaluation.metrics import (
     lorenz_curve,
     novelty,
     ranking_metrics,
-    topk_excluding,
 )
+from inference.topk import topk_excluding
 
 
 def csr(rows: list[list[int]], n_items: int) -> sp.csr_matrix:

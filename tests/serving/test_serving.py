@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from export.config import DEFAULTS
-from export.onnx_export import onnx_session, run_onnx, run_torch
-from export.spec import from_batch, to_batch
-from export.stage import export_if_needed, load_models, parity_inputs
-from features.store import FeatureStore
-from ranking.load import load_pipeline
-from ranking.pipeline import Request
+from export.onnx_export import run_torch
+from inference.models import onnx_session, run_onnx
+from inference.spec import from_batch, to_batch
+from export.repository import export_if_needed, load_models, parity_inputs
+from pipeline.artifacts import RunArtifacts, load_pipeline
+from pipeline.pipeline import Request
 from retrieval.index import load_index, search
 from serving import cli
 from serving.client import RecommendClient
@@ -63,8 +63,8 @@ def art(repo):
 
 def sample_requests(art) -> list[Request]:
     """Known users (every 7th), unknown users, filters, exclusions and a cold session."""
-    users = json.loads((art / "users.json").read_text())
-    items = json.loads((art / "items.json").read_text())
+    users = json.loads((art / "store" / "users.json").read_text())
+    items = json.loads((art / "store" / "items.json").read_text())
     reqs = [Request(user_id=u, k=10, timestamp=TS + 3600 * i) for i, u in enumerate(users[::7][:30])]
     reqs += [Request(user_id="new-user-1", k=10, timestamp=TS),
              Request(user_id="new-user-2", k=3, timestamp=TS + 50_000)]
@@ -117,8 +117,8 @@ def test_all_models_ready(server):
 
 @pytest.mark.parametrize("name", ["user_tower", "item_tower", "ranker"])
 def test_pytorch_onnxruntime_and_triton_agree(server, repo, tiny_run, name):
-    art = tiny_run / "artifacts"
-    store = FeatureStore.load(art / "store")
+    art = RunArtifacts(tiny_run)
+    store = art.load_store()
     models = load_models(art, store)
     module, spec = models[name]
     x = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], rows=40)[name]
@@ -152,7 +152,7 @@ def test_retrieval_model_is_the_faiss_search(server, art):
     want_scores, want_items = search(index, query, 25)
     np.testing.assert_array_equal(items, want_items)
     np.testing.assert_allclose(scores, want_scores, atol=1e-6)
-    catalog = json.loads((art / "items.json").read_text())
+    catalog = json.loads((art / "store" / "items.json").read_text())
     assert [i.decode() for i in ids[0]] == [catalog[i] for i in want_items[0]]
     with pytest.raises(InferenceServerException, match=r"input 'query' has shape \[1, 5\]; send \[batch, ") as err:
         retrieve(server, query[:1, :5], 10)
@@ -201,7 +201,7 @@ def test_unknown_user_gets_the_cold_start_answer(client):
 
 
 def test_server_keeps_serving_after_bad_requests(server, client, art):
-    user = json.loads((art / "users.json").read_text())[0]
+    user = json.loads((art / "store" / "users.json").read_text())[0]
     answer = client.recommend(user, 10, timestamp=TS)
     assert answer.route == "known_user" and len(answer.item_ids) == 10 and all(answer.titles)
     assert server.is_running() and server.ready_models()[-1] == "user_tower"
@@ -221,7 +221,7 @@ def scrape(server) -> str:
 
 def test_metrics_count_routes_errors_items_and_stage_latency(server, client, art):
     before = scrape(server)
-    user = json.loads((art / "users.json").read_text())[0]
+    user = json.loads((art / "store" / "users.json").read_text())[0]
     answers = [client.recommend(user, 6, timestamp=TS), client.recommend("metrics-cold-user", 4, timestamp=TS)]
     for k in (0, 500):
         with pytest.raises(InferenceServerException, match="must be an integer"):
@@ -249,7 +249,7 @@ def test_metrics_count_routes_errors_items_and_stage_latency(server, client, art
 
 
 def test_cli_prints_titles_and_rejects_bad_k(server, art, capsys):
-    user = json.loads((art / "users.json").read_text())[0]
+    user = json.loads((art / "store" / "users.json").read_text())[0]
     assert cli.main(["--user", user, "--k", "3", "--url", server.grpc_url, "--timestamp", str(TS)]) == 0
     out = capsys.readouterr().out
     assert f"user {user} (known_user): 3 items" in out and len(out.strip().splitlines()) == 5

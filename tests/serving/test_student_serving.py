@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from export.stage import export_if_needed
-from ranking.load import load_pipeline
+from export.repository import export_if_needed
+from pipeline.artifacts import load_pipeline
 from ranking.model import load_ranker
-from ranking.pipeline import Request
-from retrieval.retriever import TorchModel
+from pipeline.pipeline import Request
+from inference.models import TorchModel
 from serving import cli
 from serving.client import RecommendClient
 from serving.protocol import encode_request
@@ -33,7 +33,7 @@ RANKERS = ["ranker", "ranker_student", "ranker_int8", "ranker_student_int8"]
 def run(tmp_path_factory):
     """Tiny run with a distilled student, exported with the student as the default ranker."""
     d = tmp_path_factory.mktemp("student_run")
-    cfg = compose_cfg(d, TINY_DATA + ["stage=distill", "ranking.max_epochs=2", "ranking.cold_users=50",
+    cfg = compose_cfg(d, TINY_DATA + ["stage=distill", "ranking.max_epochs=2", "eval.cold_users=50",
                                       "distill.max_epochs=2", "distill.gate.min_retained=0.0",
                                       "export.ranker=ranker_student"])
     train(cfg)
@@ -54,8 +54,8 @@ def client(server):
 
 
 def requests(art) -> list[Request]:
-    users = json.loads((art / "users.json").read_text())
-    items = json.loads((art / "items.json").read_text())
+    users = json.loads((art / "store" / "users.json").read_text())
+    items = json.loads((art / "store" / "items.json").read_text())
     reqs = [Request(user_id=u, k=10, timestamp=TS + 3600 * i) for i, u in enumerate(users[::11][:16])]
     return reqs + [Request(user_id="new-user", k=10, timestamp=TS),
                    Request(user_id="new-user-2", k=5, timestamp=TS, recent_items=items[10:14])]
@@ -84,7 +84,7 @@ def test_every_exported_ranker_is_served(server, client, run):
     assert server.ready_models() == sorted(["item_tower", "recommend", "retrieval", "user_tower", *RANKERS])
     exported = json.loads((run[1] / "export.json").read_text())
     assert exported["rankers"] == RANKERS and exported["ranker"] == "ranker_student"
-    user = json.loads((run[0] / "artifacts" / "users.json").read_text())[0]
+    user = json.loads((run[0] / "artifacts" / "store" / "users.json").read_text())[0]
     for name in RANKERS:
         answer = client.recommend(user, 5, timestamp=TS, ranker=name)
         assert answer.ranker == name and len(answer.item_ids) == 5
@@ -100,13 +100,13 @@ def test_unknown_ranker_is_invalid_argument_and_the_server_keeps_serving(server,
     tensors["ranker"] = np.array([b"ranker", b"ranker_student"], dtype=object)
     with pytest.raises(InferenceServerException, match="unexpected shape for input 'ranker'"):
         client.infer(tensors)
-    user = json.loads((run[0] / "artifacts" / "users.json").read_text())[0]
+    user = json.loads((run[0] / "artifacts" / "store" / "users.json").read_text())[0]
     answer = client.recommend(user, 10, timestamp=TS)
     assert answer.ranker == "ranker_student" and len(answer.item_ids) == 10 and server.is_running()
 
 
 def test_cli_takes_a_ranker(server, run, capsys):
-    user = json.loads((run[0] / "artifacts" / "users.json").read_text())[0]
+    user = json.loads((run[0] / "artifacts" / "store" / "users.json").read_text())[0]
     url = server.grpc_url
     assert cli.main(["--user", user, "--k", "3", "--url", url, "--timestamp", str(TS), "--ranker", "ranker_int8"]) == 0
     assert f"user {user} (known_user): 3 items, scored by ranker_int8" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """The ``retrieval`` stage: train the towers, build the FAISS index, evaluate candidates, save artifacts.
 
-Artifacts (``<run>/artifacts/``): ``two_tower.pt`` (tower weights + build config),
-``item_embeddings.npy``, ``items.faiss`` (+ ``.json``), and the feature store (``store/``) built
-from train+valid: what the batch command and serving load.
+Artifacts (through :class:`pipeline.artifacts.RunArtifacts`): the towers, the catalog's item
+embeddings, the FAISS index, and the feature store built from train+valid: what the batch command
+and serving load.
 """
 
 from __future__ import annotations
@@ -12,52 +12,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from evaluation.evaluate import metrics_from_topk
-from evaluation.metrics import item_popularity, ranking_metrics, topk_excluding
+from evaluation.evaluate import fill_short_lists, metrics_from_topk
+from evaluation.metrics import item_popularity, ranking_metrics
+from inference.topk import topk_excluding
 from evaluation.report import add_section, save_lists, update_metrics
-from features.prepare import Prepared
+from features.prepare import Prepared, first_times, history_frame
 from features.store import FeatureStore
-from retrieval.index import IndexConfig, build_index, save_index
+from pipeline.artifacts import RunArtifacts, data_seen
+from retrieval.index import build_index, save_index
 from retrieval.retriever import Retriever
-from retrieval.towers import TwoTower
+from retrieval.towers import TwoTower, item_embeddings
 from retrieval.trainer import fit_two_tower
 
 log = logging.getLogger(__name__)
 MODEL_NAME = "two_tower"
 
 
-def history_frame(data: Prepared, part: str) -> pd.DataFrame:
-    """Known interactions when answering for ``part``: train for valid; train+valid for test."""
-    return data.split.train if part == "valid" else pd.concat([data.split.train, data.split.valid], ignore_index=True)
 
-
-def first_times(frame: pd.DataFrame, data: Prepared) -> np.ndarray:
-    """(n_users,) each user's first timestamp in ``frame`` (their offline request time), -1 if none."""
-    out = np.full(len(data.users), -1, dtype=np.int64)
-    if len(frame):
-        first = frame.groupby("user_id", sort=False)["timestamp"].min()
-        idx = data.users.lookup(first.index.to_numpy())
-        out[idx[idx >= 0]] = first.to_numpy()[idx >= 0]
-    return out
-
-
-def fill_short_lists(items: np.ndarray, exclude: sp.csr_matrix) -> np.ndarray:
-    """Replace -1 (fewer candidates than k) with excluded items, which can never be hits."""
-    if (items >= 0).all():
-        return items
-    out = items.copy()
-    for r in np.flatnonzero((items < 0).any(axis=1)):
-        need = np.flatnonzero(out[r] < 0)
-        pad = exclude.indices[exclude.indptr[r] : exclude.indptr[r + 1]]
-        if len(pad) < len(need):  # not enough excluded items: any item not already listed
-            pad = np.setdiff1d(np.arange(exclude.shape[1]), out[r])
-        out[r, need] = pad[: len(need)]
-    return out
 
 
 def candidate_lists(retriever: Retriever, data: Prepared, part: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,15 +45,6 @@ def candidate_lists(retriever: Retriever, data: Prepared, part: str, k: int) -> 
     _, items, _ = retriever.retrieve(users, ts, k)
     return users, fill_short_lists(items, retriever.store.seen[users])
 
-
-def item_embeddings(model: TwoTower, item_table: dict[str, np.ndarray], batch_size: int = 65536) -> np.ndarray:
-    """(N, D) float32 embeddings of the whole catalog."""
-    n = len(next(iter(item_table.values())))
-    out = []
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            out.append(model.item_tower({k: torch.as_tensor(v[s : s + batch_size]) for k, v in item_table.items()}).numpy())
-    return np.concatenate(out).astype(np.float32)
 
 
 def cold_item_slice(data: Prepared, users: np.ndarray, lists: dict[str, np.ndarray], ks: list[int]) -> tuple[str, dict]:
@@ -135,7 +102,7 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
     if rc.refit.mode not in ("none", "scratch"):  # fail before training, not after
         raise ValueError(f"retrieval.refit.mode={rc.refit.mode!r}; use none or scratch")
     model, stats = fit_two_tower(data, rc, cfg.trainer, logger, out_dir, cfg.seed, progress)
-    index_cfg = IndexConfig(**OmegaConf.to_container(cfg.index, resolve=True))
+    index_cfg = instantiate(cfg.index)
     ks = list(rc.eval_ks)
     pop = item_popularity(data.train)
     result = RetrievalResult(model, {}, stats)
@@ -175,11 +142,15 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
             update_metrics(out_dir, name, "test_cold_items", {k: v for k, v in m.items() if k.startswith("recall")})
         add_section(out_dir, "Cold items (retrieval)", text)
     add_section(out_dir, "Retrieval", notes)
-    art = out_dir / "artifacts"
-    art.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
-                "history_len": rc.history_len}, art / "two_tower.pt")
-    np.save(art / "item_embeddings.npy", emb)
-    save_index(index, index_cfg, art / "items.faiss")
-    retriever.store.save(art / "store")
+    art = RunArtifacts(out_dir)
+    trained_on = data_seen(data.split.train)  # the towers never see valid or test
+    with art.writing("two_tower", saw=trained_on) as path:
+        torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
+                    "history_len": rc.history_len}, path)
+    with art.writing("item_embeddings", saw=trained_on) as path:
+        np.save(path, emb)
+    with art.writing("index", saw=trained_on, factory=index_cfg.factory) as path:
+        save_index(index, index_cfg, path)
+    with art.writing("store", saw=data_seen(history_frame(data, "test"))) as path:
+        retriever.store.save(path)
     return result

@@ -7,30 +7,30 @@ answered by the served pipeline: the refit retrieval model and statistics over t
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.baselines import EASE
-from evaluation.evaluate import metrics_from_topk, select_by_validation
-from evaluation.metrics import item_popularity, topk_excluding
-from evaluation.report import add_section, read_metrics, save_lists, update_metrics
-from features.prepare import Prepared
-from ranking.distill import distill
+from evaluation.evaluate import fill_short_lists, metrics_from_topk, select_by_validation
+from evaluation.metrics import item_popularity
+from evaluation.report import add_section, save_lists, update_metrics
+from features.prepare import Prepared, first_times, history_frame
+from inference.models import TorchModel
+from inference.topk import topk_excluding
+from pipeline.artifacts import RunArtifacts, data_seen, make_catalog
+from pipeline.pipeline import Pipeline, retrieve_candidates
+from pipeline.settings import PipelineSettings
 from ranking.features import CandidateFeatures, item_content
-from ranking.load import make_catalog
 from ranking.model import LateFusionRanker, build_ranker
-from ranking.pipeline import Pipeline, retrieve_candidates
 from ranking.rule_config import RuleSet
 from ranking.trainer import fit_ranker, labels_for
-from retrieval.retriever import TorchModel
-from retrieval.stage import RetrievalResult, fill_short_lists, first_times, history_frame
+from stages.retrieval import RetrievalResult
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,7 @@ def candidate_features(data: Prepared, result: RetrievalResult, part: str, cfg: 
                        ease_content: float) -> CandidateFeatures:
     """Ranker feature builder over the history that is known when answering ``part``."""
     r = result.retrievers[part]
-    return CandidateFeatures.build(r.store, history_frame(data, part), r.item_embeddings, cfg.cooc.k_neighbors,
-                                   cfg.cooc.shrink, cfg.cooc.ease_l2, cfg.cooc.ease_max_items, cfg.recent_days,
-                                   ease_content)
+    return CandidateFeatures.from_config(r.store, history_frame(data, part), r.item_embeddings, cfg, ease_content)
 
 
 def choose_ease_content(data: Prepared, result: RetrievalResult, cfg: DictConfig) -> tuple[float, dict[float, float]]:
@@ -59,14 +57,19 @@ def choose_ease_content(data: Prepared, result: RetrievalResult, cfg: DictConfig
     return best, {w: float(v) for w, v in table.items()}
 
 
+def pipeline_settings(cfg: DictConfig) -> PipelineSettings:
+    """The run's :class:`PipelineSettings` (``configs/pipeline/``)."""
+    return instantiate(cfg.pipeline)
+
+
 def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: LateFusionRanker, cfg: DictConfig,
                    rules: RuleSet, ease_content: float) -> Pipeline:
     r = result.retrievers[part]
-    catalog = make_catalog(r.store, r.item_embeddings, cfg.data.get("category_feature"))
+    settings = pipeline_settings(cfg)
+    catalog = make_catalog(r.store, r.item_embeddings, settings.category_feature)
     features = candidate_features(data, result, part, cfg.ranking, ease_content)
-    return Pipeline(r, TorchModel(ranker), features, rules, catalog,
-                    cfg.ranking.n_candidates, cfg.ranking.max_k, cfg.ranking.cold_popular_share,
-                    cfg.ranking.cooc_share, rules.make_tracker(len(catalog)))
+    return Pipeline(r, {"ranker": TorchModel(ranker)}, "ranker", features, rules, catalog, settings,
+                    rules.make_tracker(len(catalog)))
 
 
 def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, ease_content: float):
@@ -83,25 +86,26 @@ def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, eas
     cold = rng.choice(len(users), size=int(len(users) * cfg.ranking.cold_share), replace=False)
     query_users = np.concatenate([users, np.full(len(cold), -1)])
     truth_users, ts = np.concatenate([users, users[cold]]), np.concatenate([ts, ts[cold]])
-    scores, items, queries = retrieve_candidates(result.retrievers["valid"], feats, query_users, ts,
-                                                 cfg.ranking.n_candidates, cfg.ranking.cold_popular_share,
-                                                 cfg.ranking.cooc_share)
+    retriever = result.retrievers["valid"]
+    queries = retriever.embed_requests(query_users, ts)
+    scores, items = retrieve_candidates(retriever, feats, query_users, queries, pipeline_settings(cfg))
     inputs = feats.build_inputs(query_users, ts, queries, items, scores)
     return inputs, labels_for(items, data.valid[truth_users]), items >= 0, truth_users
 
 
 def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.ndarray, ks: list[int],
-                      cold: bool = False) -> dict[str, np.ndarray]:
+                      cold: bool = False, ranker: str | None = None) -> dict[str, np.ndarray]:
     """Test lists of ``ranker`` (candidates re-ordered) and ``pipeline`` (+ rules) for the users.
 
     ``cold``: answer as if the users were unknown (no id, no history): the cold-start route.
+    ``ranker``: which of the pipeline's rankers scores the lists (None: its default).
     """
     k = max(ks)
     ranked, ruled = [], []
     for s in range(0, len(users), 256):
         u, t = users[s : s + 256], ts[s : s + 256]
         q = np.full_like(u, -1) if cold else u
-        items, scores, contrib = pipe.rank(q, t)
+        items, scores, contrib = pipe.rank(q, t, ranker=ranker)
         order = np.argsort(-scores, axis=1, kind="stable")
         top = np.take_along_axis(items, order, 1)[:, :k]
         ranked.append(fill_short_lists(top, pipe.store.seen[u]))
@@ -123,6 +127,7 @@ class RankingResult:
     lists: tuple[dict, np.ndarray, np.ndarray, np.ndarray]  # inputs, labels, valid, groups
     users: np.ndarray  # test users with truth
     timestamps: np.ndarray  # their request times
+    ease_content: float  # weight of item attributes in the prior's EASE, chosen on valid
 
 
 def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_dir: Path, logger, progress: bool) -> RankingResult:
@@ -154,17 +159,17 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
 
     # Cold users: a sample of test users answered with no id and no history, next to MostPop.
     rng = np.random.default_rng(cfg.seed)
-    cold = np.sort(rng.choice(users, size=min(rc.cold_users, len(users)), replace=False))
+    cold = np.sort(rng.choice(users, size=min(cfg.eval.cold_users, len(users)), replace=False))
     cts = first_times(data.split.test, data)[cold]
-    pipe.exposure = None  # keep the main evaluation's exposure state out of the slice
-    cold_lists = evaluate_pipeline(pipe, data, cold, cts, ks, cold=True)
+    # keep the main evaluation's exposure state out of the slice
+    cold_lists = evaluate_pipeline(pipe.variant(exposure=None), data, cold, cts, ks, cold=True)
     # A truly unknown user has no known history, so nothing is excluded for either.
     mostpop = topk_excluding(np.tile(pipe.store.popularity.astype(np.float32), (len(cold), 1)), None, max(ks))
     for name, topk in {"pipeline": cold_lists["pipeline"], "mostpop": mostpop}.items():
         update_metrics(out_dir, name, "test_cold_users", metrics_from_topk(topk, data.test[cold], ks, pop, vectors))
 
     add_section(out_dir, "Ranking", (
-        f"Late-fusion ranker trained on {stats['train_lists']} validation-window lists of {rc.n_candidates} "
+        f"Late-fusion ranker trained on {stats['train_lists']} validation-window lists of {pipe.settings.n_candidates} "
         f"retrieval candidates ({stats['positives_per_list']:.1f} positives per list), early-stopped on "
         f"{stats['val_lists']} held-out lists (list NDCG@10 {stats['best_val_ndcg@10']:.4f}; the prior alone "
         f"{stats['prior_val_ndcg@10']:.4f}; residual weight per route {stats['route_scale']}) after "
@@ -174,87 +179,16 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
         f"{rc.cooc.ease_l2}) with item attributes at weight {ease_content}"
         + (" chosen on valid NDCG@10 (" + ", ".join(f"{w}: {v:.4f}" for w, v in content_table.items()) + ")."
            if content_table else ".")))
-    art = out_dir / "artifacts"
-    torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
-                "tower_dim": tower_dim}, art / "ranker.pt")
-    pipe.features.save(art / "ranker_features")
-    (art / "rules.yaml").write_text(OmegaConf.to_yaml(cfg.rules))
-    (art / "pipeline.json").write_text(json.dumps({
-        "n_candidates": rc.n_candidates, "max_k": rc.max_k, "category_feature": cfg.data.get("category_feature"),
-        "cold_popular_share": rc.cold_popular_share, "cooc_share": rc.cooc_share, "ease_content_weight": ease_content,
-        "dataset": cfg.data.name}))
-    return RankingResult(pipe, ranker, (inputs, labels, valid, groups), users, ts)
-
-
-def count_flops(model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> int:
-    """Multiply-adds x2 of every Linear layer in one forward pass over ``inputs`` (lookups excluded)."""
-    flops = []
-
-    def hook(mod, args, out):
-        flops.append(2 * args[0].shape[:-1].numel() * mod.in_features * mod.out_features)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    with torch.no_grad():
-        model.eval()({k: torch.as_tensor(v) for k, v in inputs.items()})
-    for h in handles:
-        h.remove()
-    return int(sum(flops))
-
-
-def torch_latency_ms(model: torch.nn.Module, inputs: dict[str, np.ndarray], repeats: int = 30) -> float:
-    """Median wall time of one forward pass (PyTorch, CPU threads as configured)."""
-    x = {k: torch.as_tensor(v) for k, v in inputs.items()}
-    times = []
-    with torch.no_grad():
-        model.eval()(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
-
-
-def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir: Path, logger, progress: bool) -> LateFusionRanker:
-    """Distil the teacher into the configured student, gate it, evaluate it like the teacher."""
-    inputs, labels, valid, groups = ranking.lists
-    tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
-    torch.manual_seed(cfg.seed)
-    student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))
-    stats = distill(ranking.ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
-                    out_dir, cfg.seed, progress, groups)
-    student.eval()
-    pipe = ranking.pipeline
-    teacher_fn = pipe.ranker
-    ks = list(cfg.eval.ks)
-    pop, vectors = item_popularity(data.train), data.item_vectors()
-    try:
-        pipe.ranker, pipe.exposure = TorchModel(student), None
-        lists = evaluate_pipeline(pipe, data, ranking.users, ranking.timestamps, ks)
-    finally:
-        pipe.ranker = teacher_fn
-    m = metrics_from_topk(lists["ranker"], data.test[ranking.users], ks, pop, vectors)
-    update_metrics(out_dir, "student", "test", m)
-    save_lists(out_dir, "student", ranking.users, lists["ranker"])
-    # 500 candidates of real requests: latency, size, FLOPs of both rankers.
-    rows = {k: v[:500] for k, v in inputs.items()}
-    cost = {}
-    for name, model in (("teacher", ranking.ranker), ("student", student)):
-        cost[name] = {"params": sum(p.numel() for p in model.parameters()),
-                      "flops_500": count_flops(model, rows), "torch_ms_500": torch_latency_ms(model, rows)}
-        update_metrics(out_dir, name if name == "student" else "ranker", "cost", cost[name])
-    teacher = read_metrics(out_dir)
-    kept = {k: m[k] / teacher[f"ranker/test/{k}"] for k in ("ndcg@10", "recall@10") if teacher.get(f"ranker/test/{k}")}
-    update_metrics(out_dir, "student", "retained", kept)
-    add_section(out_dir, "Distillation", (
-        f"Student ranker (groups {', '.join(student.groups)}; {cost['student']['params']:,} parameters vs "
-        f"{cost['teacher']['params']:,}) distilled from the teacher's scores (MSE + listwise KL at T="
-        f"{cfg.distill.temperature}, label weight {cfg.distill.label_weight}) in {stats['epochs']} epochs. "
-        f"Held-out lists NDCG@10: student {stats['student_val_ndcg@10']:.4f} vs teacher "
-        f"{stats['teacher_val_ndcg@10']:.4f} ({stats['retained']:.1%} retained; gate "
-        f"{cfg.distill.gate.min_retained:.0%}). Test: NDCG@10 {kept.get('ndcg@10', float('nan')):.1%} and Recall@10 "
-        f"{kept.get('recall@10', float('nan')):.1%} of the teacher's. 500 candidates: "
-        f"{cost['student']['flops_500'] / 1e6:.1f} vs {cost['teacher']['flops_500'] / 1e6:.1f} MFLOPs, PyTorch "
-        f"{cost['student']['torch_ms_500']:.2f} vs {cost['teacher']['torch_ms_500']:.2f} ms."))
-    torch.save({"state_dict": student.state_dict(), "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
-                "tower_dim": tower_dim}, out_dir / "artifacts" / "ranker_student.pt")
-    return student
+    art = RunArtifacts(out_dir)
+    lists_seen = data_seen(data.split.valid)  # the ranker learns from validation-window lists
+    with art.writing("ranker", saw=lists_seen) as path:
+        torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
+                    "tower_dim": tower_dim}, path)
+    with art.writing("ranker_features", saw=data_seen(history_frame(data, "test")),
+                     ease_content_weight=ease_content) as path:
+        pipe.features.save(path)
+    with art.writing("rules") as path:
+        path.write_text(OmegaConf.to_yaml(cfg.rules))
+    with art.writing("settings") as path:
+        pipe.settings.save(path)
+    return RankingResult(pipe, ranker, (inputs, labels, valid, groups), users, ts, ease_content)

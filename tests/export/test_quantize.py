@@ -8,10 +8,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from export.config import DEFAULTS
-from export.onnx_export import onnx_session, run_onnx
+from inference.models import onnx_session, run_onnx
 from export.quantize import int8_name, top_k_agreement
-from export.spec import load_specs
-from export.stage import check_default_ranker, export_if_needed, ranker_lists, run_export
+from inference.spec import load_specs
+from pipeline.artifacts import RunArtifacts
+from export.repository import check_default_ranker, export_if_needed, ranker_lists, run_export
 from tests.conftest import TINY_DATA, compose_cfg
 
 # fp32 vs int8 on real candidate lists: a score moves by at most this share of the largest |score|,
@@ -64,7 +65,7 @@ def test_int8_ranker_is_written_next_to_the_fp32_one(repo):
 
 def test_int8_scores_agree_with_fp32_on_real_lists(repo, tiny_run):
     spec = load_specs(repo / "recommend/1/specs.json")["ranker"]
-    x, valid = ranker_lists(tiny_run / "artifacts", 20)
+    x, valid = ranker_lists(RunArtifacts(tiny_run), 20)
     ref = run_onnx(onnx_session(repo / "ranker" / "1" / "model.onnx"), spec, x)[0].reshape(valid.shape)
     got = run_onnx(onnx_session(repo / "ranker_int8" / "1" / "model.onnx"), spec, x)[0].reshape(valid.shape)
     diff = np.abs(ref - got)[valid]

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from features.schema import DataError
-from ranking.batch import main as batch_main
-from ranking.batch import read_requests, recommend_table
+from pipeline.batch import main as batch_main
+from pipeline.batch import read_requests, recommend_table
 from ranking.features import GROUPS
-from ranking.load import load_pipeline
+from pipeline.artifacts import load_pipeline
 from ranking.model import PRIOR, build_ranker, choose_route_scales, init_prior
-from ranking.pipeline import Request, RequestError
+from pipeline.pipeline import Request, RequestError
 from ranking.trainer import list_ndcg, listwise_loss, split_lists
 
 
@@ -44,8 +44,8 @@ def test_ranker_contributions_are_occlusion_differences(tiny_run):
     users = np.arange(4)
     items, scores, contrib = pipe.rank(users, np.full(4, 1_700_000_000))
     assert items.shape == scores.shape == contrib.shape[:2] and contrib.shape[2] == len(GROUPS)
-    model = pipe.ranker.module
-    r_scores, r_items, q = pipe.retriever.retrieve(users, np.full(4, 1_700_000_000), pipe.n_candidates)
+    model = pipe.ranker().module
+    r_scores, r_items, q = pipe.retriever.retrieve(users, np.full(4, 1_700_000_000), pipe.settings.n_candidates)
     x = {k: torch.as_tensor(v) for k, v in pipe.features.build_inputs(users, np.full(4, 1_700_000_000), q, r_items, r_scores).items()}
     with torch.no_grad():
         full, c = model(x)
@@ -117,12 +117,14 @@ def test_route_scales_chosen_on_held_out_lists(tiny_run):
     valid = np.ones((lists, c), bool)
     from ranking.trainer import held_out_ndcg
     chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
-                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645)
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645,
+                                 grid=(0.25, 0.5, 0.75, 1.0))
     assert chosen["known"] > 0 and chosen["cold"] == 0.0
     assert model.route_scale.tolist() == [chosen["known"], 0.0]
     residual_first = np.tile(np.r_[np.zeros(c - 1), 1.0], lists)  # now it pushes a negative to the top
     chosen = choose_route_scales(model, {k: v.numpy() for k, v in x.items()}, labels, valid,
-                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645)
+                                 lambda sc, idx: held_out_ndcg(sc, labels[idx], valid[idx], per_list=True), z=1.645,
+                                 grid=(0.25, 0.5, 0.75, 1.0))
     assert chosen == {"known": 0.0, "cold": 0.0}
 
 
@@ -279,7 +281,7 @@ def test_an_older_ranker_checkpoint_gets_a_clear_error(tiny_run, tmp_path):
 
 
 def test_merge_gives_the_extra_source_its_share_of_slots():
-    from ranking.pipeline import _merge
+    from pipeline.pipeline import _merge
 
     first, extra = np.array([5, 6, 7, 8, -1]), np.array([7, 9, 3, -1])
     # 2 of 4 slots for the extra source (7 moves there, no duplicate), the rest from the first source

@@ -7,12 +7,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from ranking.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
+from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
 from serving.cli import format_answer
 from serving.protocol import INPUTS, MAX_LIST_LEN, OUTPUTS, decode_response, encode_request
 from serving.request import MAX_TIMESTAMP, encode_recommendation, parse_request
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRITON_TYPES = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "FP64": "TYPE_FP64", "FP32": "TYPE_FP32"}
 MAX_K = 50
 

@@ -1,0 +1,74 @@
+"""Models as pipeline callables: named numpy arrays in, numpy out, whatever runs them.
+
+The pipeline calls its user encoder and rankers the same way offline and online:
+:class:`TorchModel` (a PyTorch module, offline), :class:`OnnxCallable` (an exported ONNX file in
+onnxruntime, in process) or a Triton BLS call (``triton_repo/recommend``). ``INFERENCE`` names how
+the served ``recommend`` model runs its ONNX models.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from inference.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+# How `recommend` runs its ONNX models: auto (the export's choice), in_process (onnxruntime inside
+# the python model), bls (calls to the Triton ONNX models).
+INFERENCE = ("auto", "in_process", "bls")
+
+
+class TorchModel:
+    """Adapts an ``nn.Module`` taking a dict of tensors to numpy in, numpy out (eval mode)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    @torch.no_grad()
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        out = self.module({k: torch.as_tensor(v) for k, v in inputs.items()})
+        if isinstance(out, tuple):
+            return tuple(o.float().numpy() for o in out)
+        return out.float().numpy()
+
+
+def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session (few CPU threads: serving runs several models side by side).
+
+    ``gpu``: use the CUDA provider when this onnxruntime build has one (CPU otherwise).
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+class OnnxCallable:
+    """An exported ONNX model as a pipeline callable: named numpy arrays in, numpy out (like the
+    PyTorch :class:`retrieval.retriever.TorchModel`); one output comes back bare, several as a tuple."""
+
+    def __init__(self, path: Path, spec: ModelSpec, threads: int = 1, gpu: bool = False):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} missing; run `python -m export --run-dir <run>` to write it")
+        self.spec = spec
+        self.session = onnx_session(path, threads, gpu)
+
+    def __call__(self, inputs: dict[str, np.ndarray]):
+        out = run_onnx(self.session, self.spec, inputs)
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def run_onnx(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a session on named inputs; outputs in table order."""
+    feed = {t.name: np.asarray(inputs[t.name], dtype=t.dtype) for t in spec.inputs}
+    return session.run(spec.output_names, feed)
+
+

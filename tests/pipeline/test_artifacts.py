@@ -1,0 +1,85 @@
+"""RunArtifacts (one owner of a run's files + manifest), PipelineSettings, and the Pipeline's arguments."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.artifacts import FILES, PIPELINE, RunArtifacts, load_pipeline
+from pipeline.pipeline import STAGES, Request, RequestError
+from pipeline.settings import PipelineSettings
+from tests.conftest import compose_cfg
+
+
+def test_manifest_says_what_each_artifact_saw(tiny_run):
+    m = RunArtifacts(tiny_run).manifest()
+    assert m["status"] == "complete" and m["schema_version"] == 1 and m["code_version"]
+    assert m["config"]["stage"] == "ranking"
+    for name in PIPELINE:
+        assert name in m["artifacts"], name
+    towers, store = m["artifacts"]["two_tower"]["saw"], m["artifacts"]["store"]["saw"]
+    # the towers saw train only; the served store saw train+valid: more interactions, a later end
+    assert 0 < towers["interactions"] < store["interactions"]
+    assert towers["last_timestamp"] <= store["last_timestamp"]
+    assert m["artifacts"]["ranker_features"]["ease_content_weight"] in (0.0, 1.0, 3.0)
+
+
+def test_settings_roundtrip_and_validation(tmp_path):
+    cfg = compose_cfg(tmp_path)
+    from hydra.utils import instantiate
+
+    s = instantiate(cfg.pipeline)
+    assert isinstance(s, PipelineSettings) and s.category_feature == cfg.data.category_feature
+    s.save(tmp_path / "p.json")
+    assert PipelineSettings.load(tmp_path / "p.json") == s
+    with pytest.raises(ValueError, match=r"pipeline.n_candidates=0 must be a positive integer"):
+        PipelineSettings(**{**s.to_dict(), "n_candidates": 0})
+    with pytest.raises(ValueError, match=r"pipeline.cooc_share=1.5 must be a number in \[0, 1\]"):
+        PipelineSettings(**{**s.to_dict(), "cooc_share": 1.5})
+    d = s.to_dict()
+    d.pop("max_k")
+    (tmp_path / "old.json").write_text(json.dumps({**d, "legacy": 1}))
+    with pytest.raises(FileNotFoundError, match=r"lacks \['max_k'\] / has unknown \['legacy'\]"):
+        PipelineSettings.load(tmp_path / "old.json")
+
+
+def test_a_run_killed_mid_way_is_incomplete(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "artifacts", run / "artifacts")
+    art = RunArtifacts(run)
+    m = art.manifest()
+    # as if the process died after writing ranker.pt but before recording it
+    del m["artifacts"]["ranker"]
+    m["status"] = "running"
+    art.manifest_path.write_text(json.dumps(m))
+    assert not art.has("ranker") and art.path("ranker").exists()
+    with pytest.raises(FileNotFoundError, match=r"lacks \['ranker.pt'\] \(the run did not finish"):
+        load_pipeline(run)
+    (run / "artifacts" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+        load_pipeline(run)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pipeline(tmp_path / "nowhere")
+    with pytest.raises(KeyError, match="unknown artifact 'towers'"):
+        art.path("towers")
+    assert set(PIPELINE) <= set(FILES)
+
+
+def test_recommend_takes_the_ranker_and_stage_timing_as_arguments(tiny_run):
+    pipe = load_pipeline(tiny_run).variant(exposure=None)  # no exposure state: answers are repeatable
+    user = RunArtifacts(tiny_run).user_ids()[0]
+    seen: list[tuple[str, float]] = []
+    rec = pipe.recommend([Request(user, 5, 1_700_000_000)], on_stage=lambda s, t: seen.append((s, t)))[0]
+    assert [s for s, _ in seen] == list(STAGES) and all(t >= 0 for _, t in seen)
+    assert len(rec.item_ids) == 5
+    with pytest.raises(RequestError, match="ranker='nope' is not served; known: ranker"):
+        pipe.recommend([Request(user, 5)], ranker="nope")
+    # another ranker for one call leaves the pipeline as it was
+    flipped = {"flip": lambda x: tuple(-np.asarray(a) if i == 0 else a for i, a in enumerate(pipe.ranker()(x)))}
+    other = pipe.variant(rankers={**pipe.rankers, **flipped})
+    assert other.recommend([Request(user, 5, 1_700_000_000)], ranker="flip")[0].item_ids != rec.item_ids
+    assert pipe.recommend([Request(user, 5, 1_700_000_000)])[0].item_ids == rec.item_ids
+    assert set(pipe.rankers) == {"ranker"} and pipe.default_ranker == "ranker"
+    with pytest.raises(TypeError, match="unknown pipeline part"):
+        pipe.variant(ranker=None)

@@ -1,0 +1,72 @@
+"""Deploy on all the data, and refresh the served state with new interactions (no retraining)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.schema import DataError
+from pipeline.artifacts import RunArtifacts, load_pipeline
+from pipeline.pipeline import Request
+from pipeline.refresh import main as refresh_main
+from pipeline.refresh import refresh
+
+
+def test_deployed_state_saw_every_interaction_and_models_did_not(tiny_deployed_run):
+    art = RunArtifacts(tiny_deployed_run)
+    m = art.manifest()["artifacts"]
+    log = pd.read_parquet(art.path("interactions"))
+    assert m["store"]["saw"]["interactions"] == len(log) == m["ranker_features"]["saw"]["interactions"]
+    assert m["store"]["deployed"] is True
+    # the towers saw the train split only: fewer interactions, and nothing after the end of all data
+    assert m["two_tower"]["saw"]["interactions"] < len(log)
+    assert m["store"]["saw"]["last_timestamp"] == int(log["timestamp"].max())
+    store = art.load_store()
+    # every user's latest interaction is in the served history and seen set
+    last = log.sort_values(["user_id", "timestamp", "item_id"]).groupby("user_id").tail(1)
+    u, i = store.users.lookup(last["user_id"]), store.items.lookup(last["item_id"])
+    assert (store.recent[u, -1] == i).all()
+    assert (np.asarray(store.seen[u, i]).ravel() > 0).all()
+    assert (store.last_ts[u] == last["timestamp"].to_numpy()).all()
+
+
+def test_refresh_adds_new_interactions_and_counts_what_it_drops(tiny_deployed_run, tmp_path):
+    art = RunArtifacts(tiny_deployed_run)
+    store = art.load_store()
+    log = pd.read_parquet(art.path("interactions"))
+    user = str(log["user_id"].iloc[0])
+    unseen = next(str(i) for i in store.items.ids if store.seen[store.users.lookup([user])[0], store.items.lookup([i])[0]] == 0)
+    t = int(log["timestamp"].max()) + 3600
+    new = pd.DataFrame({
+        "user_id": [user, "newcomer", "newcomer", user, user, None, user],
+        "item_id": [unseen, unseen, str(store.items.ids[1]), "no-such-item", unseen, unseen,
+                    str(log["item_id"].iloc[0])],
+        "timestamp": [t, t + 1, t + 2, t, t, t, "yesterday"],
+    })
+    new = pd.concat([new, log.iloc[:2].astype({"timestamp": object})], ignore_index=True)  # two known rows
+    report = refresh(tiny_deployed_run, new, tmp_path / "fresh")
+    assert report == {**report, "received": 9, "accepted": 3, "unknown_items": 1, "malformed": 2, "duplicates": 3,
+                      "new_users": 1, "before_training": 0}
+    fresh = RunArtifacts(tmp_path / "fresh")
+    s2 = fresh.load_store()
+    u = s2.users.lookup([user])[0]
+    assert s2.recent[u, -1] == s2.items.lookup([unseen])[0] and s2.last_ts[u] == t
+    assert len(pd.read_parquet(fresh.path("interactions"))) == len(log) + 3
+    # the next answer knows: the item just consumed is not recommended again; the newcomer is known
+    pipe = load_pipeline(tmp_path / "fresh")
+    rec = pipe.recommend([Request(user, 20, t + 10), Request("newcomer", 5, t + 10)])
+    assert unseen not in rec[0].item_ids
+    assert rec[1].route == "known_user"
+    before = load_pipeline(tiny_deployed_run).recommend([Request("newcomer", 5, t + 10)])[0]
+    assert before.route == "cold_user"  # the original run is untouched
+
+
+def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),
+                         "--out-dir", str(tmp_path / "x")]) == 2
+    assert "lack column(s) ['user_id', 'item_id', 'timestamp']" in capsys.readouterr().err
+    with pytest.raises(DataError, match="exists; choose a new directory"):
+        refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "timestamp": [1]}),
+                tiny_deployed_run)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        refresh(tmp_path / "nowhere", pd.DataFrame())
