@@ -40,8 +40,10 @@ import triton_python_backend_utils as pb_utils
 from export.config import INFERENCE
 from export.onnx_export import OnnxCallable
 from export.spec import ModelSpec, from_batch, load_specs, to_batch
+from inference.integrity import verify_files
 from ranking.load import load_pipeline
 from ranking.pipeline import ROUTES, RequestError
+from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
 from serving.request import encode_recommendation, parse_request, requested_ranker
 
@@ -87,6 +89,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version = Path(args["model_repository"]) / args["model_version"]
+        root = version.parent.parent  # checksums.json: every file this model reads, before reading any
+        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/"])
         specs = load_specs(version / "specs.json")
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
@@ -110,7 +114,13 @@ class TritonPythonModel:
         else:
             raise ValueError(f"parameter INFERENCE={inference!r}; known: {', '.join(INFERENCE)}")
         user_tower = timed(model(user_tower), self.stage["user_tower"])
-        self.rankers = {n: timed(model(n), self.stage["ranker"]) for n in served["rankers"]}
+        self.rankers, skipped = load_optional(  # optional rankers that fail to load: logged, counted, skipped
+            served["rankers"], [self.default_ranker],
+            lambda n: verify_files(root, [f"{n}/"]) and timed(model(n), self.stage["ranker"]))  # (list is truthy)
+        for name, why in skipped.items():
+            pb_utils.Logger.log_error(f"recommend: optional ranker {name} skipped: {why}")
+            self.families.append(self.skipped.Metric(labels={"model": name}))  # kept alive with its family
+            self.families[-1].set(1)
         self.pipeline = load_pipeline(version / "artifacts", user_encoder=user_tower,
                                       ranker=self.rankers[self.default_ranker])
         # Stage timings: wrap the pipeline's own steps, leaving what they compute untouched.
@@ -130,8 +140,9 @@ class TritonPythonModel:
             kind("recsys_items_total", "Returned items by why they are there (backfill = fallback)", kind.COUNTER),
             kind("recsys_returned_items", "Items returned per request", kind.HISTOGRAM),
             kind("recsys_stage_seconds", "Latency of each pipeline stage in seconds", kind.HISTOGRAM),
+            kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE),
         ]
-        requests, errors, items, returned, stage = self.families
+        requests, errors, items, returned, stage, self.skipped = self.families
         self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
         self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
         self.items = {r: items.Metric(labels={"reason": r}) for r in REASONS}
