@@ -8,7 +8,8 @@ Clients of this service only need inference, health and metadata, so by default:
 - HTTP is off (``--allow-http=false``); ``allow_http=True`` turns it on, with the same restrictions
   (``--http-restricted-api``).
 - On gRPC the ``shared-memory``, ``model-repository``, ``logging`` and ``trace`` protocols need the
-  header ``x-recsys-admin-token: <token>`` (``--grpc-restricted-protocol``); without a token given, a
+  metadata ``triton-grpc-protocol-x-recsys-admin-token: <token>`` (``--grpc-restricted-protocol`` with
+  key ``x-recsys-admin-token``; Triton adds the prefix); without a token given, a
   random one is made per server, known only to the launcher and its supervisor. Requests without
   it get UNAVAILABLE ("This API is restricted") and the server keeps serving.
 - TLS: ``tls_cert``/``tls_key`` (and ``tls_root_cert`` + ``tls_mutual`` for client certificates)
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ADMIN_HEADER = "x-recsys-admin-token"
+# Triton 2.51 matches the restricted key in gRPC metadata under this prefix (its error message says so).
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 RESTRICTED = ("shared-memory", "model-repository", "logging", "trace")
 
 
@@ -87,7 +90,7 @@ class SecurityOptions:
 
     def admin_headers(self) -> dict[str, str]:
         """gRPC metadata that unlocks the restricted APIs (model control, shared memory, ...)."""
-        return {ADMIN_HEADER: self._token}
+        return {GRPC_HEADER_PREFIX + ADMIN_HEADER: self._token}
 
     def server_flags(self) -> list[str]:
         """``tritonserver`` flags for these options."""

@@ -9,7 +9,9 @@ INTERNAL "Stub process ... is not healthy"; a stub frozen for ~2 s (SIGSTOP/SIGC
    --load-model=*``), ``--exit-on-error=false`` (an optional model that fails to load is UNAVAILABLE,
    not a server that refuses to start) and ``--strict-readiness=false``; then it requires the
    ``required`` models (``recommend``) to be READY, or stops with the log's error lines;
-2. every ``interval`` s sends a real ``recommend`` request (a cold user, k=1) with a ``timeout``;
+2. every ``interval`` s sends a real ``recommend`` request (a cold user, k=1) with a ``timeout``,
+   and counts the model's stub processes (with two instances the probe may keep hitting the live
+   one while the other is dead);
 3. on a failed probe it flips its readiness off, then: server gone -> restart it (the crashed
    log is kept as ``<log>.crash-<n>`` with its exit signal); dead or wedged stub -> reload the model
    through the model-repository API (with the admin token) and probe again; still failing ->
@@ -24,13 +26,16 @@ Triton's ``/v2/health/ready``. Each probe is one cold-user request, so it shows 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
@@ -50,7 +55,7 @@ class Event:
     """One thing the supervisor saw or did (kept in :attr:`Supervisor.events`)."""
 
     at: float  # time.monotonic()
-    kind: str  # probe_failed | reloaded | reload_failed | restarted | crashed | recovered
+    kind: str  # probe_failed | degraded | reloaded | reload_failed | restarted | restart_failed | crashed | recovered
     detail: str = ""
 
 
@@ -105,6 +110,7 @@ class Supervisor:
         self.server, self.required, self.model = server, tuple(required), model
         self.interval, self.timeout = interval, timeout
         self.startup_timeout, self.drain_timeout = startup_timeout, drain_timeout
+        self.reload_timeout = startup_timeout
         server.model_control_mode = "explicit"
         server.extra_args = [a for a in server.extra_args if not a.startswith("--model-control-mode")]
         server.extra_args += [f for f in SUPERVISED_FLAGS[1:] if f not in server.extra_args]
@@ -113,6 +119,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
+        self._instances: int | None = None  # of the probed model, from its config
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -188,13 +195,39 @@ class Supervisor:
         except Exception as err:  # noqa: BLE001 - any failure of the probe means not live
             return f"{type(err).__name__}: {err}"
 
+    def stub_pids(self) -> list[int]:
+        """PIDs of the python stubs running the probed model (argv names ``<repo>/<model>/1/model.py``)."""
+        pids, marker = [], f"/{self.model}/1/model.py".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and os.getpgid(int(proc.name)) == self.server.pid \
+                        and marker in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue  # exited while we looked
+        return pids
+
+    def missing_instances(self) -> str | None:
+        """Why the model has fewer stub processes than instances (a dead one the probe may not hit), or None."""
+        if self._instances is None:
+            try:
+                with self.server.client() as client:
+                    config = client.get_model_config(self.model, headers=self.server.security.admin_headers(),
+                                                     as_json=True)["config"]
+                self._instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", [{}]))
+            except Exception:  # noqa: BLE001 - unknown now; the probe decides
+                return None
+        alive = len(self.stub_pids())
+        return None if alive >= self._instances else f"{alive} of {self._instances} {self.model} stubs alive"
+
     def _event(self, kind: str, detail: str = "") -> None:
         self.events.append(Event(time.monotonic(), kind, detail))
         (log.info if kind in ("reloaded", "restarted", "recovered") else log.warning)("%s %s", kind, detail)
 
     def _watch(self) -> None:
         while not self._stopping.wait(self.interval):
-            problem = self.probe()
+            failed = self.probe()
+            problem = failed or self.missing_instances()
             if problem is None:
                 if self._down_since is not None:
                     self.stats.last_outage_s = time.monotonic() - self._down_since
@@ -202,11 +235,14 @@ class Supervisor:
                     self._down_since = None
                 self.ready = True
                 continue
-            self.ready = False
-            self.stats.probe_failures += 1
+            # A failed probe takes the server out of rotation; a lost instance only degrades it (the
+            # others answer) and is healed while it stays ready.
+            self.ready = self.ready and failed is None
+            if failed:
+                self.stats.probe_failures += 1
             if self._down_since is None:
                 self._down_since = time.monotonic()
-            self._event("probe_failed", problem)
+            self._event("probe_failed" if failed else "degraded", problem)
             if self._stopping.is_set():
                 return
             self.heal()
@@ -221,8 +257,13 @@ class Supervisor:
         """Reload the model through the model-repository API; True when it is READY again."""
         try:
             with self.server.client() as client:
-                client.load_model(self.model, headers=self.server.security.admin_headers(),
-                                  client_timeout=max(self.timeout, 30.0))
+                headers = self.server.security.admin_headers()
+                # Loading an unchanged model is a no-op in Triton: a config override (the model's own
+                # config plus a reload counter) makes it load new instances and retire the old ones.
+                config = client.get_model_config(self.model, headers=headers, as_json=True)["config"]
+                config.setdefault("parameters", {})["SUPERVISOR_RELOAD"] = {"string_value": str(self.stats.reloads + 1)}
+                client.load_model(self.model, headers=headers, config=json.dumps(config),
+                                  client_timeout=self.reload_timeout)
                 ok = client.is_model_ready(self.model, client_timeout=self.timeout)
         except Exception as err:  # noqa: BLE001 - a failed reload falls back to a restart
             self._event("reload_failed", f"{type(err).__name__}: {err}")
@@ -256,8 +297,8 @@ class Supervisor:
 
 
 def outage(events: list[Event], since: float) -> float | None:
-    """Seconds from the first failed probe after ``since`` to the next recovery (None if none)."""
-    start = next((e.at for e in events if e.at >= since and e.kind == "probe_failed"), None)
+    """Seconds from the first failed probe (or lost instance) after ``since`` to the next recovery (None if none)."""
+    start = next((e.at for e in events if e.at >= since and e.kind in ("probe_failed", "degraded")), None)
     end = next((e.at for e in events if start is not None and e.at >= start and e.kind == "recovered"), None)
     return None if end is None else end - start
 

@@ -122,7 +122,7 @@ def test_secure_defaults_restrict_control_apis_and_turn_http_off(tmp_path):
     assert "--allow-http=false" in flags
     assert f"--grpc-restricted-protocol=shared-memory,model-repository,logging,trace:{ADMIN_HEADER}=s3cret" in flags
     assert not any(f.startswith("--http-restricted-api") or "ssl" in f for f in flags)
-    assert options.admin_headers() == {ADMIN_HEADER: "s3cret"} and options.client_kwargs() == {}
+    assert options.admin_headers() == {f"triton-grpc-protocol-{ADMIN_HEADER}": "s3cret"} and options.client_kwargs() == {}
     assert SecurityOptions().token != SecurityOptions().token  # a random one per server
     server = TritonServer(tmp_path)
     assert server.http_url is None and not any(a.startswith("--http-port") for a in server.command())
