@@ -52,8 +52,12 @@ def copy_repo(repo: Path, dst: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sup(exported, tmp_path_factory):
+    """The production set-up of docs/reliability.md: supervised, two ``recommend`` instances."""
     d = tmp_path_factory.mktemp("supervised")
-    supervisor = Supervisor(TritonServer(copy_repo(exported, d / "repo"), log_path=d / "tritonserver.log"),
+    repo = copy_repo(exported, d / "repo")
+    config = repo / "recommend" / "config.pbtxt"
+    config.write_text(config.read_text().replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_CPU"))
+    supervisor = Supervisor(TritonServer(repo, log_path=d / "tritonserver.log"),
                             interval=0.5, timeout=2.0, drain_timeout=10.0)
     with supervisor:
         yield supervisor
@@ -110,7 +114,7 @@ def test_concurrent_bad_requests_to_every_onnx_model_fail_alone(sup):
     jobs, reference = [], {}
     with server.client() as client:
         for model in onnx_models(server):
-            out = client.infer(model, onnx_inputs(server, model, 1)).get_output(0).name
+            out = load_specs(server.model_repository / "recommend" / "1" / "specs.json")[model].outputs[0].name
             reference[model] = (out, client.infer(model, onnx_inputs(server, model, 1)).as_numpy(out))
             for _ in range(6):
                 jobs.append((model, None, None, {}))
@@ -179,6 +183,19 @@ def test_control_and_shared_memory_apis_need_the_admin_token(sup):
     assert server.http_url is None and server.is_running() and sup.probe() is None
 
 
+def test_an_empty_answer_is_ok_and_counted_with_its_reason(sup, tiny_run):
+    from ranking.load import load_pipeline
+
+    categories = [c for c in load_pipeline(tiny_run).catalog.category_names if c != "<none>"]
+    before = scrape(sup.server.metrics_url)
+    with RecommendClient(sup.server.grpc_url) as client:
+        answer = client.recommend("someone", 5, timestamp=TS, exclude_categories=categories)
+    assert answer.item_ids == []
+    after = scrape(sup.server.metrics_url)
+    assert (metric_sum(after, "recsys_empty_answers_total", reason="category_filters")
+            - metric_sum(before, "recsys_empty_answers_total", reason="category_filters")) == 1
+
+
 def stub_outage(sup: Supervisor, action, deadline_s: float = 30.0) -> dict:
     """Run ``action(stub_pid)`` while a client (with retries) sends valid requests; measure the outage."""
     server = sup.server
@@ -218,15 +235,15 @@ def stub_outage(sup: Supervisor, action, deadline_s: float = 30.0) -> dict:
     return {"window": window, "failures": failures, "late": late, "gap": gap, "answered": len(answered)}
 
 
-def test_sigkill_of_the_recommend_stub_is_healed_within_10_s(sup):
+def test_sigkill_of_a_recommend_stub_costs_no_request_and_is_reloaded(sup):
     restarts = sup.stats.restarts
-    result = stub_outage(sup, lambda pid: os.kill(pid, signal.SIGKILL))
-    print(f"\nSIGKILL of the recommend stub: supervisor outage {result['window']:.2f} s, longest client gap "
-          f"{result['gap']:.2f} s, {len(result['failures'])} requests failed after retries, "
-          f"{result['answered']} answered; reloads {sup.stats.reloads}, restarts {sup.stats.restarts - restarts}")
-    assert result["window"] is not None and result["window"] < 10.0, sup.events[-6:]
-    assert result["late"] == [], result["late"]
-    assert sup.ready and sup.probe() is None
+    result = stub_outage(sup, lambda pid: os.kill(pid, signal.SIGKILL), deadline_s=sup.startup_timeout)
+    print(f"\nSIGKILL of a recommend stub: longest client gap {result['gap']:.2f} s, "
+          f"{len(result['failures'])} requests failed after retries, {result['answered']} answered; "
+          f"capacity restored by reload after {result['window']:.2f} s; restarts {sup.stats.restarts - restarts}")
+    assert result["failures"] == [] and result["gap"] < 10.0
+    assert result["window"] is not None, sup.events[-6:]  # the dead instance was noticed and replaced
+    assert len(sup.stub_pids()) == 2 and sup.ready and sup.probe() is None
 
 
 def test_sigstop_2_s_of_the_recommend_stub_is_contained(sup):
@@ -236,17 +253,20 @@ def test_sigstop_2_s_of_the_recommend_stub_is_contained(sup):
         os.kill(pid, signal.SIGCONT)
 
     crashes = sum(sup.stats.crashes.values())
-    result = stub_outage(sup, freeze, deadline_s=20.0)
+    result = stub_outage(sup, freeze, deadline_s=sup.startup_timeout)
     crashed = sum(sup.stats.crashes.values()) - crashes
     window = result["window"]
     print(f"\nSIGSTOP 2 s / SIGCONT of the recommend stub: supervisor outage "
           f"{'none' if window is None else f'{window:.2f} s'}, server crashes {crashed}, longest client gap "
           f"{result['gap']:.2f} s, {len(result['failures'])} failed after retries; events "
           f"{[(e.kind, e.detail[:80]) for e in sup.events[-4:]]}")
-    assert window is None or window < 10.0
-    assert result["late"] == [], result["late"]
+    assert result["late"] == [], result["late"]  # failures only inside the outage window
+    if crashed:  # Triton 2.51 aborts when the stub resumes: the evidence is kept, the server restarted
+        kept = sorted(sup.server.log_path.parent.glob(sup.server.log_path.name + ".crash-*"))
+        assert kept and any(e.kind == "crashed" and "signal" in e.detail for e in sup.events)
+        assert window is not None
     time.sleep(1.5)
-    assert sup.server.is_running() and sup.probe() is None
+    assert sup.server.is_running() and sup.probe() is None and len(sup.stub_pids()) == 2
 
 
 def test_shutdown_under_load_drains_in_flight_requests(sup):

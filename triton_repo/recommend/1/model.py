@@ -23,8 +23,9 @@ ranker. The ``ranker`` output says which one scored the answer.
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
 ``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
-``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items`` and
-``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total).
+``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items``,
+``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
+``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ranking.load import load_pipeline
 from ranking.pipeline import ROUTES, RequestError
 from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
-from serving.request import encode_recommendation, parse_request, requested_ranker
+from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
@@ -141,8 +142,10 @@ class TritonPythonModel:
             kind("recsys_returned_items", "Items returned per request", kind.HISTOGRAM),
             kind("recsys_stage_seconds", "Latency of each pipeline stage in seconds", kind.HISTOGRAM),
             kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE),
+            kind("recsys_empty_answers_total", "Answers with no item, by why", kind.COUNTER),
         ]
-        requests, errors, items, returned, stage, self.skipped = self.families
+        requests, errors, items, returned, stage, self.skipped, empty = self.families
+        self.empty = {r: empty.Metric(labels={"reason": r}) for r in EMPTY_REASONS}
         self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
         self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
         self.items = {r: items.Metric(labels={"reason": r}) for r in REASONS}
@@ -163,6 +166,8 @@ class TritonPythonModel:
         self.stage["total"].observe(time.perf_counter() - start)
         self.requests[rec.route].increment(1)
         self.returned.observe(len(rec.item_ids))
+        if not rec.item_ids:  # a valid, counted outcome (e.g. every category excluded)
+            self.empty[empty_reason(parsed)].increment(1)
         # One increment per reason, not per item: every metric call is a round trip to the server.
         for reason, n in Counter(r if r in self.items else "ranked" for r in rec.reasons).items():
             self.items[reason].increment(n)
