@@ -13,12 +13,18 @@ exposure-cap window), so calls that fail while the service heals are retried wit
 backoff and jitter: UNAVAILABLE (server restarting), DEADLINE_EXCEEDED (a frozen model) and
 INTERNAL "Stub process ... is not healthy" (a dead model process before the supervisor reloads
 it). Rejections (INVALID_ARGUMENT) are never retried. ``retries`` and ``backoff`` bound the wait.
+
+Rejections are counted on the client (``RecommendClient.rejections``, by kind): Triton 2.51 counts
+the requests its core rejects before any model runs (wrong datatype or shape, unknown input) in
+none of its metrics, and the model's own counters never see them (checked in
+tests/test_reliability.py), so a client-side mirror is the only place they are counted.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from typing import Sequence
 
 import tritonclient.grpc as grpcclient
@@ -34,6 +40,18 @@ def retryable(err: InferenceServerException) -> bool:
     """Whether a failed call may succeed when repeated (the service is healing, not rejecting it)."""
     message = err.message() or ""
     return err.status() in RETRY_CODES or "Deadline Exceeded" in message or "is not healthy" in message
+
+
+# Phrases of Triton 2.51's core validation (tritonserver's infer_request.cc), checked before any model runs.
+CORE_REJECTIONS = (("datatype", "data-type is"), ("shape", "unexpected shape"),
+                   ("unknown_input", "unexpected inference input"), ("missing_input", "inputs but got"),
+                   ("batch_size", "batch-size must be"))
+
+
+def rejection_kind(err: InferenceServerException) -> str:
+    """``core:<kind>`` for what Triton's core rejects before the model runs, ``model`` for the model's own."""
+    message = err.message() or ""
+    return next((f"core:{kind}" for kind, marker in CORE_REJECTIONS if marker in message), "model")
 
 
 class RecommendClient:
@@ -55,6 +73,7 @@ class RecommendClient:
         self.url, self.model, self.timeout = url, model, timeout
         self.retries, self.backoff = retries, backoff
         self.retried = 0  # retries made so far (all calls)
+        self.rejections: Counter = Counter()  # INVALID_ARGUMENT answers by rejection_kind
         self._client = grpcclient.InferenceServerClient(url, **client_kwargs)
         self._outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
 
@@ -93,6 +112,8 @@ class RecommendClient:
                 result = self._client.infer(self.model, inputs, outputs=self._outputs, client_timeout=self.timeout)
                 break
             except InferenceServerException as err:
+                if err.status() == "StatusCode.INVALID_ARGUMENT":
+                    self.rejections[rejection_kind(err)] += 1
                 if attempt == self.retries or not retryable(err):
                     raise
                 self.retried += 1

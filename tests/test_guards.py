@@ -211,3 +211,16 @@ def test_health_endpoint_serves_readiness_and_counters(tmp_path):
 def test_crash_evidence_keeps_error_and_signal_lines():
     log = "I1120 loading\nSignal (11) received.\nE1120 12:00 stub.cc] Stub process is not healthy.\nI1120 ok\n"
     assert crash_evidence(log) == "Signal (11) received.\nE1120 12:00 stub.cc] Stub process is not healthy."
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("inference input 'k' data-type is 'FP32', but model 'recommend' expects 'INT32'", "core:datatype"),
+    ("unexpected inference input 'nope' for model 'recommend'", "core:unknown_input"),
+    ("unexpected shape for input 'k' for model 'recommend'. Expected [1], got [2]", "core:shape"),
+    ("expected 2 inputs but got 1 inputs for model 'recommend'", "core:missing_input"),
+    ("input 'k' is 0; k must be an integer in 1..200", "model"),
+])
+def test_rejections_are_told_apart(message, kind):
+    from serving.client import rejection_kind
+
+    assert rejection_kind(InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT")) == kind

@@ -150,22 +150,25 @@ def test_concurrent_bad_requests_to_every_onnx_model_fail_alone(sup):
           f"{sum(1 for j in jobs if j[1])} bad: no crash, no good request failed")
 
 
-def test_requests_triton_rejects_before_the_model_are_counted(sup):
-    """Wrong dtype / unknown input: Triton core rejects them; its nv_inference_request_failure counts them."""
+def test_requests_triton_rejects_before_the_model_are_counted_by_the_client(sup):
+    """Wrong dtype / unknown input: Triton core rejects them and counts them nowhere (2.51); the
+    client's mirror does, next to the model's own rejections."""
     server = sup.server
     before = scrape(server.metrics_url)
-    with server.client() as client:
-        wrong = grpcclient.InferInput("k", [1], "FP32")
-        wrong.set_data_from_numpy(np.array([3.0], np.float32))
-        user = grpcclient.InferInput("user_id", [1], "BYTES")
-        user.set_data_from_numpy(np.array([b"u"], object))
-        with pytest.raises(InferenceServerException, match="expects 'INT32'") as err:
-            client.infer("recommend", [user, wrong])
-        assert err.value.status() == INVALID
+    user = np.array([b"u"], object)
+    with RecommendClient(server.grpc_url) as client:
+        for tensors in ({"user_id": user, "k": np.array([3.0], np.float32)},
+                        {"user_id": user, "k": np.array([3], np.int32), "nope": np.array([1.0], np.float32)},
+                        {"user_id": user, "k": np.array([0], np.int32)}):
+            with pytest.raises(InferenceServerException) as err:
+                client.infer(tensors)
+            assert err.value.status() == INVALID
+        assert client.rejections == {"core:datatype": 1, "core:unknown_input": 1, "model": 1}
     after = scrape(server.metrics_url)
-    got = (metric_sum(after, "nv_inference_request_failure", model="recommend")
-           - metric_sum(before, "nv_inference_request_failure", model="recommend"))
-    assert got == 1
+    assert metric_sum(after, "nv_inference_request_failure", model="recommend") == \
+        metric_sum(before, "nv_inference_request_failure", model="recommend")  # Triton: not counted
+    assert (metric_sum(after, "recsys_request_errors_total", code="invalid_argument")
+            - metric_sum(before, "recsys_request_errors_total", code="invalid_argument")) == 1  # the model's own
 
 
 def test_control_and_shared_memory_apis_need_the_admin_token(sup):
