@@ -7,16 +7,51 @@ Example:
 
 A rejected request raises :class:`tritonclient.utils.InferenceServerException`; its
 ``status()`` is ``"StatusCode.INVALID_ARGUMENT"`` and its message names the bad input.
+
+Retries: a request is read-only for the caller (the same request gives the same list, bar the
+exposure-cap window), so calls that fail while the service heals are retried with exponential
+backoff and jitter: UNAVAILABLE (server restarting), DEADLINE_EXCEEDED (a frozen model) and
+INTERNAL "Stub process ... is not healthy" (a dead model process before the supervisor reloads
+it). Rejections (INVALID_ARGUMENT) are never retried. ``retries`` and ``backoff`` bound the wait.
+
+Rejections are counted on the client (``RecommendClient.rejections``, by kind): Triton 2.51 counts
+the requests its core rejects before any model runs (wrong datatype or shape, unknown input) in
+none of its metrics, and the model's own counters never see them (checked in
+tests/test_reliability.py), so a client-side mirror is the only place they are counted.
 """
 
 from __future__ import annotations
 
+import random
+import time
+from collections import Counter
 from typing import Sequence
 
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.protocol import MODEL, OUTPUTS, Recommendations, decode_response, encode_request
+
+
+RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+
+
+def retryable(err: InferenceServerException) -> bool:
+    """Whether a failed call may succeed when repeated (the service is healing, not rejecting it)."""
+    message = err.message() or ""
+    return err.status() in RETRY_CODES or "Deadline Exceeded" in message or "is not healthy" in message
+
+
+# Phrases of Triton 2.51's core validation (tritonserver's infer_request.cc), checked before any model runs.
+CORE_REJECTIONS = (("datatype", "data-type is"), ("shape", "unexpected shape"),
+                   ("unknown_input", "unexpected inference input"), ("missing_input", "inputs but got"),
+                   ("batch_size", "batch-size must be"))
+
+
+def rejection_kind(err: InferenceServerException) -> str:
+    """``core:<kind>`` for what Triton's core rejects before the model runs, ``model`` for the model's own."""
+    message = err.message() or ""
+    return next((f"core:{kind}" for kind, marker in CORE_REJECTIONS if marker in message), "model")
 
 
 class RecommendClient:
@@ -26,11 +61,20 @@ class RecommendClient:
         url: ``host:port`` of the server's gRPC endpoint.
         model: model name in the repository.
         timeout: seconds per call (None waits forever).
+        retries: further attempts after a retryable failure (0 = none).
+        backoff: seconds before the first retry; doubled each time (plus up to 50% jitter).
+        **client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient`` (``ssl``, certificates).
     """
 
-    def __init__(self, url: str, model: str = MODEL, timeout: float | None = 10.0):
+    def __init__(self, url: str, model: str = MODEL, timeout: float | None = 10.0, retries: int = 4,
+                 backoff: float = 0.25, **client_kwargs):
+        if retries < 0 or backoff < 0:
+            raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0")
         self.url, self.model, self.timeout = url, model, timeout
-        self._client = grpcclient.InferenceServerClient(url)
+        self.retries, self.backoff = retries, backoff
+        self.retried = 0  # retries made so far (all calls)
+        self.rejections: Counter = Counter()  # INVALID_ARGUMENT answers by rejection_kind
+        self._client = grpcclient.InferenceServerClient(url, **client_kwargs)
         self._outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
@@ -63,7 +107,17 @@ class RecommendClient:
             inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             inp.set_data_from_numpy(array)
             inputs.append(inp)
-        result = self._client.infer(self.model, inputs, outputs=self._outputs, client_timeout=self.timeout)
+        for attempt in range(self.retries + 1):
+            try:
+                result = self._client.infer(self.model, inputs, outputs=self._outputs, client_timeout=self.timeout)
+                break
+            except InferenceServerException as err:
+                if err.status() == "StatusCode.INVALID_ARGUMENT":
+                    self.rejections[rejection_kind(err)] += 1
+                if attempt == self.retries or not retryable(err):
+                    raise
+                self.retried += 1
+                time.sleep(self.backoff * 2 ** attempt * (1 + 0.5 * random.random()))
         return decode_response(user_id, {name: result.as_numpy(name) for name in OUTPUTS})
 
     def close(self) -> None:

@@ -104,3 +104,20 @@ def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: s
         out[name] = (np.array([s.encode("utf-8") for s in v], dtype=np.object_) if dtype == np.object_
                      else np.asarray(v, dtype=dtype).reshape(len(v)))
     return out
+
+
+EMPTY_REASONS = ("category_filters", "excluded_items", "no_candidates")
+
+
+def empty_reason(request: Request) -> str:
+    """Why an answer holds no item (counted in ``recsys_empty_answers_total{reason}``).
+
+    An empty list is a valid answer, not an error: the request's own filters can exclude every
+    item. ``category_filters``: include/exclude categories were given; ``excluded_items``: only item
+    exclusions were; ``no_candidates``: neither (the catalog or the rules left nothing).
+    """
+    if request.include_categories or request.exclude_categories:
+        return "category_filters"
+    if request.exclude_items:
+        return "excluded_items"
+    return "no_candidates"

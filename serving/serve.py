@@ -1,11 +1,15 @@
-"""Run Triton Inference Server on a model repository until Ctrl-C or SIGTERM.
+"""Run Triton Inference Server on a model repository, supervised, until Ctrl-C or SIGTERM.
 
 Example:
     python -m serving.serve --model-repository triton_repo
     python -m serving.serve --model-repository triton_repo --grpc-port 0   # any free port
+    python -m serving.serve --admin-token-file token.txt --tls-cert s.pem --tls-key s.key
 
 Binds 127.0.0.1 only. The server is the nvidia-pytriton wheel's `tritonserver` (or, with a GPU
-visible, a stock `tritonserver` on PATH); see serving/triton_server.py.
+visible, a stock `tritonserver` on PATH); see serving/triton_server.py. By default the server is
+supervised (serving/supervisor.py: a real `recommend` inference every second, model reload or
+server restart when it fails, readiness off and drain on shutdown; `--no-supervise` turns that
+off) and secure (serving/security.py: gRPC only, control and shared-memory APIs behind a token).
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
+from serving.health import HealthServer
+from serving.security import SecurityOptions
+from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
 
 
@@ -22,8 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see `--help`)."""
     parser = argparse.ArgumentParser(
         prog="python -m serving.serve",
-        description="Start a Triton Inference Server on 127.0.0.1, print its ports and ready "
-                    "models, and stop it cleanly on Ctrl-C or SIGTERM.",
+        description="Start a supervised Triton Inference Server on 127.0.0.1, print its ports and "
+                    "ready models, and stop it cleanly (drained) on Ctrl-C or SIGTERM.",
         epilog="Ports bind 127.0.0.1 only. The server log goes to a file; its path is printed.")
     parser.add_argument("--model-repository", default="triton_repo",
                         help="Triton model repository (one folder per model with config.pbtxt "
@@ -32,15 +40,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grpc-port", type=int, default=8001,
                         help="gRPC port, 0 picks a free one (default: %(default)s)")
     parser.add_argument("--http-port", type=int, default=8000,
-                        help="HTTP port, 0 picks a free one (default: %(default)s)")
+                        help="HTTP port when --allow-http, 0 picks a free one (default: %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=8002,
                         help="Prometheus metrics port, 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
-                        default="none",
-                        help="Triton's --model-control-mode (default: %(default)s)")
+    parser.add_argument("--health-port", type=int, default=8003,
+                        help="supervisor's /ready, /live, /metrics, 0 picks a free one (default: %(default)s)")
+    parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                        help="Triton's --model-control-mode with --no-supervise (the supervisor always "
+                             "uses explicit; default: %(default)s)")
+    parser.add_argument("--no-supervise", action="store_true",
+                        help="run the bare server: no liveness probe, reload, restart or drain")
+    parser.add_argument("--probe-interval", type=float, default=1.0,
+                        help="seconds between liveness probes (default: %(default)s)")
+    parser.add_argument("--probe-timeout", type=float, default=2.0,
+                        help="seconds a liveness probe may take (default: %(default)s)")
+    parser.add_argument("--drain-timeout", type=float, default=10.0,
+                        help="seconds to wait for in-flight requests on shutdown (default: %(default)s)")
+    parser.add_argument("--allow-http", action="store_true",
+                        help="also serve HTTP/REST (off by default; clients use gRPC)")
+    parser.add_argument("--admin-token-file", default=None,
+                        help="file holding the token of the x-recsys-admin-token header that the "
+                             "shared-memory, model-repository, logging and trace APIs require "
+                             "(default: a random token per run)")
+    parser.add_argument("--tls-cert", default=None, help="PEM server certificate: serve gRPC over TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-root-cert", default=None,
+                        help="PEM CA the supervisor trusts (and, with --tls-mutual, client certificates chain to)")
+    parser.add_argument("--tls-mutual", action="store_true", help="require client certificates (mTLS)")
+    parser.add_argument("--tls-client-cert", default=None, help="PEM certificate the supervisor presents (mTLS)")
+    parser.add_argument("--tls-client-key", default=None, help="PEM key of --tls-client-cert")
     parser.add_argument("--startup-timeout", type=float, default=120.0,
-                        help="seconds to wait for the server to report ready "
-                             "(default: %(default)s)")
+                        help="seconds to wait for the server to report ready (default: %(default)s)")
     parser.add_argument("--binary", default=None,
                         help="tritonserver to run (default: stock one on PATH when a GPU is "
                              "visible, otherwise the nvidia-pytriton wheel's)")
@@ -49,41 +79,68 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def security_options(args: argparse.Namespace) -> SecurityOptions:
+    """SecurityOptions from the command line.
+
+    Raises:
+        FileNotFoundError: the token file or a TLS file does not exist.
+        ValueError: an empty or malformed token, half a TLS configuration.
+    """
+    token = None
+    if args.admin_token_file:
+        path = Path(args.admin_token_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--admin-token-file {path} does not exist; write a token into it "
+                                    "(python -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE)")
+        token = path.read_text().strip()
+    return SecurityOptions(allow_http=args.allow_http, admin_token=token, tls_cert=args.tls_cert,
+                           tls_key=args.tls_key, tls_root_cert=args.tls_root_cert, tls_mutual=args.tls_mutual,
+                           tls_client_cert=args.tls_client_cert, tls_client_key=args.tls_client_key)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; returns the process exit status."""
     args = parse_args(argv)
     try:
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
-                              http_port=args.http_port or None,
-                              metrics_port=args.metrics_port or None,
+                              http_port=args.http_port or None, metrics_port=args.metrics_port or None,
                               model_control_mode=args.model_control_mode, binary=args.binary,
-                              log_path=args.log_file)
-    except FileNotFoundError as err:
+                              log_path=args.log_file, security=security_options(args))
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    supervisor = None if args.no_supervise else Supervisor(
+        server, interval=args.probe_interval, timeout=args.probe_timeout, startup_timeout=args.startup_timeout,
+        drain_timeout=args.drain_timeout)
 
     def interrupt(signum, _frame):
         # SIGTERM behaves like Ctrl-C, so startup and serving are interrupted the same way.
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, interrupt)
-    server.start()
-    status = 0
+    status, health = 0, None
     try:
-        server.wait_ready(args.startup_timeout)
+        if supervisor is None:
+            server.start()
+            server.wait_ready(args.startup_timeout)
+        else:
+            supervisor.start()
+            health = HealthServer(supervisor, args.health_port).start()
         print(f"tritonserver ready (PID {server.pid}, binary {server.binary})\n"
-              f"  grpc    {server.grpc_url}\n  http    {server.http_url}\n"
+              f"  grpc    {server.grpc_url}{' (TLS)' if server.security.tls else ''}\n"
+              f"  http    {server.http_url or 'off (--allow-http to serve it)'}\n"
               f"  metrics {server.metrics_url}\n"
+              f"  health  {health.url + '/ready' if health else 'off (--no-supervise)'}\n"
               f"  models  {', '.join(server.ready_models()) or '(none ready)'}\n"
               f"  log     {server.log_path}\n"
               "Ctrl-C to stop.", flush=True)
-        while server.is_running():
+        while supervisor is not None or server.is_running():
             time.sleep(0.5)
         print(f"error: tritonserver exited unexpectedly; log {server.log_path}:\n"
               f"{server.log_tail(20)}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt as why:
-        print(f"\n{str(why) or 'SIGINT'} received, stopping tritonserver", flush=True)
+        print(f"\n{str(why) or 'SIGINT'} received: readiness off, draining, stopping tritonserver", flush=True)
     except (RuntimeError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         status = 1
@@ -91,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C must not abandon a half-stopped server.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        code = server.stop()
+        code = supervisor.stop() if supervisor is not None else server.stop()
+        if health is not None:
+            health.stop()
     print(f"tritonserver stopped (exit status {code})")
     return status
 

@@ -45,6 +45,8 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from serving.security import SecurityOptions
+
 _HOST = "127.0.0.1"
 _CONTROL_MODES = ("none", "poll", "explicit")
 _INSTALL_HINT = "pip install nvidia-pytriton==0.7.0 (see shared/notes/triton.md)"
@@ -141,6 +143,9 @@ class TritonServer:
             $XDG_CACHE_HOME or ~/.cache, then hybrid_recommender/triton_backends).
         log_path: file receiving the server's stdout and stderr (default: a new temp file).
         extra_args: further command-line flags, e.g. ["--load-model=recommend"].
+        security: HTTP, restricted control APIs, TLS (:class:`serving.security.SecurityOptions`);
+            None = the secure defaults: gRPC only, shared-memory / model-repository / logging /
+            trace behind a random admin token. ``http_url`` is None while HTTP is off.
 
     Raises:
         FileNotFoundError: when the model repository, the binary or the stub is missing.
@@ -152,7 +157,8 @@ class TritonServer:
                  model_control_mode: str = "none", binary: str | os.PathLike | None = None,
                  backend_directory: str | os.PathLike | None = None,
                  cache_dir: str | os.PathLike | None = None,
-                 log_path: str | os.PathLike | None = None, extra_args: Sequence[str] = ()):
+                 log_path: str | os.PathLike | None = None, extra_args: Sequence[str] = (),
+                 security: SecurityOptions | None = None):
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise FileNotFoundError(
@@ -166,7 +172,8 @@ class TritonServer:
         self.http_port = http_port or next(auto)
         self.metrics_port = metrics_port or next(auto)
         self.grpc_url = f"{_HOST}:{self.grpc_port}"  # host:port, as tritonclient wants it
-        self.http_url = f"{_HOST}:{self.http_port}"
+        self.security = security or SecurityOptions()
+        self.http_url = f"{_HOST}:{self.http_port}" if self.security.allow_http else None
         self.metrics_url = f"http://{_HOST}:{self.metrics_port}/metrics"
         self.model_control_mode = model_control_mode
         self.extra_args = list(extra_args)
@@ -210,9 +217,10 @@ class TritonServer:
         cmd = [str(self.binary), f"--model-repository={self.model_repository}",
                f"--model-control-mode={self.model_control_mode}",
                f"--grpc-address={_HOST}", f"--grpc-port={self.grpc_port}",
-               f"--http-address={_HOST}", f"--http-port={self.http_port}",
                f"--metrics-address={_HOST}", f"--metrics-port={self.metrics_port}",
-               "--log-verbose=0"]
+               "--log-verbose=0", *self.security.server_flags()]
+        if self.security.allow_http:
+            cmd += [f"--http-address={_HOST}", f"--http-port={self.http_port}"]
         if self.backend_directory is not None:
             cmd.append(f"--backend-directory={self.backend_directory}")
         if not self.gpu:
@@ -275,7 +283,7 @@ class TritonServer:
         if self._process is None:
             raise RuntimeError("wait_ready() called before start()")
         deadline = time.monotonic() + timeout
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
+        with self.client() as client:
             while True:
                 code = self._process.poll()
                 if code is not None:
@@ -295,9 +303,14 @@ class TritonServer:
 
     def ready_models(self) -> list[str]:
         """Names of models the server reports READY."""
-        with grpcclient.InferenceServerClient(self.grpc_url) as client:
-            index = client.get_model_repository_index(as_json=True).get("models", [])
+        with self.client() as client:
+            index = client.get_model_repository_index(
+                as_json=True, headers=self.security.admin_headers()).get("models", [])
         return sorted(m["name"] for m in index if m.get("state") == "READY")
+
+    def client(self) -> grpcclient.InferenceServerClient:
+        """A gRPC client of this server (TLS when the server uses it); close it after use."""
+        return grpcclient.InferenceServerClient(self.grpc_url, **self.security.client_kwargs())
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM the server, wait up to `timeout` s, then SIGKILL whatever is left of it.

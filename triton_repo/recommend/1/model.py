@@ -24,8 +24,9 @@ timings are arguments of :meth:`Pipeline.recommend`: nothing in the pipeline is 
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
 ``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
-``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items`` and
-``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total).
+``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items``,
+``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
+``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from inference.models import INFERENCE, OnnxCallable
 from inference.spec import ModelSpec, from_batch, load_specs, to_batch
 from pipeline.artifacts import RunArtifacts
 from pipeline.pipeline import ROUTES, STAGES, RequestError
+from inference.integrity import verify_files
+from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
-from serving.request import encode_recommendation, parse_request, requested_ranker
+from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
@@ -74,6 +77,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version = Path(args["model_repository"]) / args["model_version"]
+        root = version.parent.parent  # checksums.json: every file this model reads, before reading any
+        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/"])
         specs = load_specs(version / "specs.json")
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
@@ -96,10 +101,21 @@ class TritonPythonModel:
                 return OnnxCallable(repo / name / "1" / "model.onnx", specs[name], threads, gpu)
         else:
             raise ValueError(f"parameter INFERENCE={inference!r}; known: {', '.join(INFERENCE)}")
+
+        def ranker(name: str):
+            verify_files(root, [f"{name}/"])
+            return model(name)
+
+        rankers, skipped = load_optional(  # optional rankers that fail to load: logged, counted, skipped
+            served["rankers"], [self.default_ranker], ranker)
+        for name, why in skipped.items():
+            pb_utils.Logger.log_error(f"recommend: optional ranker {name} skipped: {why}")
+            self.families.append(self.skipped.Metric(labels={"model": name}))  # kept alive with its family
+            self.families[-1].set(1)
         art = RunArtifacts(version / "artifacts")
-        self.pipeline = art.load_pipeline(user_encoder=model(user_tower), rankers={n: model(n) for n in served["rankers"]},
+        self.pipeline = art.load_pipeline(user_encoder=model(user_tower), rankers=rankers,
                                           default_ranker=self.default_ranker)
-        self.rankers = list(served["rankers"])
+        self.rankers = list(rankers)
         self.titles = art.titles()
         self.logger = pb_utils.Logger
 
@@ -112,8 +128,11 @@ class TritonPythonModel:
             kind("recsys_items_total", "Returned items by why they are there (backfill = fallback)", kind.COUNTER),
             kind("recsys_returned_items", "Items returned per request", kind.HISTOGRAM),
             kind("recsys_stage_seconds", "Latency of each pipeline stage in seconds", kind.HISTOGRAM),
+            kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE),
+            kind("recsys_empty_answers_total", "Answers with no item, by why", kind.COUNTER),
         ]
-        requests, errors, items, returned, stage = self.families
+        requests, errors, items, returned, stage, self.skipped, empty = self.families
+        self.empty = {r: empty.Metric(labels={"reason": r}) for r in EMPTY_REASONS}
         self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
         self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
         self.items = {r: items.Metric(labels={"reason": r}) for r in REASONS}
@@ -131,6 +150,8 @@ class TritonPythonModel:
         rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
         self.requests[rec.route].increment(1)
         self.returned.observe(len(rec.item_ids))
+        if not rec.item_ids:  # a valid, counted outcome (e.g. every category excluded)
+            self.empty[empty_reason(parsed)].increment(1)
         # One increment per reason, not per item: every metric call is a round trip to the server.
         for reason, n in Counter(r if r in self.items else "ranked" for r in rec.reasons).items():
             self.items[reason].increment(n)

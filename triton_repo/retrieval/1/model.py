@@ -3,7 +3,8 @@
 Query embeddings (B, D) and k (B, 1) in; item indices, item ids and inner-product scores (B, k)
 out, best first; -1 / "" / -inf where the catalog has fewer than k items. Uses the same
 ``retrieval.index`` functions as training and ``recommend``. Requests with the same k that the
-dynamic batcher hands over together share one search.
+dynamic batcher hands over together share one search. Its files are checked against the
+repository's ``checksums.json`` at load (:mod:`inference.integrity`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from inference.integrity import verify_files
 from retrieval.index import load_index, search
 
 
@@ -26,6 +28,7 @@ class TritonPythonModel:
 
     def initialize(self, args: dict) -> None:
         version = Path(args["model_repository"]) / args["model_version"]
+        verify_files(version.parent.parent, ["retrieval/"])  # checksums.json: a damaged index is named, not loaded
         self.index, _ = load_index(version / "items.faiss")
         self.ids = np.array([s.encode("utf-8") for s in json.loads((version / "item_ids.json").read_text())] + [b""],
                             dtype=np.object_)  # index -1 -> ""

@@ -1,0 +1,226 @@
+"""The pieces that protect the service, without a server: checksums, input checks, security flags,
+optional model loading, client retries, the supervisor's health endpoint."""
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from inference.input_checks import BOUNDS_FILE, InputChecker, write_input_bounds
+from inference.integrity import MANIFEST, ArtifactError, verify_files, write_manifest
+from serving.client import RecommendClient, retryable
+from serving.health import HealthServer, metric_sum, parse_metrics
+from serving.optional_models import load_optional
+from serving.security import ADMIN_HEADER, SecurityOptions
+from serving.supervisor import Supervisor, crash_evidence
+from serving.triton_server import TritonServer
+
+REBUILD = r"python -m export --run-dir .*/run"
+
+
+@pytest.fixture
+def repo(tmp_path):
+    (tmp_path / "repo" / "ranker" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "ranker" / "1" / "model.onnx").write_bytes(b"onnx" * 100)
+    (tmp_path / "repo" / "ranker" / "1" / "model.py").write_text("# template\n")
+    (tmp_path / "repo" / "recommend" / "1" / "artifacts").mkdir(parents=True)
+    (tmp_path / "repo" / "recommend" / "1" / "artifacts" / "ease.npy").write_bytes(b"\x00" * 64)
+    write_manifest(tmp_path / "repo", tmp_path / "run", exclude=["ranker/1/model.py"])
+    return tmp_path / "repo"
+
+
+def test_manifest_lists_generated_files_with_their_run(repo, tmp_path):
+    manifest = json.loads((repo / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == ["ranker/1/model.onnx", "recommend/1/artifacts/ease.npy"]
+    assert manifest["files"]["ranker/1/model.onnx"]["bytes"] == 400
+    assert manifest["run_dir"] == str((tmp_path / "run").resolve())
+    assert verify_files(repo, ["ranker/", "recommend/"]) == ["ranker/1/model.onnx", "recommend/1/artifacts/ease.npy"]
+
+
+def test_missing_file_names_it_and_the_rebuild_command(repo):
+    (repo / "recommend" / "1" / "artifacts" / "ease.npy").unlink()
+    with pytest.raises(ArtifactError, match=rf"ease.npy is missing; rebuild it with `{REBUILD}`"):
+        verify_files(repo, ["recommend/"])
+    verify_files(repo, ["ranker/"])  # other models are unaffected
+
+
+def test_truncated_and_overwritten_files_are_damaged(repo):
+    onnx = repo / "ranker" / "1" / "model.onnx"
+    onnx.write_bytes(b"onnx" * 50)
+    with pytest.raises(ArtifactError, match=rf"model.onnx is damaged: 200 bytes, the export wrote 400.*{REBUILD}"):
+        verify_files(repo, ["ranker/"])
+    onnx.write_bytes(b"xnno" * 100)
+    with pytest.raises(ArtifactError, match="model.onnx is damaged: its sha256 differs"):
+        verify_files(repo, ["ranker/"])
+
+
+def test_missing_or_damaged_manifest_and_unknown_prefix(repo):
+    with pytest.raises(ArtifactError, match="lists no file under 'ranker_student/'"):
+        verify_files(repo, ["ranker_student/"])
+    (repo / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match=r"checksums.json is damaged \(JSONDecodeError"):
+        verify_files(repo, ["ranker/"])
+    (repo / MANIFEST).unlink()
+    with pytest.raises(ArtifactError, match="checksums.json is missing.*python -m export --run-dir <run>"):
+        verify_files(repo, ["ranker/"])
+
+
+INPUTS = [("user_id", np.int64), ("history", np.int64), ("hour", np.int64), ("recency", np.float32)]
+
+
+@pytest.fixture
+def checker(tmp_path):
+    write_input_bounds(tmp_path, INPUTS, {"user_id": 301, "history": 401, "hour": 24, "unused": 5})
+    return InputChecker.load(tmp_path, INPUTS)
+
+
+def good(**change):
+    arrays = {"user_id": np.array([3, 300]), "history": np.array([[0, 5, 400], [1, 2, 3]]), "hour": np.array([0, 23]),
+              "recency": np.array([0.5, -1.0], np.float32)}
+    return {**arrays, **change}
+
+
+def test_input_bounds_file_holds_integer_inputs_only(tmp_path, checker):
+    assert json.loads((tmp_path / BOUNDS_FILE).read_text()) == {"vocabulary": {"user_id": 301, "history": 401,
+                                                                               "hour": 24}}
+    assert checker.problem(good()) is None
+
+
+@pytest.mark.parametrize("change, reason, message", [
+    ({"user_id": np.array([3, 1_000_000_000])}, "id_out_of_range",
+     r"input 'user_id' holds 1000000000 at index \[1\]; ids must lie in 0..300"),
+    ({"user_id": np.array([-5, 3])}, "id_out_of_range", r"input 'user_id' holds -5 at index \[0\]"),
+    ({"history": np.array([[0, 5, 401], [1, 2, 3]])}, "id_out_of_range", r"'history' holds 401 at index \[0, 2\]"),
+    ({"recency": np.array([0.5, np.nan], np.float32)}, "non_finite", r"input 'recency' holds nan at index \[1\]"),
+    ({"recency": np.array([np.inf, 0], np.float32)}, "non_finite", r"'recency' holds inf at index \[0\]; send finite"),
+])
+def test_each_bad_input_is_named(checker, change, reason, message):
+    got_reason, got_message = checker.problem(good(**change))
+    assert got_reason == reason
+    assert __import__("re").search(message, got_message), got_message
+
+
+def test_missing_input_and_missing_bounds(tmp_path, checker):
+    arrays = good()
+    del arrays["hour"]
+    assert checker.problem(arrays) == ("missing_input", "input 'hour' is missing; send every input of the "
+                                                        "model's config")
+    with pytest.raises(KeyError, match="integer input 'hour' has no vocabulary size"):
+        write_input_bounds(tmp_path, INPUTS, {"user_id": 1, "history": 1})
+    with pytest.raises(ValueError, match=r"no vocabulary size for integer inputs \['hour'\]"):
+        InputChecker(INPUTS, {"user_id": 1, "history": 1})
+    with pytest.raises(FileNotFoundError, match=f"{BOUNDS_FILE} is missing; rebuild"):
+        InputChecker.load(tmp_path / "nowhere", INPUTS)
+
+
+def test_secure_defaults_restrict_control_apis_and_turn_http_off(tmp_path):
+    options = SecurityOptions(admin_token="s3cret")
+    flags = options.server_flags()
+    assert "--allow-http=false" in flags
+    assert f"--grpc-restricted-protocol=shared-memory,model-repository,logging,trace:{ADMIN_HEADER}=s3cret" in flags
+    assert not any(f.startswith("--http-restricted-api") or "ssl" in f for f in flags)
+    assert options.admin_headers() == {f"triton-grpc-protocol-{ADMIN_HEADER}": "s3cret"} and options.client_kwargs() == {}
+    assert SecurityOptions().token != SecurityOptions().token  # a random one per server
+    server = TritonServer(tmp_path)
+    assert server.http_url is None and not any(a.startswith("--http-port") for a in server.command())
+    with_http = SecurityOptions(allow_http=True, admin_token="t").server_flags()
+    assert f"--http-restricted-api=shared-memory,model-repository,logging,trace:{ADMIN_HEADER}=t" in with_http
+
+
+def test_tls_flags_are_passed_through(tmp_path):
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("PEM")
+    options = SecurityOptions(tls_cert=str(tmp_path / "cert.pem"), tls_key=str(tmp_path / "key.pem"),
+                              tls_root_cert=str(tmp_path / "ca.pem"), tls_mutual=True)
+    flags = options.server_flags()
+    assert {"--grpc-use-ssl=true", f"--grpc-server-cert={tmp_path}/cert.pem", f"--grpc-server-key={tmp_path}/key.pem",
+            f"--grpc-root-cert={tmp_path}/ca.pem", "--grpc-use-ssl-mutual=true"} <= set(flags)
+    assert options.client_kwargs()["ssl"] is True
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"restricted": ("shm",)}, ValueError, r"unknown restricted API\(s\) \['shm'\]; Triton knows: health"),
+    ({"admin_token": "a:b"}, ValueError, "admin token 'a:b' is empty or holds one of"),
+    ({"admin_token": ""}, ValueError, "admin token '' is empty"),
+    ({"tls_cert": "c.pem"}, ValueError, "TLS needs both a certificate and a key"),
+    ({"tls_mutual": True}, ValueError, "tls_mutual needs tls_cert, tls_key and tls_root_cert"),
+    ({"tls_cert": "/nope/c.pem", "tls_key": "/nope/k.pem"}, FileNotFoundError, "TLS file /nope/c.pem does not exist"),
+])
+def test_bad_security_options_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        SecurityOptions(**kwargs)
+
+
+def test_optional_models_are_skipped_required_ones_raise():
+    def build(name):
+        if name.endswith("_int8"):
+            raise FileNotFoundError(f"{name}/1/model.onnx is missing")
+        return name.upper()
+
+    loaded, skipped = load_optional(["ranker", "ranker_int8"], ["ranker"], build)
+    assert loaded == {"ranker": "RANKER"}
+    assert skipped == {"ranker_int8": "FileNotFoundError: ranker_int8/1/model.onnx is missing"}
+    with pytest.raises(FileNotFoundError, match="ranker_int8/1/model.onnx"):
+        load_optional(["ranker", "ranker_int8"], ["ranker_int8"], build)
+
+
+def test_client_retries_only_what_healing_fixes():
+    assert retryable(InferenceServerException("connection refused", status="StatusCode.UNAVAILABLE"))
+    assert retryable(InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"))
+    assert retryable(InferenceServerException("Stub process 'recommend_0_0' is not healthy.",
+                                              status="StatusCode.INTERNAL"))
+    assert not retryable(InferenceServerException("input 'k' ...", status="StatusCode.INVALID_ARGUMENT"))
+    assert not retryable(InferenceServerException("internal error: KeyError", status="StatusCode.INTERNAL"))
+    with pytest.raises(ValueError, match="retries=-1 and backoff=0.1 must be >= 0"):
+        RecommendClient("127.0.0.1:1", retries=-1, backoff=0.1)
+
+
+def test_client_gives_up_after_its_retries_on_a_dead_port():
+    from serving.triton_server import free_ports
+
+    with RecommendClient(f"127.0.0.1:{free_ports(1)[0]}", timeout=1.0, retries=2, backoff=0.01) as client:
+        with pytest.raises(InferenceServerException):
+            client.recommend("u", 3)
+        assert client.retried == 2
+
+
+def test_health_endpoint_serves_readiness_and_counters(tmp_path):
+    supervisor = Supervisor(TritonServer(tmp_path), interval=1.0, timeout=1.0)
+    supervisor.stats.crashes["signal 11"] += 1
+    health = HealthServer(supervisor).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(health.url + "/ready", timeout=5)
+        supervisor.ready = True
+        assert urllib.request.urlopen(health.url + "/ready", timeout=5).status == 200
+        text = urllib.request.urlopen(health.url + "/metrics", timeout=5).read().decode()
+    finally:
+        health.stop()
+    metrics = parse_metrics(text)
+    assert metric_sum(metrics, "recsys_supervisor_crashes_total", why="signal 11") == 1
+    assert metric_sum(metrics, "recsys_supervisor_ready") == 1
+    assert "--model-control-mode=explicit" in supervisor.server.command()
+    assert {"--load-model=*", "--exit-on-error=false"} <= set(supervisor.server.command())
+    with pytest.raises(ValueError, match="interval=0 and timeout=1 must be > 0"):
+        Supervisor(TritonServer(tmp_path), interval=0, timeout=1)
+
+
+def test_crash_evidence_keeps_error_and_signal_lines():
+    log = "I1120 loading\nSignal (11) received.\nE1120 12:00 stub.cc] Stub process is not healthy.\nI1120 ok\n"
+    assert crash_evidence(log) == "Signal (11) received.\nE1120 12:00 stub.cc] Stub process is not healthy."
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("inference input 'k' data-type is 'FP32', but model 'recommend' expects 'INT32'", "core:datatype"),
+    ("unexpected inference input 'nope' for model 'recommend'", "core:unknown_input"),
+    ("unexpected shape for input 'k' for model 'recommend'. Expected [1], got [2]", "core:shape"),
+    ("expected 2 inputs but got 1 inputs for model 'recommend'", "core:missing_input"),
+    ("input 'k' is 0; k must be an integer in 1..200", "model"),
+])
+def test_rejections_are_told_apart(message, kind):
+    from serving.client import rejection_kind
+
+    assert rejection_kind(InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT")) == kind
