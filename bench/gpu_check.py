@@ -15,7 +15,8 @@ does not stop the others, and stops starting parts past ``--deadline-s``:
   batches built on the device (retrieval/device_batches.py); samples/s and peak GPU memory.
 
 ``rankers`` and ``pipeline`` share one small run (stage=distill + export, index=exact_torch) that
-the check trains first, unless ``--run-dir`` names a finished, exported one.
+the check trains and exports first, unless ``--run-dir`` names a finished run (and
+``--repository`` its export).
 
 Usage:
     bench/gpu_check.sh                               # on the device (via the device tool), into $OUT
@@ -39,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from bench import gpu_parts
 from bench.gpu_wheels import prepare_wheels
@@ -77,7 +79,7 @@ FULL = Sizes(
                               "distill.max_epochs=3"],
     ranker_candidates=500, ranker_repeats=200, pipeline_requests=200,
     train_data=["data.loader.n_users=200000", "data.loader.n_items=1000000", "data.loader.n_interactions=10000000"],
-    train_steps=60, train_warmup=10, lightning_batches=[512, 8192], device_batches=[8192, 65536],
+    train_steps=60, train_warmup=10, lightning_batches=[512, 8192], device_batches=[8192, 32768],
     pytest_timeout_s=150, deadline_s=440)
 REHEARSAL = Sizes(
     retrieval_items=3000, retrieval_dim=16, retrieval_k=50, retrieval_repeats={1: 20, 256: 20},
@@ -174,19 +176,21 @@ def part_train_throughput(c: Check) -> dict:
                              cfg.retrieval.history_mode)
     out: dict = {"interactions": int(len(data.dataset.interactions)), "items": int(data.n_items),
                  "train_examples": len(examples), "data_seconds": time.perf_counter() - t0,
-                 "model": dict(cfg.retrieval.model)}
-    for b in s.lightning_batches:
+                 "model": OmegaConf.to_container(cfg.retrieval.model)}
+    configs = [("lightning", b, gpu_parts.train_lightning, (c.work,)) for b in s.lightning_batches]
+    configs += [("device_batches", b, gpu_parts.train_device_batches, ()) for b in s.device_batches]
+    for path, b, fn, extra in configs:  # each batch size isolated: an out-of-memory loses only its row
+        key = f"{path}/batch{b}"
         if c.elapsed() > s.deadline_s:
-            out[f"lightning/batch{b}"] = {"status": "not run: past the deadline"}
+            out[key] = {"status": "not run: past the deadline"}
             continue
-        out[f"lightning/batch{b}"] = gpu_parts.train_lightning(data, cfg.retrieval, examples, b, s.train_steps,
-                                                               s.train_warmup, c.device, c.work)
-    for b in s.device_batches:
-        if c.elapsed() > s.deadline_s:
-            out[f"device_batches/batch{b}"] = {"status": "not run: past the deadline"}
-            continue
-        out[f"device_batches/batch{b}"] = gpu_parts.train_device_batches(data, cfg.retrieval, examples, b,
-                                                                         s.train_steps, s.train_warmup, c.device)
+        try:
+            out[key] = fn(data, cfg.retrieval, examples, b, s.train_steps, s.train_warmup, c.device, *extra)
+        except Exception as e:  # noqa: BLE001 - the other batch sizes still run
+            out[key] = {"status": f"failed: {type(e).__name__}: {e}"[:500]}
+        finally:
+            if c.device.type == "cuda":
+                torch.cuda.empty_cache()
     return out
 
 
@@ -256,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of gpu_check.json (default: $OUT)")
     p.add_argument("--cpu-rehearsal", action="store_true", help="tiny sizes on the CPU: the same code path")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
-    p.add_argument("--run-dir", type=Path, default=None, help="a finished run exported to <work>/triton_repo "
-                   "(default: train one)")
+    p.add_argument("--run-dir", type=Path, default=None, help="a finished run (default: train one)")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="with --run-dir: the run's exported Triton repository (default: export it under --out)")
     p.add_argument("--deadline-s", type=float, default=None, help="start no part after this (default: by sizes)")
     p.add_argument("--prepare-wheels", action="store_true", help="download the wheels the device lacks into .whl/")
     args = p.parse_args(argv)
@@ -278,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.deadline_s is not None:
         sizes = Sizes(**{**asdict(sizes), "deadline_s": args.deadline_s})
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.repository is not None and args.run_dir is None:
+        p.error("--repository needs --run-dir (the run it was exported from)")
     c = Check(sizes, torch.device("cuda" if cuda and not args.cpu_rehearsal else "cpu"), args.out,
-              args.out / "work", args.run_dir)
+              args.out / "work", args.run_dir, args.repository)
     c.work.mkdir(parents=True, exist_ok=True)
+    if args.repository is not None:
+        c.results["run"] = {"status": "ok", "given": True, "dir": str(args.run_dir), "repository": str(args.repository)}
     c.results["machine"] = machine(c.device, "cpu-rehearsal" if args.cpu_rehearsal else "full")
     for name in parts:
         log.info("part %s (%.0fs elapsed)", name, c.elapsed())
