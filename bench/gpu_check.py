@@ -11,8 +11,9 @@ does not stop the others, and stops starting parts past ``--deadline-s``:
 - ``pipeline``: the in-process pipeline (``recommend``'s code without the server) at concurrency
   1: ONNX on CPU (served default), torch on CPU, torch + exact index on the GPU;
 - ``train_throughput``: two-tower training on the synthetic generator at 10M interactions / 1M
-  items, a fixed number of steps: the product's Lightning path (bf16-mixed, CPU-built batches) and
-  batches built on the device (retrieval/device_batches.py); samples/s and peak GPU memory.
+  items, a fixed number of steps: the product's Lightning path (bf16-mixed) with CPU-built batches
+  and with batches built on the device (``retrieval.batches_on_device``), and the same module in a
+  bare loop (the towers' own ceiling); samples/s and peak GPU memory.
 
 ``rankers`` and ``pipeline`` share one small run (stage=distill + export, index=exact_torch) that
 the check trains and exports first, unless ``--run-dir`` names a finished run (and
@@ -23,7 +24,8 @@ Usage:
     .venv/bin/python -m bench.gpu_check --cpu-rehearsal --out /tmp/gpu_check   # tiny sizes, CPU
     .venv/bin/python -m bench.gpu_check --prepare-wheels                      # here: fill .whl/
 
-Writes ``gpu_check.json`` under ``--out`` after every part, and prints a short table last.
+Writes ``gpu_check.json`` (the only file) under ``--out`` after every part, and prints a short
+table last; the shared run, logs and caches go to ``--work`` (a temporary folder by default).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -65,8 +68,9 @@ class Sizes:
     train_data: list[str]  # synthetic data of the throughput part
     train_steps: int
     train_warmup: int
-    lightning_batches: list[int]
-    device_batches: list[int]
+    lightning_batches: list[int]  # the product's default path: CPU DataLoader batches
+    lightning_device_batches: list[int]  # the product with retrieval.batches_on_device=true
+    device_batches: list[int]  # the same module in a bare loop: the towers' own ceiling
     pytest_timeout_s: float
     deadline_s: float  # no part starts after this many seconds
 
@@ -79,7 +83,8 @@ FULL = Sizes(
                               "distill.max_epochs=3"],
     ranker_candidates=500, ranker_repeats=200, pipeline_requests=200,
     train_data=["data.loader.n_users=200000", "data.loader.n_items=1000000", "data.loader.n_interactions=10000000"],
-    train_steps=60, train_warmup=10, lightning_batches=[512, 8192], device_batches=[8192, 32768],
+    train_steps=60, train_warmup=10, lightning_batches=[512, 8192], lightning_device_batches=[8192, 32768],
+    device_batches=[32768],
     pytest_timeout_s=150, deadline_s=440)
 REHEARSAL = Sizes(
     retrieval_items=3000, retrieval_dim=16, retrieval_k=50, retrieval_repeats={1: 20, 256: 20},
@@ -91,7 +96,7 @@ REHEARSAL = Sizes(
     ranker_candidates=500, ranker_repeats=5, pipeline_requests=5,
     train_data=["data.loader.n_users=300", "data.loader.n_items=400", "data.loader.n_interactions=6000",
                 "data.loader.n_categories=8", "retrieval.history_len=20"],
-    train_steps=3, train_warmup=1, lightning_batches=[128], device_batches=[128],
+    train_steps=3, train_warmup=1, lightning_batches=[128], lightning_device_batches=[128], device_batches=[128],
     pytest_timeout_s=120, deadline_s=600)
 
 
@@ -177,7 +182,8 @@ def part_train_throughput(c: Check) -> dict:
     out: dict = {"interactions": int(len(data.dataset.interactions)), "items": int(data.n_items),
                  "train_examples": len(examples), "data_seconds": time.perf_counter() - t0,
                  "model": OmegaConf.to_container(cfg.retrieval.model)}
-    configs = [("lightning", b, gpu_parts.train_lightning, (c.work,)) for b in s.lightning_batches]
+    configs = [("lightning", b, gpu_parts.train_lightning, (c.work, False)) for b in s.lightning_batches]
+    configs += [("lightning_on_device", b, gpu_parts.train_lightning, (c.work, True)) for b in s.lightning_device_batches]
     configs += [("device_batches", b, gpu_parts.train_device_batches, ()) for b in s.device_batches]
     for path, b, fn, extra in configs:  # each batch size isolated: an out-of-memory loses only its row
         key = f"{path}/batch{b}"
@@ -236,9 +242,9 @@ def summary(results: dict) -> str:
         if r.get("status") == "ok":
             if name == "exact_retrieval":
                 dev = next(k.split("/")[0] for k in r if k.endswith("/batch1"))
-                fig = "; ".join(f"{k.replace('/batch', ' b')} {f(v['queries_per_s'])} q/s" for k, v in r.items()
-                                if isinstance(v, dict) and "queries_per_s" in v and k.startswith((dev, "faiss")))
-                fig += "; " + "; ".join(f"{k} {v:.1f}x" for k, v in r.items() if k.startswith("speedup"))
+                fig = "; ".join([f"{k.replace('/batch', ' b')} {f(v['queries_per_s'])} q/s" for k, v in r.items()
+                                 if isinstance(v, dict) and "queries_per_s" in v and k.startswith((dev, "faiss"))]
+                                + [f"{k} {v:.1f}x" for k, v in r.items() if k.startswith("speedup")])
             elif name == "pytest_gpu":
                 fig = f"{r['passed']} passed, {r['skipped']} skipped, {r['failures'] + r['errors']} failed"
             elif name == "rankers":
@@ -263,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=None, help="a finished run (default: train one)")
     p.add_argument("--repository", type=Path, default=None,
                    help="with --run-dir: the run's exported Triton repository (default: export it under --out)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="scratch folder for the run, logs and caches (default: a new temporary folder; not under "
+                        "--out, since the device tool brings back only 8 files from $OUT)")
     p.add_argument("--deadline-s", type=float, default=None, help="start no part after this (default: by sizes)")
     p.add_argument("--prepare-wheels", action="store_true", help="download the wheels the device lacks into .whl/")
     args = p.parse_args(argv)
@@ -285,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.repository is not None and args.run_dir is None:
         p.error("--repository needs --run-dir (the run it was exported from)")
-    c = Check(sizes, torch.device("cuda" if cuda and not args.cpu_rehearsal else "cpu"), args.out,
-              args.out / "work", args.run_dir, args.repository)
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    c = Check(sizes, torch.device("cuda" if cuda and not args.cpu_rehearsal else "cpu"), args.out, work,
+              args.run_dir, args.repository)
     c.work.mkdir(parents=True, exist_ok=True)
     if args.repository is not None:
         c.results["run"] = {"status": "ok", "given": True, "dir": str(args.run_dir), "repository": str(args.repository)}

@@ -225,11 +225,12 @@ def _module(data, rcfg, batch_size: int):
 
 
 def train_lightning(data, rcfg, examples, batch_size: int, steps: int, warmup: int, device: torch.device,
-                    work: Path) -> dict:
-    """The product's training path: Lightning, the CPU-built DataLoader batches, bf16 on a GPU."""
+                    work: Path, on_device: bool) -> dict:
+    """The product's training path: Lightning, bf16-mixed on a GPU, batches from
+    ``retrieval.device_batches.train_loader`` (a CPU DataLoader, or built on the device)."""
     import lightning as L
-    from torch.utils.data import DataLoader
 
+    from retrieval.device_batches import train_loader
     from retrieval.trainer import resolve_precision
 
     class Clock(L.Callback):
@@ -249,8 +250,7 @@ def train_lightning(data, rcfg, examples, batch_size: int, steps: int, warmup: i
                         max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[clock], default_root_dir=str(work))
-    loader = DataLoader(examples, batch_size=batch_size, shuffle=True, collate_fn=examples.collate, drop_last=True)
-    trainer.fit(_module(data, rcfg, batch_size), loader)
+    trainer.fit(_module(data, rcfg, batch_size), train_loader(examples, batch_size, on_device, trainer, 0))
     seconds = clock.end - clock.start
     return {"batch_size": batch_size, "precision": precision, "timed_steps": steps - warmup,
             "samples_per_s": (steps - warmup) * batch_size / seconds, "peak_gpu_mb": peak_memory_mb(device)}

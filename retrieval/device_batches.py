@@ -5,12 +5,14 @@ the DataLoader); on a GPU that step, not the towers, bounds the samples per seco
 holds the same tables as tensors on the device (histories, user and item feature tables, each
 example's context codes) and builds the very same batch with tensor gathers, so a GPU trains on
 large batches without waiting for the CPU. Tested equal to ``TrainExamples.collate`` on the CPU.
+``retrieval.batches_on_device: true`` trains with them (one device; see docs/gpu.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from features.encoders import context_from_timestamp
 from retrieval.data import TrainExamples
@@ -67,3 +69,34 @@ class DeviceExamples:
         order = torch.randperm(len(self), device=self.device, generator=generator)
         for s in range(0, len(order) - batch_size + 1, batch_size):
             yield self.batch(order[s : s + batch_size])
+
+
+class DeviceLoader:
+    """An epoch iterable of device-built batches that Lightning takes as a train dataloader.
+
+    One device only (no sharding across DDP ranks). Each epoch reshuffles with ``seed + epoch``.
+    """
+
+    def __init__(self, examples: DeviceExamples, batch_size: int, seed: int):
+        self.examples, self.seed, self.epoch = examples, seed, 0
+        self.batch_size = min(batch_size, len(examples))  # a tiny dataset still gives one batch
+
+    def __len__(self) -> int:
+        return len(self.examples) // self.batch_size
+
+    def __iter__(self):
+        g = torch.Generator(device=self.examples.device).manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return self.examples.epoch(self.batch_size, g)
+
+
+def train_loader(examples: TrainExamples, batch_size: int, on_device: bool, trainer, seed: int):
+    """The two-tower training batches: a CPU DataLoader, or (``retrieval.batches_on_device``)
+    batches built on the trainer's device from tables held there."""
+    if not on_device:
+        return DataLoader(examples, batch_size=batch_size, shuffle=True, collate_fn=examples.collate,
+                          drop_last=len(examples) > batch_size, num_workers=0)
+    if trainer.world_size > 1:
+        raise ValueError(f"retrieval.batches_on_device=true builds batches on one device, but the trainer runs "
+                         f"{trainer.world_size} processes; set retrieval.batches_on_device=false for DDP")
+    return DeviceLoader(DeviceExamples(examples, trainer.strategy.root_device), batch_size, seed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retrieval.data import Histories, TrainExamples
-from retrieval.device_batches import DeviceExamples
+from retrieval.device_batches import DeviceExamples, DeviceLoader, train_loader
 
 
 def flat(batch: dict) -> dict[str, np.ndarray]:
@@ -39,3 +39,33 @@ def test_epoch_covers_each_example_once_in_full_batches(tiny_prepared):
     assert len(seen) == len(examples) // 256 and all(len(s) == 256 for s in seen)
     counts = np.bincount(torch.cat(seen).numpy(), minlength=data.n_items)
     assert counts.sum() == len(seen) * 256 and counts.max() <= np.bincount(examples.h.items).max()
+
+
+def test_device_loader_yields_len_batches_each_epoch_reshuffled(tiny_prepared):
+    data = tiny_prepared
+    examples = DeviceExamples(TrainExamples(data, Histories.build(data, data.split.train), 20, "bag"), "cpu")
+    loader = DeviceLoader(examples, 512, seed=0)
+    first, second = list(loader), list(loader)
+    assert len(first) == len(second) == len(loader) == len(examples) // 512
+    assert not torch.equal(first[0]["item_index"], second[0]["item_index"])  # a new order each epoch
+    assert len(list(DeviceLoader(examples, 10**9, seed=0))) == 1  # a batch larger than the data: one batch
+
+
+def test_training_with_batches_on_device(tmp_path):
+    from tests.conftest import TINY_DATA, compose_cfg
+    from train import train
+
+    m = train(compose_cfg(tmp_path, TINY_DATA + ["stage=retrieval", "trainer.max_epochs=1",
+                                                "retrieval.batches_on_device=true"]))  # + the refit on train+valid
+    assert m["two_tower/test/recall@50"] > 0 and m["two_tower_refit/test/recall@50"] > 0
+
+
+def test_batches_on_device_refuses_ddp(tiny_prepared):
+    import lightning as L
+
+    data = tiny_prepared
+    examples = TrainExamples(data, Histories.build(data, data.split.train), 20, "bag")
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match=r"runs 2 processes; set retrieval.batches_on_device=false for DDP"):
+        train_loader(examples, 256, True, trainer, 0)
+    assert len(train_loader(examples, 256, False, trainer, 0)) == len(examples) // 256  # the CPU DataLoader

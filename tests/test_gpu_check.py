@@ -20,7 +20,9 @@ def rehearsal(tiny_student_run, tmp_path_factory) -> tuple[dict, int]:
     run, repo = tiny_student_run
     out = tmp_path_factory.mktemp("gpu_check")
     parts = ",".join(p for p in gpu_check.PARTS if p != "pytest_gpu")
-    rc = main(["--cpu-rehearsal", "--out", str(out), "--parts", parts, "--run-dir", str(run), "--repository", str(repo)])
+    rc = main(["--cpu-rehearsal", "--out", str(out), "--parts", parts, "--run-dir", str(run), "--repository", str(repo),
+               "--work", str(tmp_path_factory.mktemp("gpu_check_work"))])
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json"]  # the device tool brings back 8 files
     return json.loads((out / "gpu_check.json").read_text()), rc
 
 
@@ -59,14 +61,14 @@ def test_pipeline_part_answers_like_the_served_path(rehearsal):
 def test_train_throughput_part_trains_both_paths(rehearsal):
     r = rehearsal[0]["train_throughput"]
     assert r["interactions"] == 6000 and r["train_examples"] > 0
-    for key in ("lightning/batch128", "device_batches/batch128"):
+    for key in ("lightning/batch128", "lightning_on_device/batch128", "device_batches/batch128"):
         assert r[key]["samples_per_s"] > 0 and r[key]["peak_gpu_mb"] is None  # CPU: no GPU memory
     assert np.isfinite([r["device_batches/batch128"]["first_loss"], r["device_batches/batch128"]["last_loss"]]).all()
 
 
 def test_pytest_gpu_part_reports_the_skips_on_a_cpu(tmp_path):
-    rc = main(["--cpu-rehearsal", "--out", str(tmp_path), "--parts", "pytest_gpu"])
-    r = json.loads((tmp_path / "gpu_check.json").read_text())["pytest_gpu"]
+    rc = main(["--cpu-rehearsal", "--out", str(tmp_path / "out"), "--parts", "pytest_gpu", "--work", str(tmp_path / "w")])
+    r = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["pytest_gpu"]
     assert rc == 0 and r["status"] == "ok"
     assert r["tests"] == r["skipped"] >= 4 and r["passed"] == 0
     assert r["skip_reasons"] == ["needs a CUDA GPU (none visible)"]
