@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reliability venv baselines clean-venv
+.PHONY: run test reliability venv baselines clean-venv rehearsal-numpy2
 
 venv: $(STAMP)
 
@@ -28,6 +28,13 @@ reliability: $(STAMP)
 
 baselines: $(STAMP)
 	$(PY) train.py stage=baselines $(ARGS)
+
+# The GPU check's CPU rehearsal under numpy 2 (what the GPU machine has): a numpy 2 wheel on
+# PYTHONPATH ahead of the venv's numpy 1 (docs/gpu.md). Downloads the wheel once into .cache/.
+rehearsal-numpy2: $(STAMP)
+	test -d .cache/np2site || ($(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .cache/np2whl "numpy>=2" \
+		&& $(PY) -m pip install --quiet --no-deps --no-index --target .cache/np2site .cache/np2whl/*.whl)
+	PYTHONPATH=.cache/np2site $(PY) -m bench.gpu_check --cpu-rehearsal --out outputs/gpu_check_numpy2
 
 clean-venv:
 	rm -rf $(VENV)

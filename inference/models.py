@@ -24,17 +24,24 @@ INFERENCE = ("auto", "in_process", "bls")
 
 
 class TorchModel:
-    """Adapts an ``nn.Module`` taking a dict of tensors to numpy in, numpy out (eval mode)."""
+    """Adapts an ``nn.Module`` taking a dict of tensors to numpy in, numpy out (eval mode).
 
-    def __init__(self, module: torch.nn.Module):
-        self.module = module.eval()
+    Args:
+        module: the plain model (user tower, ranker, student).
+        device: where it runs; inputs are copied there and outputs back to the CPU (``cuda`` for
+            the in-process GPU path, see docs/gpu.md).
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.module = module.to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, np.ndarray]):
-        out = self.module({k: torch.as_tensor(v) for k, v in inputs.items()})
+        out = self.module({k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()})
         if isinstance(out, tuple):
-            return tuple(o.float().numpy() for o in out)
-        return out.float().numpy()
+            return tuple(o.float().cpu().numpy() for o in out)
+        return out.float().cpu().numpy()
 
 
 def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.InferenceSession:

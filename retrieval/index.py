@@ -4,6 +4,12 @@ Indexes are made with ``faiss.index_factory`` strings (``Flat`` for exact search
 catalogs; ``IVF4096,Flat``, ``HNSW32``, ``IVF4096,PQ32`` ... for large ones). FAISS ids are
 catalog item indices (``add_with_ids``), so results map straight back to item ids. A GPU copy is
 used when faiss sees a GPU (and the index type supports it); saving always writes the CPU form.
+
+``backend: torch`` (``configs/index/exact_torch.yaml``) builds :class:`retrieval.exact.ExactIndex`
+instead: exact search by a torch matrix product, on the GPU when one is visible, with no FAISS at
+all. Its artifact keeps the same names (``items.faiss`` holds the embeddings in ``.npy`` form,
+``items.faiss.json`` says ``backend: torch``), so loading, export and serving need no change.
+FAISS is imported only where a FAISS index is built, read or written.
 """
 
 from __future__ import annotations
@@ -12,9 +18,14 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
+
+from retrieval.exact import ExactIndex, resolve_device
+
+if TYPE_CHECKING:
+    import faiss
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +39,25 @@ class IndexConfig:
     ef_search: int | None = None  # HNSW: search breadth
     k_factor_rf: int | None = None  # refine (",RFlat"): re-rank k * k_factor_rf approximate hits exactly
     train_size: int = 200_000  # vectors sampled to train IVF / PQ
-    use_gpu: bool = True  # only when faiss sees a GPU
+    use_gpu: bool = True  # only when faiss (or torch, for backend torch) sees a GPU
+    backend: str = "faiss"  # faiss | torch (exact matrix product + top-k, retrieval/exact.py)
+
+
+BACKENDS = ("faiss", "torch")
+
+
+def check_config(cfg: IndexConfig) -> None:
+    """Reject a backend / factory pair that cannot be built, naming the fix."""
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"index.backend={cfg.backend!r} is unknown; known: {', '.join(BACKENDS)} (configs/index)")
+    if cfg.backend == "torch" and cfg.factory != "Flat":
+        raise ValueError(f"index.backend=torch is exact search and takes index.factory=Flat, got {cfg.factory!r}; "
+                         f"use backend=faiss for approximate indexes")
 
 
 def _apply_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
+    import faiss
+
     params = []
     if cfg.nprobe is not None:
         params.append(f"nprobe={cfg.nprobe}")
@@ -47,6 +73,8 @@ def _apply_search_params(index: faiss.Index, cfg: IndexConfig) -> None:
 
 
 def _maybe_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
+    import faiss
+
     if not cfg.use_gpu or not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
         return index
     if "HNSW" in cfg.factory:
@@ -56,11 +84,16 @@ def _maybe_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
     return faiss.index_cpu_to_all_gpus(index)
 
 
-def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index:
+def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> faiss.Index | ExactIndex:
     """Build an inner-product index over (N, D) embeddings; FAISS id i = catalog item i."""
+    check_config(cfg)
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {x.shape}")
+    if cfg.backend == "torch":
+        return ExactIndex(x, resolve_device(cfg.use_gpu))
+    import faiss
+
     try:
         base = faiss.index_factory(x.shape[1], cfg.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -76,7 +109,7 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> fais
     return _maybe_gpu(index, cfg)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index | ExactIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product. -> scores (B, k) float32, item indices (B, k) int64 (-1 = none)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -84,15 +117,22 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     return index.search(q, min(k, index.ntotal))
 
 
-def save_index(index: faiss.Index, cfg: IndexConfig, path: str | Path) -> None:
-    """Write ``<path>`` (faiss) and ``<path>.json`` (build/search parameters)."""
+def save_index(index: faiss.Index | ExactIndex, cfg: IndexConfig, path: str | Path) -> None:
+    """Write ``<path>`` (faiss, or ``.npy`` embeddings for backend torch) and ``<path>.json`` (parameters)."""
     path = Path(path)
+    if isinstance(index, ExactIndex):
+        with path.open("wb") as f:  # np.save on a path would append ".npy"
+            np.save(f, index.embeddings())
+        Path(str(path) + ".json").write_text(json.dumps(asdict(cfg)))
+        return
+    import faiss
+
     cpu = faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
     faiss.write_index(cpu, str(path))
     Path(str(path) + ".json").write_text(json.dumps(asdict(cfg)))
 
 
-def load_index(path: str | Path, use_gpu: bool | None = None) -> tuple[faiss.Index, IndexConfig]:
+def load_index(path: str | Path, use_gpu: bool | None = None) -> tuple[faiss.Index | ExactIndex, IndexConfig]:
     """Read an index saved by :func:`save_index`, restoring its search parameters."""
     path = Path(path)
     if not path.exists():
@@ -100,6 +140,11 @@ def load_index(path: str | Path, use_gpu: bool | None = None) -> tuple[faiss.Ind
     cfg = IndexConfig(**json.loads(Path(str(path) + ".json").read_text()))
     if use_gpu is not None:
         cfg.use_gpu = use_gpu
+    check_config(cfg)
+    if cfg.backend == "torch":
+        return ExactIndex(np.load(path), resolve_device(cfg.use_gpu)), cfg
+    import faiss
+
     index = faiss.read_index(str(path))
     _apply_search_params(index, cfg)
     return _maybe_gpu(index, cfg), cfg

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from features.prepare import Prepared
 from retrieval.data import Histories, TrainExamples, item_inputs, user_inputs
+from retrieval.device_batches import train_loader
 from retrieval.module import RetrievalValidation, TwoTowerModule
 from retrieval.towers import TwoTower, build_two_tower
 
@@ -70,8 +71,6 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
     valid_h = Histories.build(data, data.split.valid)
     model = build_two_tower(data.features, data.n_items, **cfg.model)
     examples = TrainExamples(data, train_h, cfg.history_len, cfg.history_mode)
-    loader = DataLoader(examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=examples.collate,
-                        drop_last=len(examples) > cfg.batch_size, num_workers=0)
     pop = np.asarray((data.history("test") if refit else data.train).sum(axis=0)).ravel() + 1.0
     item_log_q = torch.as_tensor(np.log(cfg.batch_size * pop / pop.sum()), dtype=torch.float32)
     optimizer = instantiate(cfg.optimizer)
@@ -80,6 +79,7 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
                                 item_log_q, item_inputs(data))
         trainer = make_trainer(trainer_cfg, logger, [], out_dir, progress, max_epochs=refit_epochs,
                                limit_val_batches=0)
+        loader = train_loader(examples, cfg.batch_size, cfg.batches_on_device, trainer, seed)
         t0 = time.time()
         trainer.fit(module, loader)
         seconds = time.time() - t0
@@ -110,6 +110,7 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
                         filename="best"),
     ]
     trainer = make_trainer(trainer_cfg, logger, callbacks, out_dir, progress)
+    loader = train_loader(examples, cfg.batch_size, cfg.batches_on_device, trainer, seed)
     t0 = time.time()
     trainer.fit(module, loader, val_loader, ckpt_path=cfg.resume_from)
     seconds = time.time() - t0

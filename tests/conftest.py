@@ -71,6 +71,22 @@ def tiny_run(tmp_path_factory) -> Path:
     return d / "run"
 
 
+@pytest.fixture(scope="session")
+def tiny_student_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny run with a distilled student (gate off), exported with the student as the default
+    ranker; (run directory, repository)."""
+    from export.repository import export_if_needed
+    from train import train
+
+    d = tmp_path_factory.mktemp("student_run")
+    cfg = compose_cfg(d, TINY_DATA + ["stage=distill", "ranking.max_epochs=2", "eval.cold_users=50",
+                                      "distill.max_epochs=2", "distill.gate.min_retained=0.0",
+                                      "export.ranker=ranker_student"])
+    train(cfg)
+    export_if_needed(cfg, d / "run")
+    return d / "run", d / "triton_repo"
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests run only where CUDA is visible; everything else always runs."""
     import torch

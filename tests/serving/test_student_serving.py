@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from export.repository import export_if_needed
 from pipeline.artifacts import load_pipeline
 from ranking.model import load_ranker
 from pipeline.pipeline import Request
@@ -21,8 +20,6 @@ from serving import cli
 from serving.client import RecommendClient
 from serving.protocol import encode_request
 from serving.triton_server import TritonServer
-from tests.conftest import TINY_DATA, compose_cfg
-from train import train
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 TS = 1_700_600_000
@@ -30,15 +27,10 @@ RANKERS = ["ranker", "ranker_student", "ranker_int8", "ranker_student_int8"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Tiny run with a distilled student, exported with the student as the default ranker."""
-    d = tmp_path_factory.mktemp("student_run")
-    cfg = compose_cfg(d, TINY_DATA + ["stage=distill", "ranking.max_epochs=2", "eval.cold_users=50",
-                                      "distill.max_epochs=2", "distill.gate.min_retained=0.0",
-                                      "export.ranker=ranker_student"])
-    train(cfg)
-    export_if_needed(cfg, d / "run")
-    return d / "run", d / "triton_repo"
+def run(tiny_student_run):
+    """Tiny run with a distilled student, exported with the student as the default ranker (shared
+    with the GPU check's rehearsal)."""
+    return tiny_student_run
 
 
 @pytest.fixture(scope="module")
