@@ -60,7 +60,7 @@ def product_metrics(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="recsys-demo", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, default=None, help="trained run (default: newest under outputs/)")
     p.add_argument("overrides", nargs="*", help="export overrides, e.g. export.repository=/tmp/repo")
     args = p.parse_args(argv)

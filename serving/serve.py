@@ -1,8 +1,9 @@
 """Run Triton Inference Server on a model repository until Ctrl-C or SIGTERM.
 
 Example:
-    python -m serving.serve --model-repository triton_repo
-    python -m serving.serve --model-repository triton_repo --grpc-port 0   # any free port
+    recsys-serve --model-repository triton_repo
+    recsys-serve --model-repository triton_repo --grpc-port 0   # any free port
+    (``python -m serving.serve ...`` from a source checkout)
 
 Binds 127.0.0.1 only. The server is the nvidia-pytriton wheel's `tritonserver` (or, with a GPU
 visible, a stock `tritonserver` on PATH); see serving/triton_server.py.
@@ -21,7 +22,7 @@ from serving.triton_server import TritonServer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see `--help`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving.serve",
+        prog="recsys-serve",
         description="Start a Triton Inference Server on 127.0.0.1, print its ports and ready "
                     "models, and stop it cleanly on Ctrl-C or SIGTERM.",
         epilog="Ports bind 127.0.0.1 only. The server log goes to a file; its path is printed.")
