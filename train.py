@@ -16,11 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.plots import write_plots
 from evaluation.report import add_section, read_metrics, write_report
 from evaluation.stage import run_baselines
+from evaluation.tracking import configure_tracking, finish_tracking, selection_metric
 from export.stage import run_export
 from features.prepare import prepare
 from features.schema import DataError
 from ranking.distill import DistillGateError
 from ranking.stage import run_distill, run_ranking
+from retrieval.distributed import is_global_zero
 from retrieval.stage import run_retrieval
 
 log = logging.getLogger("train")
@@ -54,8 +56,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("output dir: %s", out_dir)
     t0 = time.time()
     data = prepare(cfg)
-    data.save_artifacts(out_dir / "artifacts")
+    if is_global_zero():  # under DDP the other processes only train
+        data.save_artifacts(out_dir / "artifacts")
     log.info("data prepared in %.1fs", time.time() - t0)
+    configure_tracking(cfg)
     loggers = make_loggers(cfg)
     retrieval = ranking = None
     for stage in stages:
@@ -87,17 +91,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         add_section(out_dir, "Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots))
     path = write_report(out_dir, f"Run report: {cfg.data.name}", header)
     log.info("report: %s", path)
+    finish_tracking(cfg, out_dir, loggers, read_metrics(out_dir))
     return read_metrics(out_dir)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     OmegaConf.set_struct(cfg, False)
     cfg.overrides = list(HydraConfig.get().overrides.task)
     metrics = train(cfg)
     print(_summary_table(metrics))
+    return selection_metric(cfg, metrics)  # what a Hydra sweeper (Optuna) optimises
 
 
 def _summary_table(metrics: dict[str, float]) -> str:
