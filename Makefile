@@ -3,15 +3,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The extras this machine gets: cpu (faiss-cpu, onnxruntime) or gpu (CUDA 13); see docs/install.md.
+EXTRAS ?= cpu,dev
+# PyPI's torch is the CUDA 13 build (~530 MB of CUDA libraries). On a CPU machine point this at
+# PyTorch's CPU wheels to get 2.13.0+cpu instead: make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: run test venv baselines clean-venv
+.PHONY: run test venv baselines clean-venv wheel-check
 
 venv: $(STAMP)
 
 # Re-installs only when pyproject.toml changes; idempotent otherwise.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_INDEX) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # The main job: data -> baselines -> retrieval -> ranking -> distill -> export -> Triton -> gRPC answers.
@@ -24,6 +30,12 @@ test: $(STAMP)
 
 baselines: $(STAMP)
 	$(PY) train.py stage=baselines $(ARGS)
+
+# Build the wheel, install it into a fresh venv and run the installed commands on a tiny run (CI).
+wheel-check: $(STAMP)
+	rm -f dist/hybrid_recommender-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	bash .ci/wheel_check.sh "$(PY)" dist
 
 clean-venv:
 	rm -rf $(VENV)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from export.spec import ModelSpec
+from inference.providers import open_session
 
 log = logging.getLogger(__name__)
 # The exporter's graph passes log every rewrite and deduplicated initializer at INFO.
@@ -104,10 +105,7 @@ def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.Inferen
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    return open_session(path, opts, gpu)  # logs the providers the session really got
 
 
 class OnnxCallable:

@@ -126,5 +126,5 @@ class TwoTowerModule(L.LightningModule):
 
     def configure_optimizers(self):
         if isinstance(self.optimizer_factory, dict):
-            return instantiate(self.optimizer_factory, params=self.parameters())
+            return instantiate(self.optimizer_factory, params=self.parameters(), _partial_=False)
         return self.optimizer_factory(params=self.parameters())

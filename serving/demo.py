@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from tritonclient.utils import InferenceServerException
 
-from export.config import ROOT, run_config
+from export.config import run_config, workspace_root
 from export.stage import export_if_needed
 from serving.cli import format_answer
 from serving.client import RecommendClient
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="export overrides, e.g. export.repository=/tmp/repo")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    run_dir = (args.run_dir or latest_run(ROOT / "outputs")).resolve()
+    run_dir = (args.run_dir or latest_run(workspace_root() / "outputs")).resolve()
     cfg = run_config(run_dir, args.overrides)
     if cfg.export.flavour != "wheel":
         print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)

@@ -18,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from inference.providers import open_session
+
 
 def _parameter(config: dict, key: str, default: str) -> str:
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
@@ -37,7 +39,7 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(_parameter(config, "ORT_THREADS", "1"))
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(path, opts, gpu=False)  # logs the providers it got
 
     def execute(self, requests: list) -> list:
         """One onnxruntime run over the rows of every request, split back per request."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from features.schema import DataError
@@ -43,7 +44,10 @@ def _grouplens_dir(tmp_path: Path) -> Path:
 def _load(tmp_path: Path, overrides: list[str]):
     """Compose the real config with the overrides (Hydra rejects unknown keys) and run the loader."""
     cfg = compose_cfg(tmp_path, overrides)
-    return instantiate(cfg.data.loader)
+    try:
+        return instantiate(cfg.data.loader)
+    except InstantiationException as err:  # Hydra wraps the loader's own error
+        raise err.__cause__ from None
 
 
 def test_custom_missing_file_hint_key_is_accepted(tmp_path):
