@@ -35,11 +35,14 @@ class RetrievalValidation:
 class TwoTowerModule(L.LightningModule):
     """Trains :class:`TwoTower` with in-batch sampled softmax (+ optional uniform negatives)."""
 
-    def __init__(self, model: TwoTower | None, optimizer: Callable | dict | None, temperature: float,
-                 logq_correction: bool, uniform_negatives: int, item_log_q: torch.Tensor | None = None,
+    def __init__(self, model: TwoTower | None = None, optimizer: Callable | dict | None = None, temperature: float | None = None,
+                 logq_correction: bool | None = None, uniform_negatives: int | None = None, item_log_q: torch.Tensor | None = None,
                  catalog: dict[str, torch.Tensor] | None = None, validation: RetrievalValidation | None = None,
                  eval_batch_size: int = 1024, towers: dict | None = None, n_items: int | None = None):
-        """Args:
+        """Every argument comes from configs/retrieval (no defaults here); the ``None`` defaults only let
+        ``load_from_checkpoint`` pass the stored hyperparameters by name.
+
+        Args:
             model: the towers; None rebuilds them from ``towers`` (what ``load_from_checkpoint`` does).
             optimizer: a ``retrieval.optimizer`` config dict (``_target_``, ``_partial_``) or a factory
                 ``params -> Optimizer``; only a dict is stored in the checkpoint.

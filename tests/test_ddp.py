@@ -45,7 +45,7 @@ def test_two_process_cpu_ddp_trains_evaluates_and_writes_once(tmp_path):
                 if line.split(",")[0]]
     assert val_rows
     best = run / "checkpoints" / "retrieval" / "best.ckpt"
-    module = TwoTowerModule.load_from_checkpoint(best, map_location="cpu", weights_only=False)
+    module = TwoTowerModule.load_from_checkpoint(best, map_location="cpu")
     state = torch.load(run / "artifacts" / "two_tower.pt", map_location="cpu", weights_only=False)["state_dict"]
     assert all(torch.equal(module.model.state_dict()[k], v) for k, v in state.items())
     assert not list(run.rglob("hybrid-recommender"))  # no stray Lightning checkpoint folder
