@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
+from evaluation.wandb_offline import read_offline_run
 from tests.conftest import TINY_DATA, compose_cfg
 from tests.test_ddp import _run_train
 
@@ -35,19 +35,22 @@ def test_offline_run_holds_config_metrics_and_artifacts(wandb_env):
     metrics = train(cfg)
     out = Path(cfg.paths.output_dir)
     (run_dir,) = _offline_runs(out)
+    recorded = read_offline_run(run_dir)
+    assert recorded["config"]["hydra"]["data"]["loader"]["n_users"] == 300
+    assert recorded["config"]["hydra"]["stage"] == "retrieval"
+    for key in ("two_tower/test/recall@50", "two_tower/valid/ndcg@10"):
+        assert recorded["summary"][key] == pytest.approx(metrics[key])
     files = run_dir / "files"
-    config = yaml.safe_load((files / "config.yaml").read_text())
-    assert config["hydra"]["value"]["data"]["loader"]["n_users"] == 300
     assert yaml.safe_load((files / "config.resolved.yaml").read_text())["stage"] == "retrieval"
-    summary = json.loads((files / "wandb-summary.json").read_text())
-    assert summary["two_tower/test/recall@50"] == pytest.approx(metrics["two_tower/test/recall@50"])
     assert (files / "metrics.json").exists() and (files / "report.md").exists()
-    # Artifacts are recorded in the run's log with every file of artifacts/ (towers, index, store).
-    log = next(run_dir.glob("run-*.wandb")).read_bytes()
+    assert list((files / "media" / "images" / "report").glob("ndcg_at_k*.png"))
+    # The run's artifacts/ folder as one W&B artifact: towers, index, embeddings, feature store.
     run_id = run_dir.name.rsplit("-", 1)[-1]
-    assert f"run-{run_id}-model".encode() in log
-    for name in ("two_tower.pt", "items.faiss", "item_embeddings.npy"):
-        assert name.encode() in log, name
+    model = recorded["artifacts"][f"run-{run_id}-model"]
+    assert model["type"] == "model"
+    assert {"two_tower.pt", "items.faiss", "item_embeddings.npy", "encoders.json"} <= set(model["files"])
+    assert any(f.startswith("store/") for f in model["files"])
+    assert recorded["artifacts"][f"run-{run_id}-metrics"]["type"] == "run_table"
     assert not list(out.rglob("hybrid-recommender"))  # no stray Lightning checkpoint folder
 
 
@@ -62,10 +65,10 @@ def test_multirun_one_grouped_run_per_job_and_a_summary(wandb_env):
     groups = set()
     for job in jobs:
         (run_dir,) = _offline_runs(job)  # one run per job: job 1 did not write into job 0's run
-        meta = json.loads((run_dir / "files" / "wandb-metadata.json").read_text()) if (run_dir / "files" / "wandb-metadata.json").exists() else {}
-        config = yaml.safe_load((run_dir / "files" / "config.yaml").read_text())
-        groups.add(config["hydra"]["value"]["logger"]["wandb"]["group"])
-        assert meta or config
+        recorded = read_offline_run(run_dir)
+        groups.add(recorded["config"]["hydra"]["logger"]["wandb"]["group"])
+        assert recorded["config"]["hydra"]["seed"] == int(job.name) + 1
+        assert "ease/test/ndcg@10" in recorded["summary"]
     assert groups == {"sweep0"}
     table = (sweep / "sweep_summary.md").read_text()
     assert "seed=1" in table and "seed=2" in table and "ease/valid/ndcg@10" in table
