@@ -17,6 +17,8 @@ venv: $(STAMP)
 # Re-installs only when pyproject.toml changes; idempotent otherwise.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# pip >= 24 reads package metadata without downloading wheels (tests/test_extras.py resolves from PyPI).
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --disable-pip-version-check $(PIP_INDEX) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
