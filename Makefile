@@ -35,8 +35,8 @@ baselines: $(STAMP)
 
 # Build the wheel, install it into a fresh venv and run the installed commands on a tiny run (CI).
 wheel-check: $(STAMP)
-	rm -f dist/hybrid_recommender-*.whl
-	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	rm -rf build dist/hybrid_recommender-*.whl
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
 	bash .ci/wheel_check.sh "$(PY)" dist
 
 clean-venv:

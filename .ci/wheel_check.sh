@@ -31,9 +31,12 @@ OMP_NUM_THREADS=1 "$WORK/venv/bin/recsys-train" stage=ranking data=synthetic dat
 printf "user_id\nu1\nnobody\n" > "$WORK/req.csv"
 "$WORK/venv/bin/recsys-batch" --run-dir "$WORK/run" --requests "$WORK/req.csv" --k 5 --out "$WORK/recs.csv" --no-progress
 test "$(wc -l < "$WORK/recs.csv")" -eq 11
-"$WORK/venv/bin/recsys-export" --run-dir "$WORK/run" export.repository="$WORK/repo" > "$WORK/export.log" 2>&1 \
+# Default repository: ./triton_repo of the current directory (never the installed templates).
+"$WORK/venv/bin/recsys-export" --run-dir "$WORK/run" > "$WORK/export.log" 2>&1 \
   || { tail -30 "$WORK/export.log"; exit 1; }
 for f in recommend/config.pbtxt recommend/1/model.py user_tower/1/model.onnx ranker/1/model.onnx retrieval/1/items.faiss; do
-  test -s "$WORK/repo/$f" || { echo "missing $f in the exported repository"; exit 1; }
+  test -s "$WORK/triton_repo/$f" || { echo "missing $f in the exported repository"; exit 1; }
 done
+PKG_REPO="$("$WORK/venv/bin/python" -c 'import export.config as c; print(c.ROOT / "triton_repo")')"
+test ! -e "$PKG_REPO/user_tower/1/model.onnx" || { echo "export wrote into the installed package $PKG_REPO"; exit 1; }
 echo "wheel check ok: $(basename "$WHEEL") trains, answers a batch and exports from an installed copy"
