@@ -27,16 +27,20 @@ def summarise_sweep(sweep_dir: Path, metric: str | None, columns: list[str]) -> 
         metric: the key to sort by (descending); None keeps job order.
         columns: ``metrics.json`` keys to show besides ``metric``.
     """
-    rows = []
+    rows, overrides_of = [], {}
     for metrics_file in sorted(sweep_dir.glob("*/metrics.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         job = metrics_file.parent
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
+        overrides_of[job.name] = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.exists() else []
         metrics = json.loads(metrics_file.read_text())
-        row = {"job": job.name, "overrides": " ".join(str(o) for o in overrides)}
+        row = {"job": job.name, "overrides": ""}
         for key in ([metric] if metric else []) + [c for c in columns if c != metric]:
             row[key] = metrics.get(key)
         rows.append(row)
+    # Only what differs between jobs (the shared command line is the same for all of them).
+    shared = set.intersection(*(set(o) for o in overrides_of.values())) if overrides_of else set()
+    for row in rows:
+        row["overrides"] = " ".join(o for o in overrides_of[row["job"]] if o not in shared)
     if metric:
         rows.sort(key=lambda r: float("-inf") if r.get(metric) is None else r[metric], reverse=True)
     return rows
