@@ -35,6 +35,11 @@ def configure_tracking(cfg: DictConfig) -> None:
     wcfg = (cfg.get("logger") or {}).get("wandb")
     if wcfg is None:
         return
+    import wandb
+
+    if wandb.run is not None:  # left open by a job of this process that failed before finish_tracking
+        log.warning("closing W&B run %s left open by an earlier job", wandb.run.id)
+        wandb.finish(exit_code=1)
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
