@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.plots import write_plots
 from evaluation.report import add_section, read_metrics, write_report
+from evaluation.tracking import configure_tracking, finish_tracking, selection_metric
 from features.prepare import prepare
 from features.schema import Dataset, DataError
 from pipeline.artifacts import RunArtifacts
@@ -27,6 +28,7 @@ from stages.distill import run_distill
 from stages.export import run_export
 from stages.ranking import run_ranking
 from stages.retrieval import run_retrieval
+from retrieval.distributed import is_global_zero
 
 log = logging.getLogger("train")
 STAGES = ("baselines", "retrieval", "ranking", "distill", "deploy", "export")
@@ -64,13 +66,15 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
     log.info("output dir: %s", out_dir)
     t0 = time.time()
     art = RunArtifacts(out_dir)
-    art.start(cfg, cfg.data.name)  # status "running" until the end: a killed run stays visibly incomplete
+    if is_global_zero():  # under DDP the other processes only train the towers, then stop
+        art.start(cfg, cfg.data.name)  # status "running" until the end: a killed run stays visibly incomplete
     data = prepare(cfg, dataset)
     titles = data.titles()
-    if titles is not None:
+    if titles is not None and is_global_zero():
         with art.writing("item_titles") as path:
             path.write_text(json.dumps(titles))
     log.info("data prepared in %.1fs", time.time() - t0)
+    configure_tracking(cfg)
     loggers = make_loggers(cfg)
     retrieval = ranking = None
     for stage in stages:
@@ -106,18 +110,20 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
         add_section(out_dir, "Plots", "\n\n".join(f"![{p.stem}]({p.name})" for p in plots))
     path = write_report(out_dir, f"Run report: {cfg.data.name}", header)
     log.info("report: %s", path)
+    finish_tracking(cfg, out_dir, loggers, read_metrics(out_dir))
     art.finish()
     return read_metrics(out_dir)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     OmegaConf.set_struct(cfg, False)
     cfg.overrides = list(HydraConfig.get().overrides.task)
     metrics = train(cfg)
     print(_summary_table(metrics))
+    return selection_metric(cfg, metrics)  # what a Hydra sweeper (Optuna) optimises
 
 
 def _summary_table(metrics: dict[str, float]) -> str:

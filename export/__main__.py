@@ -17,7 +17,7 @@ from export.repository import run_export
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m export", description="Export a finished training run to ONNX and "
+    parser = argparse.ArgumentParser(prog="recsys-export", description="Export a finished training run to ONNX and "
                                      "write the Triton model repository (see docs/serving.md).")
     parser.add_argument("--run-dir", required=True, type=Path,
                         help="output directory of `python train.py` (holds artifacts/)")
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"model repository: {repo}\nserve it: python -m serving.serve --model-repository {repo}")
+    print(f"model repository: {repo}\nserve it: recsys-serve --model-repository {repo}")
     return 0
 
 

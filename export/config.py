@@ -10,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from export.triton_config import FLAVOURS
 from inference.models import INFERENCE
 
+# Where configs/ and triton_repo/ (the templates) live: the source checkout, or site-packages for a
+# wheel install (both ship as package data).
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "configs" / "export" / "default.yaml"
 
@@ -42,6 +44,12 @@ def recommend_inference(ecfg: DictConfig) -> str:
     return choice
 
 
+def workspace_root() -> Path:
+    """Where runs and the default Triton repository go: the source checkout when running from one
+    (an editable install), else the current directory (never site-packages)."""
+    return ROOT if (ROOT / "pyproject.toml").exists() else Path.cwd()
+
+
 def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """A finished run's config, with paths pointing at this checkout and ``run_dir``, plus overrides.
 
@@ -55,7 +63,7 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose("train", overrides=[f"paths.output_dir={run_dir}"])
     OmegaConf.set_struct(cfg, False)
-    cfg.paths.root_dir = str(ROOT)
+    cfg.paths.root_dir = str(workspace_root())
     cfg.paths.output_dir = str(run_dir)
     if cfg.get("export") is None:
         cfg.export = OmegaConf.load(DEFAULTS)

@@ -1,7 +1,7 @@
 """A user's own tables (CSV or parquet) through the same schema and validation.
 
 Configured with ``data=custom`` and overrides such as
-``data.interactions=/path/events.parquet data.columns.user_id=customer``.
+``data.loader.interactions=/path/events.parquet data.loader.columns.user_id=customer``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,19 @@ from features.schema import DataError, Dataset
 _CONTRACT = {"interactions": ["user_id", "item_id", "timestamp"], "items": ["item_id"], "users": ["user_id"]}
 
 
-def read_table(path: str | Path, what: str) -> pd.DataFrame:
-    """Read a CSV (any ``.csv``/``.tsv``/``.txt``) or parquet file; clear errors for missing or empty files."""
+def read_table(path: str | Path, what: str, setting: str | None = None) -> pd.DataFrame:
+    """Read a CSV (any ``.csv``/``.tsv``/``.txt``) or parquet file; clear errors for missing or empty files.
+
+    Args:
+        path: the file.
+        what: which table it is (``interactions``, ``items``, ``users``, ``requests``).
+        setting: the config key or command-line flag that names the file, for the error hint;
+            ``data.loader.<what>`` when None.
+    """
     p = Path(path).expanduser()
     if not p.exists():
-        raise DataError(f"{what} file {p} does not exist; set data.{what}=<path to a .csv or .parquet file>.")
+        hint = setting or f"data.loader.{what}"
+        raise DataError(f"{what} file {p} does not exist; set {hint}=<path to a .csv or .parquet file>.")
     if p.stat().st_size == 0:
         raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.")
     suffix = p.suffix.lower()
@@ -44,7 +52,7 @@ def _rename(df: pd.DataFrame, columns: dict[str, str], table: str, path: str) ->
         if theirs not in df.columns:
             raise DataError(
                 f"{table} file {path} has no column {theirs!r} (needed as {contract_name!r}); "
-                f"found {list(df.columns)}. Set data.columns.{contract_name}=<your column name>."
+                f"found {list(df.columns)}. Set data.loader.columns.{contract_name}=<your column name>."
             )
         mapping[theirs] = contract_name
     return df.rename(columns=mapping)
@@ -67,7 +75,7 @@ def load_tables(
         name: dataset name used in reports.
     """
     if not interactions:
-        raise DataError("data=custom needs data.interactions=<path to a .csv or .parquet file>.")
+        raise DataError("data=custom needs data.loader.interactions=<path to a .csv or .parquet file>.")
     inter = _rename(read_table(interactions, "interactions"), columns or {}, "interactions", interactions)
     if columns and columns.get("weight") and columns["weight"] in inter.columns:
         inter = inter.rename(columns={columns["weight"]: "weight"})

@@ -65,8 +65,8 @@ def _fetch_recbole_wheel(cache_dir: Path) -> Path:
     if res.returncode != 0 or not wheel.exists():
         raise DataError(
             f"could not fetch MovieLens-100K from the package index ({' '.join(cmd)} failed: "
-            f"{res.stderr.strip()[-500:]}). Point data.path at a local copy (GroupLens u.data/u.item/u.user "
-            f"or RecBole ml-100k.* files) with data.source=dir."
+            f"{res.stderr.strip()[-500:]}). Point data.loader.path at a local copy (GroupLens u.data/u.item/u.user "
+            f"or RecBole ml-100k.* files) with data.loader.source=dir."
         )
     return wheel
 
@@ -123,7 +123,7 @@ def _read_grouplens(raw: dict[str, bytes], source: str) -> Dataset:
 
 def _from_dir(path: Path) -> Dataset:
     if not path.is_dir():
-        raise DataError(f"MovieLens directory {path} does not exist; set data.path to a folder with u.data/u.item/u.user or ml-100k.inter/.item/.user.")
+        raise DataError(f"MovieLens directory {path} does not exist; set data.loader.path=<folder>, a folder with u.data/u.item/u.user or ml-100k.inter/.item/.user.")
     grouplens = ["u.data", "u.item", "u.user"]
     atomic = {k: path / f"ml-100k.{k}" for k in ("inter", "item", "user")}
     if all((path / f).exists() for f in grouplens):
@@ -153,7 +153,7 @@ def load_movielens(source: str = "pypi", path: str | None = None, cache_dir: str
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if source == "dir":
         if not path:
-            raise DataError("data.source=dir needs data.path=<folder with the MovieLens files>.")
+            raise DataError("data.loader.source=dir needs data.loader.path=<folder with the MovieLens files>.")
         return _from_dir(Path(path).expanduser())
     if source == "pypi":
         wheel = _fetch_recbole_wheel(cache)
@@ -174,4 +174,4 @@ def load_movielens(source: str = "pypi", path: str | None = None, cache_dir: str
             with zipfile.ZipFile(io.BytesIO(data)) as z:
                 z.extractall(cache)
         return _from_dir(target)
-    raise DataError(f"unknown MovieLens source {source!r}; use one of: pypi, dir, grouplens.")
+    raise DataError(f"unknown MovieLens source {source!r}; set data.loader.source= one of: pypi, dir, grouplens.")

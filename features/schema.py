@@ -67,7 +67,7 @@ def _require_columns(df: pd.DataFrame, required: list[str], table: str, source: 
     if missing:
         raise DataError(
             f"{source}: {table} table is missing column(s) {missing}; found {list(df.columns)}. "
-            f"Rename the columns or map them in the data config (e.g. data.columns.{missing[0]}=<your column>)."
+            f"Rename the columns or map them in the data config (with data=custom: data.loader.columns.{missing[0]}=<your column>)."
         )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from inference.providers import open_session
 from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,7 @@ def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.Inferen
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    return open_session(path, opts, gpu)  # logs the providers the session really got
 
 
 class OnnxCallable:

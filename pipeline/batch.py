@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def read_requests(path: str | Path) -> pd.DataFrame:
     """Load and check a requests table: a ``user_id`` column, optional numeric ``timestamp``."""
-    df = read_table(path, "requests")
+    df = read_table(path, "requests", setting="--requests")
     if "user_id" not in df.columns:
         raise DataError(f"requests file {path} has no 'user_id' column; found {list(df.columns)}. "
                         f"Add a user_id column (one request per row).")

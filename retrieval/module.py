@@ -12,10 +12,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from hydra.utils import instantiate
+
 from evaluation.metrics import ranking_metrics
 from inference.topk import topk_excluding
 from retrieval.loss import sampled_softmax_loss
-from retrieval.towers import TwoTower
+from retrieval.distributed import gather_rows
+from retrieval.hparams import tower_features
+from retrieval.towers import TwoTower, build_two_tower
 
 
 MAX_SCORES = 20_000_000  # dense (user, item) scores held at once during validation
@@ -32,21 +36,43 @@ class RetrievalValidation:
 class TwoTowerModule(L.LightningModule):
     """Trains :class:`TwoTower` with in-batch sampled softmax (+ optional uniform negatives)."""
 
-    def __init__(self, model: TwoTower, optimizer: Callable, temperature: float, logq_correction: bool,
-                 uniform_negatives: int, item_log_q: torch.Tensor, catalog: dict[str, torch.Tensor],
-                 validation: RetrievalValidation | None = None, eval_batch_size: int = 1024):
+    def __init__(self, model: TwoTower | None = None, optimizer: Callable | dict | None = None, temperature: float | None = None,
+                 logq_correction: bool | None = None, uniform_negatives: int | None = None, item_log_q: torch.Tensor | None = None,
+                 catalog: dict[str, torch.Tensor] | None = None, validation: RetrievalValidation | None = None,
+                 eval_batch_size: int = 1024, towers: dict | None = None, n_items: int | None = None):
+        """Every argument comes from configs/retrieval (no defaults here); the ``None`` defaults only let
+        ``load_from_checkpoint`` pass the stored hyperparameters by name.
+
+        Args:
+            model: the towers; None rebuilds them from ``towers`` (what ``load_from_checkpoint`` does).
+            optimizer: a ``retrieval.optimizer`` config dict (``_target_``, ``_partial_``) or a factory
+                ``params -> Optimizer``; only a dict is stored in the checkpoint.
+            towers: :func:`retrieval.hparams.tower_config` of the model, stored as a hyperparameter.
+            n_items: catalog size (sizes ``item_log_q`` when the module is rebuilt from a checkpoint).
+        """
         super().__init__()
+        # Everything but tensors, data and objects goes into the checkpoint's hyperparameters.
+        self.save_hyperparameters(ignore=["model", "item_log_q", "catalog", "validation"]
+                                  + ([] if isinstance(optimizer, dict) or optimizer is None else ["optimizer"]))
+        if model is None:
+            if towers is None:
+                raise ValueError("TwoTowerModule needs model= or towers= (retrieval.hparams.tower_config); "
+                                 "a checkpoint written before towers were stored cannot rebuild its model.")
+            model = build_two_tower(tower_features(towers), 0, **towers["model"])
         self.model = model
         self.optimizer_factory = optimizer
         self.temperature = temperature
         self.logq_correction = logq_correction
         self.uniform_negatives = uniform_negatives
+        if item_log_q is None:
+            item_log_q = torch.zeros(n_items or 0)
         self.register_buffer("item_log_q", item_log_q, persistent=False)  # (N,)
-        self.catalog = catalog  # every item's encoded features, (N, ...) tensors
+        self.catalog = catalog or {}  # every item's encoded features, (N, ...) tensors
         self.validation = validation
         self.eval_batch_size = eval_batch_size
         self._item_emb: torch.Tensor | None = None
         self._topk: list[np.ndarray] = []
+        self._users: list[np.ndarray] = []
 
     def item_embeddings(self, batch_size: int = 8192) -> torch.Tensor:
         """All catalog items through the item tower (eval mode). -> (N, D)"""
@@ -74,7 +100,7 @@ class TwoTowerModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._item_emb = self.item_embeddings()
-        self._topk = []
+        self._topk, self._users = [], []
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         users = batch.cpu().numpy()
@@ -87,16 +113,22 @@ class TwoTowerModule(L.LightningModule):
             scores = (queries[s : s + step] @ self._item_emb.T).float().cpu().numpy()  # (b, N)
             self._topk.append(topk_excluding(scores, self.validation.exclude[users[s : s + step]],
                                              max(self.validation.ks)))
+        self._users.append(users)
 
     def on_validation_epoch_end(self) -> None:
         if not self._topk:
             return
-        topk = np.concatenate(self._topk)
-        m = ranking_metrics(topk, self.validation.truth[self.validation.users], self.validation.ks)
+        # Under DDP each process scored its share of the users (a DistributedSampler, padded with
+        # repeats): gather every process's rows, keep one per user, score them all on every process
+        # so early stopping and checkpoints decide the same everywhere.
+        users, topk = gather_rows(self, np.concatenate(self._users), np.concatenate(self._topk))
+        m = ranking_metrics(topk, self.validation.truth[users], self.validation.ks)
         for k in self.validation.ks:
             self.log(f"val/recall@{k}", m[f"recall@{k}"], prog_bar=k == max(self.validation.ks))
             self.log(f"val/ndcg@{k}", m[f"ndcg@{k}"])
         self._item_emb = None
 
     def configure_optimizers(self):
+        if isinstance(self.optimizer_factory, dict):
+            return instantiate(self.optimizer_factory, params=self.parameters(), _partial_=False)
         return self.optimizer_factory(params=self.parameters())

@@ -12,12 +12,14 @@ import pandas as pd
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from features.prepare import Prepared
+from retrieval.distributed import finish_distributed, single_process
 from retrieval.data import Histories, TrainExamples, item_inputs, user_inputs
 from retrieval.device_batches import train_loader
+from retrieval.hparams import tower_config
 from retrieval.module import RetrievalValidation, TwoTowerModule
 from retrieval.towers import TwoTower, build_two_tower
 
@@ -34,8 +36,13 @@ def resolve_precision(precision: str) -> str:
 
 
 def make_trainer(trainer_cfg: DictConfig, logger, callbacks: list, out_dir: Path, progress: bool,
-                 **overrides) -> L.Trainer:
-    """Instantiate ``configs/trainer`` with the run's logger, callbacks and output dir."""
+                 distributed: bool = False, **overrides) -> L.Trainer:
+    """Instantiate ``configs/trainer`` with the run's logger, callbacks and output dir.
+
+    Only the two-tower fit (``distributed=True``) runs data parallel under ``trainer=ddp``; every
+    other fit runs in one process on one device (see :mod:`retrieval.distributed`).
+    """
+    overrides = {**single_process(trainer_cfg, distributed), **overrides}
     return instantiate(
         trainer_cfg,
         precision=resolve_precision(trainer_cfg.precision),
@@ -73,12 +80,14 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
     examples = TrainExamples(data, train_h, cfg.history_len, cfg.history_mode)
     pop = np.asarray((data.history("test") if refit else data.train).sum(axis=0)).ravel() + 1.0
     item_log_q = torch.as_tensor(np.log(cfg.batch_size * pop / pop.sum()), dtype=torch.float32)
-    optimizer = instantiate(cfg.optimizer)
+    optimizer = OmegaConf.to_container(cfg.optimizer, resolve=True)  # stored in the checkpoint
+    towers = tower_config(data.features, OmegaConf.to_container(cfg.model, resolve=True))
     if refit:
         module = TwoTowerModule(model, optimizer, cfg.temperature, cfg.logq_correction, cfg.uniform_negatives,
-                                item_log_q, item_inputs(data))
+                                item_log_q, item_inputs(data), towers=towers, n_items=data.n_items)
+        # No checkpoint: the refit's weights are used right away (and would land in the logger's folder).
         trainer = make_trainer(trainer_cfg, logger, [], out_dir, progress, max_epochs=refit_epochs,
-                               limit_val_batches=0)
+                               limit_val_batches=0, enable_checkpointing=False)
         loader = train_loader(examples, cfg.batch_size, cfg.batches_on_device, trainer, seed)
         t0 = time.time()
         trainer.fit(module, loader)
@@ -101,7 +110,8 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
     val_loader = DataLoader(torch.as_tensor(vusers), batch_size=cfg.eval_batch_size)
 
     module = TwoTowerModule(model, optimizer, cfg.temperature, cfg.logq_correction,
-                            cfg.uniform_negatives, item_log_q, item_inputs(data), validation, cfg.eval_batch_size)
+                            cfg.uniform_negatives, item_log_q, item_inputs(data), validation, cfg.eval_batch_size,
+                            towers=towers, n_items=data.n_items)
     ckpt_dir = out_dir / "checkpoints" / "retrieval"
     monitor = cfg.early_stopping.monitor
     callbacks = [
@@ -109,11 +119,12 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
         ModelCheckpoint(dirpath=str(ckpt_dir), monitor=monitor, mode="max", save_top_k=1, save_last=True,
                         filename="best"),
     ]
-    trainer = make_trainer(trainer_cfg, logger, callbacks, out_dir, progress)
+    trainer = make_trainer(trainer_cfg, logger, callbacks, out_dir, progress, distributed=True)
     loader = train_loader(examples, cfg.batch_size, cfg.batches_on_device, trainer, seed)
     t0 = time.time()
     trainer.fit(module, loader, val_loader, ckpt_path=cfg.resume_from)
     seconds = time.time() - t0
+    finish_distributed(trainer)  # under DDP only global rank zero goes on
     best = callbacks[1].best_model_path
     best_epoch = trainer.current_epoch - 1
     if best:

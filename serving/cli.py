@@ -1,7 +1,8 @@
-"""Ask a running server for recommendations: ``python -m serving.cli --user 196 --k 10``.
+"""Ask a running server for recommendations: ``recsys-recommend --user 196 --k 10``.
 
 Prints one line per item (rank, id, title, score, reason, driving signal group), or JSON with
-``--json``. Start a server first: ``python -m serving.serve --model-repository triton_repo``.
+``--json``. Start a server first: ``recsys-serve --model-repository triton_repo``
+(``python -m serving.cli`` / ``python -m serving.serve`` from a source checkout).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from serving.protocol import Recommendations
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see `--help`)."""
-    p = argparse.ArgumentParser(prog="python -m serving.cli", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="recsys-recommend", description=__doc__.splitlines()[0])
     p.add_argument("--user", required=True, help="user id (an unknown id gets the cold-start answer)")
     p.add_argument("--k", type=int, default=10, help="number of items (default: %(default)s)")
     p.add_argument("--url", default="127.0.0.1:8001", help="server gRPC host:port (default: %(default)s)")
@@ -36,6 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p.parse_args(argv)
+
+
+def no_server_hint(url: str) -> str:
+    """The message for a gRPC endpoint where nothing answers, with the command that starts a server."""
+    port = url.rsplit(":", 1)[-1] if ":" in url else "8001"
+    return (f"error: no server at {url}; start one with `recsys-serve --model-repository triton_repo "
+            f"--grpc-port {port}` (the repository `recsys-export --run-dir outputs/<run>` writes), "
+            f"or pass --url host:port of a running one.")
 
 
 def format_answer(answer: Recommendations) -> str:
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             answer = client.recommend(args.user, args.k, args.timestamp, args.exclude_items, args.include_categories,
                                       args.exclude_categories, args.recent_items, args.ranker)
     except InferenceServerException as err:
+        if err.status() == "StatusCode.UNAVAILABLE":
+            print(no_server_hint(args.url), file=sys.stderr)
+            return 1
         print(f"error: {err.message()} ({err.status()})", file=sys.stderr)
         return 2 if err.status() == "StatusCode.INVALID_ARGUMENT" else 1
     print(json.dumps(asdict(answer), indent=1) if args.json else format_answer(answer))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from export.config import ROOT, run_config
+from export.config import run_config, workspace_root
 from export.repository import export_if_needed
 from pipeline.artifacts import RunArtifacts
 from serving.cli import format_answer
@@ -66,12 +66,12 @@ def product_metrics(url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="recsys-demo", description=__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, default=None, help="trained run (default: newest under outputs/)")
     p.add_argument("overrides", nargs="*", help="export overrides, e.g. export.repository=/tmp/repo")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    run_dir = (args.run_dir or latest_run(ROOT / "outputs")).resolve()
+    run_dir = (args.run_dir or latest_run(workspace_root() / "outputs")).resolve()
     cfg = run_config(run_dir, args.overrides)
     if cfg.export.flavour != "wheel":
         print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)

@@ -29,6 +29,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from inference.input_checks import InputChecker
+from inference.providers import open_session
 from inference.integrity import verify_files
 
 REASONS = ("id_out_of_range", "non_finite", "missing_input", "internal")
@@ -59,7 +60,7 @@ class TritonPythonModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(_parameter(config, "ORT_THREADS", "1"))
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(version / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(version / "model.onnx", opts, gpu=False)  # logs the providers it got
         self.family = pb_utils.MetricFamily("recsys_model_rejections_total",
                                             "Requests an ONNX model answered with an error, by reason",
                                             pb_utils.MetricFamily.COUNTER)

@@ -1,9 +1,10 @@
 """Run Triton Inference Server on a model repository, supervised, until Ctrl-C or SIGTERM.
 
 Example:
-    python -m serving.serve --model-repository triton_repo
-    python -m serving.serve --model-repository triton_repo --grpc-port 0   # any free port
-    python -m serving.serve --admin-token-file token.txt --tls-cert s.pem --tls-key s.key
+    recsys-serve --model-repository triton_repo
+    recsys-serve --model-repository triton_repo --grpc-port 0   # any free port
+    recsys-serve --admin-token-file token.txt --tls-cert s.pem --tls-key s.key
+    (``python -m serving.serve ...`` from a source checkout)
 
 Binds 127.0.0.1 only. The server is the nvidia-pytriton wheel's `tritonserver` (or, with a GPU
 visible, a stock `tritonserver` on PATH); see serving/triton_server.py. By default the server is
@@ -29,7 +30,7 @@ from serving.triton_server import TritonServer
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see `--help`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m serving.serve",
+        prog="recsys-serve",
         description="Start a supervised Triton Inference Server on 127.0.0.1, print its ports and "
                     "ready models, and stop it cleanly (drained) on Ctrl-C or SIGTERM.",
         epilog="Ports bind 127.0.0.1 only. The server log goes to a file; its path is printed.")

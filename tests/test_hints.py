@@ -1,0 +1,166 @@
+"""Every error hint names a real key or flag: the suggested fix is fed back and must be accepted."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+
+from features.schema import DataError
+from tests.conftest import TINY_DATA, compose_cfg
+
+# `key=value` suggestions in messages: data.loader.path=<folder>, data.loader.columns.user_id=<...>
+HINT = re.compile(r"(data\.loader\.[\w.]+)=")
+
+
+def _hinted_key(message: str) -> str:
+    found = HINT.findall(message)
+    assert found, f"no data.loader.* key in the hint: {message}"
+    return found[0]
+
+
+def _events(tmp_path: Path, user_col: str = "user_id") -> Path:
+    path = tmp_path / "events.csv"
+    pd.DataFrame({user_col: ["u1", "u2", "u1"], "item_id": ["a", "b", "b"], "timestamp": [1, 2, 3]}).to_csv(path, index=False)
+    return path
+
+
+def _grouplens_dir(tmp_path: Path) -> Path:
+    """A three-line MovieLens copy in the GroupLens layout (u.data, u.item, u.user)."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "u.data").write_text("1\t10\t5\t881250949\n2\t11\t3\t891717742\n1\t11\t4\t878887116\n")
+    flags = "|".join(["0"] * 18 + ["1"])
+    (d / "u.item").write_text(f"10|Toy Story (1995)|01-Jan-1995||http://x|{flags}\n11|Heat (1995)|01-Jan-1995||http://x|{flags}\n")
+    (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    return d
+
+
+def _load(tmp_path: Path, overrides: list[str]):
+    """Compose the real config with the overrides (Hydra rejects unknown keys) and run the loader."""
+    cfg = compose_cfg(tmp_path, overrides)
+    try:
+        return instantiate(cfg.data.loader)
+    except InstantiationException as err:  # Hydra wraps the loader's own error
+        raise err.__cause__ from None
+
+
+def test_custom_missing_file_hint_key_is_accepted(tmp_path):
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, ["data=custom", f"data.loader.interactions={tmp_path}/nope.csv"])
+    key = _hinted_key(str(err.value))
+    assert key == "data.loader.interactions"
+    ds = _load(tmp_path, ["data=custom", f"{key}={_events(tmp_path)}"])
+    assert len(ds.interactions) == 3
+
+
+def test_custom_missing_column_hint_key_is_accepted(tmp_path):
+    path = _events(tmp_path, user_col="customer")
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, ["data=custom", f"data.loader.interactions={path}"])
+    key = _hinted_key(str(err.value))
+    assert key == "data.loader.columns.user_id"
+    ds = _load(tmp_path, ["data=custom", f"data.loader.interactions={path}", f"{key}=customer"])
+    assert sorted(ds.interactions["user_id"].unique()) == ["u1", "u2"]
+
+
+def test_custom_empty_interactions_hint_key_is_accepted(tmp_path):
+    from features.custom import load_tables
+
+    with pytest.raises(DataError) as err:
+        load_tables("")
+    key = _hinted_key(str(err.value))
+    assert len(_load(tmp_path, ["data=custom", f"{key}={_events(tmp_path)}"]).interactions) == 3
+
+
+def test_schema_missing_column_hint_key_is_accepted(tmp_path):
+    from features.schema import validate_interactions
+
+    with pytest.raises(DataError) as err:
+        validate_interactions(pd.DataFrame({"user_id": ["1"], "item_id": ["2"]}), "test")
+    key = _hinted_key(str(err.value))
+    assert key == "data.loader.columns.timestamp"
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "ts": [1, 2]}).to_csv(path, index=False)
+    ds = _load(tmp_path, ["data=custom", f"data.loader.interactions={path}", f"{key}=ts"])
+    assert ds.interactions["timestamp"].tolist() == [1, 2]
+
+
+def test_movielens_dir_hints_keys_are_accepted(tmp_path):
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, ["data.loader.source=dir"])
+    message = str(err.value)
+    assert "data.loader.source=dir" in message
+    key = _hinted_key(message.split("needs", 1)[1])
+    assert key == "data.loader.path"
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, ["data.loader.source=dir", f"{key}={tmp_path}/missing"])
+    assert _hinted_key(str(err.value)) == "data.loader.path"
+    ds = _load(tmp_path, ["data.loader.source=dir", f"{key}={_grouplens_dir(tmp_path)}"])
+    assert len(ds.interactions) == 3 and ds.items["genres"].tolist() == ["Western", "Western"]
+
+
+def test_movielens_unknown_source_hint_key_is_accepted(tmp_path):
+    with pytest.raises(DataError) as err:
+        _load(tmp_path, ["data.loader.source=ftp"])
+    key = _hinted_key(str(err.value))
+    assert key == "data.loader.source"
+    assert _load(tmp_path, [f"{key}=dir", f"data.loader.path={_grouplens_dir(tmp_path)}"]).name == "ml-100k"
+
+
+def test_batch_requests_hint_flag_is_accepted(tmp_path, tiny_run, capsys):
+    from pipeline.batch import main
+
+    out = tmp_path / "recs.csv"
+    assert main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "nope.csv"), "--out", str(out),
+                 "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    flag = re.search(r"set (--[\w-]+)=", message).group(1)
+    assert flag == "--requests"
+    requests = tmp_path / "req.csv"
+    pd.DataFrame({"user_id": ["u1", "nobody"]}).to_csv(requests, index=False)
+    assert main(["--run-dir", str(tiny_run), flag, str(requests), "--out", str(out), "--no-progress"]) == 0
+    assert set(pd.read_csv(out)["user_id"].astype(str)) == {"u1", "nobody"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_without_server_says_how_to_start_one(capsys):
+    from serving.cli import main
+    from serving.serve import parse_args
+
+    port = _free_port()
+    assert main(["--user", "196", "--url", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
+    message = capsys.readouterr().err
+    assert f"no server at 127.0.0.1:{port}" in message and "StatusCode" not in message
+    command = re.search(r"`recsys-serve ([^`]+)`", message).group(1).split()
+    args = parse_args(command)  # the suggested command line is one recsys-serve accepts
+    assert args.grpc_port == port and args.model_repository == "triton_repo"
+
+
+@pytest.mark.parametrize("module, name", [("serving.cli", "recsys-recommend"), ("serving.serve", "recsys-serve"),
+                                          ("serving.demo", "recsys-demo"), ("export.__main__", "recsys-export"),
+                                          ("pipeline.batch", "recsys-batch")])
+def test_console_scripts_print_their_installed_name(module, name, capsys):
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[name].split(":")[0] == module
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: {name}")
+
+
+def test_tiny_data_keys_are_real(tmp_path):
+    """The shrink the suite relies on composes (a hint suite is only as good as its base config)."""
+    assert compose_cfg(tmp_path, TINY_DATA).data.loader.n_users == 300
