@@ -9,7 +9,7 @@ import yaml
 
 from evaluation.wandb_offline import read_offline_run
 from tests.conftest import TINY_DATA, compose_cfg
-from tests.test_ddp import _run_train
+from tests.retrieval.test_ddp import _run_train
 
 WANDB_OFF = [d for d in TINY_DATA if d != "logger=csv"] + ["logger=wandb"]
 
@@ -48,7 +48,7 @@ def test_offline_run_holds_config_metrics_and_artifacts(wandb_env):
     run_id = run_dir.name.rsplit("-", 1)[-1]
     model = recorded["artifacts"][f"run-{run_id}-model"]
     assert model["type"] == "model"
-    assert {"two_tower.pt", "items.faiss", "item_embeddings.npy", "encoders.json"} <= set(model["files"])
+    assert {"two_tower.pt", "items.faiss", "item_embeddings.npy", "manifest.json"} <= set(model["files"])
     assert any(f.startswith("store/") for f in model["files"])
     assert recorded["artifacts"][f"run-{run_id}-metrics"]["type"] == "run_table"
     assert not list(out.rglob("hybrid-recommender"))  # no stray Lightning checkpoint folder

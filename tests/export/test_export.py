@@ -166,7 +166,7 @@ def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run)
         return OnnxCallable(repo / name / "1" / "model.onnx", m[name][1])
 
     torch_pipe = load_pipeline(tiny_run)
-    onnx_pipe = load_pipeline(tiny_run, user_encoder=ort_model("user_tower"), ranker=ort_model("ranker"))
+    onnx_pipe = load_pipeline(tiny_run, user_encoder=ort_model("user_tower"), rankers={"ranker": ort_model("ranker")})
     users = json.loads((tiny_run / "artifacts" / "store" / "users.json").read_text())[:20] + ["someone-new"]
     for u in users:
         r = Request(user_id=u, k=10, timestamp=1_700_500_000)
@@ -193,7 +193,7 @@ def test_export_rejects_an_unknown_flavour(tiny_run, tmp_path):
 
 def test_export_of_an_incomplete_run_names_what_is_missing(tmp_path, capsys):
     (tmp_path / "run" / "artifacts").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"lacks \['two_tower.pt'.*not a complete trained run"):
+    with pytest.raises(FileNotFoundError, match=r"manifest.json missing: .*run is not a complete trained run"):
         run_export(export_cfg(tmp_path, tmp_path / "repo"), tmp_path / "run")
     assert export_main(["--run-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -154,10 +154,20 @@ def test_pipeline_routes_reasons_and_filters(tiny_run):
     assert not (pipe.catalog.categories[idx] == pipe.catalog.category_codes([cat])[0]).any()
 
 
-def test_pipeline_is_deterministic_and_matches_offline_stage(tiny_run):
-    a = load_pipeline(tiny_run).recommend([Request(str(u), 7, timestamp=1_700_000_000) for u in range(5)])
-    b = load_pipeline(tiny_run).recommend([Request(str(u), 7, timestamp=1_700_000_000) for u in range(5)])
-    assert [r.item_ids for r in a] == [r.item_ids for r in b]
+def test_loaded_pipeline_answers_what_the_ranking_stage_evaluated(tiny_run, tiny_prepared):
+    """The pipeline a server loads from the run's artifacts gives the very test lists the stage scored."""
+    from evaluation.report import load_lists
+    from features.prepare import first_times
+    from stages.ranking import evaluate_pipeline
+
+    saved = load_lists(tiny_run)
+    users = saved["ranker"][0]
+    ts = first_times(tiny_prepared.split.test, tiny_prepared)[users]
+    ks = [10, 20]  # TINY_DATA's eval.ks: the saved lists are max(ks) long
+    lists = evaluate_pipeline(load_pipeline(tiny_run), tiny_prepared, users, ts, ks)
+    for name in ("ranker", "pipeline"):
+        np.testing.assert_array_equal(saved[name][0], users)
+        np.testing.assert_array_equal(lists[name], saved[name][1], err_msg=name)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -13,9 +13,7 @@ import pytest
 from tritonclient.utils import InferenceServerException
 
 from pipeline.artifacts import load_pipeline
-from ranking.model import load_ranker
 from pipeline.pipeline import Request
-from inference.models import TorchModel
 from serving import cli
 from serving.client import RecommendClient
 from serving.protocol import encode_request
@@ -56,15 +54,13 @@ def requests(art) -> list[Request]:
 def test_served_student_equals_the_offline_student_pipeline(client, run):
     run_dir, _ = run
     art = run_dir / "artifacts"
-    features = load_pipeline(run_dir).store.features
-    student = TorchModel(load_ranker(art / "ranker_student.pt", features))
-    teacher = TorchModel(load_ranker(art / "ranker.pt", features))
-    offline = load_pipeline(run_dir, ranker=student)  # fresh exposure state, like the server's
+    # both PyTorch rankers of the run, the student by default like the export; fresh exposure state
+    offline = load_pipeline(run_dir, default_ranker="ranker_student")
+    assert set(offline.rankers) == {"ranker", "ranker_student"}
     # None: the export's default (export.ranker=ranker_student); then named per request.
     for i, r in enumerate(requests(art)):
         name = (None, "ranker_student", "ranker")[i % 3]
-        offline.ranker = teacher if name == "ranker" else student
-        want = offline.recommend([r])[0]
+        want = offline.recommend([r], ranker=name)[0]
         got = client.recommend(r.user_id, r.k, r.timestamp, recent_items=r.recent_items, ranker=name)
         assert got.ranker == (name or "ranker_student")
         assert (got.item_ids, got.reasons, got.groups, got.route) == (want.item_ids, want.reasons, want.groups,
