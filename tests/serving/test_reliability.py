@@ -251,10 +251,12 @@ def test_sigkill_of_a_recommend_stub_costs_no_request_and_is_reloaded(sup):
 
 
 def wait_for_instances(sup: Supervisor, count: int, timeout: float = 60.0) -> None:
+    """At least ``count`` live recommend processes: the capacity is back. (Triton 2.51 may keep the
+    retired instance of a forced reload alive for over a minute next to the new ones.)"""
     deadline = time.monotonic() + timeout
-    while len(sup.stub_pids()) != count and time.monotonic() < deadline:
+    while len(sup.stub_pids()) < count and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert len(sup.stub_pids()) == count, (sup.stub_pids(), sup.events[-6:])
+    assert len(sup.stub_pids()) >= count, (sup.stub_pids(), sup.events[-6:])
 
 
 def test_sigstop_2_s_of_the_recommend_stub_is_contained(sup):
