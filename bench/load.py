@@ -248,7 +248,7 @@ def markdown(rows: list[dict], title: str) -> str:
             if any(k in r["server_ms"] for r in rows)]
     out += ["", "Mean ms per request where the time goes (Triton rows: server side, from `recsys_stage_seconds` "
             "and Triton's per-model statistics; in-process rows: the same pipeline steps timed in the "
-            "benchmark). retrieval includes user_tower; `recommend:compute` is the whole model execution.", "",
+            "benchmark). user_tower includes building its inputs from the store; `recommend:compute` is the whole model execution.", "",
             "| setting | concurrency | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     for r in rows:
         cells = [f"{r['server_ms'][k]:.2f}" if k in r["server_ms"] else "" for k in keys]
