@@ -133,11 +133,14 @@ def fit_two_tower(data: Prepared, cfg: DictConfig, trainer_cfg: DictConfig, logg
         best_epoch = int(ckpt["epoch"])
     model = module.model.cpu().eval()
     epochs = trainer.current_epoch
+    # A resumed run trains only the epochs after its checkpoint in this process's seconds.
+    start_epoch = int(torch.load(cfg.resume_from, map_location="cpu", weights_only=False)["epoch"]) + 1 \
+        if cfg.resume_from else 0
     stats = {
         "fit_seconds": seconds,
         "epochs": epochs,
         "best_epochs": best_epoch + 1,
-        "samples_per_second": len(examples) * max(epochs, 1) / max(seconds, 1e-9),
+        "samples_per_second": len(examples) * max(epochs - start_epoch, 1) / max(seconds, 1e-9),
         "best_checkpoint": best,
         f"best_{monitor}": float(callbacks[1].best_model_score or float("nan")),
     }
