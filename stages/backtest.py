@@ -15,6 +15,7 @@ Rows: ``<model>/backtest_<protocol>/<metric>@k`` in metrics.json, a table in rep
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -48,19 +49,20 @@ def outer_split_cfg(cfg: DictConfig, protocol: str) -> DictConfig:
 
 
 def served_lists(run_dir: Path, outer: Prepared, users: np.ndarray, ts: np.ndarray, k: int,
-                 batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """(U, k) catalog indices: the deployed pipeline's answers for ``users`` at ``ts``."""
+                 batch_size: int = 256, progress: bool = False) -> tuple[np.ndarray, Counter]:
+    """(U, k) catalog indices: the deployed pipeline's answers for ``users`` at ``ts``; requests by route."""
     pipe = RunArtifacts(run_dir).load_pipeline()
     ids = outer.users.ids
-    rows = []
+    rows, routes = [], Counter()
     for s in tqdm(range(0, len(users), batch_size), desc="backtest requests", disable=not progress):
         reqs = [Request(str(ids[u]), k, int(t)) for u, t in zip(users[s : s + batch_size], ts[s : s + batch_size])]
         for rec in pipe.recommend(reqs):
+            routes[rec.route] += 1
             row = np.full(k, -1, dtype=np.int64)
             idx = outer.items.lookup(rec.item_ids)
             row[: len(idx)] = idx
             rows.append(row)
-    return fill_short_lists(np.stack(rows), outer.train[users])
+    return fill_short_lists(np.stack(rows), outer.train[users]), routes
 
 
 def backtest_protocol(cfg: DictConfig, protocol: str, out_dir: Path, train_fn: Callable, dataset: Dataset) -> dict:
@@ -79,7 +81,8 @@ def backtest_protocol(cfg: DictConfig, protocol: str, out_dir: Path, train_fn: C
     users = np.flatnonzero(np.diff(outer.test.indptr) > 0)
     ts = first_times(outer.split.test, outer)[users]
     truth, pop, vectors = outer.test[users], item_popularity(outer.train), outer.item_vectors()
-    lists = {"pipeline": served_lists(inner_dir, outer, users, ts, max(ks), progress=cfg.progress)}
+    served, routes = served_lists(inner_dir, outer, users, ts, max(ks), progress=cfg.progress)
+    lists = {"pipeline": served}
     inner = prepare(icfg, inner_data)  # the inner split the pipeline chose its settings on
     for name, spec in cfg.baselines.items():
         factory, best, _ = tuned_factory(spec, inner, cfg.eval)
@@ -91,6 +94,8 @@ def backtest_protocol(cfg: DictConfig, protocol: str, out_dir: Path, train_fn: C
     for name, topk in lists.items():
         out[name] = metrics_from_topk(topk, truth, ks, pop, vectors)
         update_metrics(out_dir, name, f"backtest_{protocol}", out[name])
+    # which path the served requests took: a user unseen before the cut is answered cold
+    update_metrics(out_dir, "pipeline", f"backtest_{protocol}", {"cold_user_share": routes["cold_user"] / len(users)})
     log.info("backtest %s: %s", protocol, {n: round(m["ndcg@10"], 4) for n, m in out.items()})
     return out
 

@@ -45,10 +45,15 @@ def run_deploy(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir:
                       ease_content_weight=ranking.ease_content)
     saw = data_seen(history)
     with_history = int((store.last_ts >= 0).sum())
+    paths = {"users": len(store.users), "users_attribute_path": len(store.users) - with_history,
+             "items": len(store.items), "items_content_only": int((store.popularity == 0).sum())}
+    RunArtifacts(out_dir).note("deployed_paths", paths)
     log.info("deployed state over %d interactions (%s); %d users with history", len(history), saw, with_history)
     add_section(out_dir, "Deployed state", (
         f"What is served was rebuilt from all {saw['interactions']:,} interactions (up to timestamp "
         f"{saw['last_timestamp']}), not only train+valid: {with_history:,} of {len(store.users):,} users have a "
-        f"history, {int((store.popularity > 0).sum()):,} of {len(store.items):,} items were seen. Models are "
+        f"history ({paths['users_attribute_path']:,} users of the users table with none take the attribute path), "
+        f"{int((store.popularity > 0).sum()):,} of {len(store.items):,} items were seen ({paths['items_content_only']:,} "
+        "never interacted with are in the index through their content embedding). Models are "
         "unchanged (towers trained on train, ranker on the validation window); the metrics above are the "
         "in-split diagnostics."))

@@ -17,6 +17,9 @@ def test_deployed_state_saw_every_interaction_and_models_did_not(tiny_deployed_r
     log = pd.read_parquet(art.path("interactions"))
     assert m["store"]["saw"]["interactions"] == len(log) == m["ranker_features"]["saw"]["interactions"]
     assert m["store"]["deployed"] is True
+    paths = art.manifest()["deployed_paths"]
+    assert paths["items"] == len(art.item_ids()) and 0 <= paths["items_content_only"] < paths["items"]
+    assert paths["users_attribute_path"] == paths["users"] - log["user_id"].nunique()
     # the towers saw the train split only: fewer interactions, and nothing after the end of all data
     assert m["two_tower"]["saw"]["interactions"] < len(log)
     assert m["store"]["saw"]["last_timestamp"] == int(log["timestamp"].max())

@@ -16,6 +16,7 @@ def test_backtest_global_cut_has_no_leakage_and_scores_every_model(tmp_path):
     for model in ("pipeline", "ease", "itemknn", "mostpop"):
         assert 0 <= m[f"{model}/backtest_temporal_global/ndcg@10"] <= 1, model
     assert m["ease/backtest_temporal_global/ndcg@10"] > m["mostpop/backtest_temporal_global/ndcg@10"]
+    assert 0 <= m["pipeline/backtest_temporal_global/cold_user_share"] <= 1
     inner = RunArtifacts(tmp_path / "run" / "backtest_temporal_global")
     art = inner.manifest()["artifacts"]
     served = pd.read_parquet(inner.path("interactions"))
