@@ -97,7 +97,7 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
         elif stage == "backtest":
             run_backtest(cfg, out_dir, train)
         elif stage == "deploy":
-            run_deploy(data, cfg, ranking, out_dir)
+            run_deploy(data, cfg, retrieval, ranking, out_dir, loggers, cfg.progress)
         elif stage == "export":
             run_export(cfg, out_dir)
         log.info("stage %s done in %.1fs", stage, time.time() - t)

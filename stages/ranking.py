@@ -72,25 +72,28 @@ def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: L
                     rules.make_tracker(len(catalog)))
 
 
-def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, ease_content: float):
-    """Validation-window lists from the train-only retriever: inputs (U*C), labels (U, C), valid (U, C),
-    groups (U,) the user whose positives each list holds.
+def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, ease_content: float,
+                   part: str = "valid"):
+    """Lists of the ``part`` window (valid, or test at deploy time) answered by the train-only
+    retriever over the history known then: inputs (U*C), labels (U, C), valid (U, C), groups (U,)
+    the user whose positives each list holds.
 
     A ``cold_share`` of the lists is repeated as if the user were unknown (no id, no history), so
     the ranker also learns the cold-start route it will face online.
     """
-    feats = candidate_features(data, result, "valid", cfg.ranking, ease_content)
-    users = np.flatnonzero(np.diff(data.valid.indptr) > 0)
-    ts = first_times(data.split.valid, data)[users]
+    truth, frame = (data.valid, data.split.valid) if part == "valid" else (data.test, data.split.test)
+    feats = candidate_features(data, result, part, cfg.ranking, ease_content)
+    users = np.flatnonzero(np.diff(truth.indptr) > 0)
+    ts = first_times(frame, data)[users]
     rng = np.random.default_rng(cfg.seed)
     cold = rng.choice(len(users), size=int(len(users) * cfg.ranking.cold_share), replace=False)
     query_users = np.concatenate([users, np.full(len(cold), -1)])
     truth_users, ts = np.concatenate([users, users[cold]]), np.concatenate([ts, ts[cold]])
-    retriever = result.retrievers["valid"]
+    retriever = result.retrievers[part]
     queries = retriever.embed_requests(query_users, ts)
     scores, items = retrieve_candidates(retriever, feats, query_users, queries, pipeline_settings(cfg))
     inputs = feats.build_inputs(query_users, ts, queries, items, scores)
-    return inputs, labels_for(items, data.valid[truth_users]), items >= 0, truth_users
+    return inputs, labels_for(items, truth[truth_users]), items >= 0, truth_users
 
 
 def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.ndarray, ks: list[int],

@@ -73,3 +73,12 @@ def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
                 tiny_deployed_run)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         refresh(tmp_path / "nowhere", pd.DataFrame())
+
+
+def test_deploy_retrains_the_ranker_on_both_windows(tiny_deployed_run):
+    m = RunArtifacts(tiny_deployed_run).manifest()["artifacts"]
+    ranker, towers = m["ranker"], m["two_tower"]
+    assert ranker["retrained_at_deploy"] is True
+    # lists from the validation and test windows, both later than everything the towers were trained on
+    assert ranker["saw"]["interactions"] > 0 and ranker["saw"]["last_timestamp"] == m["store"]["saw"]["last_timestamp"]
+    assert towers["saw"]["interactions"] + ranker["saw"]["interactions"] == m["store"]["saw"]["interactions"]
