@@ -96,7 +96,8 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
 
 def with_new_users(store: FeatureStore, user_ids: np.ndarray) -> tuple[FeatureStore, int]:
     """The store's index space extended by users it does not know (their attributes unknown: code 0)."""
-    new = pd.unique(np.asarray([u for u in user_ids if store.users.lookup([u])[0] < 0], dtype=object))
+    user_ids = np.asarray(user_ids, dtype=object)
+    new = pd.unique(user_ids[store.users.lookup(user_ids) < 0])  # one vectorised lookup, not one per event
     if not len(new):
         return store, 0
     users = IdVocab(np.concatenate([store.users.ids, new]))
