@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from features.store import FeatureStore
 from inference.models import TorchModel
 from retrieval.index import search
+
+
+def is_torch_module(model) -> bool:
+    """Whether ``model`` is a ``torch.nn.Module`` (checked without importing torch on the served path)."""
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
 class Retriever:
@@ -22,7 +26,7 @@ class Retriever:
     """
 
     def __init__(self, user_encoder, index, store: FeatureStore, item_embeddings: np.ndarray):
-        self.user_encoder = TorchModel(user_encoder) if isinstance(user_encoder, torch.nn.Module) else user_encoder
+        self.user_encoder = TorchModel(user_encoder) if is_torch_module(user_encoder) else user_encoder
         self.index = index
         self.store = store
         self.item_embeddings = item_embeddings  # (N, D), for exact re-scoring and the ranker
@@ -64,14 +68,7 @@ class Retriever:
     def candidates(self, queries: np.ndarray, users: np.ndarray, k: int,
                    exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k index items for the queries, each known user's seen items skipped. -> scores, items (B, k)."""
-        exclude = None
-        if exclude_seen:
-            known = np.asarray(users) >= 0
-            exclude = self.store.seen[np.where(known, users, 0)]
-            if not known.all():
-                exclude = sp.diags(known.astype(np.float32)) @ exclude
-                exclude.eliminate_zeros()
-            exclude = exclude.tocsr()
+        exclude = self.store.seen_rows(users) if exclude_seen else None
         return self.search(queries, k, exclude)
 
     def retrieve(self, users: np.ndarray, timestamps: np.ndarray, k: int, exclude_seen: bool = True,
