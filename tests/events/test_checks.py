@@ -1,10 +1,10 @@
-"""Per-event checks (events/schema.py): each bad event rejected with its reason, the rest kept."""
+"""Per-event checks (events/checks.py): each bad event rejected with its reason, the rest kept."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from events.schema import REASONS, check_events, interactions
+from events.checks import REASONS, check_events, interactions
 from features.vocab import IdVocab
 
 NOW = 1_700_000_000.0
