@@ -110,7 +110,7 @@ SCHEMA_VERSION = 1  # PRAGMA user_version of every segment
 LOCK_NAME = "log.lock"
 BUSY_TIMEOUT_S = 30.0
 _SEGMENT = re.compile(r"segment-(\d{6,})\.sqlite")
-_SIDECAR = re.compile(r"segment-(\d{6,})\.sqlite-(wal|shm)")
+_SEGMENT_FILE = re.compile(r"segment-(\d{6,})\.sqlite(-wal|-shm)?")  # a segment or one of its sidecars
 _MAX_SQL_VARS = 500  # ids per "IN (...)" probe
 
 _DDL = """
@@ -454,7 +454,7 @@ class EventLog:
                 return []
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                segments = self._sync_segments()
+                segments, sizes = self._sync_segments()
                 current = self._current_segment(segments)
                 key = kind.columns.index(kind.key)
                 stored = self._stored_keys(kind, {r[key] for r in records}, segments)
@@ -465,7 +465,8 @@ class EventLog:
                 if any(new):
                     now = time.time()
                     self._insert(kind, current, [r + (now,) for r, is_new in zip(records, new) if is_new])
-                    self._enforce_total(segments)
+                    sizes[current] = _segment_bytes(self.directory, current)
+                    self._enforce_total(segments, sizes)
                 return new
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -499,14 +500,23 @@ class EventLog:
 
     # -- segments (all under the flock) ---------------------------------------------------------
 
-    def _sync_segments(self) -> list[int]:
-        """Live segment numbers, oldest first; forgets dropped ones, removes their orphan sidecars."""
-        mains, sidecars = set(), []
+    def _sync_segments(self) -> tuple[list[int], dict[int, int]]:
+        """Live segment numbers (oldest first) and their bytes on disk (file + WAL); forgets the
+        segments another process dropped and removes their orphan sidecars."""
+        mains, sizes, sidecars = set(), {}, []
         for e in os.scandir(self.directory):
-            if m := _SEGMENT.fullmatch(e.name):
-                mains.add(int(m.group(1)))
-            elif m := _SIDECAR.fullmatch(e.name):
-                sidecars.append((int(m.group(1)), e.path))
+            if not (m := _SEGMENT_FILE.fullmatch(e.name)):
+                continue
+            n, suffix = int(m.group(1)), m.group(2)
+            if suffix is None:
+                mains.add(n)
+            else:
+                sidecars.append((n, e.path))
+            if suffix != "-shm":
+                try:
+                    sizes[n] = sizes.get(n, 0) + e.stat().st_size
+                except FileNotFoundError:
+                    pass
         for n in [n for n in self._conns if n not in mains]:  # dropped by another process
             self._conns.pop(n).close()
         if not mains:
@@ -518,7 +528,7 @@ class EventLog:
             # segments appear by rename, so a new segment never has a sidecar before its file
             if n < first and n not in mains:
                 _unlink(Path(path))
-        return sorted(mains)
+        return sorted(mains), {n: sizes.get(n, 0) for n in mains}
 
     def _conn(self, n: int) -> sqlite3.Connection:
         conn = self._conns.get(n)
@@ -575,9 +585,9 @@ class EventLog:
                 os.close(fd)
         log.info("event log %s: started segment %s", self.directory, final.name)
 
-    def _enforce_total(self, segments: list[int]) -> None:
+    def _enforce_total(self, segments: list[int], bytes_on_disk: dict[int, int]) -> None:
         """Delete the oldest segments while the directory holds more than ``max_total_bytes``."""
-        sizes = [_segment_bytes(self.directory, n) for n in segments]
+        sizes = [bytes_on_disk[n] if n in bytes_on_disk else _segment_bytes(self.directory, n) for n in segments]
         total = sum(sizes)
         while total > self.max_total_bytes and len(segments) > 1:
             n, size = segments.pop(0), sizes.pop(0)
