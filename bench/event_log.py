@@ -125,7 +125,8 @@ SETTINGS = [  # (name, kind, batch, durability, prefill)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.event_log", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", required=True, type=Path, help="a folder for the benchmark's logs (one sub-folder per setting)")
+    ap.add_argument("--dir", required=True, type=Path,
+                    help="a folder for the benchmark's logs (one sub-folder per setting)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds of appends per setting (default 5)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result rows here")
     ap.add_argument("--only", nargs="+", choices=[s[0] for s in SETTINGS], default=None,
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(directory, ignore_errors=True)
         results.append(run_setting(directory, kind, batch, durability, args.seconds, prefill))
         results[-1]["bytes"] = log_stats(directory)["bytes"]
-        print(f"{name}: {results[-1]['appends_per_s']:,.0f} appends/s, p50 {results[-1]['p50_ms']:.3f} ms", flush=True)
+        print(f"{name}: {results[-1]['appends_per_s']:,.0f} appends/s, p50 {results[-1]['p50_ms']:.3f} ms",
+              flush=True)
         if not args.keep:
             shutil.rmtree(directory)
     print()

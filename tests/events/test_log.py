@@ -260,7 +260,7 @@ kind, i = sys.argv[2], 0
 while True:
     if kind == "events":
         key = f"e{i}"
-        log.append_events([{"event_id": key, "user_id": "u", "item_id": f"i{i}", "timestamp": float(i), "type": "view"}])
+        log.append_events([{"event_id": key, "user_id": "u", "item_id": "i", "timestamp": float(i), "type": "view"}])
     else:
         key = f"r{i}"
         log.append_impressions([{"request_id": key, "user_id": "u", "items": ["a", "b"], "timestamp": float(i)}])
@@ -383,7 +383,8 @@ def test_cli_reads_to_parquet_and_csv_and_prints(filled_log, tmp_path, capsys):
     out = tmp_path / "impressions.csv"
     assert cli_main(["read", "--dir", str(filled_log), "--kind", "impressions", "--out", str(out)]) == 0
     csv = pd.read_csv(out)
-    assert csv["request_id"].tolist() == ["r0", "r1", "r2"] and json.loads(csv["items"].iloc[1]) == ["i1_0", "i1_1", "i1_2"]
+    assert csv["request_id"].tolist() == ["r0", "r1", "r2"]
+    assert json.loads(csv["items"].iloc[1]) == ["i1_0", "i1_1", "i1_2"]
 
     capsys.readouterr()
     assert cli_main(["read", "--dir", str(filled_log), "--kind", "events", "--head", "2",
@@ -401,11 +402,14 @@ def test_cli_stats_prints_json(filled_log, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["stats", "--dir", "{missing}"], "recsys-log: error: event log directory {missing} does not exist"),
-    (["read", "--dir", "{missing}", "--kind", "events"], "recsys-log: error: event log directory {missing} does not exist"),
-    (["read", "--dir", "{log}", "--kind", "events", "--out", "{log}/x.json"], "unknown file type '.json'; use one of .parquet, .csv"),
+    (["read", "--dir", "{missing}", "--kind", "events"],
+     "recsys-log: error: event log directory {missing} does not exist"),
+    (["read", "--dir", "{log}", "--kind", "events", "--out", "{log}/x.json"],
+     "unknown file type '.json'; use one of .parquet, .csv"),
     (["read", "--dir", "{log}", "--kind", "events", "--out", "{missing}/x.csv"], "folder {missing} does not exist"),
     (["read", "--dir", "{log}", "--kind", "events", "--explode"], "--explode applies to --kind impressions only"),
-    (["read", "--dir", "{log}", "--kind", "events", "--since", "yesterday"], "argument --since: expected Unix seconds or an ISO date, got 'yesterday'"),
+    (["read", "--dir", "{log}", "--kind", "events", "--since", "yesterday"],
+     "argument --since: expected Unix seconds or an ISO date, got 'yesterday'"),
     (["read", "--dir", "{log}", "--kind", "clicks"], "argument --kind: invalid choice: 'clicks'"),
     (["read", "--dir", "{log}", "--kind", "events", "--head", "-1"], "argument --head: expected a count >= 0"),
     ([], "the following arguments are required"),
