@@ -11,6 +11,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,6 +171,31 @@ def test_rotation_and_total_bound_drop_the_oldest_segments(tmp_path, caplog):
     kept = df["event_id"].tolist()[:-1]
     assert 0 < len(kept) < len(ids) and kept == ids[-len(kept):]  # the newest survive, in order
     assert stats["last_event_at"] == df["received_at"].iloc[-1]
+
+
+def test_threads_sharing_one_log_store_each_id_once(tmp_path):
+    results: list[list[bool]] = [[] for _ in range(4)]
+    with EventLog(tmp_path, durability="normal") as log:
+        def work(t: int) -> None:
+            for i in range(50):  # every thread sends the same 50 ids
+                results[t] += log.append_events([event(i)])
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [sum(r[i] for r in results) for i in range(50)] == [1] * 50
+    assert len(read_log(tmp_path)) == 50
+
+
+def test_leftovers_of_a_crash_mid_creation_do_not_block_the_log(tmp_path):
+    (tmp_path / "segment-000001.sqlite.tmp").write_bytes(b"half-written")
+    (tmp_path / "segment-000001.sqlite.tmp-journal").write_bytes(b"junk")
+    with EventLog(tmp_path) as log:
+        assert log.append_events([event(1)]) == [True]
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp" in p.name) == []
+    assert read_log(tmp_path)["event_id"].tolist() == ["e1"]
 
 
 # -- several processes ------------------------------------------------------------------------
