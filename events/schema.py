@@ -9,6 +9,7 @@ import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,7 @@ EXPLODED_IMPRESSION_DTYPES: dict[str, str] = {
 }
 EXPLODED_IMPRESSION_COLUMNS: tuple[str, ...] = tuple(EXPLODED_IMPRESSION_DTYPES)
 
+
 @dataclass(frozen=True)
 class Table:
     """One table of the log: its columns, key, stamp column and how each field is checked."""
@@ -72,9 +74,14 @@ class Table:
     required: tuple[str, ...]
     rules: dict[str, str]  # field -> rule name in _RULES (every column but the stamp)
 
-    @property
+    @cached_property
     def columns(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
+
+    @cached_property
+    def given(self) -> tuple[tuple[str, str], ...]:
+        """(field, rule) of the columns the caller gives, in column order: all but the stamp."""
+        return tuple((c, self.rules[c]) for c in self.columns if c != self.stamp)
 
 
 TABLES = {
@@ -118,7 +125,7 @@ def _nan(v) -> bool:
 
 def _id(v) -> str:
     if isinstance(v, str) and v:
-        return v
+        return str(v)  # numpy / pandas string scalars -> str
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return str(int(v))
     raise _FieldError(f"must be a non-empty string, got {v!r} ({type(v).__name__})")
@@ -126,13 +133,13 @@ def _id(v) -> str:
 
 def _label(v) -> str:
     if isinstance(v, str) and v:
-        return v
+        return str(v)
     raise _FieldError(f"must be a non-empty string, got {v!r} ({type(v).__name__})")
 
 
 def _text(v) -> str:
     if isinstance(v, str):
-        return v
+        return str(v)
     raise _FieldError(f"must be a string, got {v!r} ({type(v).__name__})")
 
 
@@ -155,10 +162,22 @@ def _sequence(v) -> Sequence:
     return list(v)
 
 
-def _each(rule):
+def _plain_text(v) -> bool:
+    return type(v) is str and v != ""
+
+
+def _plain_number(v) -> bool:
+    return type(v) is float and math.isfinite(v)
+
+
+def _each(rule, plain):
+    """A rule for a list whose elements pass ``rule``; ``plain`` is its fast path (exact types)."""
     def check(v) -> list:
+        values = _sequence(v)
+        if all(plain(x) for x in values):
+            return values
         out = []
-        for j, x in enumerate(_sequence(v)):
+        for j, x in enumerate(values):
             try:
                 out.append(rule(x))
             except _FieldError as e:
@@ -168,21 +187,27 @@ def _each(rule):
     return check
 
 
+_TEXT_RULES = ("id", "label", "text")
+_NUMBER_RULES = ("number", "time")
 _RULES = {"id": _id, "label": _label, "text": _text, "number": _number, "time": _time,
-          "id_list": _each(_id), "number_list": _each(_number), "text_list": _each(_text)}
+          "id_list": _each(_id, _plain_text), "number_list": _each(_number, _plain_number),
+          "text_list": _each(_text, lambda x: type(x) is str)}
 
 
 def _check_row(kind: Table, i: int, row) -> tuple:
     """One input row -> the values to store, in column order (without the stamp)."""
     if not isinstance(row, Mapping):
         raise ValueError(f"{kind.noun} row {i}: expected a mapping of column -> value, got {type(row).__name__}")
-    unknown = sorted(set(row) - set(kind.columns), key=str)
+    unknown = sorted(row.keys() - kind.dtypes.keys(), key=str)
     if unknown:
         raise ValueError(f"{kind.noun} row {i}: unknown field(s) {', '.join(map(repr, unknown))}; "
                          f"known: {', '.join(kind.columns)}")
     values = {}
-    for field, rule in kind.rules.items():
+    for field, rule in kind.given:
         v = row.get(field)
+        if _plain_text(v) and rule in _TEXT_RULES or _plain_number(v) and rule in _NUMBER_RULES:
+            values[field] = v  # the common case, checked fast
+            continue
         # NaN is pandas' "missing" for every non-numeric field and for an optional number;
         # a NaN timestamp is a broken value, reported as such by its rule.
         missing = _absent(v) or (_nan(v) and not (field in kind.required and rule == "time"))
@@ -204,7 +229,7 @@ def _check_row(kind: Table, i: int, row) -> tuple:
                                  "give one per item, or none")
         for field in ("items", "scores", "reasons"):
             values[field] = json.dumps(values[field], separators=(",", ":"))
-    return tuple(values[c] for c in kind.columns if c != kind.stamp)
+    return tuple(values.values())
 
 
 def check_rows(kind: Table, rows) -> list[tuple]:
