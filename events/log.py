@@ -125,6 +125,11 @@ class EventLog:
         self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing the fd
         self._conns: dict[int, sqlite3.Connection] = {}
+        # What this process knows of the directory, valid while the lock file's generation is
+        # self._generation: live segment numbers (oldest first) and their bytes on disk.
+        self._generation: int | None = None
+        self._segments: list[int] = []
+        self._sizes: dict[int, int] = {}
         # A WAL no larger than a quarter segment, so the current segment's on-disk size tracks its data.
         self._wal_pages = max(16, min(1000, max_segment_bytes // PAGE_SIZE // 4))
         self._closed = False
@@ -203,20 +208,18 @@ class EventLog:
                 return []
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
-                segments, sizes = self._sync_segments()
-                current = self._current_segment(segments)
-                key = kind.columns.index(kind.key)
-                stored = self._stored_keys(kind, {r[key] for r in records}, segments)
+                self._refresh()
+                current = self._current_segment()
+                stored = self._stored_keys(kind, {r[0] for r in records})  # the key is the first column
                 new, seen = [], set()
                 for r in records:
-                    new.append(r[key] not in stored and r[key] not in seen)
-                    seen.add(r[key])
+                    new.append(r[0] not in stored and r[0] not in seen)
+                    seen.add(r[0])
                 if any(new):
                     now = time.time()
                     self._insert(kind, current, [r + (now,) for r, is_new in zip(records, new) if is_new])
-                    sizes.pop(current - 1, None)  # maybe sealed (checkpointed) just now
-                    sizes[current] = segment_bytes(self.directory, current)  # it grew
-                    self._enforce_total(segments, sizes)
+                    self._sizes[current] = segment_bytes(self.directory, current)
+                    self._enforce_total()
                 return new
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -233,10 +236,10 @@ class EventLog:
                 conn.execute("ROLLBACK")
             raise
 
-    def _stored_keys(self, kind: Table, keys: set[str], segments: list[int]) -> set[str]:
+    def _stored_keys(self, kind: Table, keys: set[str]) -> set[str]:
         """The keys among ``keys`` already in any live segment (newest first: retries are recent)."""
         pending, found = set(keys), set()
-        for n in reversed(segments):
+        for n in reversed(self._segments):
             conn = self._conn(n)
             batch = list(pending)
             for start in range(0, len(batch), _MAX_SQL_VARS):
@@ -249,10 +252,27 @@ class EventLog:
         return found
 
     # -- segments (all under the flock) ---------------------------------------------------------
+    #
+    # Every change to the set of segments (a new one, dropped ones) is made under the flock and bumps
+    # a generation counter kept in the lock file's first 8 bytes, so a process rescans the directory
+    # only when another one changed it: one pread per append instead of a scandir and a stat of
+    # every segment file.
 
-    def _sync_segments(self) -> tuple[list[int], dict[int, int]]:
-        """Live segment numbers (oldest first) and their bytes on disk (file + WAL); forgets the
-        segments another process dropped and removes their orphan sidecars."""
+    def _read_generation(self) -> int:
+        data = os.pread(self._lock_fd, 8, 0)
+        return int.from_bytes(data, "little") if len(data) == 8 else 0
+
+    def _bump_generation(self) -> None:
+        self._generation = self._read_generation() + 1
+        os.pwrite(self._lock_fd, self._generation.to_bytes(8, "little"), 0)
+
+    def _refresh(self) -> None:
+        """Bring ``_segments`` / ``_sizes`` up to date when another process changed the directory
+        (or someone removed the current segment by hand)."""
+        generation = self._read_generation()
+        if generation == self._generation and self._segments and \
+                segment_path(self.directory, self._segments[-1]).exists():
+            return
         mains, sizes, sidecars = set(), {}, []
         for e in os.scandir(self.directory):
             if not (m := SEGMENT_FILE.fullmatch(e.name)):
@@ -269,16 +289,14 @@ class EventLog:
                     pass
         for n in [n for n in self._conns if n not in mains]:  # dropped by another process
             self._conns.pop(n).close()
-        if not mains:
-            self._create_segment(1)
-            mains.add(1)
-        first = min(mains)
         for n, path in sidecars:
             # a WAL / shm file whose segment is gone (a reader re-created it, or a crash mid-drop);
             # segments appear by rename, so a new segment never has a sidecar before its file
-            if n < first and n not in mains:
+            if n not in mains and (not mains or n < min(mains)):
                 unlink(Path(path))
-        return sorted(mains), {n: sizes.get(n, 0) for n in mains}
+        self._segments = sorted(mains)
+        self._sizes = {n: sizes.get(n, 0) for n in mains}
+        self._generation = generation
 
     def _conn(self, n: int) -> sqlite3.Connection:
         conn = self._conns.get(n)
@@ -296,20 +314,21 @@ class EventLog:
             self._conns[n] = conn
         return conn
 
-    def _current_segment(self, segments: list[int]) -> int:
-        """The segment to append to: the newest, or a new one when the newest is full."""
-        n = segments[-1]
+    def _current_segment(self) -> int:
+        """The segment to append to: the newest, or a new one when the newest is full (or none is)."""
+        if not self._segments:
+            return self._create_segment(1)
+        n = self._segments[-1]
         conn = self._conn(n)
         if conn.execute("PRAGMA page_count").fetchone()[0] * PAGE_SIZE < self.max_segment_bytes:
             return n
         # Seal it: move its WAL into the database file and empty the WAL, so its size on disk is
         # its data. Best effort: a reader in the middle of a read can hold the WAL back.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._create_segment(n + 1)
-        segments.append(n + 1)
-        return n + 1
+        self._sizes[n] = segment_bytes(self.directory, n)
+        return self._create_segment(n + 1)
 
-    def _create_segment(self, n: int) -> None:
+    def _create_segment(self, n: int) -> int:
         """Initialise a segment under a temporary name and rename it into place, so that nobody
         (a reader without the lock included) ever sees a segment without its tables."""
         final = segment_path(self.directory, n)
@@ -333,14 +352,19 @@ class EventLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._segments.append(n)
+        self._sizes[n] = segment_bytes(self.directory, n)
+        self._bump_generation()
         log.info("event log %s: started segment %s", self.directory, final.name)
+        return n
 
-    def _enforce_total(self, segments: list[int], bytes_on_disk: dict[int, int]) -> None:
+    def _enforce_total(self) -> None:
         """Delete the oldest segments while the directory holds more than ``max_total_bytes``."""
-        sizes = [bytes_on_disk[n] if n in bytes_on_disk else segment_bytes(self.directory, n) for n in segments]
-        total = sum(sizes)
-        while total > self.max_total_bytes and len(segments) > 1:
-            n, size = segments.pop(0), sizes.pop(0)
+        total = sum(self._sizes[n] for n in self._segments)
+        dropped = False
+        while total > self.max_total_bytes and len(self._segments) > 1:
+            n = self._segments.pop(0)
+            size = self._sizes.pop(n)
             conn = self._conn(n)
             events, impressions = (row_count(conn, t) for t in KINDS)
             conn.close()
@@ -349,7 +373,10 @@ class EventLog:
             for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 unlink(p)
             total -= size
+            dropped = True
             log.warning("event log %s: %d bytes > max_total_bytes %d; deleted the oldest segment %s "
                         "(%d bytes, %d events, %d impressions); their ids leave the idempotency window",
                         self.directory, total + size, self.max_total_bytes, path.name, size, events,
                         impressions)
+        if dropped:
+            self._bump_generation()

@@ -74,6 +74,10 @@ class Table:
     required: tuple[str, ...]
     rules: dict[str, str]  # field -> rule name in _RULES (every column but the stamp)
 
+    def __post_init__(self) -> None:
+        if next(iter(self.dtypes)) != self.key or list(self.dtypes)[-1] != self.stamp:
+            raise ValueError(f"table {self.table}: the key must be the first column and the stamp the last")
+
     @cached_property
     def columns(self) -> tuple[str, ...]:
         return tuple(self.dtypes)
