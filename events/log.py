@@ -30,6 +30,10 @@ with a warning on the ``events.log`` logger. Ids are idempotent across every liv
 re-appending an ``event_id`` / ``request_id`` that is stored returns False and stores nothing. Deleting
 a segment ends the idempotency window for the ids in it: a retry of one of them after that is stored
 again. Segment numbers are never reused, so ``first live number - 1`` segments have been dropped.
+``log.lock`` also holds a generation counter of the segment set; never delete it while writers run.
+
+The columns and row checks live in ``events.schema``, the segment files in ``events.segments``, the
+readers in ``events.reader``; this module re-exports everything a caller needs.
 """
 
 from __future__ import annotations
@@ -239,8 +243,10 @@ class EventLog:
     def _stored_keys(self, kind: Table, keys: set[str]) -> set[str]:
         """The keys among ``keys`` already in any live segment (newest first: retries are recent)."""
         pending, found = set(keys), set()
-        for n in reversed(self._segments):
+        for n in reversed(list(self._segments)):
             conn = self._conn(n)
+            if conn is None:
+                continue
             batch = list(pending)
             for start in range(0, len(batch), _MAX_SQL_VARS):
                 chunk = batch[start:start + _MAX_SQL_VARS]
@@ -298,11 +304,23 @@ class EventLog:
         self._sizes = {n: sizes.get(n, 0) for n in mains}
         self._generation = generation
 
-    def _conn(self, n: int) -> sqlite3.Connection:
+    def _conn(self, n: int) -> sqlite3.Connection | None:
+        """This process's connection to segment ``n``; None when its file was removed by hand (it
+        is forgotten then). ``mode=rw``: never create a segment file by connecting to it."""
         conn = self._conns.get(n)
         if conn is None:
             path = segment_path(self.directory, n)
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            try:
+                conn = sqlite3.connect(path.resolve().as_uri() + "?mode=rw", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+            except sqlite3.OperationalError:
+                if path.exists():
+                    raise
+                log.warning("event log %s: segment %s disappeared (removed by hand?); forgetting it",
+                            self.directory, path.name)
+                self._segments.remove(n)
+                self._sizes.pop(n, None)
+                return None
             try:
                 check_version(conn, path)
                 conn.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
@@ -320,6 +338,8 @@ class EventLog:
             return self._create_segment(1)
         n = self._segments[-1]
         conn = self._conn(n)
+        if conn is None:  # removed by hand just now: the one before is the newest
+            return self._current_segment()
         if conn.execute("PRAGMA page_count").fetchone()[0] * PAGE_SIZE < self.max_segment_bytes:
             return n
         # Seal it: move its WAL into the database file and empty the WAL, so its size on disk is
@@ -363,9 +383,13 @@ class EventLog:
         total = sum(self._sizes[n] for n in self._segments)
         dropped = False
         while total > self.max_total_bytes and len(self._segments) > 1:
-            n = self._segments.pop(0)
-            size = self._sizes.pop(n)
+            n = self._segments[0]
             conn = self._conn(n)
+            if conn is None:  # gone already (and forgotten)
+                total = sum(self._sizes[m] for m in self._segments)
+                continue
+            self._segments.pop(0)
+            size = self._sizes.pop(n)
             events, impressions = (row_count(conn, t) for t in KINDS)
             conn.close()
             del self._conns[n]

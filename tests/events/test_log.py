@@ -198,6 +198,20 @@ def test_leftovers_of_a_crash_mid_creation_do_not_block_the_log(tmp_path):
     assert read_log(tmp_path)["event_id"].tolist() == ["e1"]
 
 
+def test_an_old_segment_removed_by_hand_is_forgotten_not_recreated(tmp_path, caplog):
+    with EventLog(tmp_path, max_segment_bytes=TINY) as log:
+        for b in range(12):
+            log.append_events([event(f"{b}_{j}") for j in range(50)])
+    with EventLog(tmp_path, max_segment_bytes=TINY) as log:
+        assert log.append_events([event("11_49")]) == [False]  # found in the newest: older ones not opened
+        (tmp_path / "segment-000001.sqlite").unlink()
+        with caplog.at_level(logging.WARNING, logger="events.log"):
+            assert log.append_events([event("99_0")]) == [True]
+        assert "segment-000001.sqlite disappeared" in caplog.text
+    assert not (tmp_path / "segment-000001.sqlite").exists()
+    assert read_log(tmp_path)["event_id"].iloc[-1] == "e99_0"
+
+
 # -- several processes ------------------------------------------------------------------------
 
 
