@@ -350,8 +350,17 @@ class EventLog:
 
     def _create_segment(self, n: int) -> int:
         """Initialise a segment under a temporary name and rename it into place, so that nobody
-        (a reader without the lock included) ever sees a segment without its tables."""
+        (a reader without the lock included) ever sees a segment without its tables.
+
+        The generation is bumped before the rename: a process killed in between leaves no segment
+        the others do not know of. Should ``n`` exist all the same (made by hand), this process's
+        view is stale: it rescans and announces it, and never overwrites the file."""
         final = segment_path(self.directory, n)
+        if final.exists():
+            self._generation = None
+            self._refresh()
+            self._bump_generation()
+            return self._current_segment()
         tmp = final.with_name(final.name + ".tmp")
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-wal", "-shm", "-journal"))):
             unlink(leftover)  # from a process killed mid-creation (we hold the lock)
@@ -360,22 +369,14 @@ class EventLog:
             conn.executescript(DDL + f"PRAGMA user_version={SCHEMA_VERSION};")
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file header
         if self.durability == "full":
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp, final)
+            _fsync(tmp)
+        self._bump_generation()
+        os.rename(tmp, final)
         if self.durability == "full":  # the new name itself must survive a power cut
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync(self.directory)
+        log.info("event log %s: started segment %s", self.directory, final.name)
         self._segments.append(n)
         self._sizes[n] = segment_bytes(self.directory, n)
-        self._bump_generation()
-        log.info("event log %s: started segment %s", self.directory, final.name)
         return n
 
     def _enforce_total(self) -> None:
@@ -404,3 +405,11 @@ class EventLog:
                         impressions)
         if dropped:
             self._bump_generation()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

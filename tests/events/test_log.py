@@ -212,6 +212,19 @@ def test_an_old_segment_removed_by_hand_is_forgotten_not_recreated(tmp_path, cap
     assert read_log(tmp_path)["event_id"].iloc[-1] == "e99_0"
 
 
+def test_a_segment_nobody_announced_is_taken_not_overwritten(tmp_path):
+    with EventLog(tmp_path, max_segment_bytes=TINY) as b, EventLog(tmp_path, max_segment_bytes=TINY) as a:
+        b.append_events([event(0)])  # b knows segment 1 at this generation
+        generation = (tmp_path / "log.lock").read_bytes()
+        for k in range(10):
+            a.append_events([event(f"{k}_{j}") for j in range(50)])  # a fills segment 1, starts 2, 3
+        assert log_stats(tmp_path)["segments"] >= 3
+        (tmp_path / "log.lock").write_bytes(generation)  # as if a's segments had never been announced
+        assert b.append_events([event("99_0"), event("9_49")]) == [True, False]  # b rescans, a's rows stay
+    df = read_log(tmp_path)
+    assert len(df) == 502 and df["event_id"].is_unique
+
+
 # -- several processes ------------------------------------------------------------------------
 
 
