@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from features.store import FeatureStore
 from inference.models import TorchModel
 from retrieval.index import search
+
+
+def is_torch_module(model) -> bool:
+    """Whether ``model`` is a ``torch.nn.Module`` (checked without importing torch on the served path)."""
+    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
 class Retriever:
@@ -22,7 +26,7 @@ class Retriever:
     """
 
     def __init__(self, user_encoder, index, store: FeatureStore, item_embeddings: np.ndarray):
-        self.user_encoder = TorchModel(user_encoder) if isinstance(user_encoder, torch.nn.Module) else user_encoder
+        self.user_encoder = TorchModel(user_encoder) if is_torch_module(user_encoder) else user_encoder
         self.index = index
         self.store = store
         self.item_embeddings = item_embeddings  # (N, D), for exact re-scoring and the ranker
