@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 from inference.providers import open_session
 from inference.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 # How `recommend` runs its ONNX models: auto (the export's choice), in_process (onnxruntime inside
@@ -33,13 +36,17 @@ class TorchModel:
             the in-process GPU path, see docs/gpu.md).
     """
 
-    def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu"):
+    def __init__(self, module: "torch.nn.Module", device: "torch.device | str" = "cpu"):
+        import torch  # here, not at the top: the served path (ONNX only) never pays torch's import
+
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
 
-    @torch.no_grad()
     def __call__(self, inputs: dict[str, np.ndarray]):
-        out = self.module({k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()})
+        import torch
+
+        with torch.no_grad():
+            out = self.module({k: torch.as_tensor(v).to(self.device) for k, v in inputs.items()})
         if isinstance(out, tuple):
             return tuple(o.float().cpu().numpy() for o in out)
         return out.float().cpu().numpy()

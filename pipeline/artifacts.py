@@ -35,12 +35,10 @@ from inference.models import TorchModel
 from pipeline.pipeline import Pipeline
 from pipeline.settings import PipelineSettings
 from ranking.features import CandidateFeatures
-from ranking.model import load_ranker
 from ranking.rule_config import RuleSet
 from ranking.rules import ItemCatalog
 from retrieval.index import load_index
 from retrieval.retriever import Retriever
-from retrieval.towers import load_two_tower
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -205,9 +203,13 @@ class RunArtifacts:
         return json.loads(index.with_name(index.name + ".json").read_text())
 
     def load_towers(self, store: FeatureStore):
+        from retrieval.towers import load_two_tower  # torch: only offline readers load the PyTorch models
+
         return load_two_tower(self.path("two_tower"), store.features)
 
     def load_ranker(self, name: str, store: FeatureStore):
+        from ranking.model import load_ranker
+
         return load_ranker(self.path(RANKERS[name]), store.features)
 
     def load_rules(self) -> RuleSet:

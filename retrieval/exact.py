@@ -11,9 +11,12 @@ GPU build can be installed. Scores are float32 (TF32 is not used), so results eq
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the served FAISS path never loads it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,8 @@ MAX_SCORES = 64_000_000
 
 def resolve_device(use_gpu: bool) -> torch.device:
     """``cuda`` when asked for and visible, else ``cpu`` (logged, not an error)."""
+    import torch
+
     if use_gpu and torch.cuda.is_available():
         return torch.device("cuda")
     if use_gpu:
@@ -45,6 +50,8 @@ class ExactIndex:
             raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {x.shape}")
         if max_scores < 1:
             raise ValueError(f"max_scores={max_scores} must be >= 1")
+        import torch
+
         self.device = torch.device(device)
         self.items = torch.from_numpy(x).to(self.device)  # (N, D)
         self.ntotal, self.d = x.shape
@@ -54,7 +61,6 @@ class ExactIndex:
         """(N, D) float32 copy on the CPU (what :func:`retrieval.index.save_index` writes)."""
         return self.items.cpu().numpy()
 
-    @torch.inference_mode()
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items by inner product, best first.
 
@@ -70,13 +76,16 @@ class ExactIndex:
             raise ValueError(f"queries must be (B, {self.d}), got shape {q.shape}")
         if not 1 <= k <= self.ntotal:
             raise ValueError(f"k={k} must be in 1..{self.ntotal} (the catalog size)")
-        qt = torch.from_numpy(q).to(self.device)
-        step = max(1, self.max_scores // self.ntotal)
-        scores, ids = [], []
-        for s in range(0, len(qt), step):
-            top = torch.topk(qt[s : s + step] @ self.items.T, k, dim=1)  # (b, N) -> (b, k), sorted
-            scores.append(top.values)
-            ids.append(top.indices)
-        if not scores:
-            return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-        return torch.cat(scores).cpu().numpy(), torch.cat(ids).cpu().numpy().astype(np.int64)
+        import torch
+
+        with torch.inference_mode():
+            qt = torch.from_numpy(q).to(self.device)
+            step = max(1, self.max_scores // self.ntotal)
+            scores, ids = [], []
+            for s in range(0, len(qt), step):
+                top = torch.topk(qt[s : s + step] @ self.items.T, k, dim=1)  # (b, N) -> (b, k), sorted
+                scores.append(top.values)
+                ids.append(top.indices)
+            if not scores:
+                return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+            return torch.cat(scores).cpu().numpy(), torch.cat(ids).cpu().numpy().astype(np.int64)

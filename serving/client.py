@@ -12,7 +12,9 @@ Retries: a request is read-only for the caller (the same request gives the same 
 exposure-cap window), so calls that fail while the service heals are retried with exponential
 backoff and jitter: UNAVAILABLE (server restarting), DEADLINE_EXCEEDED (a frozen model) and
 INTERNAL "Stub process ... is not healthy" (a dead model process before the supervisor reloads
-it). Rejections (INVALID_ARGUMENT) are never retried. ``retries`` and ``backoff`` bound the wait.
+it). Rejections (INVALID_ARGUMENT) are never retried. ``retries`` and ``backoff`` bound the wait;
+each sleep is capped at ``max_backoff`` (1 s), so a client that waited through a server restart
+asks again within a second of the server's return instead of sleeping on for 4-8 s.
 
 Rejections are counted on the client (``RecommendClient.rejections``, by kind): Triton 2.51 counts
 the requests its core rejects before any model runs (wrong datatype or shape, unknown input) in
@@ -73,15 +75,17 @@ class RecommendClient:
         timeout: seconds per call (None waits forever).
         retries: further attempts after a retryable failure (0 = none).
         backoff: seconds before the first retry; doubled each time (plus up to 50% jitter).
+        max_backoff: the longest sleep between two attempts (before jitter).
         **client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient`` (``ssl``, certificates).
     """
 
     def __init__(self, url: str, model: str = MODEL, timeout: float | None = 10.0, retries: int = 4,
-                 backoff: float = 0.25, **client_kwargs):
-        if retries < 0 or backoff < 0:
-            raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0")
+                 backoff: float = 0.25, max_backoff: float = 1.0, **client_kwargs):
+        if retries < 0 or backoff < 0 or max_backoff < backoff:
+            raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0, max_backoff={max_backoff} "
+                             f">= backoff")
         self.url, self.model, self.timeout = url, model, timeout
-        self.retries, self.backoff = retries, backoff
+        self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.retried = 0  # retries made so far (all calls)
         self.rejections: Counter = Counter()  # INVALID_ARGUMENT answers by rejection_kind
         self._client = grpcclient.InferenceServerClient(url, **client_kwargs)
@@ -153,7 +157,7 @@ class RecommendClient:
                 if attempt == self.retries or not retryable(err):
                     raise
                 self.retried += 1
-                time.sleep(self.backoff * 2 ** attempt * (1 + 0.5 * random.random()))
+                time.sleep(min(self.backoff * 2 ** attempt, self.max_backoff) * (1 + 0.5 * random.random()))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:

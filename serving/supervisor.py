@@ -17,7 +17,10 @@ INTERNAL "Stub process ... is not healthy"; a stub frozen for ~2 s (SIGSTOP/SIGC
    through the model-repository API (with the admin token) and probe again; still failing ->
    restart the server;
 4. on :meth:`stop` flips readiness off, waits until Triton reports no pending or executing
-   request (``drain_timeout``), then SIGTERMs the server.
+   request (``drain_timeout``), then SIGTERMs the server. Triton's own exit wait is cut to
+   ``exit_timeout`` (``--exit-timeout-secs``; its default, 30 s, is spent in full when a version
+   retired by a forced reload never unloads, which 2.51 does after a stub was killed or frozen):
+   the drain has already waited for the requests.
 
 Readiness for a load balancer is :attr:`ready` (served over HTTP by :mod:`serving.health`), not
 Triton's ``/v2/health/ready``. Each probe is one cold-user request, so it shows in
@@ -99,21 +102,25 @@ class Supervisor:
         timeout: seconds a probe (or a model reload's wait) may take before it counts as failed.
         startup_timeout: seconds a (re)start may take to become ready.
         drain_timeout: seconds :meth:`stop` waits for in-flight requests.
+        exit_timeout: seconds Triton may take to unload its models after SIGTERM (then it is killed).
         model: the model probed and reloaded.
     """
 
     def __init__(self, server: TritonServer, required: tuple[str, ...] = (MODEL,), interval: float = 1.0,
                  timeout: float = 2.0, startup_timeout: float = 120.0, drain_timeout: float = 10.0,
-                 model: str = MODEL):
-        if interval <= 0 or timeout <= 0:
-            raise ValueError(f"interval={interval} and timeout={timeout} must be > 0 seconds")
+                 exit_timeout: int = 5, model: str = MODEL):
+        if interval <= 0 or timeout <= 0 or exit_timeout < 1:
+            raise ValueError(f"interval={interval} and timeout={timeout} must be > 0 seconds, "
+                             f"exit_timeout={exit_timeout} >= 1")
         self.server, self.required, self.model = server, tuple(required), model
         self.interval, self.timeout = interval, timeout
-        self.startup_timeout, self.drain_timeout = startup_timeout, drain_timeout
+        self.startup_timeout, self.drain_timeout, self.exit_timeout = startup_timeout, drain_timeout, int(exit_timeout)
         self.reload_timeout = startup_timeout
         server.model_control_mode = "explicit"
         server.extra_args = [a for a in server.extra_args if not a.startswith("--model-control-mode")]
         server.extra_args += [f for f in SUPERVISED_FLAGS[1:] if f not in server.extra_args]
+        server.extra_args = [a for a in server.extra_args if not a.startswith("--exit-timeout-secs")]
+        server.extra_args.append(f"--exit-timeout-secs={self.exit_timeout}")
         self.stats, self.events = SupervisorStats(), []
         self.ready = False
         self._stopping = threading.Event()
@@ -154,10 +161,11 @@ class Supervisor:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(self.interval + self.timeout + self.startup_timeout)
+        self.ready = False  # whatever a probe that was in flight concluded
         drained = self.drain(self.drain_timeout)
         if not drained:
             log.warning("requests still in flight after %.1f s; stopping anyway", self.drain_timeout)
-        return self.server.stop()
+        return self.server.stop(timeout=self.exit_timeout + 5.0)
 
     def drain(self, timeout: float) -> bool:
         """Wait until Triton reports no pending or executing request (True) or ``timeout`` passes."""
@@ -233,7 +241,7 @@ class Supervisor:
                     self.stats.last_outage_s = time.monotonic() - self._down_since
                     self._event("recovered", f"after {self.stats.last_outage_s:.2f} s")
                     self._down_since = None
-                self.ready = True
+                self.ready = not self._stopping.is_set()  # a probe that ends after stop() began
                 continue
             # A failed probe takes the server out of rotation; a lost instance only degrades it (the
             # others answer) and is healed while it stays ready.

@@ -23,6 +23,11 @@ Learned running it here (2 cores, Python 3.11, no GPU):
     handler yet) and orphans the python stubs, which ignore SIGTERM and keep their /dev/shm
     region; `stop` therefore SIGKILLs what is left in the server's process group and unlinks
     those regions.
+  * `--disable-auto-complete-config`: our exported configs are complete, and with auto-complete
+    on the python backend starts one extra stub per model (importing its model.py) before the
+    instances: 6 s of every start and reload of `recommend`. Off, and with the served models
+    importing no torch (tests/serving/test_served_imports.py), a supervised server is READY in
+    2.1 s instead of 13.3 s and a reload of `recommend` takes 1.8 s instead of 11.5 s.
 """
 
 from __future__ import annotations
@@ -218,7 +223,7 @@ class TritonServer:
                f"--model-control-mode={self.model_control_mode}",
                f"--grpc-address={_HOST}", f"--grpc-port={self.grpc_port}",
                f"--metrics-address={_HOST}", f"--metrics-port={self.metrics_port}",
-               "--log-verbose=0", *self.security.server_flags()]
+               "--log-verbose=0", "--disable-auto-complete-config", *self.security.server_flags()]
         if self.security.allow_http:
             cmd += [f"--http-address={_HOST}", f"--http-port={self.http_port}"]
         if self.backend_directory is not None:

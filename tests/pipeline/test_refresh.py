@@ -82,3 +82,36 @@ def test_deploy_retrains_the_ranker_on_both_windows(tiny_deployed_run):
     # lists from the validation and test windows, both later than everything the towers were trained on
     assert ranker["saw"]["interactions"] > 0 and ranker["saw"]["last_timestamp"] == m["store"]["saw"]["last_timestamp"]
     assert towers["saw"]["interactions"] + ranker["saw"]["interactions"] == m["store"]["saw"]["interactions"]
+
+
+def test_rows_older_than_the_training_data_are_counted_and_kept_as_history(tiny_deployed_run, tmp_path):
+    art = RunArtifacts(tiny_deployed_run)
+    store, log = art.load_store(), pd.read_parquet(art.path("interactions"))
+    first = art.manifest()["artifacts"]["two_tower"]["saw"]["first_timestamp"]
+    user = str(log["user_id"].iloc[0])
+    u = store.users.lookup([user])[0]
+    unseen = [str(i) for i in store.items.ids if store.seen[u, store.items.lookup([i])[0]] == 0][:3]
+    old = pd.DataFrame({"user_id": [user] * 3, "item_id": unseen, "timestamp": [first - 86_400 * d for d in (3, 2, 1)]})
+    report = refresh(tiny_deployed_run, old, tmp_path / "fresh")
+    assert report == {**report, "received": 3, "accepted": 3, "before_training": 3, "new_users": 0}
+    s2 = RunArtifacts(tmp_path / "fresh").load_store()
+    idx = s2.items.lookup(unseen)
+    assert (s2.seen[u].toarray().ravel()[idx] > 0).all()  # now seen: never recommended again
+    # history is ordered by time: the old rows go before everything the user did, the latest stays last
+    assert s2.last_ts[u] == store.last_ts[u] and s2.recent[u, -1] == store.recent[u, -1]
+    assert not set(idx) & set(s2.recent[u, -3:])
+
+
+def test_a_new_user_with_a_single_interaction_is_served_from_it(tiny_deployed_run, tmp_path):
+    art = RunArtifacts(tiny_deployed_run)
+    store, log = art.load_store(), pd.read_parquet(art.path("interactions"))
+    t = int(log["timestamp"].max()) + 60
+    item = str(store.items.ids[store.most_popular(1)[0]])
+    report = refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["solo"], "item_id": [item], "timestamp": [t]}),
+                     tmp_path / "fresh")
+    assert report == {**report, "accepted": 1, "new_users": 1}
+    s2 = RunArtifacts(tmp_path / "fresh").load_store()
+    u = s2.users.lookup(["solo"])[0]
+    assert (s2.recent[u] >= 0).sum() == 1 and s2.last_ts[u] == t
+    rec = load_pipeline(tmp_path / "fresh").recommend([Request("solo", 10, t + 10)])[0]
+    assert rec.route == "known_user" and len(rec.item_ids) == 10 and item not in rec.item_ids

@@ -187,6 +187,22 @@ def test_client_gives_up_after_its_retries_on_a_dead_port():
         assert client.retried == 2
 
 
+def test_client_backoff_doubles_up_to_its_cap(monkeypatch):
+    from serving import client as client_module
+    from serving.triton_server import free_ports
+
+    slept = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with RecommendClient(f"127.0.0.1:{free_ports(1)[0]}", timeout=1.0, retries=5, backoff=0.25,
+                         max_backoff=1.0) as client:
+        with pytest.raises(InferenceServerException):
+            client.recommend("u", 3)
+    base = [0.25, 0.5, 1.0, 1.0, 1.0]  # then up to 50% jitter on top
+    assert len(slept) == 5 and all(b <= s <= 1.5 * b for s, b in zip(slept, base)), slept
+    with pytest.raises(ValueError, match="max_backoff=0.1 >= backoff"):
+        RecommendClient("127.0.0.1:1", backoff=0.25, max_backoff=0.1)
+
+
 def test_health_endpoint_serves_readiness_and_counters(tmp_path):
     supervisor = Supervisor(TritonServer(tmp_path), interval=1.0, timeout=1.0)
     supervisor.stats.crashes["signal 11"] += 1
@@ -203,7 +219,8 @@ def test_health_endpoint_serves_readiness_and_counters(tmp_path):
     assert metric_sum(metrics, "recsys_supervisor_crashes_total", why="signal 11") == 1
     assert metric_sum(metrics, "recsys_supervisor_ready") == 1
     assert "--model-control-mode=explicit" in supervisor.server.command()
-    assert {"--load-model=*", "--exit-on-error=false"} <= set(supervisor.server.command())
+    assert {"--load-model=*", "--exit-on-error=false", "--exit-timeout-secs=5",
+            "--disable-auto-complete-config"} <= set(supervisor.server.command())
     with pytest.raises(ValueError, match="interval=0 and timeout=1 must be > 0"):
         Supervisor(TritonServer(tmp_path), interval=0, timeout=1)
 

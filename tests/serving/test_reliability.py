@@ -206,7 +206,7 @@ def stub_outage(sup: Supervisor, action, deadline_s: float = 30.0) -> dict:
     failures, answered, stop = [], [], threading.Event()
 
     def load():
-        with RecommendClient(server.grpc_url, timeout=3.0, retries=6, backoff=0.25) as client:
+        with RecommendClient(server.grpc_url, timeout=3.0, retries=14, backoff=0.25) as client:
             i = 0
             while not stop.is_set():
                 sent = time.monotonic()
@@ -267,7 +267,8 @@ def test_sigstop_2_s_of_the_recommend_stub_is_contained(sup):
 
     wait_for_instances(sup, 2)
     crashes = sum(sup.stats.crashes.values())
-    result = stub_outage(sup, freeze, deadline_s=sup.startup_timeout)
+    # A freeze the probe does not notice ends without an outage: wait 30 s for one, not the startup timeout.
+    result = stub_outage(sup, freeze, deadline_s=30.0)
     crashed = sum(sup.stats.crashes.values()) - crashes
     window = result["window"]
     print(f"\nSIGSTOP 2 s / SIGCONT of the recommend stub: supervisor outage "
@@ -282,6 +283,22 @@ def test_sigstop_2_s_of_the_recommend_stub_is_contained(sup):
     time.sleep(1.5)
     assert sup.server.is_running() and sup.probe() is None
     wait_for_instances(sup, 2)
+
+
+def test_a_killed_server_is_restarted_within_10_s(sup):
+    """Triton itself dies (SIGKILL: what an abort or SIGSEGV leaves): the supervisor keeps the log,
+    restarts it on the same ports; the retrying client sees an outage under 10 s and no failure after it."""
+    wait_for_instances(sup, 2)
+    restarts = sup.stats.restarts
+    result = stub_outage(sup, lambda _: os.kill(sup.server.pid, signal.SIGKILL), deadline_s=60.0)
+    print(f"\nSIGKILL of tritonserver: supervisor outage {result['window']:.2f} s, longest client gap "
+          f"{result['gap']:.2f} s, {len(result['failures'])} failed after retries, restarts "
+          f"{sup.stats.restarts - restarts}")
+    assert sup.stats.restarts == restarts + 1 and sup.stats.crashes["signal 9"] >= 1
+    assert result["window"] is not None and result["window"] < 10.0, sup.events[-6:]
+    assert result["late"] == [] and result["gap"] < 10.0
+    assert sup.server.is_running() and sup.probe() is None and sup.ready
+    assert sorted(sup.server.log_path.parent.glob(sup.server.log_path.name + ".crash-*"))
 
 
 def test_shutdown_under_load_drains_in_flight_requests(sup):
@@ -308,9 +325,11 @@ def test_shutdown_under_load_drains_in_flight_requests(sup):
     code = sup.stop()
     for t in threads:
         t.join(30)
-    print(f"\nshutdown under load: {time.monotonic() - began:.1f} s from readiness off to exit (status {code}), "
+    took = time.monotonic() - began
+    print(f"\nshutdown under load: {took:.1f} s from readiness off to exit (status {code}), "
           f"{sum(1 for sent, _ in outcomes if sent < began)} requests in flight or done before it, all answered")
     assert not sup.ready and code is not None
+    assert took < sup.drain_timeout + sup.exit_timeout + 5.0  # Triton's 30 s exit wait is not spent
     assert all(status is None for sent, status in outcomes if sent < began), \
         [o for o in outcomes if o[1] is not None]
     assert len(outcomes) > 4 and not server.is_running()
