@@ -15,7 +15,7 @@ from features.schema import DataError, Dataset
 _CONTRACT = {"interactions": ["user_id", "item_id", "timestamp"], "items": ["item_id"], "users": ["user_id"]}
 
 
-def read_table(path: str | Path, what: str, setting: str | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, what: str, setting: str | None = None, dtype: dict | None = None) -> pd.DataFrame:
     """Read a CSV (any ``.csv``/``.tsv``/``.txt``) or parquet file; clear errors for missing or empty files.
 
     Args:
@@ -23,6 +23,7 @@ def read_table(path: str | Path, what: str, setting: str | None = None) -> pd.Da
         what: which table it is (``interactions``, ``items``, ``users``, ``requests``).
         setting: the config key or command-line flag that names the file, for the error hint;
             ``data.loader.<what>`` when None.
+        dtype: column types for a CSV (e.g. ids as ``str``, so "0042" stays "0042"); parquet keeps its own.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -36,7 +37,7 @@ def read_table(path: str | Path, what: str, setting: str | None = None) -> pd.Da
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else ","
         try:
-            df = pd.read_csv(p, sep=sep)
+            df = pd.read_csv(p, sep=sep, dtype=dtype)
         except pd.errors.EmptyDataError as e:
             raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.") from e
     else:

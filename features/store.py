@@ -33,6 +33,62 @@ class FeatureStore:
         self.seen = seen  # (n_users, n_items) binary CSR
         self.popularity = popularity  # (n_items,) interaction counts in the history table
         self._by_popularity: np.ndarray | None = None
+        # Items seen since the store was built (live events, pipeline/online.py), per user index:
+        # sorted unique arrays next to the CSR, so an event costs no CSR rebuild. Read through
+        # seen_rows / seen_items, folded into ``seen`` by compact_seen.
+        self.seen_delta: dict[int, np.ndarray] = {}
+
+    def seen_rows(self, users: np.ndarray) -> sp.csr_matrix:
+        """(B, N) binary: each user's seen items (stored and live); unknown users (-1) get an empty row."""
+        users = np.asarray(users, dtype=np.int64)
+        known = users >= 0
+        rows = self.seen[np.where(known, users, 0)]
+        extra = [(b, self.seen_delta[u]) for b, u in enumerate(users.tolist()) if u in self.seen_delta]
+        if extra:
+            r = np.concatenate([np.full(len(i), b) for b, i in extra])
+            c = np.concatenate([i for _, i in extra])
+            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=rows.shape)).sign()
+        if not known.all():
+            rows = sp.diags(known.astype(np.float32)) @ rows
+            rows.eliminate_zeros()
+        return rows.tocsr()
+
+    def seen_items(self, user: int) -> np.ndarray:
+        """One user's seen item indices, sorted (empty for an unknown user)."""
+        if user < 0:
+            return np.zeros(0, np.int64)
+        base = self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]
+        extra = self.seen_delta.get(user)
+        return base if extra is None else np.union1d(base, extra)
+
+    def add_users(self, user_ids) -> int:
+        """Grow the user space, in place, by the ids it does not know (attributes unknown: code 0,
+        no history). One copy of the per-user arrays for the whole batch. Returns how many were new."""
+        user_ids = np.asarray(user_ids, dtype=object).astype(str)
+        new = pd.unique(user_ids[self.users.lookup(user_ids) < 0])  # one vectorised lookup
+        if not len(new):
+            return 0
+        n = len(new)
+        enc = self.features.transform("user", pd.DataFrame({"user_id": new}).assign(
+            **{s.source: None for s in self.features.specs["user"] if s.source != "user_id"}))
+        self.user_table = {k: np.concatenate([v, np.asarray(enc[k], dtype=v.dtype)]) for k, v in self.user_table.items()}
+        self.recent = np.concatenate([self.recent, np.full((n, self.history_len), -1, self.recent.dtype)])
+        self.last_ts = np.concatenate([self.last_ts, np.full(n, -1, self.last_ts.dtype)])
+        seen = self.seen.tocsr(copy=True)
+        seen.resize((seen.shape[0] + n, seen.shape[1]))
+        self.seen = seen
+        self.users = IdVocab(np.concatenate([self.users.ids, new]))
+        return n
+
+    def compact_seen(self) -> None:
+        """Fold ``seen_delta`` into the CSR (one O(nnz) rebuild for many events)."""
+        if not self.seen_delta:
+            return
+        r = np.concatenate([np.full(len(i), u) for u, i in self.seen_delta.items()])
+        c = np.concatenate(list(self.seen_delta.values()))
+        delta = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=self.seen.shape)
+        self.seen = (self.seen + delta).sign().astype(np.float32).tocsr()
+        self.seen_delta = {}
 
     def most_popular(self, n: int) -> np.ndarray:
         """The n most popular item indices, best first (ties: lower index first); the full order is
@@ -103,6 +159,7 @@ class FeatureStore:
         np.savez(out / "tables.npz", **{f"user.{k}": v for k, v in self.user_table.items()},
                  **{f"item.{k}": v for k, v in self.item_table.items()}, recent=self.recent, last_ts=self.last_ts,
                  popularity=self.popularity)
+        self.compact_seen()
         sp.save_npz(out / "seen.npz", self.seen)
         (out / "store.json").write_text(json.dumps({"history_len": self.history_len}))
 

@@ -215,7 +215,7 @@ class Pipeline:
         """Rules for one request's ranked candidates. -> items, scores, reasons, groups."""
         ok = items >= 0
         items, scores, contrib = items[ok], scores[ok], contrib[ok]
-        seen = self.store.seen.indices[self.store.seen.indptr[user] : self.store.seen.indptr[user + 1]] if user >= 0 else np.zeros(0, np.int64)
+        seen = self.store.seen_items(user)
         if recent is not None:
             seen = np.union1d(seen, recent[recent >= 0])
         ctx = RequestContext(seen=seen, exposure=self.exposure)

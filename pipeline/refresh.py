@@ -94,21 +94,6 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
     return df.reset_index(drop=True), report
 
 
-def with_new_users(store: FeatureStore, user_ids: np.ndarray) -> tuple[FeatureStore, int]:
-    """The store's index space extended by users it does not know (their attributes unknown: code 0)."""
-    user_ids = np.asarray(user_ids, dtype=object)
-    new = pd.unique(user_ids[store.users.lookup(user_ids) < 0])  # one vectorised lookup, not one per event
-    if not len(new):
-        return store, 0
-    users = IdVocab(np.concatenate([store.users.ids, new]))
-    enc = store.features.transform("user", pd.DataFrame({"user_id": new}).assign(
-        **{s.source: None for s in store.features.specs["user"] if s.source != "user_id"}))
-    table = {k: np.concatenate([v, np.asarray(enc[k], dtype=v.dtype)]) for k, v in store.user_table.items()}
-    grown = FeatureStore(users, store.items, store.features, table, store.item_table, store.recent, store.last_ts,
-                         store.seen, store.popularity)
-    return grown, len(new)
-
-
 def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None) -> dict:
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
@@ -128,7 +113,7 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     store = art.load_store()
     trained_from = m["artifacts"]["two_tower"]["saw"].get("first_timestamp") if "two_tower" in m["artifacts"] else None
     new, report = clean_new_interactions(interactions, known, store.items, trained_from)
-    store, report["new_users"] = with_new_users(store, new["user_id"].to_numpy())
+    report["new_users"] = store.add_users(new["user_id"].to_numpy())
     history = pd.concat([known, new], ignore_index=True)
     ranking_cfg = m["config"]["ranking"]
     ease_content = float(m["artifacts"]["ranker_features"].get("ease_content_weight", 0.0))

@@ -38,6 +38,7 @@ CONTEXT_NUMERIC = ("since_last", "item_age")
 POPULARITY = ("pop_all", "pop_recent")
 log = logging.getLogger(__name__)
 _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
+LIVE_KEYS_MERGE = 65_536  # live event keys kept apart from the history's before one merge
 
 
 def input_groups(store: FeatureStore) -> dict[str, list[str]]:
@@ -90,6 +91,20 @@ class CandidateFeatures:
         self.item_first_ts = item_first_ts  # (N,) first interaction time, -1 if none
         self.event_keys = event_keys  # sorted (item << 32 | timestamp) of history interactions
         self.recent_seconds = int(recent_days * 86400)
+        self.live_keys = np.zeros(0, np.int64)  # the same keys for live events (small; merged at LIVE_KEYS_MERGE)
+
+    def add_events(self, items: np.ndarray, timestamps: np.ndarray) -> None:
+        """Live interactions: they count in recent popularity and set a never-seen item's first-seen time."""
+        items, timestamps = np.asarray(items, np.int64), np.asarray(timestamps, np.int64)
+        keys = (items << _SHIFT) | np.clip(timestamps, 0, (1 << _SHIFT) - 1)
+        self.live_keys = np.sort(np.concatenate([self.live_keys, keys]))
+        if len(self.live_keys) >= LIVE_KEYS_MERGE:  # one O(history) merge per many events
+            self.event_keys = np.sort(np.concatenate([self.event_keys, self.live_keys]))
+            self.live_keys = np.zeros(0, np.int64)
+        current = self.item_first_ts[items]
+        first = np.where(current < 0, timestamps, np.minimum(current, timestamps))
+        order = np.argsort(first, kind="stable")[::-1]
+        self.item_first_ts[items[order]] = first[order]  # the earliest write wins (written last)
 
     @classmethod
     def build(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, k_neighbors: int,
@@ -124,12 +139,14 @@ class CandidateFeatures:
         """Interactions with each item in [t - recent_days, t). (R,), (R,) -> (R,)"""
         hi = (items << _SHIFT) | np.clip(timestamps, 0, (1 << _SHIFT) - 1)
         lo = (items << _SHIFT) | np.clip(timestamps - self.recent_seconds, 0, (1 << _SHIFT) - 1)
-        return np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
+        counts = np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
+        if len(self.live_keys):
+            counts = counts + np.searchsorted(self.live_keys, hi) - np.searchsorted(self.live_keys, lo)
+        return counts
 
     def history_rows(self, users: np.ndarray, recent: np.ndarray | None = None) -> sp.csr_matrix:
         """(B, N) binary: each request's known items (stored history, plus items the request carries)."""
-        known = users >= 0
-        rows = (sp.diags(known.astype(np.float32)) @ self.store.seen[np.where(known, users, 0)]).tocsr()
+        rows = self.store.seen_rows(users)
         if recent is not None:  # e.g. a cold user's session
             r, c = np.nonzero(recent >= 0)
             rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign().tocsr()
@@ -223,8 +240,9 @@ class CandidateFeatures:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         sp.save_npz(out / "cooc.npz", self.cooc)
+        keys = np.sort(np.concatenate([self.event_keys, self.live_keys])) if len(self.live_keys) else self.event_keys
         np.savez(out / "ranker_tables.npz", item_embeddings=self.item_embeddings, item_first_ts=self.item_first_ts,
-                 event_keys=self.event_keys)
+                 event_keys=keys)
         if self.ease is not None:
             np.save(out / "ease.npy", self.ease)
         (out / "ranker_features.json").write_text(json.dumps({"recent_seconds": self.recent_seconds}))

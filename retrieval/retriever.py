@@ -68,14 +68,7 @@ class Retriever:
     def candidates(self, queries: np.ndarray, users: np.ndarray, k: int,
                    exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Top-k index items for the queries, each known user's seen items skipped. -> scores, items (B, k)."""
-        exclude = None
-        if exclude_seen:
-            known = np.asarray(users) >= 0
-            exclude = self.store.seen[np.where(known, users, 0)]
-            if not known.all():
-                exclude = sp.diags(known.astype(np.float32)) @ exclude
-                exclude.eliminate_zeros()
-            exclude = exclude.tocsr()
+        exclude = self.store.seen_rows(users) if exclude_seen else None
         return self.search(queries, k, exclude)
 
     def retrieve(self, users: np.ndarray, timestamps: np.ndarray, k: int, exclude_seen: bool = True,

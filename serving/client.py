@@ -32,7 +32,8 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving.protocol import MODEL, OUTPUTS, Recommendations, decode_response, encode_request
+from serving.protocol import (EVENT_OUTPUTS, EVENTS_MODEL, MODEL, OUTPUTS, Recommendations, decode_response,
+                              encode_events, encode_request)
 
 
 RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -54,6 +55,15 @@ def rejection_kind(err: InferenceServerException) -> str:
     """``core:<kind>`` for what Triton's core rejects before the model runs, ``model`` for the model's own."""
     message = err.message() or ""
     return next((f"core:{kind}" for kind, marker in CORE_REJECTIONS if marker in message), "model")
+
+
+def _inputs(tensors: dict) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, array in tensors.items():
+        inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        inp.set_data_from_numpy(array)
+        inputs.append(inp)
+    return inputs
 
 
 class RecommendClient:
@@ -104,17 +114,43 @@ class RecommendClient:
                                  recent_items, ranker)
         return self.infer(tensors, user_id)
 
+    def send_events(self, events, batch_size: int = 10_000) -> list[str]:
+        """Send interaction events; returns one status per event, in order.
+
+        Args:
+            events: a DataFrame (or dict of equal-length sequences) with event_id, user_id, item_id,
+                timestamp (Unix s), type (view, click, add_to_cart, purchase, rating, impression) and
+                optionally weight.
+            batch_size: events per call (the server takes at most 100,000 per call).
+
+        Returns:
+            ``"ok"`` (logged; the next answer knows it), ``"duplicate"`` (its event_id was logged
+            before: not applied twice) or the rejection reason of that event (``unknown_item``,
+            ``bad_timestamp``, ...; see events/checks.py). Calls are retried like ``recommend``:
+            resending a logged event is harmless.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        tensors = encode_events(events)
+        n = len(next(iter(tensors.values())))
+        outputs = [grpcclient.InferRequestedOutput(name) for name in EVENT_OUTPUTS]
+        statuses: list[str] = []
+        for start in range(0, n, batch_size):
+            part = {name: array[start : start + batch_size] for name, array in tensors.items()}
+            result = self._call(EVENTS_MODEL, _inputs(part), outputs)
+            statuses += [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("status").ravel()]
+        return statuses
+
     def infer(self, tensors: dict, user_id: str = "") -> Recommendations:
         """Send raw input tensors by name (any dtype/shape, for testing the server's checks)."""
-        inputs = []
-        for name, array in tensors.items():
-            inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            inp.set_data_from_numpy(array)
-            inputs.append(inp)
+        result = self._call(self.model, _inputs(tensors), self._outputs)
+        return decode_response(user_id, {name: result.as_numpy(name) for name in OUTPUTS})
+
+    def _call(self, model: str, inputs: list, outputs: list):
+        """One inference with the retry policy; returns the result."""
         for attempt in range(self.retries + 1):
             try:
-                result = self._client.infer(self.model, inputs, outputs=self._outputs, client_timeout=self.timeout)
-                break
+                return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout)
             except InferenceServerException as err:
                 if err.status() == "StatusCode.INVALID_ARGUMENT":
                     self.rejections[rejection_kind(err)] += 1
@@ -122,7 +158,7 @@ class RecommendClient:
                     raise
                 self.retried += 1
                 time.sleep(min(self.backoff * 2 ** attempt, self.max_backoff) * (1 + 0.5 * random.random()))
-        return decode_response(user_id, {name: result.as_numpy(name) for name in OUTPUTS})
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def close(self) -> None:
         """Close the gRPC channel."""

@@ -32,7 +32,20 @@ OUTPUTS = {
     "titles": (np.object_, "BYTES", (-1,)),  # display titles ("" when the catalog has none)
     "route": (np.object_, "BYTES", (1,)),  # known_user | cold_user
     "ranker": (np.object_, "BYTES", (1,)),  # the ranker that scored the candidates
+    "request_id": (np.object_, "BYTES", (1,)),  # the impression's id in the event log (attribute clicks to it)
 }
+
+EVENTS_MODEL = "events"
+# The ``events`` model: one value per event in every input (``weight`` optional), one status out.
+EVENT_INPUTS = {
+    "event_id": (np.object_, "BYTES", (-1,), False),
+    "user_id": (np.object_, "BYTES", (-1,), False),
+    "item_id": (np.object_, "BYTES", (-1,), False),
+    "timestamp": (np.float64, "FP64", (-1,), False),  # Unix seconds, when the user acted
+    "type": (np.object_, "BYTES", (-1,), False),  # view | click | add_to_cart | purchase | rating | impression
+    "weight": (np.float32, "FP32", (-1,), True),
+}
+EVENT_OUTPUTS = {"status": (np.object_, "BYTES", (-1,))}  # ok | duplicate | the rejection reason
 
 
 @dataclass
@@ -47,6 +60,7 @@ class Recommendations:
     groups: list[str]
     titles: list[str] = field(default_factory=list)
     ranker: str = ""  # the ranker that scored it ("" from a server without the output)
+    request_id: str = ""  # this answer's impression in the server's event log
 
 
 def _strings(values) -> np.ndarray:
@@ -77,4 +91,22 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
                            scores=[float(s) for s in np.asarray(outputs["scores"]).ravel()],
                            reasons=_text(outputs["reasons"]), groups=_text(outputs["groups"]),
                            titles=_text(outputs["titles"]),
-                           ranker=_text(outputs["ranker"])[0] if outputs.get("ranker") is not None else "")
+                           ranker=_text(outputs["ranker"])[0] if outputs.get("ranker") is not None else "",
+                           request_id=_text(outputs["request_id"])[0] if outputs.get("request_id") is not None else "")
+
+
+def encode_events(events) -> dict[str, np.ndarray]:
+    """Event tensors by input name from a DataFrame or a dict of equal-length sequences."""
+    columns = {name: list(events[name]) for name in EVENT_INPUTS if name in events}
+    tensors = {}
+    for name, (dtype, _, _, optional) in EVENT_INPUTS.items():
+        if name not in columns:
+            if not optional:
+                raise ValueError(f"events lack '{name}'; each event has {', '.join(EVENT_INPUTS)} (weight optional)")
+            continue
+        values = columns[name]
+        if dtype == np.object_:
+            tensors[name] = _strings(["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values])
+        else:
+            tensors[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64).astype(dtype)
+    return tensors

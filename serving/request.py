@@ -94,10 +94,13 @@ def requested_ranker(tensors: dict[str, np.ndarray | None], rankers: list[str], 
     return name
 
 
-def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: str = "") -> dict[str, np.ndarray]:
-    """Output tensors of one answer (``titles``: item id -> display title, may be empty; ``ranker``: who scored it)."""
+def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: str = "",
+                          request_id: str = "") -> dict[str, np.ndarray]:
+    """Output tensors of one answer (``titles``: item id -> display title, may be empty; ``ranker``: who
+    scored it; ``request_id``: its impression in the event log)."""
     values = {"item_ids": rec.item_ids, "scores": rec.scores, "reasons": rec.reasons, "groups": rec.groups,
-              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route], "ranker": [ranker]}
+              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route], "ranker": [ranker],
+              "request_id": [request_id]}
     out = {}
     for name, (dtype, _, _) in OUTPUTS.items():
         v = values[name]

@@ -16,12 +16,14 @@ off) and secure (serving/security.py: gRPC only, control and shared-memory APIs 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from serving.health import HealthServer
+from serving.event_log import ENV
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
@@ -77,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "visible, otherwise the nvidia-pytriton wheel's)")
     parser.add_argument("--log-file", default=None,
                         help="file for the server's log (default: a new file under /tmp)")
+    parser.add_argument("--event-log", default=None,
+                        help="directory of the durable event / impression log shared by `events` and every "
+                             "`recommend` instance (default: the models' EVENT_LOG parameter, `event_log` next "
+                             "to the model repository); sets RECSYS_EVENT_LOG for the server")
     return parser.parse_args(argv)
 
 
@@ -102,6 +108,8 @@ def security_options(args: argparse.Namespace) -> SecurityOptions:
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; returns the process exit status."""
     args = parse_args(argv)
+    if args.event_log:
+        os.environ[ENV] = str(Path(args.event_log).expanduser().resolve())  # the stubs inherit it
     try:
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
                               http_port=args.http_port or None, metrics_port=args.metrics_port or None,

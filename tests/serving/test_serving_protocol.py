@@ -9,7 +9,8 @@ from tritonclient.grpc import model_config_pb2
 
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
 from serving.cli import format_answer
-from serving.protocol import INPUTS, MAX_LIST_LEN, OUTPUTS, decode_response, encode_request
+from serving.protocol import (EVENT_INPUTS, EVENT_OUTPUTS, INPUTS, MAX_LIST_LEN, OUTPUTS, decode_response,
+                              encode_events, encode_request)
 from serving.request import MAX_TIMESTAMP, encode_recommendation, parse_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,36 @@ def test_committed_recommend_config_declares_the_protocol_table():
     outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
     assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in OUTPUTS.items()}
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1"}
+    assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1", "EVENT_LOG": "event_log",
+                      "IMPRESSION_DURABILITY": "normal"}
+
+
+def test_committed_events_config_declares_the_event_table():
+    cfg = committed_config("events")
+    assert cfg.backend == "python" and cfg.max_batch_size == 0
+    inputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in cfg.input}
+    assert inputs == {n: (TRITON_TYPES[dt], dims, opt) for n, (_, dt, dims, opt) in EVENT_INPUTS.items()}
+    outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
+    assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in EVENT_OUTPUTS.items()}
+    assert {k: v.string_value for k, v in cfg.parameters.items()}["EVENT_LOG"] == committed_params("recommend")["EVENT_LOG"]
+
+
+def committed_params(model: str) -> dict:
+    return {k: v.string_value for k, v in committed_config(model).parameters.items()}
+
+
+def test_events_encode_from_a_frame_with_optional_weight():
+    import pandas as pd
+
+    t = encode_events(pd.DataFrame({"event_id": ["e1", "e2"], "user_id": ["u", "ü"], "item_id": ["a", "b"],
+                                    "timestamp": [1.0, 2], "type": ["view", "click"]}))
+    assert set(t) == set(EVENT_INPUTS) - {"weight"} and t["user_id"].tolist() == [b"u", "ü".encode()]
+    assert t["timestamp"].dtype == np.float64
+    w = encode_events({"event_id": ["e"], "user_id": ["u"], "item_id": ["a"], "timestamp": [1], "type": ["view"],
+                       "weight": [None]})["weight"]
+    assert w.dtype == np.float32 and np.isnan(w[0])
+    with pytest.raises(ValueError, match="events lack 'type'"):
+        encode_events({"event_id": ["e"], "user_id": ["u"], "item_id": ["a"], "timestamp": [1]})
 
 
 def test_committed_retrieval_config_parses():

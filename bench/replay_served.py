@@ -1,0 +1,139 @@
+"""The served half of ``python -m bench.replay``: live events over gRPC on the real Triton server.
+
+Given the history run and the stream (see :mod:`bench.replay`), with the run exported to a temporary
+repository and served by ``tritonserver`` (one ``recommend`` instance, the event log in a temporary
+directory):
+
+1. **Serving p95 with and without events flowing**: ``--requests`` recommend calls at concurrency 1
+   (stream users, k=10), first with no events, then while a second thread sends the stream's events
+   one per call at ``events_per_s`` (100/s); the p95 ratio is the cost of live events to serving.
+2. **Event-to-answer visibility on one server**: for ``trials`` users, take the top item of their
+   current answer, send an event for it, and time from the send until an answer without that item
+   comes back (the event call plus the next recommend).
+3. **Across two servers through the shared log**: a second server on the same log directory; the
+   event goes to server A, the answers are asked from server B.
+4. **Ingest throughput**: the rest of the stream in batches of 1,000 events per call.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from export.config import DEFAULTS
+from serving.client import RecommendClient
+from serving.event_log import ENV
+from serving.triton_server import TritonServer
+
+
+def export(run_dir: Path, repo: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    from export.repository import export_if_needed
+    from pipeline.artifacts import RunArtifacts
+
+    cfg = OmegaConf.create(RunArtifacts(run_dir).manifest()["config"])
+    cfg.export = OmegaConf.merge(OmegaConf.load(DEFAULTS), {"repository": str(repo), "int8": {"enabled": False}})
+    return export_if_needed(cfg, run_dir)
+
+
+def events_frame(stream: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return pd.DataFrame({"event_id": [f"{prefix}{i}" for i in range(len(stream))],
+                         "user_id": stream["user_id"].astype(str).to_numpy(), "item_id": stream["item_id"].astype(str).to_numpy(),
+                         "timestamp": stream["timestamp"].astype(float).to_numpy(), "type": "rating"})
+
+
+def latencies(url: str, users: list[str], ts: float, k: int) -> list[float]:
+    out = []
+    with RecommendClient(url) as client:
+        for u in users:
+            start = time.perf_counter()
+            client.recommend(u, k, ts)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def visibility(send_url: str, ask_url: str, users: list[str], ts: float, k: int) -> list[float]:
+    """Seconds from sending an event for a user's top item until an answer (from ``ask_url``) drops it."""
+    out = []
+    with RecommendClient(send_url) as sender, RecommendClient(ask_url) as asker:
+        for n, user in enumerate(users):
+            top = asker.recommend(user, k, ts).item_ids[0]
+            start = time.perf_counter()
+            status = sender.send_events(pd.DataFrame([{"event_id": f"vis-{send_url}-{ask_url}-{n}", "user_id": user,
+                                                       "item_id": top, "timestamp": ts, "type": "click"}]))
+            assert status == ["ok"], status
+            for _ in range(200):
+                if top not in asker.recommend(user, k, ts).item_ids:
+                    break
+            else:
+                raise RuntimeError(f"event for {user}/{top} not visible after 200 answers")
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 2)
+
+
+def measure_served(run_dir: Path, stream: pd.DataFrame, k: int = 10, requests: int = 500, events_per_s: float = 100.0,
+                   trials: int = 100) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        repo = export(run_dir, tmp / "repo")
+        os.environ[ENV] = str(tmp / "event_log")
+        try:
+            with TritonServer(repo, log_path=tmp / "a.log") as a:
+                users = stream["user_id"].astype(str).drop_duplicates().tolist()
+                ts = float(stream["timestamp"].min())
+                sample = [users[i % len(users)] for i in range(requests)]
+                latencies(a.grpc_url, sample[:50], ts, k)  # warm-up
+                quiet = latencies(a.grpc_url, sample, ts, k)
+                events = events_frame(stream, "flow-")
+                stop, sent = threading.Event(), [0]
+
+                def flow():
+                    with RecommendClient(a.grpc_url) as client:
+                        next_at = time.perf_counter()
+                        while not stop.is_set() and sent[0] < len(events):
+                            client.send_events(events.iloc[sent[0] : sent[0] + 1])
+                            sent[0] += 1
+                            next_at += 1.0 / events_per_s
+                            time.sleep(max(0.0, next_at - time.perf_counter()))
+
+                thread = threading.Thread(target=flow)
+                flow_start = time.perf_counter()
+                thread.start()
+                busy = latencies(a.grpc_url, sample, ts, k)
+                stop.set()
+                thread.join()
+                rate = sent[0] / (time.perf_counter() - flow_start)
+                out["serving_ms"] = {"p50_quiet": pct(quiet, 50), "p95_quiet": pct(quiet, 95),
+                                     "p50_with_events": pct(busy, 50), "p95_with_events": pct(busy, 95),
+                                     "events_per_s_during": round(rate, 1),
+                                     "p95_ratio": round(pct(busy, 95) / pct(quiet, 95), 3)}
+                vis_users = users[-trials:]
+                one = visibility(a.grpc_url, a.grpc_url, vis_users, ts + 1, k)
+                out["visibility_one_server_ms"] = {"p50": pct(one, 50), "p95": pct(one, 95), "max": pct(one, 100),
+                                                   "trials": len(one)}
+                with TritonServer(repo, log_path=tmp / "b.log") as b:
+                    two = visibility(a.grpc_url, b.grpc_url, users[:trials], ts + 2, k)
+                out["visibility_two_servers_ms"] = {"p50": pct(two, 50), "p95": pct(two, 95), "max": pct(two, 100),
+                                                    "trials": len(two)}
+                rest = events_frame(stream, "bulk-")
+                with RecommendClient(a.grpc_url, timeout=120) as client:
+                    start = time.perf_counter()
+                    status = client.send_events(rest, batch_size=1000)
+                    seconds = time.perf_counter() - start
+                out["ingest"] = {"events": len(rest), "batch": 1000, "events_per_s": round(len(rest) / seconds, 1),
+                                 "ok": status.count("ok")}
+        finally:
+            os.environ.pop(ENV, None)
+    return out

@@ -1,0 +1,136 @@
+"""recsys-log: read and inspect the durable event and impression log (``events.log``).
+
+Commands:
+  read   every stored row of one kind, oldest first, optionally filtered by event / request time
+         (since <= timestamp < until); printed (the first rows and the count) or written to a
+         parquet or CSV file (list columns of impressions become JSON text in CSV)
+  stats  the log's telemetry as JSON: segments, bytes, events, impressions, dropped_segments,
+         last_event_at, last_impression_at
+
+Times (--since, --until) are Unix seconds or an ISO 8601 date / datetime (UTC unless it names
+a zone).
+
+Examples:
+  recsys-log read --dir logs/events --kind events --since 2024-01-01 --out events.parquet
+  recsys-log read --dir logs/events --kind impressions --explode --out positions.csv
+  recsys-log read --dir logs/events --kind impressions --head 5
+  recsys-log stats --dir logs/events
+
+Exit status: 0, or 2 on bad input (a missing directory, an unknown kind or file type, a bad
+time), with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from events.log import KINDS, arrow_schema, log_stats, read_log
+
+OUT_FORMATS = (".parquet", ".csv")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _time(text: str) -> float:
+    """Unix seconds, or an ISO 8601 date / datetime (UTC when it names no zone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            ts = pd.Timestamp(text)
+        except (ValueError, TypeError):
+            raise argparse.ArgumentTypeError(f"expected Unix seconds or an ISO date, got {text!r}") from None
+        if ts is pd.NaT:
+            raise argparse.ArgumentTypeError(f"expected Unix seconds or an ISO date, got {text!r}") from None
+        value = (ts.tz_localize("UTC") if ts.tzinfo is None else ts).timestamp()
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite time, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="recsys-log", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{read,stats}")
+    read = sub.add_parser("read", help="print or export the stored events or impressions",
+                          description="Every stored row of one kind, oldest segment first.")
+    read.add_argument("--dir", required=True, type=Path, help="the log directory (EventLog's directory)")
+    read.add_argument("--kind", required=True, choices=KINDS, help="which table to read")
+    read.add_argument("--since", type=_time, default=None,
+                      help="keep rows with timestamp >= this (Unix seconds or ISO date, UTC)")
+    read.add_argument("--until", type=_time, default=None,
+                      help="keep rows with timestamp < this (Unix seconds or ISO date, UTC)")
+    read.add_argument("--explode", action="store_true",
+                      help="impressions only: one row per (request, position) with position, item_id, score, reason")
+    read.add_argument("--out", type=Path, default=None,
+                      help="write all rows to this .parquet or .csv file instead of printing the first ones")
+    read.add_argument("--head", type=_count, default=10, help="rows to print without --out (default 10)")
+    stats = sub.add_parser("stats", help="print the log's telemetry as JSON",
+                           description="Segments, bytes, row counts, dropped segments, newest stamps.")
+    stats.add_argument("--dir", required=True, type=Path, help="the log directory")
+    return ap
+
+
+def _write(df: pd.DataFrame, out: Path, kind: str, explode: bool) -> None:
+    if out.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pandas(df, schema=arrow_schema(kind, explode), preserve_index=False), out)
+    else:
+        lists = [c for c in ("items", "scores", "reasons") if c in df.columns]
+        df.assign(**{c: df[c].map(json.dumps) for c in lists}).to_csv(out, index=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "stats":
+            print(json.dumps(log_stats(args.dir), indent=2))
+            return 0
+        if args.explode and args.kind != "impressions":
+            raise ValueError("--explode applies to --kind impressions only")
+        if args.out is not None and args.out.suffix not in OUT_FORMATS:
+            raise ValueError(f"--out {args.out}: unknown file type {args.out.suffix!r}; use one of "
+                             f"{', '.join(OUT_FORMATS)}")
+        if args.out is not None and not args.out.parent.is_dir():
+            raise FileNotFoundError(f"--out {args.out}: folder {args.out.parent} does not exist")
+        df = read_log(args.dir, args.kind, since=args.since, until=args.until, explode=args.explode)
+        if args.out is None and len(df):
+            with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 40):
+                print(df.head(args.head).to_string(index=False))
+            print(f"{len(df)} rows")
+        elif args.out is None:
+            print("0 rows")
+        else:
+            _write(df, args.out, args.kind, args.explode)
+            print(f"wrote {len(df)} rows to {args.out}")
+    except (OSError, ValueError, sqlite3.Error) as e:
+        print(f"recsys-log: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Reading the event log back: every row of one kind as a typed DataFrame (``read_log``) and the
+log's telemetry (``log_stats``). No lock: WAL readers see the last committed state and never block
+the writers; a segment dropped while it is read is skipped (or read to its end when already open)."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from contextlib import closing
+from pathlib import Path
+
+import pandas as pd
+
+from events.schema import EXPLODED_IMPRESSION_DTYPES, TABLES, table
+from events.segments import list_segments, open_readonly, require_directory, row_count, segment_bytes, segment_path
+
+
+def log_stats(directory: str | os.PathLike) -> dict:
+    """Telemetry of a log directory, for the metrics endpoint and ``recsys-log stats``.
+
+    Returns:
+        ``segments`` (live segment files), ``bytes`` (segment files and their WALs),
+        ``events``, ``impressions`` (rows stored in live segments), ``dropped_segments`` (deleted
+        by the total bound so far), ``last_event_at`` / ``last_impression_at`` (``received_at`` /
+        ``served_at`` of the newest row, Unix seconds; None when there is none).
+
+    Raises:
+        FileNotFoundError: the directory does not exist (NotADirectoryError: it is a file).
+    """
+    directory = Path(directory)
+    require_directory(directory)
+    segments = list_segments(directory)
+    out = {"segments": 0, "bytes": 0, "events": 0, "impressions": 0,
+           "dropped_segments": segments[0] - 1 if segments else 0,
+           "last_event_at": None, "last_impression_at": None}
+    for n in reversed(segments):  # newest first: the first stamp found is the latest
+        conn = open_readonly(segment_path(directory, n))
+        if conn is None:
+            continue
+        with closing(conn):
+            out["segments"] += 1
+            out["bytes"] += segment_bytes(directory, n)
+            for kind, last in (("events", "last_event_at"), ("impressions", "last_impression_at")):
+                out[kind] += row_count(conn, kind)
+                if out[last] is None:
+                    stamp = TABLES[kind].stamp
+                    row = conn.execute(f"SELECT {stamp} FROM {kind} ORDER BY rowid DESC LIMIT 1").fetchone()
+                    out[last] = row[0] if row else None
+    return out
+
+
+def _bound(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
+
+
+def read_log(directory: str | os.PathLike, kind: str = "events", since: float | None = None,
+             until: float | None = None, explode: bool = False) -> pd.DataFrame:
+    """Every stored row of one kind, oldest segment first and in append order within a segment.
+
+    Args:
+        directory: the log directory.
+        kind: ``"events"`` or ``"impressions"``.
+        since, until: keep rows with ``since <= timestamp < until`` (event / request time, Unix
+            seconds); None leaves that side open.
+        explode: impressions only: one row per (request, position) with ``position``, ``item_id``,
+            ``score``, ``reason`` instead of the list columns (``EXPLODED_IMPRESSION_COLUMNS``).
+
+    Returns:
+        A DataFrame with ``EVENT_COLUMNS`` / ``IMPRESSION_COLUMNS`` and their dtypes (list columns
+        decoded to Python lists); an empty typed frame when the directory holds no rows.
+
+    Raises:
+        FileNotFoundError: the directory does not exist (NotADirectoryError: it is a file).
+        ValueError: unknown kind, ``explode`` for events, or a bad ``since`` / ``until``.
+    """
+    spec = table(kind)
+    if explode and kind != "impressions":
+        raise ValueError(f"explode=True applies to impressions only, not {kind!r}")
+    lo, hi = _bound("since", since), _bound("until", until)
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"since={lo} is after until={hi}")
+    directory = Path(directory)
+    require_directory(directory)
+    where, params = [], []
+    if lo is not None:
+        where.append("timestamp >= ?")
+        params.append(lo)
+    if hi is not None:
+        where.append("timestamp < ?")
+        params.append(hi)
+    sql = (f"SELECT {', '.join(spec.columns)} FROM {spec.table}"
+           f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY rowid")
+    rows: list[tuple] = []
+    for n in list_segments(directory):
+        conn = open_readonly(segment_path(directory, n))
+        if conn is not None:
+            with closing(conn):
+                rows.extend(conn.execute(sql, params))
+    columns = {c: [r[j] for r in rows] for j, c in enumerate(spec.columns)}
+    if kind == "impressions":
+        for c in ("items", "scores", "reasons"):
+            columns[c] = [json.loads(v) for v in columns[c]]
+        if explode:
+            return _frame(_explode(columns), EXPLODED_IMPRESSION_DTYPES)
+    return _frame(columns, spec.dtypes)
+
+
+def _explode(c: dict[str, list]) -> dict[str, list]:
+    lengths = [len(items) for items in c["items"]]
+    out = {name: [v for v, n in zip(c[name], lengths) for _ in range(n)]
+           for name in ("request_id", "user_id", "route", "ranker", "model_version", "timestamp", "served_at")}
+    out["position"] = [p for n in lengths for p in range(n)]
+    out["item_id"] = [i for items in c["items"] for i in items]
+    out["score"] = [x for s, n in zip(c["scores"], lengths) for x in (s or [math.nan] * n)]
+    out["reason"] = [x for r, n in zip(c["reasons"], lengths) for x in (r or [None] * n)]
+    return out
+
+
+def _frame(columns: dict[str, list], dtypes: dict[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(columns[c], dtype=d) for c, d in dtypes.items()})

@@ -1,0 +1,91 @@
+"""Segment files of the event log: names, sizes on disk, the table definitions, read-only
+connections. ``segment-000001.sqlite``, ``segment-000002.sqlite``, ...: SQLite databases in WAL mode,
+each holding both tables; numbers are never reused."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+PAGE_SIZE = 4096
+MIN_SEGMENT_BYTES = 8 * PAGE_SIZE  # an empty segment is 5 pages
+SCHEMA_VERSION = 1  # PRAGMA user_version of every segment
+BUSY_TIMEOUT_S = 30.0
+SEGMENT = re.compile(r"segment-(\d{6,})\.sqlite")
+SEGMENT_FILE = re.compile(r"segment-(\d{6,})\.sqlite(-wal|-shm)?")  # a segment or one of its sidecars
+
+DDL = """
+CREATE TABLE events (
+    event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+    timestamp REAL NOT NULL, type TEXT NOT NULL, weight REAL, received_at REAL NOT NULL);
+CREATE TABLE impressions (
+    request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, items TEXT NOT NULL, scores TEXT NOT NULL,
+    reasons TEXT NOT NULL, route TEXT, ranker TEXT, model_version TEXT,
+    timestamp REAL NOT NULL, served_at REAL NOT NULL);
+"""
+
+
+def segment_path(directory: Path, n: int) -> Path:
+    return directory / f"segment-{n:06d}.sqlite"
+
+
+def list_segments(directory: Path) -> list[int]:
+    return sorted(int(m.group(1)) for e in os.scandir(directory) if (m := SEGMENT.fullmatch(e.name)))
+
+
+def file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def segment_bytes(directory: Path, n: int) -> int:
+    """On-disk size of a segment: the database file and its WAL."""
+    path = segment_path(directory, n)
+    return file_bytes(path) + file_bytes(path.with_name(path.name + "-wal"))
+
+
+def require_directory(directory: Path) -> None:
+    if not directory.exists():
+        raise FileNotFoundError(f"event log directory {directory} does not exist")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"event log directory {directory} is not a directory")
+
+
+def check_version(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}: segment schema version {version}, this code knows {SCHEMA_VERSION}; "
+                         "read it with the version of events.log that wrote it")
+
+
+def open_readonly(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection to one segment, or None when it was deleted meanwhile."""
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.OperationalError:
+        if not path.exists():  # dropped by a writer between listing and opening
+            return None
+        raise
+    try:
+        check_version(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def row_count(conn: sqlite3.Connection, table: str) -> int:
+    # Rows are never deleted from a segment, so rowids are exactly 1..n and max(rowid) is the count,
+    # read from the end of the b-tree instead of a scan.
+    return conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0

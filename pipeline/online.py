@@ -1,0 +1,96 @@
+"""Live events into a loaded pipeline: the next answer knows what the user just did.
+
+:class:`OnlineState` applies accepted interaction events (already validated: known items, finite
+timestamps, see :mod:`events.schema`) to the pipeline's feature store and ranker features, in
+memory, in place, in the order of their timestamps:
+
+- the user's recent items (the user tower's history and the co-occurrence candidates' seed):
+  the item is appended when the event is at least as new as the user's last one; an event older
+  than that (late) is not put into the sequence (its position among the stored items is unknown:
+  the store keeps their order, not their times) but counts everywhere else;
+- the seen set (never recommended again): ``FeatureStore.seen_delta``, no CSR rebuild per event;
+- the last timestamp (``since_last``), overall popularity (MostPop backfill, ``pop_all``), recent
+  popularity (``pop_recent``: ``CandidateFeatures.live_keys``) and an item's first-seen time;
+- an unknown user becomes known (the history path), with unknown attributes.
+
+What it does not change: the models, the FAISS index, the co-occurrence / EASE tables (a
+``recsys-refresh`` or a retrain rebuilds those from the event log). The state lives in this
+process; ``triton_repo/recommend`` keeps it in step with the shared durable event log before
+each request, so every instance (and every server on the host) sees every event.
+
+Cost per batch: O(batch) for the per-user state, plus, when a batch brings new users, one copy
+of the per-user arrays (O(users); amortised by the batch).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+
+SEEN_COMPACT = 50_000  # live seen entries kept next to the CSR before one merge
+POPULARITY_RESORT_S = 1.0  # the most-popular order is re-sorted at most this often
+
+
+class OnlineState:
+    """Applies interaction events to ``pipeline``'s store and ranker features.
+
+    Args:
+        pipeline: a loaded :class:`pipeline.pipeline.Pipeline` (its store and features are changed).
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.store, self.features = pipeline.store, pipeline.features
+        self.applied = 0  # events applied so far
+        self.late = 0  # events older than their user's last one (not in the recent sequence)
+        self.new_users = 0
+        self.last_event_at: float | None = None  # wall clock of the last applied batch
+        self._sorted_at = 0.0
+
+    def apply(self, events: pd.DataFrame) -> dict[str, int]:
+        """Apply a batch of events (columns user_id, item_id, timestamp; items known to the catalog).
+
+        Returns:
+            counts: applied, late, new_users, unknown_items (rows skipped: the catalog lacks the item).
+        """
+        if not len(events):
+            return {"applied": 0, "late": 0, "new_users": 0, "unknown_items": 0}
+        ev = events.sort_values("timestamp", kind="stable")
+        items = self.store.items.lookup(ev["item_id"].to_numpy())
+        unknown = int((items < 0).sum())
+        ev, items = ev[items >= 0], items[items >= 0]
+        ts = ev["timestamp"].to_numpy(dtype=np.int64)
+        new_users = self.store.add_users(ev["user_id"].to_numpy())
+        users = self.store.users.lookup(ev["user_id"].to_numpy())
+        late = 0
+        recent, last = self.store.recent, self.store.last_ts
+        for u, i, t in zip(users.tolist(), items.tolist(), ts.tolist()):
+            if t >= last[u]:
+                recent[u, :-1] = recent[u, 1:]
+                recent[u, -1] = i
+                last[u] = t
+            else:
+                late += 1
+        self._add_seen(users, items)
+        np.add.at(self.store.popularity, items, 1)
+        now = time.monotonic()
+        if now - self._sorted_at >= POPULARITY_RESORT_S:
+            self.store._by_popularity, self._sorted_at = None, now
+        self.features.add_events(items, ts)
+        self.applied += len(items)
+        self.late += late
+        self.new_users += new_users
+        self.last_event_at = time.time()
+        return {"applied": int(len(items)), "late": late, "new_users": new_users, "unknown_items": unknown}
+
+    def _add_seen(self, users: np.ndarray, items: np.ndarray) -> None:
+        store = self.store
+        frame = pd.DataFrame({"u": users, "i": items}).drop_duplicates()
+        for u, group in frame.groupby("u", sort=False):
+            new = group["i"].to_numpy(np.int64)
+            old = store.seen_delta.get(int(u))
+            store.seen_delta[int(u)] = np.unique(new) if old is None else np.union1d(old, new)
+        if sum(len(v) for v in store.seen_delta.values()) >= SEEN_COMPACT:
+            store.compact_seen()

@@ -1,0 +1,68 @@
+"""``recsys-events``: send interaction events to the served system over gRPC.
+
+    recsys-events send events.csv [--url 127.0.0.1:8001] [--batch-size 10000]
+    recsys-events send events.parquet --fail-on-rejected
+
+The file (CSV or parquet) has one event per row: ``event_id``, ``user_id``, ``item_id``,
+``timestamp`` (Unix seconds), ``type`` (view, click, add_to_cart, purchase, rating, impression) and
+optionally ``weight``. Each event is answered on its own: ``ok`` (logged durably; the next answer
+knows it), ``duplicate`` (its event_id was logged before) or the reason it was rejected. The
+command prints the count of each outcome and the first rejected rows; it exits 0, or 1 with
+``--fail-on-rejected`` when any event was rejected, 2 on a bad file or an unreachable server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from tritonclient.utils import InferenceServerException
+
+from features.custom import read_table
+from features.schema import DataError
+from serving.client import RecommendClient
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recsys-events", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send", help="send the events of a CSV or parquet file")
+    send.add_argument("file", help="CSV or parquet with event_id, user_id, item_id, timestamp, type[, weight]")
+    send.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address (default: 127.0.0.1:8001)")
+    send.add_argument("--batch-size", type=int, default=10_000, help="events per call (default: 10000, at most 100000)")
+    send.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    send.add_argument("--fail-on-rejected", action="store_true", help="exit 1 when any event was rejected")
+    args = parser.parse_args(argv)
+    if not 1 <= args.batch_size <= 100_000:
+        parser.error(f"--batch-size={args.batch_size} must be in 1..100000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        table = read_table(args.file, "events", "the FILE argument",
+                           dtype={c: str for c in ("event_id", "user_id", "item_id", "type")})
+        with RecommendClient(args.url, timeout=args.timeout) as client:
+            status = client.send_events(table, args.batch_size)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except InferenceServerException as err:
+        print(f"error: the server at {args.url} did not take the events: {err.status()}: {err.message()}",
+              file=sys.stderr)
+        return 2
+    counts = Counter(status)
+    print(f"{len(status)} events: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
+    rejected = [(i, s) for i, s in enumerate(status) if s not in ("ok", "duplicate")]
+    for i, s in rejected[:10]:
+        print(f"  row {i}: {s}: {table.iloc[i].to_dict()}")
+    if len(rejected) > 10:
+        print(f"  ... {len(rejected) - 10} more rejected rows")
+    return 1 if rejected and args.fail_on_rejected else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

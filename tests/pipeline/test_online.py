@@ -1,0 +1,97 @@
+"""Live events applied to a loaded pipeline (pipeline/online.py): the next answer knows them."""
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import RunArtifacts, load_pipeline
+from pipeline.online import OnlineState
+from pipeline.pipeline import Request
+from pipeline.refresh import refresh
+
+
+def events_for(run, n_users: int = 5, per_user: int = 3):
+    """In-order events after the end of the run's data: a few unseen items for some users, one newcomer."""
+    art = RunArtifacts(run)
+    store, log = art.load_store(), pd.read_parquet(art.path("interactions"))
+    t0 = int(log["timestamp"].max()) + 3600
+    rows = []
+    for j, user in enumerate(log["user_id"].drop_duplicates().astype(str).iloc[:n_users]):
+        u = store.users.lookup([user])[0]
+        unseen = [str(i) for i in store.items.ids if store.seen[u, store.items.lookup([i])[0]] == 0][:per_user]
+        rows += [(user, item, t0 + 60 * (j * per_user + k)) for k, item in enumerate(unseen)]
+    rows += [("newcomer", str(store.items.ids[0]), t0 + 10_000), ("newcomer", str(store.items.ids[1]), t0 + 10_001)]
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+
+
+def test_online_events_give_the_state_a_refresh_would_build(tiny_deployed_run, tmp_path):
+    events = events_for(tiny_deployed_run)
+    pipe = load_pipeline(tiny_deployed_run)
+    online = OnlineState(pipe)
+    # in two batches, out of order within each: placed by their timestamps
+    half = len(events) // 2
+    c1 = online.apply(events.iloc[:half].sample(frac=1, random_state=0))
+    c2 = online.apply(events.iloc[half:].sample(frac=1, random_state=1))
+    assert c1["applied"] + c2["applied"] == len(events) and c1["late"] + c2["late"] == 0
+    assert c1["new_users"] + c2["new_users"] == 1
+
+    refresh(tiny_deployed_run, events, tmp_path / "fresh")
+    rebuilt = RunArtifacts(tmp_path / "fresh").load_store()
+    live = pipe.store
+    order = rebuilt.users.lookup(live.users.ids)  # the same users, maybe another order
+    assert (order >= 0).all() and len(live.users) == len(rebuilt.users)
+    np.testing.assert_array_equal(live.recent, rebuilt.recent[order])
+    np.testing.assert_array_equal(live.last_ts, rebuilt.last_ts[order])
+    np.testing.assert_array_equal(live.popularity, rebuilt.popularity)
+    np.testing.assert_array_equal(live.seen_rows(np.arange(len(live.users))).toarray(), rebuilt.seen[order].toarray())
+    fresh_features = load_pipeline(tmp_path / "fresh").features
+    np.testing.assert_array_equal(pipe.features.item_first_ts, fresh_features.item_first_ts)
+    items, ts = np.arange(len(live.items)), np.full(len(live.items), int(events["timestamp"].max()) + 1)
+    np.testing.assert_array_equal(pipe.features.recent_counts(items, ts), fresh_features.recent_counts(items, ts))
+
+
+def test_the_next_answer_knows_the_event(tiny_deployed_run):
+    pipe = load_pipeline(tiny_deployed_run)
+    online = OnlineState(pipe)
+    t = int(pipe.store.last_ts.max()) + 3600
+    user = str(pipe.store.users.ids[0])
+    first = pipe.recommend([Request(user, 10, t)])[0]
+    online.apply(pd.DataFrame({"user_id": [user], "item_id": [first.item_ids[0]], "timestamp": [t]}))
+    after = pipe.recommend([Request(user, 10, t + 1)])[0]
+    assert first.item_ids[0] not in after.item_ids  # consumed: never recommended again
+    u = pipe.store.users.lookup([user])[0]
+    assert pipe.store.recent[u, -1] == pipe.store.items.lookup([first.item_ids[0]])[0] and pipe.store.last_ts[u] == t
+    # a user the run never saw becomes known with one event
+    assert pipe.recommend([Request("brand-new", 5, t)])[0].route == "cold_user"
+    online.apply(pd.DataFrame({"user_id": ["brand-new"], "item_id": [first.item_ids[1]], "timestamp": [t]}))
+    rec = pipe.recommend([Request("brand-new", 5, t + 1)])[0]
+    assert rec.route == "known_user" and first.item_ids[1] not in rec.item_ids
+
+
+def test_late_and_unknown_events_are_counted_not_sequenced(tiny_deployed_run):
+    pipe = load_pipeline(tiny_deployed_run)
+    online = OnlineState(pipe)
+    u = int(np.argmax(pipe.store.last_ts))
+    user, last = str(pipe.store.users.ids[u]), int(pipe.store.last_ts[u])
+    unseen = next(i for i in range(len(pipe.store.items)) if i not in set(pipe.store.seen_items(u).tolist()))
+    recent = pipe.store.recent[u].copy()
+    pop = int(pipe.store.popularity[unseen])
+    counts = online.apply(pd.DataFrame({"user_id": [user, user], "item_id": [str(pipe.store.items.ids[unseen]), "nope"],
+                                        "timestamp": [last - 86_400, last]}))
+    assert counts == {"applied": 1, "late": 1, "new_users": 0, "unknown_items": 1}
+    np.testing.assert_array_equal(pipe.store.recent[u], recent)  # not in the sequence
+    assert pipe.store.last_ts[u] == last and unseen in pipe.store.seen_items(u)  # but seen, and counted
+    assert pipe.store.popularity[unseen] == pop + 1
+    assert online.apply(pd.DataFrame(columns=["user_id", "item_id", "timestamp"]))["applied"] == 0
+
+
+def test_seen_overlay_compacts_into_the_csr(tiny_deployed_run):
+    store = RunArtifacts(tiny_deployed_run).load_store()
+    users = np.array([0, 1, -1])
+    before = store.seen_rows(users).toarray()
+    item = int(np.flatnonzero(before[0] == 0)[0])
+    store.seen_delta[0] = np.array([item])
+    overlay = store.seen_rows(users).toarray()
+    assert overlay[0, item] == 1 and overlay[2].sum() == 0 and item in store.seen_items(0)
+    store.compact_seen()
+    assert store.seen_delta == {} and store.seen[0, item] == 1
+    np.testing.assert_array_equal(store.seen_rows(users).toarray(), overlay)

@@ -1,0 +1,142 @@
+"""Live events over gRPC on the real tritonserver: ingest, the next answer knows, everything logged.
+
+One server with two ``recommend`` instances over the tiny deployed run, its event log in a
+temporary directory (``RECSYS_EVENT_LOG``, inherited by the python stubs).
+"""
+
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from events.log import read_log
+from export.repository import export_if_needed
+from pipeline.artifacts import RunArtifacts
+from serving.client import RecommendClient
+from serving.event_log import ENV
+from serving.health import metric_sum, scrape
+from serving.triton_server import TritonServer
+from tests.conftest import TINY_DATA, compose_cfg
+
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_deployed_run, tmp_path_factory):
+    d = tmp_path_factory.mktemp("live")
+    cfg = compose_cfg(d, TINY_DATA + [f"export.repository={d / 'repo'}", "export.int8.enabled=false"])
+    repo = export_if_needed(cfg, tiny_deployed_run)
+    config = repo / "recommend" / "config.pbtxt"
+    config.write_text(config.read_text().replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_CPU"))
+    os.environ[ENV] = str(d / "event_log")
+    try:
+        with TritonServer(repo, log_path=d / "tritonserver.log") as server:
+            yield server, d / "event_log", RunArtifacts(repo / "recommend" / "1" / "artifacts")
+    finally:
+        os.environ.pop(ENV, None)
+
+
+def event(i, user, item, t, type_="click", **kw):
+    return {"event_id": f"ev-{i}", "user_id": user, "item_id": item, "timestamp": t, "type": type_, **kw}
+
+
+def test_an_event_changes_the_next_answer_of_every_instance(served):
+    server, log_dir, art = served
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 3600
+    user = str(store.users.ids[3])
+    with RecommendClient(server.grpc_url) as client:
+        before = client.recommend(user, 10, t)
+        top = before.item_ids[0]
+        assert client.send_events(pd.DataFrame([event(1, user, top, t)])) == ["ok"]
+        for _ in range(6):  # requests alternate between the two instances: each applied the event
+            assert top not in client.recommend(user, 10, t + 1).item_ids
+        # idempotent: the same event again is acknowledged, not applied twice
+        assert client.send_events(pd.DataFrame([event(1, user, top, t)])) == ["duplicate"]
+        # a user the run never saw is known after one event
+        assert client.recommend("stranger", 5, t).route == "cold_user"
+        assert client.send_events(pd.DataFrame([event(2, "stranger", before.item_ids[1], t)])) == ["ok"]
+        answers = [client.recommend("stranger", 5, t + 1) for _ in range(4)]
+        assert all(a.route == "known_user" and before.item_ids[1] not in a.item_ids for a in answers)
+    metrics = scrape(server.metrics_url)
+    assert metric_sum(metrics, "recsys_events_total", outcome="ok") == 2
+    assert metric_sum(metrics, "recsys_events_total", outcome="duplicate") == 1
+    assert metric_sum(metrics, "recsys_events_applied_total") == 4  # 2 events x 2 instances
+    assert 0 <= metric_sum(metrics, "recsys_freshness_seconds", of="event") < 600
+
+
+def test_a_bad_event_is_rejected_alone_with_its_reason(served):
+    server, log_dir, art = served
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 7200
+    item = str(store.items.ids[0])
+    batch = pd.DataFrame([event(10, "u-a", item, t), event(11, "u-b", "no-such-item", t),
+                          event(12, "u-c", item, -5.0), event(13, "u-d", item, t, "like"),
+                          event(14, "", item, t), event(10, "u-a", item, t), event(15, "u-e", item, t, "impression")])
+    with RecommendClient(server.grpc_url) as client:
+        assert client.send_events(batch) == ["ok", "unknown_item", "bad_timestamp", "unknown_type", "missing_user_id",
+                                             "duplicate_in_batch", "ok"]
+        assert client.recommend("u-e", 5, t).route == "cold_user"  # an impression is logged, not "seen"
+    logged = read_log(log_dir, "events")
+    assert {"ev-10", "ev-15"} <= set(logged["event_id"]) and "ev-11" not in set(logged["event_id"])
+
+
+def test_every_answer_is_logged_as_an_impression(served):
+    server, log_dir, _ = served
+    with RecommendClient(server.grpc_url) as client:
+        answers = [client.recommend(f"visitor-{i}", 5, 1_700_000_000 + i) for i in range(5)]
+    shown = read_log(log_dir, "impressions").set_index("request_id")
+    for a in answers:
+        row = shown.loc[a.request_id]
+        assert row["items"] == a.item_ids and row["user_id"] == a.user_id and row["route"] == a.route
+        assert row["ranker"] == a.ranker and "@" in row["model_version"]
+        np.testing.assert_allclose(row["scores"], a.scores, rtol=1e-6)
+
+
+def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_path, capsys):
+    from serving.events_cli import main
+
+    server, log_dir, art = served
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 9000
+    csv = tmp_path / "events.csv"
+    pd.DataFrame([event("c1", "0042", str(store.items.ids[2]), t), event("c2", "0043", "nope", t),
+                  event("c1", "0042", str(store.items.ids[2]), t)]).to_csv(csv, index=False)
+    assert main(["send", str(csv), "--url", server.grpc_url]) == 0
+    out = capsys.readouterr().out
+    assert "3 events: " in out and "ok=1" in out and "unknown_item=1" in out and "duplicate_in_batch=1" in out
+    assert "row 1: unknown_item" in out
+    assert "0042" in set(read_log(log_dir, "events")["user_id"])  # ids stay strings: "0042", not 42
+    assert main(["send", str(csv), "--url", server.grpc_url, "--fail-on-rejected"]) == 1
+    assert "duplicate=1" in capsys.readouterr().out  # resent: acknowledged, not applied twice
+    assert main(["send", str(tmp_path / "missing.csv"), "--url", server.grpc_url]) == 2
+    assert "events file" in capsys.readouterr().err
+
+
+def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):
+    """SIGKILL of tritonserver right after the acks: every acknowledged row is in the log, and a
+    restarted server applies the events again (from the log) before its first answer."""
+    server, log_dir, art = served
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 10_000
+    user, item = str(store.users.ids[5]), None
+    acked, shown = [], []
+    with RecommendClient(server.grpc_url) as client:
+        item = client.recommend(user, 10, t).item_ids[0]
+        for i in range(40):
+            batch = pd.DataFrame([event(f"k{i}", f"killer-{i}", str(store.items.ids[i % 7]), t)])
+            if client.send_events(batch) == ["ok"]:
+                acked.append(f"ev-k{i}")
+            shown.append(client.recommend(f"killer-{i}", 3, t).request_id)
+        assert client.send_events(pd.DataFrame([event("last", user, item, t)])) == ["ok"]
+    os.kill(server.pid, signal.SIGKILL)
+    server.stop()
+    logged = read_log(log_dir, "events")
+    assert set(acked) | {"ev-last"} <= set(logged["event_id"])
+    assert set(shown) <= set(read_log(log_dir, "impressions")["request_id"])
+    repo = server.model_repository
+    with TritonServer(repo, log_path=tmp_path / "restarted.log") as again, RecommendClient(again.grpc_url) as client:
+        assert item not in client.recommend(user, 10, t + 1).item_ids  # the logged event, applied at start
+        assert client.recommend("killer-3", 3, t + 1).route == "known_user"
