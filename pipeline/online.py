@@ -25,6 +25,7 @@ of the per-user arrays (O(users); amortised by the batch).
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -41,13 +42,18 @@ class OnlineState:
     """
 
     def __init__(self, pipeline):
-        self.pipeline = pipeline
         self.store, self.features = pipeline.store, pipeline.features
         self.applied = 0  # events applied so far
         self.late = 0  # events older than their user's last one (not in the recent sequence)
         self.new_users = 0
         self.last_event_at: float | None = None  # wall clock of the last applied batch
         self._sorted_at = 0.0
+        self._delta_entries = sum(len(v) for v in self.store.seen_delta.values())
+
+    @classmethod
+    def over(cls, store, features) -> "OnlineState":
+        """The same over a bare feature store and its ranker features (``recsys-refresh``)."""
+        return cls(SimpleNamespace(store=store, features=features))
 
     def apply(self, events: pd.DataFrame) -> dict[str, int]:
         """Apply a batch of events (columns user_id, item_id, timestamp; items known to the catalog).
@@ -64,7 +70,7 @@ class OnlineState:
         ts = ev["timestamp"].to_numpy(dtype=np.int64)
         new_users = self.store.add_users(ev["user_id"].to_numpy())
         users = self.store.users.lookup(ev["user_id"].to_numpy())
-        late = 0
+        late, self.late_users = 0, set()
         recent, last = self.store.recent, self.store.last_ts
         for u, i, t in zip(users.tolist(), items.tolist(), ts.tolist()):
             if t >= last[u]:
@@ -73,8 +79,8 @@ class OnlineState:
                 last[u] = t
             else:
                 late += 1
-        self._add_seen(users, items)
-        np.add.at(self.store.popularity, items, 1)
+                self.late_users.add(u)  # refresh rebuilds these users' sequences from their whole history
+        np.add.at(self.store.popularity, self._add_seen(users, items), 1)
         now = time.monotonic()
         if now - self._sorted_at >= POPULARITY_RESORT_S:
             self.store._by_popularity, self._sorted_at = None, now
@@ -85,12 +91,21 @@ class OnlineState:
         self.last_event_at = time.time()
         return {"applied": int(len(items)), "late": late, "new_users": new_users, "unknown_items": unknown}
 
-    def _add_seen(self, users: np.ndarray, items: np.ndarray) -> None:
+    def _add_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Add (user, item) pairs to the seen sets; returns the items of the pairs that were new
+        (popularity counts users per item, as the store's build does: a repeat adds nothing)."""
         store = self.store
         frame = pd.DataFrame({"u": users, "i": items}).drop_duplicates()
+        fresh = []
         for u, group in frame.groupby("u", sort=False):
-            new = group["i"].to_numpy(np.int64)
-            old = store.seen_delta.get(int(u))
-            store.seen_delta[int(u)] = np.unique(new) if old is None else np.union1d(old, new)
-        if sum(len(v) for v in store.seen_delta.values()) >= SEEN_COMPACT:
+            u = int(u)
+            new = np.setdiff1d(group["i"].to_numpy(np.int64), store.seen_items(u), assume_unique=True)
+            if len(new):
+                fresh.append(new)
+                old = store.seen_delta.get(u)
+                store.seen_delta[u] = new if old is None else np.union1d(old, new)
+                self._delta_entries += len(new)
+        if self._delta_entries >= SEEN_COMPACT:
             store.compact_seen()
+            self._delta_entries = 0
+        return np.concatenate(fresh) if fresh else np.zeros(0, np.int64)

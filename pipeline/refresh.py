@@ -10,6 +10,15 @@ interaction given to ``train.py``, this command with those plus the new ones. Th
 ranker) stay as trained: a user whose events are newer than the model is answered from the
 refreshed history.
 
+How: the per-user state, popularity, recent popularity and first-seen times are updated in place
+with the new rows (:class:`pipeline.online.OnlineState`, the code that applies live events; users
+whose new rows are older than their latest known one get their recent-items sequence rebuilt from
+their whole history), so the cost follows the new rows, not the history. The co-occurrence / EASE
+tables are rebuilt over everything (the full :func:`build_served_state`) when they would otherwise
+have missed more than ``--rebuild-share`` (5%) of the interactions, or with ``--rebuild``; otherwise
+they are kept, and the manifest says how many interactions they saw (``cooc_saw``). The result
+equals a full rebuild except for those tables (``tests/pipeline/test_refresh.py``).
+
 What happens to each kind of new row (counted in the returned report, never a crash):
 
 - a user not in the store: becomes a known user (history path), with unknown attributes;
@@ -33,9 +42,11 @@ import pandas as pd
 
 from features.custom import read_table
 from features.schema import DataError
+from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
 from pipeline.artifacts import RunArtifacts, data_seen
+from pipeline.online import OnlineState
 from ranking.features import CandidateFeatures
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,9 @@ def build_served_state(base, history: pd.DataFrame, item_embeddings: np.ndarray,
     return store, CandidateFeatures.from_config(store, history, item_embeddings, ranking_cfg, ease_content)
 
 
+REBUILD_SHARE = 0.05  # rebuild the co-occurrence tables once they would miss more than this share
+
+
 def save_served_state(art: RunArtifacts, store: FeatureStore, features: CandidateFeatures, history: pd.DataFrame,
                       **info) -> None:
     """Write the store, the ranker features and the interactions they saw, each recorded in the manifest."""
@@ -69,6 +83,13 @@ def save_served_state(art: RunArtifacts, store: FeatureStore, features: Candidat
         features.save(path)
     with art.writing("interactions", saw=saw, **info) as path:
         history[list(COLUMNS)].to_parquet(path, index=False)
+
+
+def _row_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per (user_id, item_id, timestamp) row (duplicate detection without a MultiIndex)."""
+    keyed = pd.DataFrame({"user_id": frame["user_id"].astype(str), "item_id": frame["item_id"].astype(str),
+                          "timestamp": frame["timestamp"].astype(np.int64)})
+    return pd.util.hash_pandas_object(keyed, index=False).to_numpy()
 
 
 def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVocab,
@@ -85,8 +106,7 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
                          timestamp=ts[~bad].astype(np.int64))
     unknown = items.lookup(df["item_id"].to_numpy()) < 0
     df = df[~unknown]
-    keys = pd.MultiIndex.from_frame(known[list(COLUMNS)].astype({"user_id": str, "item_id": str}))
-    dup = pd.MultiIndex.from_frame(df).isin(keys) | df.duplicated(keep="first").to_numpy()
+    dup = np.isin(_row_keys(df), _row_keys(known)) | df.duplicated(keep="first").to_numpy()
     df = df[~dup]
     report = {"received": int(len(new)), "malformed": int(bad.sum()), "unknown_items": int(unknown.sum()),
               "duplicates": int(dup.sum()), "accepted": int(len(df)),
@@ -94,11 +114,18 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
     return df.reset_index(drop=True), report
 
 
-def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None) -> dict:
+def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None,
+            rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE) -> dict:
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
+    Args:
+        rebuild: True: rebuild everything (co-occurrence / EASE tables included) from all
+            interactions; False: keep those tables; None: rebuild once they would miss more than
+            ``rebuild_share`` of the interactions.
+
     Returns:
-        The report: counts of received / accepted / dropped rows by reason, new users, seconds.
+        The report: counts of received / accepted / dropped rows by reason, new users, late rows,
+        whether the tables were rebuilt, seconds.
     """
     start = time.perf_counter()
     art = RunArtifacts(run_dir).check(("store", "ranker_features", "item_embeddings", "interactions"))
@@ -113,13 +140,30 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     store = art.load_store()
     trained_from = m["artifacts"]["two_tower"]["saw"].get("first_timestamp") if "two_tower" in m["artifacts"] else None
     new, report = clean_new_interactions(interactions, known, store.items, trained_from)
-    report["new_users"] = store.add_users(new["user_id"].to_numpy())
     history = pd.concat([known, new], ignore_index=True)
     ranking_cfg = m["config"]["ranking"]
-    ease_content = float(m["artifacts"]["ranker_features"].get("ease_content_weight", 0.0))
-    store, features = build_served_state(store, history, art.load_item_embeddings(), ranking_cfg, store.history_len,
-                                         ease_content)
-    save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content)
+    features_info = m["artifacts"]["ranker_features"]
+    ease_content = float(features_info.get("ease_content_weight", 0.0))
+    cooc_saw = int(features_info.get("cooc_saw", features_info["saw"]["interactions"]))
+    if rebuild is None:
+        rebuild = len(history) - cooc_saw > rebuild_share * len(history)
+    if rebuild:
+        report["new_users"] = store.add_users(new["user_id"].to_numpy())
+        store, features = build_served_state(store, history, art.load_item_embeddings(), ranking_cfg,
+                                             store.history_len, ease_content)
+        cooc_saw, report["late"] = len(history), 0
+    else:
+        features = CandidateFeatures.load(art.path("ranker_features"), store)
+        online = OnlineState.over(store, features)
+        counts = online.apply(new)
+        report["new_users"], report["late"] = counts["new_users"], counts["late"]
+        if online.late_users:  # their sequences: exactly as a rebuild orders them, by time
+            users = np.array(sorted(online.late_users))
+            mine = history[history["user_id"].astype(str).isin(set(store.users.ids[users].tolist()))]
+            store.recent[users] = Histories.build(store, mine).recent_items(users, store.history_len)
+    report["tables_rebuilt"] = bool(rebuild)
+    save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content,
+                      cooc_saw=cooc_saw)
     report["seconds"] = round(time.perf_counter() - start, 2)
     log.info("refreshed %s: %s", art.dir, report)
     return report
@@ -131,10 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, help="a trained (deployed) run: the output directory of `python train.py`")
     ap.add_argument("--interactions", required=True, help="CSV or parquet with user_id, item_id, timestamp")
     ap.add_argument("--out-dir", default=None, help="write the refreshed run here (default: refresh in place)")
+    ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
+                    help="rebuild the co-occurrence / EASE tables too (--no-rebuild: keep them; default: rebuild "
+                         "once they would miss more than --rebuild-share of the interactions)")
+    ap.add_argument("--rebuild-share", type=float, default=REBUILD_SHARE,
+                    help=f"see --rebuild (default: {REBUILD_SHARE})")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = refresh(args.run_dir, read_table(args.interactions, "interactions"), args.out_dir)
+        report = refresh(args.run_dir, read_table(args.interactions, "interactions"), args.out_dir, args.rebuild,
+                         args.rebuild_share)
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -239,7 +239,7 @@ class CandidateFeatures:
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        sp.save_npz(out / "cooc.npz", self.cooc)
+        sp.save_npz(out / "cooc.npz", self.cooc, compressed=False)
         keys = np.sort(np.concatenate([self.event_keys, self.live_keys])) if len(self.live_keys) else self.event_keys
         np.savez(out / "ranker_tables.npz", item_embeddings=self.item_embeddings, item_first_ts=self.item_first_ts,
                  event_keys=keys)

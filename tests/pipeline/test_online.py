@@ -34,7 +34,7 @@ def test_online_events_give_the_state_a_refresh_would_build(tiny_deployed_run, t
     assert c1["applied"] + c2["applied"] == len(events) and c1["late"] + c2["late"] == 0
     assert c1["new_users"] + c2["new_users"] == 1
 
-    refresh(tiny_deployed_run, events, tmp_path / "fresh")
+    refresh(tiny_deployed_run, events, tmp_path / "fresh", rebuild=True)  # the full rebuild
     rebuilt = RunArtifacts(tmp_path / "fresh").load_store()
     live = pipe.store
     order = rebuilt.users.lookup(live.users.ids)  # the same users, maybe another order

@@ -115,3 +115,36 @@ def test_a_new_user_with_a_single_interaction_is_served_from_it(tiny_deployed_ru
     assert (s2.recent[u] >= 0).sum() == 1 and s2.last_ts[u] == t
     rec = load_pipeline(tmp_path / "fresh").recommend([Request("solo", 10, t + 10)])[0]
     assert rec.route == "known_user" and len(rec.item_ids) == 10 and item not in rec.item_ids
+
+
+def test_an_incremental_refresh_equals_a_full_rebuild_but_for_the_cooccurrence_tables(tiny_deployed_run, tmp_path):
+    art = RunArtifacts(tiny_deployed_run)
+    store, log = art.load_store(), pd.read_parquet(art.path("interactions"))
+    t = int(log["timestamp"].max()) + 600
+    users = log["user_id"].astype(str).drop_duplicates().iloc[:4].tolist()
+    u0 = store.users.lookup([users[0]])[0]
+    unseen = [str(i) for i in store.items.ids if store.seen[u0, store.items.lookup([i])[0]] == 0][:6]
+    again = str(store.items.ids[store.recent[u0, -1]])  # a repeat of the user's latest item
+    new = pd.DataFrame({
+        "user_id": [users[0], users[0], users[1], users[2], users[0], "fresh-1", "fresh-1", users[3]],
+        "item_id": [unseen[0], again, unseen[1], unseen[2], unseen[3], unseen[4], unseen[5], unseen[5]],
+        "timestamp": [t, t + 1, t + 2, t + 3, int(store.last_ts[u0]) - 86_400, t + 4, t + 5, t + 6]})  # one late row
+    fast = refresh(tiny_deployed_run, new, tmp_path / "fast")
+    full = refresh(tiny_deployed_run, new, tmp_path / "full", rebuild=True)
+    assert not fast["tables_rebuilt"] and full["tables_rebuilt"] and fast["late"] == 1
+    assert {k: v for k, v in fast.items() if k not in ("seconds", "tables_rebuilt", "late")} == \
+        {k: v for k, v in full.items() if k not in ("seconds", "tables_rebuilt", "late")}
+    a, b = RunArtifacts(tmp_path / "fast"), RunArtifacts(tmp_path / "full")
+    sa, sb = a.load_store(), b.load_store()
+    order = sb.users.lookup(sa.users.ids)
+    np.testing.assert_array_equal(sa.recent, sb.recent[order])  # the late row placed by its time
+    np.testing.assert_array_equal(sa.last_ts, sb.last_ts[order])
+    np.testing.assert_array_equal(sa.popularity, sb.popularity)  # users per item: the repeat adds nothing
+    np.testing.assert_array_equal(sa.seen.toarray(), sb.seen[order].toarray())
+    fa, fb = load_pipeline(tmp_path / "fast").features, load_pipeline(tmp_path / "full").features
+    np.testing.assert_array_equal(fa.item_first_ts, fb.item_first_ts)
+    items = np.arange(len(sa.items))
+    np.testing.assert_array_equal(fa.recent_counts(items, np.full(len(items), t + 10)),
+                                  fb.recent_counts(items, np.full(len(items), t + 10)))
+    saw = a.manifest()["artifacts"]["ranker_features"]
+    assert saw["cooc_saw"] == len(log) and b.manifest()["artifacts"]["ranker_features"]["cooc_saw"] == len(log) + 8
