@@ -23,30 +23,26 @@ def committed_config(model: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-def test_committed_recommend_config_declares_the_protocol_table():
-    cfg = committed_config("recommend")
+def check_declares(model: str, inputs: dict, outputs: dict) -> dict:
+    """The committed config of ``model`` declares exactly this wire table; returns its parameters."""
+    cfg = committed_config(model)
     assert cfg.backend == "python" and cfg.max_batch_size == 0
-    inputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in cfg.input}
-    assert inputs == {n: (TRITON_TYPES[dt], dims, opt) for n, (_, dt, dims, opt) in INPUTS.items()}
-    outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
-    assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in OUTPUTS.items()}
-    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    got_in = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in cfg.input}
+    assert got_in == {n: (TRITON_TYPES[dt], dims, opt) for n, (_, dt, dims, opt) in inputs.items()}
+    got_out = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
+    assert got_out == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in outputs.items()}
+    return {k: v.string_value for k, v in cfg.parameters.items()}
+
+
+def test_committed_recommend_config_declares_the_protocol_table():
+    params = check_declares("recommend", INPUTS, OUTPUTS)
     assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1", "EVENT_LOG": "event_log",
                       "IMPRESSION_DURABILITY": "normal"}
 
 
 def test_committed_events_config_declares_the_event_table():
-    cfg = committed_config("events")
-    assert cfg.backend == "python" and cfg.max_batch_size == 0
-    inputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in cfg.input}
-    assert inputs == {n: (TRITON_TYPES[dt], dims, opt) for n, (_, dt, dims, opt) in EVENT_INPUTS.items()}
-    outputs = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in cfg.output}
-    assert outputs == {n: (TRITON_TYPES[dt], dims) for n, (_, dt, dims) in EVENT_OUTPUTS.items()}
-    assert {k: v.string_value for k, v in cfg.parameters.items()}["EVENT_LOG"] == committed_params("recommend")["EVENT_LOG"]
-
-
-def committed_params(model: str) -> dict:
-    return {k: v.string_value for k, v in committed_config(model).parameters.items()}
+    params = check_declares("events", EVENT_INPUTS, EVENT_OUTPUTS)
+    assert params["EVENT_LOG"] == check_declares("recommend", INPUTS, OUTPUTS)["EVENT_LOG"]  # one shared log
 
 
 def test_events_encode_from_a_frame_with_optional_weight():
