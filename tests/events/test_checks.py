@@ -38,6 +38,10 @@ def test_each_bad_event_gets_its_reason_and_the_rest_is_kept():
     assert accepted["type"].tolist() == ["view", "purchase", "impression"]
     assert accepted["weight"].tolist() == [1.0, 2.5, 1.0] and accepted["timestamp"].dtype == np.int64
     assert interactions(accepted)["item_id"].tolist() == ["a", "b"]  # the impression changes no state
+    rows, again = check_events(batch, ITEMS, NOW, records=True)  # the serving path's form: the same events
+    assert again == reasons and [r["event_id"] for r in rows] == ["e1", "e14", "e15"]
+    assert rows[1] == {"event_id": "e14", "user_id": "u2", "item_id": "b", "timestamp": float(int(NOW)), "type": "purchase",
+                       "weight": 2.5, "position": 13}
 
 
 def test_arrays_from_the_wire_are_accepted():
