@@ -15,6 +15,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 
+SMALL_LOOKUP = 32  # lookups of at most this many ids go through a dict
+
+
 class IdVocab:
     """A fixed, ordered list of external ids and its inverse."""
 
@@ -23,13 +26,20 @@ class IdVocab:
         self._index = pd.Index(self.ids)
         if not self._index.is_unique:
             raise ValueError("IdVocab ids must be unique")
+        self._positions: dict[str, int] | None = None  # built on the first small lookup
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def lookup(self, ids) -> np.ndarray:
         """External ids -> int64 indices; unknown ids -> -1."""
-        return self._index.get_indexer(pd.Index(np.asarray(ids, dtype=object).astype(str))).astype(np.int64)
+        values = np.asarray(ids, dtype=object)
+        if values.size <= SMALL_LOOKUP:  # a request's handful of ids: a dict, not a pandas index (~0.3 ms)
+            if self._positions is None:
+                self._positions = {v: i for i, v in enumerate(self.ids.tolist())}
+            get = self._positions.get
+            return np.fromiter((get(str(v), -1) for v in values.ravel()), np.int64, values.size).reshape(values.shape)
+        return self._index.get_indexer(pd.Index(values.astype(str))).astype(np.int64)
 
     def to_json(self) -> list[str]:
         return [str(i) for i in self.ids]
