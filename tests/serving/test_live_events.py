@@ -79,7 +79,7 @@ def test_a_bad_event_is_rejected_alone_with_its_reason(served):
         assert client.send_events(batch) == ["ok", "unknown_item", "bad_timestamp", "unknown_type", "missing_user_id",
                                              "duplicate_in_batch", "ok"]
         assert client.recommend("u-e", 5, t).route == "cold_user"  # an impression is logged, not "seen"
-    logged = read_log(log_dir, "events")
+    logged = read_log(log_dir / "events", "events")
     assert {"ev-10", "ev-15"} <= set(logged["event_id"]) and "ev-11" not in set(logged["event_id"])
 
 
@@ -87,7 +87,7 @@ def test_every_answer_is_logged_as_an_impression(served):
     server, log_dir, _ = served
     with RecommendClient(server.grpc_url) as client:
         answers = [client.recommend(f"visitor-{i}", 5, 1_700_000_000 + i) for i in range(5)]
-    shown = read_log(log_dir, "impressions").set_index("request_id")
+    shown = read_log(log_dir / "impressions", "impressions").set_index("request_id")
     for a in answers:
         row = shown.loc[a.request_id]
         assert row["items"] == a.item_ids and row["user_id"] == a.user_id and row["route"] == a.route
@@ -108,7 +108,7 @@ def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_pa
     out = capsys.readouterr().out
     assert "3 events: " in out and "ok=1" in out and "unknown_item=1" in out and "duplicate_in_batch=1" in out
     assert "row 1: unknown_item" in out
-    assert "0042" in set(read_log(log_dir, "events")["user_id"])  # ids stay strings: "0042", not 42
+    assert "0042" in set(read_log(log_dir / "events", "events")["user_id"])  # ids stay strings: "0042", not 42
     assert main(["send", str(csv), "--url", server.grpc_url, "--fail-on-rejected"]) == 1
     assert "duplicate=1" in capsys.readouterr().out  # resent: acknowledged, not applied twice
     assert main(["send", str(tmp_path / "missing.csv"), "--url", server.grpc_url]) == 2
@@ -133,9 +133,9 @@ def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp
         assert client.send_events(pd.DataFrame([event("last", user, item, t)])) == ["ok"]
     os.kill(server.pid, signal.SIGKILL)
     server.stop()
-    logged = read_log(log_dir, "events")
+    logged = read_log(log_dir / "events", "events")
     assert set(acked) | {"ev-last"} <= set(logged["event_id"])
-    assert set(shown) <= set(read_log(log_dir, "impressions")["request_id"])
+    assert set(shown) <= set(read_log(log_dir / "impressions", "impressions")["request_id"])
     repo = server.model_repository
     with TritonServer(repo, log_path=tmp_path / "restarted.log") as again, RecommendClient(again.grpc_url) as client:
         assert item not in client.recommend(user, 10, t + 1).item_ids  # the logged event, applied at start

@@ -24,7 +24,7 @@ from events.log import EventLog
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import event_log_dir
+from serving.event_log import event_log_dirs
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
 
@@ -39,7 +39,7 @@ class TritonPythonModel:
         verify_files(repo, ["recommend/"])
         self.items = IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json")
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
-        self.log = EventLog(event_log_dir(repo, params.get("EVENT_LOG", "event_log")))
+        self.log = EventLog(event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))[0])
         kind = pb_utils.MetricFamily
         self.families = [kind("recsys_events_total", "Events received, by outcome", kind.COUNTER),
                          kind("recsys_event_log_bytes", "Size of the durable event log", kind.GAUGE)]

@@ -49,7 +49,7 @@ from pipeline.artifacts import RunArtifacts
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import event_log_dir
+from serving.event_log import event_log_dirs
 from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
@@ -126,9 +126,9 @@ class TritonPythonModel:
         self.titles = art.titles()
         self.logger = pb_utils.Logger
         self.impression_durability = params.get("IMPRESSION_DURABILITY", "normal")
-        self._live_events(art, event_log_dir(root, params.get("EVENT_LOG", "event_log")))
+        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")))
 
-    def _live_events(self, art: RunArtifacts, log_dir: Path) -> None:
+    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path) -> None:
         """Follow the shared event log (from the served snapshot on) and log every answer in it."""
         m = art.manifest()
         artifacts = m.get("artifacts", {})
@@ -138,8 +138,8 @@ class TritonPythonModel:
         self.online = OnlineState(self.pipeline)
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
-        self.event_log = EventLog(log_dir, durability=self.impression_durability)
-        self.tail = EventTail(log_dir, received_after=self.snapshot_at)
+        self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
+        self.tail = EventTail(events_dir, received_after=self.snapshot_at)
         self._catch_up()  # everything logged since the snapshot, before the first answer
 
     def _catch_up(self) -> None:
