@@ -93,7 +93,8 @@ class RecommendClient:
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
                   include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
-                  recent_items: Sequence[str] = (), ranker: str | None = None) -> Recommendations:
+                  recent_items: Sequence[str] = (), ranker: str | None = None, promoted: Sequence[str] = (),
+                  segment: str | None = None, attributes: dict | None = None) -> Recommendations:
         """The top ``k`` items for ``user_id``, best first.
 
         Args:
@@ -106,12 +107,16 @@ class RecommendClient:
             recent_items: items the user just interacted with (e.g. a cold user's session).
             ranker: an exported ranker (``ranker``, ``ranker_student``, ``ranker_int8``, ...); None uses
                 the server's default. The answer's ``ranker`` says which one scored it.
+            promoted: items the business rules may boost into the list (reason ``boosted``).
+            segment: the request's segment (segment-scoped rules).
+            attributes: user attributes (e.g. ``{"age": 25, "gender": "F"}``) for a user the server
+                does not know: the cold-start attribute path. Unknown names are rejected.
 
         Raises:
             tritonclient.utils.InferenceServerException: the server rejected or failed the call.
         """
         tensors = encode_request(user_id, k, timestamp, exclude_items, include_categories, exclude_categories,
-                                 recent_items, ranker)
+                                 recent_items, ranker, promoted, segment, attributes)
         return self.infer(tensors, user_id)
 
     def send_events(self, events, batch_size: int = 10_000) -> list[str]:

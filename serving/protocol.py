@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MODEL = "recommend"
-LIST_INPUTS = ("exclude_items", "include_categories", "exclude_categories", "recent_items")
+LIST_INPUTS = ("exclude_items", "include_categories", "exclude_categories", "recent_items", "promoted")
 MAX_LIST_LEN = 1000  # entries per list input
 
 # name -> (numpy dtype, Triton datatype, dims, optional)
@@ -23,6 +23,8 @@ INPUTS = {
     "timestamp": (np.float64, "FP64", (1,), True),  # Unix seconds; server time when absent
     "ranker": (np.object_, "BYTES", (1,), True),  # an exported ranker's name; the export's default when absent
     **{name: (np.object_, "BYTES", (-1,), True) for name in LIST_INPUTS},
+    "segment": (np.object_, "BYTES", (1,), True),  # the request's segment (segment-scoped rules)
+    "attributes": (np.object_, "BYTES", (-1,), True),  # "name=value" user attributes (the cold-start attribute path)
 }
 OUTPUTS = {
     "item_ids": (np.object_, "BYTES", (-1,)),
@@ -68,16 +70,22 @@ def _strings(values) -> np.ndarray:
 
 
 def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude_items=(), include_categories=(),
-                   exclude_categories=(), recent_items=(), ranker: str | None = None) -> dict[str, np.ndarray]:
+                   exclude_categories=(), recent_items=(), ranker: str | None = None, promoted=(),
+                   segment: str | None = None, attributes: dict | None = None) -> dict[str, np.ndarray]:
     """Request tensors by input name; absent optional inputs are left out."""
     tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
     if timestamp is not None:
         tensors["timestamp"] = np.array([timestamp], dtype=np.float64)
     if ranker is not None:
         tensors["ranker"] = _strings([ranker])
-    for name, values in zip(LIST_INPUTS, (exclude_items, include_categories, exclude_categories, recent_items)):
+    for name, values in zip(LIST_INPUTS, (exclude_items, include_categories, exclude_categories, recent_items,
+                                          promoted)):
         if len(values):
             tensors[name] = _strings(values)
+    if segment is not None:
+        tensors["segment"] = _strings([segment])
+    if attributes:
+        tensors["attributes"] = _strings([f"{name}={value}" for name, value in attributes.items()])
     return tensors
 
 

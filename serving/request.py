@@ -69,7 +69,15 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
             raise RequestError(f"input 'timestamp' is {t!r}; send finite Unix seconds in 0..{MAX_TIMESTAMP}, "
                                "or leave it out for the server's clock")
         timestamp = int(t)
+    attributes = {}
+    for entry in _decode("attributes", got["attributes"]) if "attributes" in got else []:
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            raise RequestError(f"input 'attributes' holds {entry!r}; send name=value entries (e.g. age=25)")
+        attributes[name.strip()] = value
     request = Request(user_id=_decode("user_id", got["user_id"])[0], k=int(got["k"][0]), timestamp=timestamp,
+                      segment=_decode("segment", got["segment"])[0] if "segment" in got else None,
+                      attributes=attributes,
                       **{name: _decode(name, got[name]) if name in got else [] for name in LIST_INPUTS})
     validate_request(request, max_k)
     return request

@@ -74,6 +74,11 @@ def test_encode_then_parse_gives_the_request():
         ["i1"], ["drama"], ["horror"], ["i2", "i3"])
     bare = parse_request(encode_request("u", 1), MAX_K)
     assert bare.timestamp is None and bare.exclude_items == [] and bare.recent_items == []
+    assert bare.promoted == [] and bare.segment is None and bare.attributes == {}
+    full = parse_request(encode_request("new", 5, promoted=["i9"], segment="kids",
+                                        attributes={"age": 25, "occupation": "a=b"}), MAX_K)
+    assert full.promoted == ["i9"] and full.segment == "kids"
+    assert full.attributes == {"age": "25", "occupation": "a=b"}  # split at the first "="
 
 
 def test_unicode_ids_round_trip():
@@ -108,6 +113,9 @@ def with_(**changes):
     (with_(timestamp=np.array([MAX_TIMESTAMP + 1.0])), r"'timestamp' is 253402300800.0; send finite"),
     (with_(timestamp=np.array([1, 2], np.float64)), r"input 'timestamp' has shape \[2\]"),
     (with_(exclude_items=np.array([b""], object)), r"exclude_items holds ''; every entry must be a non-empty"),
+    (with_(attributes=np.array([b"age"], object)), r"input 'attributes' holds 'age'; send name=value entries"),
+    (with_(attributes=np.array([b"=25"], object)), r"input 'attributes' holds '=25'"),
+    (with_(segment=np.array([b"a", b"b"], object)), r"input 'segment' has shape \[2\]; send shape \[1\]"),
     (with_(recent_items=np.array([b"x" * 300], object)), r"recent_items holds 'xxx.*at most 256 characters"),
     (with_(exclude_items=np.array([b"i"] * (MAX_LIST_LEN + 1), object)), r"'exclude_items' has 1001 entries"),
     (with_(include_categories=np.array([[b"a"]], object)), r"'include_categories' has shape \[1, 1\]"),
