@@ -9,6 +9,7 @@ out-of-vocabulary code for every id and whatever attributes / recent items the r
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ import scipy.sparse as sp
 from features.encoders import FeatureSet, context_from_timestamp
 from features.history import Histories
 from features.vocab import IdVocab, interaction_matrix
+
+RESORT_S = 1.0  # the most-popular order is sorted again at most this often after live events
 
 
 class FeatureStore:
@@ -33,6 +36,7 @@ class FeatureStore:
         self.seen = seen  # (n_users, n_items) binary CSR
         self.popularity = popularity  # (n_items,) interaction counts in the history table
         self._by_popularity: np.ndarray | None = None
+        self._sorted_at, self._popularity_changed = 0.0, False
         # Items seen since the store was built (live events, pipeline/online.py), per user index:
         # sorted unique arrays next to the CSR, so an event costs no CSR rebuild. Read through
         # seen_rows / seen_items, folded into ``seen`` by compact_seen.
@@ -74,10 +78,8 @@ class FeatureStore:
         self.user_table = {k: np.concatenate([v, np.asarray(enc[k], dtype=v.dtype)]) for k, v in self.user_table.items()}
         self.recent = np.concatenate([self.recent, np.full((n, self.history_len), -1, self.recent.dtype)])
         self.last_ts = np.concatenate([self.last_ts, np.full(n, -1, self.last_ts.dtype)])
-        seen = self.seen.tocsr(copy=True)
-        seen.resize((seen.shape[0] + n, seen.shape[1]))
-        self.seen = seen
-        self.users = IdVocab(np.concatenate([self.users.ids, new]))
+        self.seen.resize((self.seen.shape[0] + n, self.seen.shape[1]))  # appends empty rows (indptr only)
+        self.users.extend(new)
         return n
 
     def compact_seen(self) -> None:
@@ -92,10 +94,17 @@ class FeatureStore:
 
     def most_popular(self, n: int) -> np.ndarray:
         """The n most popular item indices, best first (ties: lower index first); the full order is
-        sorted once and kept (a 1M-item sort costs ~20 ms, too much per request)."""
-        if self._by_popularity is None:
+        sorted once and kept (a 1M-item sort costs ~20 ms, too much per request). After live events
+        changed popularity it is sorted again, at most once per ``RESORT_S``."""
+        now = time.monotonic()
+        if self._by_popularity is None or (self._popularity_changed and now - self._sorted_at >= RESORT_S):
             self._by_popularity = np.argsort(-self.popularity, kind="stable")
+            self._sorted_at, self._popularity_changed = now, False
         return self._by_popularity[:n]
+
+    def popularity_changed(self) -> None:
+        """``popularity`` was updated in place: the next :meth:`most_popular` may sort again."""
+        self._popularity_changed = True
 
     @property
     def history_len(self) -> int:

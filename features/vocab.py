@@ -23,10 +23,23 @@ class IdVocab:
 
     def __init__(self, ids: list[str] | np.ndarray | pd.Series):
         self.ids = np.asarray([str(i) for i in ids], dtype=object)
-        self._index = pd.Index(self.ids)
+        self._index: pd.Index | None = pd.Index(self.ids)
         if not self._index.is_unique:
             raise ValueError("IdVocab ids must be unique")
         self._positions: dict[str, int] | None = None  # built on the first small lookup
+
+    def extend(self, new_ids) -> None:
+        """Append ids the vocabulary does not hold (live users): O(new) for the dict lookups; the
+        pandas index of large lookups is rebuilt lazily, once, on the next large lookup."""
+        new = np.asarray([str(i) for i in new_ids], dtype=object)
+        if len(set(new.tolist())) != len(new) or (self.lookup(new) >= 0).any():
+            raise ValueError("IdVocab.extend takes ids it does not hold yet, each once")
+        if self._positions is None:
+            self._positions = {v: i for i, v in enumerate(self.ids.tolist())}
+        start = len(self.ids)
+        self._positions.update({v: start + j for j, v in enumerate(new.tolist())})
+        self.ids = np.concatenate([self.ids, new])
+        self._index = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,6 +52,8 @@ class IdVocab:
                 self._positions = {v: i for i, v in enumerate(self.ids.tolist())}
             get = self._positions.get
             return np.fromiter((get(str(v), -1) for v in values.ravel()), np.int64, values.size).reshape(values.shape)
+        if self._index is None:
+            self._index = pd.Index(self.ids)
         return self._index.get_indexer(pd.Index(values.astype(str))).astype(np.int64)
 
     def to_json(self) -> list[str]:

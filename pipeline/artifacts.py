@@ -141,7 +141,7 @@ class RunArtifacts:
         if not m:
             raise FileNotFoundError(f"{self.manifest_path} missing: call RunArtifacts.start() before writing artifacts")
         m["artifacts"][name] = {"file": FILES[name], "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "saw": saw, **info}
+                                "written_at_unix": time.time(), "saw": saw, **info}
         self._write_manifest(m)
 
     def note(self, key: str, value) -> None:

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 SEEN_COMPACT = 50_000  # live seen entries kept next to the CSR before one merge
-POPULARITY_RESORT_S = 1.0  # the most-popular order is re-sorted at most this often
 
 
 class OnlineState:
@@ -47,7 +46,7 @@ class OnlineState:
         self.late = 0  # events older than their user's last one (not in the recent sequence)
         self.new_users = 0
         self.last_event_at: float | None = None  # wall clock of the last applied batch
-        self._sorted_at = 0.0
+        self.late_users: set[int] = set()  # users of the last batch with an event older than their latest
         self._delta_entries = sum(len(v) for v in self.store.seen_delta.values())
 
     @classmethod
@@ -61,21 +60,22 @@ class OnlineState:
         Returns:
             counts: applied, late, new_users, unknown_items (rows skipped: the catalog lacks the item).
         """
+        self.late_users = set()
         if not len(events):
             return {"applied": 0, "late": 0, "new_users": 0, "unknown_items": 0}
         # numpy from here on: pandas costs milliseconds per call on the 1-2 events of a live batch
         user_ids = np.asarray(events["user_id"].to_numpy(), dtype=object).astype(str)
         item_ids = np.asarray(events["item_id"].to_numpy(), dtype=object).astype(str)
         ts = np.asarray(events["timestamp"].to_numpy(), dtype=np.int64)
-        order = np.argsort(ts, kind="stable")
-        user_ids, item_ids, ts = user_ids[order], item_ids[order], ts[order]
         items = self.store.items.lookup(item_ids)
+        order = np.lexsort((items, ts))  # by time, ties by item index: the order a rebuild gives
+        user_ids, item_ids, ts, items = user_ids[order], item_ids[order], ts[order], items[order]
         known = items >= 0
         unknown = int((~known).sum())
         user_ids, items, ts = user_ids[known], items[known], ts[known]
         new_users = self.store.add_users(user_ids)
         users = self.store.users.lookup(user_ids)
-        late, self.late_users = 0, set()
+        late = 0
         recent, last = self.store.recent, self.store.last_ts
         for u, i, t in zip(users.tolist(), items.tolist(), ts.tolist()):
             if t >= last[u]:
@@ -86,9 +86,7 @@ class OnlineState:
                 late += 1
                 self.late_users.add(u)  # refresh rebuilds these users' sequences from their whole history
         np.add.at(self.store.popularity, self._add_seen(users, items), 1)
-        now = time.monotonic()
-        if now - self._sorted_at >= POPULARITY_RESORT_S:
-            self.store._by_popularity, self._sorted_at = None, now
+        self.store.popularity_changed()
         self.features.add_events(items, ts)
         self.applied += len(items)
         self.late += late

@@ -101,10 +101,9 @@ class CandidateFeatures:
         if len(self.live_keys) >= LIVE_KEYS_MERGE:  # one O(history) merge per many events
             self.event_keys = np.sort(np.concatenate([self.event_keys, self.live_keys]))
             self.live_keys = np.zeros(0, np.int64)
-        current = self.item_first_ts[items]
-        first = np.where(current < 0, timestamps, np.minimum(current, timestamps))
-        order = np.argsort(first, kind="stable")[::-1]
-        self.item_first_ts[items[order]] = first[order]  # the earliest write wins (written last)
+        never = self.item_first_ts[items] < 0
+        self.item_first_ts[items[never]] = np.iinfo(np.int64).max  # then the minimum of its events
+        np.minimum.at(self.item_first_ts, items, timestamps)
 
     @classmethod
     def build(cls, store: FeatureStore, history: pd.DataFrame, item_embeddings: np.ndarray, k_neighbors: int,

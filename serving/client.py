@@ -75,12 +75,14 @@ class RecommendClient:
         timeout: seconds per call (None waits forever).
         retries: further attempts after a retryable failure (0 = none).
         backoff: seconds before the first retry; doubled each time (plus up to 50% jitter).
-        max_backoff: the longest sleep between two attempts (before jitter).
+        max_backoff: the longest sleep between two attempts (before jitter); None: 1 s, or ``backoff``
+            when that is longer.
         **client_kwargs: passed to ``tritonclient.grpc.InferenceServerClient`` (``ssl``, certificates).
     """
 
     def __init__(self, url: str, model: str = MODEL, timeout: float | None = 10.0, retries: int = 4,
-                 backoff: float = 0.25, max_backoff: float = 1.0, **client_kwargs):
+                 backoff: float = 0.25, max_backoff: float | None = None, **client_kwargs):
+        max_backoff = max(1.0, backoff) if max_backoff is None else max_backoff
         if retries < 0 or backoff < 0 or max_backoff < backoff:
             raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0, max_backoff={max_backoff} "
                              f">= backoff")

@@ -70,10 +70,14 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
                                "or leave it out for the server's clock")
         timestamp = int(t)
     attributes = {}
+    if "attributes" in got and len(got["attributes"]) > MAX_LIST_LEN:
+        raise RequestError(f"input 'attributes' has {len(got['attributes'])} entries; at most {MAX_LIST_LEN} are allowed")
     for entry in _decode("attributes", got["attributes"]) if "attributes" in got else []:
         name, sep, value = entry.partition("=")
         if not sep or not name.strip():
             raise RequestError(f"input 'attributes' holds {entry!r}; send name=value entries (e.g. age=25)")
+        if name.strip() == "user_id":
+            raise RequestError("input 'attributes' names user_id; the user is the 'user_id' input")
         attributes[name.strip()] = value
     request = Request(user_id=_decode("user_id", got["user_id"])[0], k=int(got["k"][0]), timestamp=timestamp,
                       segment=_decode("segment", got["segment"])[0] if "segment" in got else None,

@@ -102,13 +102,13 @@ class Supervisor:
         timeout: seconds a probe (or a model reload's wait) may take before it counts as failed.
         startup_timeout: seconds a (re)start may take to become ready.
         drain_timeout: seconds :meth:`stop` waits for in-flight requests.
-        exit_timeout: seconds Triton may take to unload its models after SIGTERM (then it is killed).
         model: the model probed and reloaded.
+        exit_timeout: seconds Triton may take to unload its models after SIGTERM (then it is killed).
     """
 
     def __init__(self, server: TritonServer, required: tuple[str, ...] = (MODEL,), interval: float = 1.0,
                  timeout: float = 2.0, startup_timeout: float = 120.0, drain_timeout: float = 10.0,
-                 exit_timeout: int = 5, model: str = MODEL):
+                 model: str = MODEL, exit_timeout: int = 5):
         if interval <= 0 or timeout <= 0 or exit_timeout < 1:
             raise ValueError(f"interval={interval} and timeout={timeout} must be > 0 seconds, "
                              f"exit_timeout={exit_timeout} >= 1")

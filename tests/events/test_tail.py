@@ -38,3 +38,42 @@ def test_a_late_reader_skips_what_was_stored_before_its_snapshot(tmp_path):
     new = EventTail(tmp_path, received_after=snapshot).read_new()
     assert new["event_id"].tolist() == ["e5", "e6", "e7"]
     assert str(new["timestamp"].dtype) == "float64" and new["user_id"].tolist() == ["u5", "u6", "u0"]
+
+
+class _CommitsBetweenStatements:
+    """A segment connection during whose first statement the writer commits one more event."""
+
+    def __init__(self, conn, commit):
+        self.conn, self.commit, self.done = conn, commit, False
+
+    def execute(self, sql, *args):
+        result = self.conn.execute(sql, *args)
+        if not self.done:
+            self.done = True
+            self.commit()  # after the tail's first statement, before its second
+        return result
+
+    def close(self):
+        self.conn.close()
+
+
+def test_an_event_committed_while_the_tail_reads_a_new_segment_is_not_skipped(tmp_path):
+    """The race of a rotation: the tail looks at a segment that is new and still empty, and the
+    writer commits its first row between the tail's statements. It must be read, once."""
+    import fcntl
+
+    with EventLog(tmp_path, durability="normal") as log:
+        log.append_events(events(0, 1))
+        tail = EventTail(tmp_path)
+        assert tail.read_new()["event_id"].tolist() == ["e0"]
+        fcntl.flock(log._lock_fd, fcntl.LOCK_EX)  # the writer's rotation: segment 2 in place, still empty
+        log._refresh()
+        log._create_segment(2)
+        fcntl.flock(log._lock_fd, fcntl.LOCK_UN)
+        opened = tail._open
+        tail._open = lambda n: (_CommitsBetweenStatements(opened(n), lambda: log.append_events(events(1, 2)))
+                                if n == 2 else opened(n))
+        first = tail.read_new()["event_id"].tolist()
+        tail._open = opened
+        second = tail.read_new()["event_id"].tolist()
+    assert first + second == ["e1"]

@@ -95,3 +95,24 @@ def test_seen_overlay_compacts_into_the_csr(tiny_deployed_run):
     store.compact_seen()
     assert store.seen_delta == {} and store.seen[0, item] == 1
     np.testing.assert_array_equal(store.seen_rows(users).toarray(), overlay)
+
+
+def test_most_popular_follows_live_events_after_the_resort_interval(tiny_deployed_run, monkeypatch):
+    import features.store as store_module
+
+    pipe = load_pipeline(tiny_deployed_run)
+    online = OnlineState(pipe)
+    top = int(pipe.store.most_popular(1)[0])
+    least = int(np.argmin(pipe.store.popularity))
+    t = int(pipe.store.last_ts.max()) + 60
+    gap = int(pipe.store.popularity[top] - pipe.store.popularity[least]) + 1
+    online.apply(pd.DataFrame({"user_id": [f"fan-{j}" for j in range(gap)], "item_id": [str(pipe.store.items.ids[least])] * gap,
+                               "timestamp": [t] * gap}))
+    monkeypatch.setattr(store_module, "RESORT_S", 0.0)
+    assert int(pipe.store.most_popular(1)[0]) == least  # re-sorted, though the last sort was a moment ago
+
+
+def test_an_empty_or_all_duplicate_refresh_reports_nothing_new(tiny_deployed_run, tmp_path):
+    log = pd.read_parquet(RunArtifacts(tiny_deployed_run).path("interactions"))
+    report = refresh(tiny_deployed_run, log.iloc[:5], tmp_path / "again")
+    assert report == {**report, "received": 5, "accepted": 0, "duplicates": 5, "new_users": 0, "late": 0}

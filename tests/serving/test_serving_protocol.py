@@ -115,6 +115,8 @@ def with_(**changes):
     (with_(exclude_items=np.array([b""], object)), r"exclude_items holds ''; every entry must be a non-empty"),
     (with_(attributes=np.array([b"age"], object)), r"input 'attributes' holds 'age'; send name=value entries"),
     (with_(attributes=np.array([b"=25"], object)), r"input 'attributes' holds '=25'"),
+    (with_(attributes=np.array([b"user_id=7"], object)), r"input 'attributes' names user_id"),
+    (with_(attributes=np.array([b"a=1"] * 1001, object)), r"input 'attributes' has 1001 entries; at most 1000"),
     (with_(segment=np.array([b"a", b"b"], object)), r"input 'segment' has shape \[2\]; send shape \[1\]"),
     (with_(recent_items=np.array([b"x" * 300], object)), r"recent_items holds 'xxx.*at most 256 characters"),
     (with_(exclude_items=np.array([b"i"] * (MAX_LIST_LEN + 1), object)), r"'exclude_items' has 1001 entries"),

@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import triton_python_backend_utils as pb_utils
 
 from events.checks import interactions
@@ -132,10 +133,11 @@ class TritonPythonModel:
         """Follow the shared event log (from the served snapshot on) and log every answer in it."""
         m = art.manifest()
         artifacts = m.get("artifacts", {})
-        self.snapshot_at = _epoch(artifacts.get("store", {}).get("written_at"))
-        self.model_at = _epoch(artifacts.get("two_tower", {}).get("written_at"))
+        self.snapshot_at = _written_at(artifacts.get("store", {}))
+        self.model_at = _written_at(artifacts.get("two_tower", {}))
         self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
         self.online = OnlineState(self.pipeline)
+        self._pending = None
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
@@ -144,8 +146,15 @@ class TritonPythonModel:
 
     def _catch_up(self) -> None:
         new = self.tail.read_new()
+        if self._pending is not None:  # a batch whose apply failed last time: tried again, first
+            new = pd.concat([self._pending, new], ignore_index=True)
+            self._pending = None
         if len(new):
-            counts = self.online.apply(interactions(new))
+            try:
+                counts = self.online.apply(interactions(new))
+            except Exception:
+                self._pending = new  # read from the log but not applied: not lost, retried next request
+                raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
         now = time.time()
@@ -236,6 +245,10 @@ class TritonPythonModel:
         self.event_log.close()
 
 
-def _epoch(stamp: str | None) -> float | None:
-    """A manifest time (local ``%Y-%m-%dT%H:%M:%S``) as Unix seconds."""
+def _written_at(entry: dict) -> float | None:
+    """When a manifest artifact was written, Unix seconds (``written_at_unix``; older runs: the local
+    ``written_at`` string, read back on this machine's clock)."""
+    if "written_at_unix" in entry:
+        return float(entry["written_at_unix"])
+    stamp = entry.get("written_at")
     return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) if stamp else None
