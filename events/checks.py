@@ -86,10 +86,9 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
         reject(~np.isfinite(ts) | (ts < 0) | (ts > now + MAX_FUTURE_S), "bad_timestamp")
     kinds = np.array([v.lower() if v is not None else "" for v in ev["type"]], dtype=object)
     reject(~np.isin(kinds, EVENT_TYPES), "unknown_type")
-    weight = _numbers(columns["weight"]) if "weight" in columns else np.full(n, np.nan)
-    given = ~np.isnan(weight) if "weight" in columns and columns["weight"].dtype.kind == "f" else (
-        np.array([v is not None and not (isinstance(v, float) and v != v) for v in columns.get("weight", [None] * n)],
-                 dtype=bool))
+    raw = columns.get("weight", np.full(n, None, dtype=object))
+    weight = _numbers(raw)
+    given = np.array([v is not None and not (isinstance(v, float) and v != v) for v in raw], dtype=bool)
     with np.errstate(invalid="ignore"):
         reject(given & (~np.isfinite(weight) | (weight < 0)), "bad_weight")
     weight = np.where(given, weight, 1.0)

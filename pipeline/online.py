@@ -1,7 +1,7 @@
 """Live events into a loaded pipeline: the next answer knows what the user just did.
 
 :class:`OnlineState` applies accepted interaction events (already validated: known items, finite
-timestamps, see :mod:`events.schema`) to the pipeline's feature store and ranker features, in
+timestamps, see :mod:`events.checks`) to the pipeline's feature store and ranker features, in
 memory, in place, in the order of their timestamps:
 
 - the user's recent items (the user tower's history and the co-occurrence candidates' seed):
@@ -24,7 +24,6 @@ of the per-user arrays (O(users); amortised by the batch).
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,10 +41,6 @@ class OnlineState:
 
     def __init__(self, pipeline):
         self.store, self.features = pipeline.store, pipeline.features
-        self.applied = 0  # events applied so far
-        self.late = 0  # events older than their user's last one (not in the recent sequence)
-        self.new_users = 0
-        self.last_event_at: float | None = None  # wall clock of the last applied batch
         self.late_users: set[int] = set()  # users of the last batch with an event older than their latest
         self._delta_entries = sum(len(v) for v in self.store.seen_delta.values())
 
@@ -88,10 +83,6 @@ class OnlineState:
         np.add.at(self.store.popularity, self._add_seen(users, items), 1)
         self.store.popularity_changed()
         self.features.add_events(items, ts)
-        self.applied += len(items)
-        self.late += late
-        self.new_users += new_users
-        self.last_event_at = time.time()
         return {"applied": int(len(items)), "late": late, "new_users": new_users, "unknown_items": unknown}
 
     def _add_seen(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@ Used the same way by offline evaluation, the batch command and the serving model
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -14,8 +16,10 @@ from retrieval.index import search
 
 
 def is_torch_module(model) -> bool:
-    """Whether ``model`` is a ``torch.nn.Module`` (checked without importing torch on the served path)."""
-    return any(c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__)
+    """Whether ``model`` is a ``torch.nn.Module``, without importing torch on the served path (a
+    module can exist only once torch was imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 class Retriever:

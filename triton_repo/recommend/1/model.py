@@ -158,9 +158,11 @@ class TritonPythonModel:
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
         now = time.time()
-        self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
-        self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
-        self.freshness["model"].set(now - self.model_at if self.model_at else -1.0)
+        if len(new) or now - self.fresh_at >= 1.0:  # 3 metric calls = 3 round trips: on news or once a second
+            self.fresh_at = now
+            self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
+            self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
+            self.freshness["model"].set(now - self.model_at if self.model_at else -1.0)
 
     def _metrics(self) -> None:
         kind = pb_utils.MetricFamily
@@ -181,7 +183,7 @@ class TritonPythonModel:
         requests, errors, items, returned, stage, self.skipped, empty, applied, lost, fresh = self.families
         self.applied, self.impressions_lost = applied.Metric(labels={}), lost.Metric(labels={})
         self.freshness = {w: fresh.Metric(labels={"of": w}) for w in ("event", "snapshot", "model")}
-        self.last_event_at = None
+        self.last_event_at, self.fresh_at = None, 0.0
         self.empty = {r: empty.Metric(labels={"reason": r}) for r in EMPTY_REASONS}
         self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
         self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
