@@ -66,6 +66,7 @@ class Phase:
     errors: list[str] = field(default_factory=list)  # the first few failure messages
     wall_s: float = 0.0
     server_ms: dict[str, float] = field(default_factory=dict)  # mean per request, by stage / model
+    ranker_ms: list[float] = field(default_factory=list)  # in process: the ranker stage of each request
 
     @property
     def requests(self) -> int:
@@ -83,7 +84,8 @@ class Phase:
                 "p99_ms": self.percentile(99), "mean_ms": float(np.mean(self.latencies_ms or [np.nan])),
                 "p50_known_ms": self.percentile(50, True), "p50_cold_ms": self.percentile(50, False),
                 "rps": len(self.latencies_ms) / self.wall_s if self.wall_s else float("nan"),
-                "wall_s": self.wall_s, "server_ms": self.server_ms, "errors": self.errors}
+                "wall_s": self.wall_s, "server_ms": self.server_ms, "errors": self.errors,
+                "ranker_p50_ms": float(np.percentile(self.ranker_ms, 50)) if self.ranker_ms else float("nan")}
 
 
 def make_requests(art: RunArtifacts, n: int, unknown_share: float, k: int, seed: int) -> list[dict]:
@@ -111,6 +113,9 @@ def server_counters(grpc_url: str, metrics_url: str) -> dict[str, float]:
     """Cumulative server-side times (ms) and counts: Triton's per-model statistics, recsys stages."""
     import tritonclient.grpc as grpcclient
 
+    from serving.metric_buffer import FLUSH_S
+
+    time.sleep(FLUSH_S + 0.3)  # recommend sends its recsys_* metrics once a second
     out: dict[str, float] = {}
     with grpcclient.InferenceServerClient(grpc_url) as client:
         stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
@@ -194,10 +199,13 @@ def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float
     from pipeline.pipeline import Request
 
     totals: dict[str, float] = {}
+    ranker_ms: list[float] = []
 
     def on_stage(stage: str, seconds: float) -> None:  # the served model's recsys_stage_seconds stages
         if stage != "total":
             totals[f"stage:{stage}"] = totals.get(f"stage:{stage}", 0.0) + seconds * 1e3
+        if stage == "ranker":
+            ranker_ms.append(seconds * 1e3)
     for r in requests[:warmup]:
         pipeline.recommend([Request(**r)])
     totals.clear()
@@ -221,6 +229,7 @@ def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float
             phase.failures += 1
             phase.errors.append(why[:300]) if len(phase.errors) < 5 else None
     phase.wall_s = time.perf_counter() - start
+    phase.ranker_ms = ranker_ms
     n = max(phase.requests, 1)
     phase.server_ms = {k: v / n for k, v in sorted(totals.items())}
     phase.server_ms["stage:total"] = float(np.mean(phase.latencies_ms or [np.nan]))
@@ -253,7 +262,43 @@ def markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         cells = [f"{r['server_ms'][k]:.2f}" if k in r["server_ms"] else "" for k in keys]
         out.append(f"| {r['setting']} | {r['concurrency']} | " + " | ".join(cells) + " |")
+    ratio = ratios(rows)
+    if ratio:
+        out += ["", "Ratios that survive machine noise (same run, same machine state):", ""]
+        out += [f"- {k}: {v:.2f}" for k, v in ratio.items()]
     return "\n".join(out) + "\n"
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Triton c=1 p50 / in-process ORT p50, in-process ORT p50 / its ranker stage's p50, each stage's
+    share of the in-process ORT time, and requests/s and p95 of the highest concurrency against c=1."""
+    triton = {r["concurrency"]: r for r in rows if r["setting"] == "triton gRPC"}
+    ort = next((r for r in rows if r["setting"] == "in-process onnxruntime"), None)
+    out: dict[str, float] = {}
+    if ort is not None:
+        if 1 in triton:
+            out["Triton p50 / in-process ORT p50 (c=1)"] = triton[1]["p50_ms"] / ort["p50_ms"]
+        out["in-process ORT p50 / ranker-alone p50"] = ort["p50_ms"] / ort["ranker_p50_ms"]
+        total = sum(v for k, v in ort["server_ms"].items() if k.startswith("stage:") and k != "stage:total")
+        for k, v in ort["server_ms"].items():
+            if k.startswith("stage:") and k != "stage:total" and total:
+                out[f"share of in-process time: {k[6:]}"] = v / total
+    if 1 in triton and len(triton) > 1:
+        top = max(triton)
+        out[f"requests/s c={top} / c=1"] = triton[top]["rps"] / triton[1]["rps"]
+        out[f"p95 c={top} / c=1"] = triton[top]["p95_ms"] / triton[1]["p95_ms"]
+    return out
+
+
+def set_instances(config: Path, n: int) -> None:
+    """Set the ``instance_group`` count of a model's config.pbtxt."""
+    if n < 1:
+        raise SystemExit(f"--instances {n}: give at least 1")
+    text, hits = re.subn(r"count: \d+ kind: KIND_CPU", f"count: {n} kind: KIND_CPU", config.read_text())
+    if hits != 1:
+        raise SystemExit(f"{config}: expected one `count: N kind: KIND_CPU` instance group, found {hits}")
+    config.write_text(text)
+    log.info("%s: %d instance(s)", config, n)
 
 
 def export_repository(run_dir: Path, repository: Path | None) -> tuple[Path, bool]:
@@ -297,6 +342,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch.set_num_threads for the in-process pipeline (default: 1)")
     p.add_argument("--skip-onnx", action="store_true", help="no in-process onnxruntime run")
+    p.add_argument("--instances", type=int, default=None,
+                   help="recommend instances: rewrites instance_group count in the repository's "
+                        "recommend/config.pbtxt (default: as it is, 2)")
     p.add_argument("--p95-target-ms", type=float, default=None,
                    help="target for the Triton p95 at concurrency 1; exit 1 when missed")
     args = p.parse_args(argv)
@@ -318,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     warm, measured = requests[:args.warmup], requests[args.warmup:]
     loadavg_start = os.getloadavg()
     repo, temp = export_repository(run_dir, args.repository)
+    if args.instances is not None:
+        set_instances(repo / "recommend" / "config.pbtxt", args.instances)
     phases: list[Phase] = []
     server = TritonServer(repo)
     try:
@@ -376,6 +426,7 @@ def report(args, run_dir: Path, art: RunArtifacts, repo: Path, name: str, loadav
     c1 = next((r for r in rows if r["setting"] == "triton gRPC" and r["concurrency"] == 1), None)
     failures = sum(r["failures"] for r in rows if r["setting"] == "triton gRPC")
     verdict = {"failures": failures, "p95_c1_ms": c1["p95_ms"] if c1 else None, "p95_target_ms": args.p95_target_ms,
+               "ratios": ratios(rows),
                "met": failures == 0 and (args.p95_target_ms is None or (c1 is not None and c1["p95_ms"]
                                                                           <= args.p95_target_ms))}
     index = settings["index"] or {}

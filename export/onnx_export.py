@@ -7,6 +7,8 @@ gets the table's names and a dynamic batch axis on every tensor.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import onnx
 import torch
 from torch import nn
 
-from inference.models import onnx_session, run_onnx
+from inference.models import SCORE_FILE, onnx_session, run_onnx
 from inference.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -118,4 +120,30 @@ def check_parity(module: nn.Module, spec: ModelSpec, path: Path, inputs: dict[st
         worst = max(worst, float(np.max(np.abs(e - g))) if e.size else 0.0)
     if worst > atol:
         raise AssertionError(f"{spec.name}: onnxruntime differs from PyTorch by {worst:.2e} > {atol:.0e} ({path})")
+    return worst
+
+
+def export_score_graph(module: nn.Module, spec: ModelSpec, model_path: Path, example: dict[str, np.ndarray],
+                       opset: int, atol: float) -> float:
+    """Export a ranker's score-only graph (``explain`` off: one fusion pass, no contributions) as
+    ``score.onnx`` next to ``model_path`` and check it against the full graph's score output.
+
+    Returns:
+        The largest |score.onnx - model.onnx score| on ``example``.
+
+    Raises:
+        AssertionError: they differ by more than ``atol``.
+    """
+    scored = dataclasses.replace(spec, outputs=spec.outputs[:1])
+    path = model_path.with_name(SCORE_FILE)
+    module.explain = False
+    try:
+        export_onnx(module, scored, path, example, opset)
+    finally:
+        module.explain = True
+    full = run_onnx(onnx_session(model_path), spec, example)[0]
+    alone = run_onnx(onnx_session(path), scored, example)[0]
+    worst = float(np.max(np.abs(full - alone))) if full.size else 0.0
+    if worst > atol:
+        raise AssertionError(f"{spec.name}: {path.name} differs from {model_path.name}'s score by {worst:.2e} > {atol:.0e}")
     return worst

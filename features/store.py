@@ -33,7 +33,9 @@ class FeatureStore:
         self.user_table, self.item_table = user_table, item_table
         self.recent = recent  # (n_users, L) catalog item indices, most recent last, -1 padded
         self.last_ts = last_ts  # (n_users,) latest interaction time, -1 if none
-        self.seen = seen  # (n_users, n_items) binary CSR
+        self.seen = seen  # (n_users, n_items) binary CSR, sorted indices
+        if seen is not None:
+            self.seen.sort_indices()
         self.popularity = popularity  # (n_items,) interaction counts in the history table
         self._by_popularity: np.ndarray | None = None
         self._sorted_at, self._popularity_changed = 0.0, False
@@ -42,20 +44,18 @@ class FeatureStore:
         # seen_rows / seen_items, folded into ``seen`` by compact_seen.
         self.seen_delta: dict[int, np.ndarray] = {}
 
-    def seen_rows(self, users: np.ndarray) -> sp.csr_matrix:
-        """(B, N) binary: each user's seen items (stored and live); unknown users (-1) get an empty row."""
+    def seen_rows(self, users: np.ndarray) -> "SparseRows":
+        """(B, N) binary: each user's seen items (stored and live), sorted; unknown users (-1) get an
+        empty row. Built straight from the CSR arrays into :class:`SparseRows`: scipy's row indexing
+        and matrix constructor cost ~0.1 ms a call each, more than a served request's whole gather."""
         users = np.asarray(users, dtype=np.int64)
-        known = users >= 0
-        rows = self.seen[np.where(known, users, 0)]
-        extra = [(b, self.seen_delta[u]) for b, u in enumerate(users.tolist()) if u in self.seen_delta]
-        if extra:
-            r = np.concatenate([np.full(len(i), b) for b, i in extra])
-            c = np.concatenate([i for _, i in extra])
-            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=rows.shape)).sign()
-        if not known.all():
-            rows = sp.diags(known.astype(np.float32)) @ rows
-            rows.eliminate_zeros()
-        return rows.tocsr()
+        if self.seen_delta and any(u in self.seen_delta for u in users.tolist()):
+            parts = [self.seen_items(u) for u in users.tolist()]  # rows with live items: per row
+            lens = np.fromiter((len(p) for p in parts), np.int64, len(parts))
+            indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        else:
+            indices, lens = gather_rows(self.seen, users)
+        return SparseRows.from_lengths(indices, lens, self.seen.shape[1])
 
     def seen_items(self, user: int) -> np.ndarray:
         """One user's seen item indices, sorted (empty for an unknown user)."""
@@ -90,6 +90,7 @@ class FeatureStore:
         c = np.concatenate(list(self.seen_delta.values()))
         delta = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=self.seen.shape)
         self.seen = (self.seen + delta).sign().astype(np.float32).tocsr()
+        self.seen.sort_indices()
         self.seen_delta = {}
 
     def most_popular(self, n: int) -> np.ndarray:
@@ -182,6 +183,86 @@ class FeatureStore:
         item = {k[5:]: z[k] for k in z.files if k.startswith("item.")}
         return cls(IdVocab.load(d / "users.json"), IdVocab.load(d / "items.json"), FeatureSet.load(d / "encoders.json"),
                    user, item, z["recent"], z["last_ts"], sp.load_npz(d / "seen.npz").tocsr(), z["popularity"])
+
+
+class SparseRows:
+    """A few rows of a binary sparse matrix (B, N): what a batch of requests knows (seen items,
+    history). Each row's column indices are sorted and unique; every stored value is 1.
+
+    The pipeline's per-request hot path reads these arrays directly (``indptr``, ``indices``);
+    :meth:`tocsr` gives the scipy matrix for everything else (its constructor alone costs ~0.1 ms,
+    about a tenth of a served request). ``rows @ dense`` sums the rows of ``dense`` each row names.
+    """
+
+    has_sorted_indices = True
+
+    def __init__(self, indptr: np.ndarray, indices: np.ndarray, n_cols: int):
+        self.indptr, self.indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+        self.shape = (len(self.indptr) - 1, int(n_cols))
+
+    @classmethod
+    def from_lengths(cls, indices: np.ndarray, lengths: np.ndarray, n_cols: int) -> "SparseRows":
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        return cls(indptr, indices, n_cols)
+
+    @classmethod
+    def from_lists(cls, rows: list[np.ndarray], n_cols: int) -> "SparseRows":
+        """From one sorted, unique index array per row."""
+        lens = np.fromiter((len(r) for r in rows), np.int64, len(rows))
+        return cls.from_lengths(np.concatenate(rows) if rows else np.zeros(0, np.int64), lens, n_cols)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.indices)
+
+    @property
+    def data(self) -> np.ndarray:
+        return np.ones(len(self.indices), dtype=np.float32)
+
+    def row(self, b: int) -> np.ndarray:
+        return self.indices[self.indptr[b] : self.indptr[b + 1]]
+
+    def tocsr(self) -> sp.csr_matrix:
+        m = sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+        m.has_sorted_indices = True
+        return m
+
+    def toarray(self) -> np.ndarray:
+        return self.tocsr().toarray()
+
+    def __matmul__(self, other):
+        if sp.issparse(other):
+            return self.tocsr() @ other
+        other = np.asarray(other)
+        out = np.zeros((self.shape[0], other.shape[1]), dtype=np.result_type(np.float32, other.dtype))
+        for b in range(self.shape[0]):
+            idx = self.row(b)
+            if len(idx):
+                out[b] = np.add.reduce(other[idx], axis=0)
+        return out
+
+
+def row_positions(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the entries of CSR rows ``rows`` (-1 = an empty row) lie in ``m.indices`` / ``m.data``,
+    row after row, and each row's count: one vectorised gather, no scipy indexing (~0.1 ms a call).
+    -> positions (nnz,), lengths (B,)"""
+    rows = np.asarray(rows, dtype=np.int64)
+    known = rows >= 0
+    safe = np.where(known, rows, 0)
+    start = m.indptr[safe].astype(np.int64)
+    lens = np.where(known, m.indptr[safe + 1] - start, 0)
+    total = int(lens.sum())
+    if not total:
+        return np.zeros(0, np.int64), lens
+    offsets = np.cumsum(lens) - lens  # where each row starts in the output
+    return np.repeat(start - offsets, lens) + np.arange(total), lens
+
+
+def gather_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The column indices of CSR rows ``rows`` (-1 = an empty row), concatenated, and each row's count."""
+    pos, lens = row_positions(m, rows)
+    return m.indices[pos], lens
 
 
 def _right_align(rows: np.ndarray, length: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline.settings import PipelineSettings
 from ranking.features import GROUPS, CandidateFeatures
 from ranking.rule_config import RuleSet
-from ranking.rules import ExposureTracker, ItemCatalog, RequestContext
+from ranking.rules import ExposureTracker, ItemCatalog, RequestContext, member
 from retrieval.retriever import Retriever
 
 ROUTES = ("known_user", "cold_user")
@@ -80,17 +80,19 @@ def validate_request(r: Request, max_k: int) -> None:
 def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.ndarray:
     """Up to n items: ``first`` (minus extra's) for n - n_extra slots, then extra, then the rest of first."""
     first, extra = first[first >= 0], extra[extra >= 0][:n_extra]
-    head = first[~np.isin(first, extra)]
+    head = first[~member(first, extra)]
     row = np.concatenate([head[: n - len(extra)], extra])
     return np.concatenate([row, head[n - len(extra):]])[:n]
 
 
 def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, queries: np.ndarray,
-                        settings: PipelineSettings, recent: np.ndarray | None = None, rows=None):
+                        settings: PipelineSettings, recent: np.ndarray | None = None, rows=None, seen=None,
+                        cache: dict | None = None):
     """Candidates for a batch from three sources. -> scores (B, n), items (B, n).
 
     ``queries``: the requests' user-tower embeddings (B, D) (:meth:`Retriever.embed_requests`);
-    ``rows``: the requests' ``features.history_rows`` when the caller already built them.
+    ``rows`` / ``seen``: the requests' ``features.history_rows`` / ``store.seen_rows`` and ``cache``
+    the batch's products (``features.history_top``), when the caller already has them.
 
     - the two-tower query through the FAISS index (every request);
     - co-occurrence with the request's known items (EASE, or cosine on large catalogs): their best
@@ -101,14 +103,14 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
     Every candidate's retrieval score is the query . item inner product, whatever its source.
     """
     n = settings.n_candidates
-    scores, items = retriever.candidates(queries, users, n)
+    scores, items = retriever.candidates(queries, users, n, seen=seen)
     users = np.asarray(users)
     has_recent = np.zeros(len(users), bool) if recent is None else (recent >= 0).any(axis=1)
     cold = (users < 0) & ~has_recent
     n_cooc, n_pop = int(n * settings.cooc_share), int(n * settings.cold_popular_share)
     extra = np.full((len(users), 0), -1, dtype=np.int64)
     if n_cooc and (~cold).any():
-        extra = features.history_top(features.history_rows(users, recent) if rows is None else rows, n_cooc)
+        extra = features.history_top(features.history_rows(users, recent, seen) if rows is None else rows, n_cooc, cache)
     popular = retriever.store.most_popular(n) if cold.any() and n_pop else None
     for b in range(len(users)):
         if cold[b] and n_pop:
@@ -125,6 +127,13 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
 
 
 StageCallback = Callable[[str, float], None]  # (stage name, seconds)
+
+
+def _main_groups(reasons: list[str], contrib: np.ndarray) -> list[str]:
+    """Each returned item's main signal group: its largest contribution; a backfilled item's is its
+    backfill source (the ranker did not score it). ``contrib``: (k, G), one row per item."""
+    main = contrib.argmax(axis=1).tolist() if len(contrib) else []
+    return [r.split(":")[1] if r.startswith("backfill") else GROUPS[g] for g, r in zip(main, reasons)]
 
 
 class _Stages:
@@ -197,24 +206,49 @@ class Pipeline:
 
         ``on_stage(name, seconds)`` is called after each step (user_tower, retrieval, features, ranker).
         """
-        score = self.ranker(ranker)
+        items, scores, contrib, _ = self._rank(users, timestamps, recent, attributes, ranker, on_stage, explain=True)
+        return items, scores, contrib
+
+    def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool):
+        """:meth:`rank`, plus the ranker inputs; ``explain`` False with a ranker that scores alone
+        (``scores_alone``, e.g. an ONNX ranker with its score.onnx): contributions are None, for the
+        caller to ask for the returned items only (:meth:`_explain`)."""
+        fn = self.ranker(ranker)
         stages = _Stages(on_stage)
-        queries = stages.run("user_tower", self.retriever.embed_requests, users, timestamps, recent, attributes)
-        rows = self.features.history_rows(users, recent)  # (B, N) known items, shared by both steps
+        user_x = {}  # the user tower's inputs, also the ranker's user and context features
+
+        def embed():
+            user_x.update(self.store.user_inputs(users, timestamps, recent, attributes))
+            return self.retriever.embed_users(user_x)
+        queries = stages.run("user_tower", embed)
+        seen = self.store.seen_rows(users)  # (B, N), and the known items with the request's own: both steps read them
+        rows = seen if recent is None else self.features.history_rows(users, recent, seen)
+        cache: dict = {}  # products of ``rows`` computed once for both steps
         r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
-                                     self.settings, recent, rows)
+                                     self.settings, recent, rows, seen, cache)
         x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
-                       attributes, rows)
-        scores, contrib = stages.run("ranker", score, x)
+                       attributes, rows, user_x, cache)
         b, c = items.shape
+        if not explain and getattr(fn, "scores_alone", False):
+            scores, contrib = stages.run("ranker", fn.score, x), None
+        else:
+            scores, contrib = stages.run("ranker", fn, x)
+            contrib = np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
         scores = np.where(items >= 0, np.asarray(scores, np.float32).reshape(b, c), -np.inf)
-        return items, scores, np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
+        return items, scores, contrib, x
 
     def apply_rules(self, user: int, items: np.ndarray, scores: np.ndarray, contrib: np.ndarray, k: int,
                     request: Request | None = None, recent: np.ndarray | None = None):
         """Rules for one request's ranked candidates. -> items, scores, reasons, groups."""
-        ok = items >= 0
-        items, scores, contrib = items[ok], scores[ok], contrib[ok]
+        out, out_scores, reasons, where = self._rules(user, items, scores, k, request, recent)
+        return out, out_scores, reasons, _main_groups(reasons, contrib[np.maximum(where, 0)])
+
+    def _rules(self, user: int, items: np.ndarray, scores: np.ndarray, k: int, request: Request | None,
+               recent: np.ndarray | None):
+        """-> items, scores, reasons, and where each returned item is among ``items`` (its last
+        place; -1 for a backfilled item, which the ranker did not score)."""
+        placed = np.flatnonzero(items >= 0)
+        items, scores = items[placed], scores[placed]
         seen = self.store.seen_items(user)
         if recent is not None:
             seen = np.union1d(seen, recent[recent >= 0])
@@ -226,10 +260,19 @@ class Pipeline:
                 recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
                 promoted=request.promoted, exposure=self.exposure)
         out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
-        main = dict(zip(items.tolist(), (GROUPS[g] for g in contrib.argmax(axis=1)))) if len(items) else {}
-        # backfilled items were not scored by the ranker: their source is what put them there
-        groups = [r.split(":")[1] if r.startswith("backfill") else main[i] for i, r in zip(out.tolist(), reasons)]
-        return out, out_scores, reasons, groups
+        where = np.full(len(out), -1, dtype=np.int64)
+        if len(out) and len(items):
+            last = len(items) - 1 - np.argmax((items[None, :] == out[:, None])[:, ::-1], axis=1)
+            ranked = np.asarray([not r.startswith("backfill") for r in reasons], dtype=bool)
+            where[ranked] = placed[last[ranked]]
+        return out, out_scores, reasons, where
+
+    def _explain(self, ranker: str | None, x: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """Contributions (R, G) of the flat ranker-input ``rows`` only (the returned items)."""
+        if not len(rows):
+            return np.zeros((0, len(GROUPS)), np.float32)
+        _, contrib = self.ranker(ranker)({name: v[rows] for name, v in x.items()})
+        return np.asarray(contrib, np.float32).reshape(len(rows), len(GROUPS))
 
     def recommend(self, requests: list[Request], ranker: str | None = None,
                   on_stage: StageCallback | None = None) -> list[Recommendation]:
@@ -238,7 +281,8 @@ class Pipeline:
         Args:
             requests: the batch.
             ranker: which of ``rankers`` scores it (None: the default).
-            on_stage: called with (stage, seconds) for each step of :data:`STAGES`.
+            on_stage: called with (stage, seconds) for each step of :data:`STAGES`; ``rules`` includes
+                the contributions of the returned items when the ranker scores alone.
         """
         start = time.perf_counter()
         self.ranker(ranker)  # an unknown ranker is a bad request, before any work
@@ -254,17 +298,31 @@ class Pipeline:
                 self.catalog.category_codes(list(r.include_categories) + list(r.exclude_categories))
         except ValueError as e:
             raise RequestError(str(e)) from e
-        items, scores, contrib = self.rank(users, ts, recent, attributes, ranker, on_stage)
+        items, scores, contrib, x = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False)
         rules_start = time.perf_counter()
-        out = []
+        answers = []
         for b, r in enumerate(requests):
-            it, sc, reasons, groups = self.apply_rules(int(users[b]), items[b], scores[b], contrib[b], int(r.k), r,
-                                                       recent[b] if recent is not None else None)
+            it, sc, reasons, where = self._rules(int(users[b]), items[b], scores[b], int(r.k), r,
+                                                 recent[b] if recent is not None else None)
             if self.exposure is not None:
                 self.exposure.record(it)
+            answers.append((it, sc, reasons, where))
+        c = items.shape[1]
+        if contrib is None:  # one call for the returned items of the whole batch
+            flat = [b * c + w[w >= 0] for b, (_, _, _, w) in enumerate(answers)]
+            explained = self._explain(ranker, x, np.concatenate(flat))
+            offsets = np.cumsum([0] + [len(f) for f in flat])
+        out = []
+        for b, (it, sc, reasons, where) in enumerate(answers):
+            if contrib is None:
+                rows = np.zeros((len(it), len(GROUPS)), np.float32)
+                rows[where >= 0] = explained[offsets[b]:offsets[b + 1]]
+            else:
+                rows = contrib[b][np.maximum(where, 0)]
             route = "known_user" if users[b] >= 0 else "cold_user"
-            out.append(Recommendation(r.user_id, route, [str(self.store.items.ids[i]) for i in it],
-                                      [float(s) for s in sc], list(reasons), groups))
+            out.append(Recommendation(requests[b].user_id, route,
+                                      [str(self.store.items.ids[i]) for i in it], [float(s) for s in sc],
+                                      list(reasons), _main_groups(reasons, rows)))
         if on_stage is not None:
             end = time.perf_counter()
             on_stage("rules", end - rules_start)

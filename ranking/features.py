@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from inference.topk import topk_excluding
 from features.cooccurrence import ease_weights, item_cosine_similarity
-from features.store import FeatureStore
+from features.store import FeatureStore, SparseRows, row_positions
 
 GROUPS = ("collaborative", "content", "user", "context", "popularity")
 COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score", "ease_score", "retrieval_z", "cooc_z", "ease_z",
@@ -38,6 +38,7 @@ CONTEXT_NUMERIC = ("since_last", "item_age")
 POPULARITY = ("pop_all", "pop_recent")
 log = logging.getLogger(__name__)
 _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
+SORT_MAX_ITEMS = 8192  # up to this catalog size a full stable sort of a score row beats partition + tie repair
 LIVE_KEYS_MERGE = 65_536  # live event keys kept apart from the history's before one merge
 
 
@@ -70,12 +71,18 @@ def item_content(store: FeatureStore) -> sp.csr_matrix:
     return sp.hstack(blocks).tocsr().sign()
 
 
+def _finite(v: np.ndarray) -> np.ndarray:
+    """-inf (no candidate) -> -1, NaN -> 0 (``np.nan_to_num(v, neginf=-1)``, only when needed)."""
+    return v if np.isfinite(v).all() else np.nan_to_num(v, neginf=-1.0)
+
+
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps. (B, C)"""
-    n = np.maximum(ok.sum(1, keepdims=True), 1)
-    mean = np.where(ok, v, 0).sum(1, keepdims=True) / n
+    """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps.
+    (..., C): the last axis is the list (e.g. (B, C), or (S, B, C) for S scores at once)."""
+    n = np.maximum(ok.sum(-1, keepdims=True), 1)
+    mean = np.where(ok, v, 0).sum(-1, keepdims=True) / n
     d = np.where(ok, v - mean, 0)
-    std = np.sqrt((d**2).sum(1, keepdims=True) / n)
+    std = np.sqrt((d**2).sum(-1, keepdims=True) / n)
     return np.where(std > 1e-12, d / np.maximum(std, 1e-12), 0).astype(np.float32)
 
 
@@ -143,29 +150,49 @@ class CandidateFeatures:
             counts = counts + np.searchsorted(self.live_keys, hi) - np.searchsorted(self.live_keys, lo)
         return counts
 
-    def history_rows(self, users: np.ndarray, recent: np.ndarray | None = None) -> sp.csr_matrix:
-        """(B, N) binary: each request's known items (stored history, plus items the request carries)."""
-        rows = self.store.seen_rows(users)
+    def history_rows(self, users: np.ndarray, recent: np.ndarray | None = None,
+                     seen: SparseRows | None = None) -> SparseRows:
+        """(B, N) binary: each request's known items (stored history, plus items the request carries);
+        ``seen``: the users' ``store.seen_rows`` when the caller already has them."""
+        rows = self.store.seen_rows(users) if seen is None else seen
         if recent is not None:  # e.g. a cold user's session
-            r, c = np.nonzero(recent >= 0)
-            rows = (rows + sp.csr_matrix((np.ones(len(r), np.float32), (r, recent[r, c])), shape=rows.shape)).sign().tocsr()
+            rows = SparseRows.from_lists([np.union1d(rows.row(b), r[r >= 0]) for b, r in enumerate(recent)],
+                                         rows.shape[1])
         return rows
 
-    def history_top(self, rows: sp.csr_matrix, m: int) -> np.ndarray:
-        """The m best unseen items by co-occurrence with each request's items (``rows``, see
-        :meth:`history_rows`; EASE when available, else cosine), best first, ties by index; -1 where
+    def _ease_product(self, rows, cache: dict | None) -> np.ndarray:
+        """``rows @ ease`` (B, N), computed once per batch when the caller passes a ``cache`` dict
+        (the co-occurrence candidates and the ranker's ease_score both read it)."""
+        if cache is not None and cache.get("ease_rows") is rows:
+            return cache["ease"]
+        product = np.asarray(rows @ self.ease)
+        if cache is not None:
+            cache["ease_rows"], cache["ease"] = rows, product
+        return product
+
+    def history_top(self, rows, m: int, cache: dict | None = None) -> np.ndarray:
+        """The m best unseen items by co-occurrence with each request's items (``rows``: binary (B, N),
+        :class:`SparseRows` or scipy CSR, see :meth:`history_rows`; EASE when available, else cosine), best first, ties by index; -1 where
         fewer score above zero. (B, N) -> (B, m)
 
         With the sparse cosine weights (large catalogs) only the items that co-occur are looked at,
         never a dense row over the whole catalog.
         """
-        scores = rows @ (self.ease if self.ease is not None else self.cooc)  # (B, N)
-        if not sp.issparse(scores):
-            scores = np.asarray(scores)
-            top = topk_excluding(scores, rows, min(m, scores.shape[1]))
-            top = np.where(np.take_along_axis(scores, top, 1) > 0, top, -1)
-            return np.pad(top, ((0, 0), (0, m - top.shape[1])), constant_values=-1)
-        scores = scores.tocsr()
+        if self.ease is not None:
+            scores = self._ease_product(rows, cache)
+            out = np.full((rows.shape[0], m), -1, dtype=np.int64)
+            n = min(m, scores.shape[1])
+            if scores.shape[1] <= SORT_MAX_ITEMS:  # one stable sort per row: score desc, ties by lower index
+                for b in range(rows.shape[0]):
+                    s = scores[b].copy()
+                    s[rows.indices[rows.indptr[b] : rows.indptr[b + 1]]] = -np.inf  # the request's own items
+                    top = np.argsort(-s, kind="stable")[:n]
+                    out[b, :n] = np.where(s[top] > 0, top, -1)
+                return out
+            top = topk_excluding(scores, rows, n)
+            out[:, :n] = np.where(np.take_along_axis(scores, top, 1) > 0, top, -1)
+            return out
+        scores = (rows @ self.cooc).tocsr()
         out = np.full((rows.shape[0], m), -1, dtype=np.int64)
         for b in range(rows.shape[0]):
             known = rows.indices[rows.indptr[b] : rows.indptr[b + 1]]
@@ -177,48 +204,92 @@ class CandidateFeatures:
             out[b, : len(order)] = idx[order]
         return out
 
-    def history_scores(self, weights, rows: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+    @property
+    def cooc_by_target(self) -> sp.csr_matrix:
+        """The cosine weights transposed, [target, neighbour], sorted indices (built once, kept)."""
+        if getattr(self, "_cooc_t", None) is None or self._cooc_t.shape != self.cooc.shape[::-1]:
+            t = self.cooc.T.tocsr()
+            t.sort_indices()
+            self._cooc_t = t
+        return self._cooc_t
+
+    def _item_mask(self, n: int) -> np.ndarray:
+        """A (n,) all-False bool buffer kept between calls (a 1M-item catalog: 1 MB not zeroed per request)."""
+        if getattr(self, "_mask", None) is None or len(self._mask) != n:
+            self._mask = np.zeros(n, dtype=bool)
+        return self._mask
+
+    def history_scores(self, weights, rows, items: np.ndarray, cache: dict | None = None) -> np.ndarray:
         """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
-        to each candidate. (B, N), (B, C) -> (B, C)"""
-        scores = rows @ weights  # (B, N), sparse or dense
+        to each candidate. (B, N), (B, C) -> (B, C)
+
+        The cosine weights are read at the candidates only (their [target, neighbour] rows, matched
+        against the request's items through a boolean table): O(candidates x neighbours) per
+        request, no (B, N) product; EASE reads the batch's cached dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
         safe = np.clip(items, 0, None)
-        if sp.issparse(scores):  # look the candidates up in each sparse row: no dense (B, N)
-            scores = scores.tocsr()
-            scores.sort_indices()
-            for b in range(items.shape[0]):
-                idx = scores.indices[scores.indptr[b] : scores.indptr[b + 1]]
-                val = scores.data[scores.indptr[b] : scores.indptr[b + 1]]
-                if not len(idx):
+        if weights is self.cooc:
+            by_target = self.cooc_by_target
+            mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)
+            for r in range(items.shape[0]):
+                known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]
+                if not len(known):
                     continue
-                pos = np.clip(np.searchsorted(idx, safe[b]), 0, len(idx) - 1)
-                out[b] = np.where(idx[pos] == safe[b], val[pos], 0.0)
+                pos, lens = row_positions(by_target, items[r])  # each candidate's neighbours; -1: none
+                if not len(pos):
+                    continue
+                mask[known] = True
+                try:
+                    vals = np.where(mask[by_target.indices[pos]], by_target.data[pos], 0.0)
+                finally:
+                    mask[known] = False
+                starts = np.cumsum(lens) - lens
+                sums = np.add.reduceat(vals, np.minimum(starts, len(vals) - 1))
+                out[r] = np.where(lens > 0, sums, 0.0)
+        elif weights is self.ease and self.ease is not None:
+            out[:] = np.take_along_axis(self._ease_product(rows, cache), safe, axis=1)
         else:
-            out[:] = np.take_along_axis(np.asarray(scores), safe, axis=1)
+            scores = rows @ weights  # (B, N), sparse or dense
+            if sp.issparse(scores):  # look the candidates up in each sparse row: no dense (B, N)
+                scores = scores.tocsr()
+                scores.sort_indices()
+                for r in range(items.shape[0]):
+                    idx = scores.indices[scores.indptr[r] : scores.indptr[r + 1]]
+                    val = scores.data[scores.indptr[r] : scores.indptr[r + 1]]
+                    if not len(idx):
+                        continue
+                    pos = np.clip(np.searchsorted(idx, safe[r]), 0, len(idx) - 1)
+                    out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
+            else:
+                out[:] = np.take_along_axis(np.asarray(scores), safe, axis=1)
         return np.where(items >= 0, out, 0.0)
 
     def build_inputs(self, users: np.ndarray, timestamps: np.ndarray, queries: np.ndarray, items: np.ndarray,
                      scores: np.ndarray, recent: np.ndarray | None = None, attributes=None,
-                     rows: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+                     rows: SparseRows | None = None, user_x: dict[str, np.ndarray] | None = None,
+                     cache: dict | None = None) -> dict[str, np.ndarray]:
         """Flat (B*C, ...) ranker inputs for B requests with C candidates each (-1 = no candidate);
-        ``rows``: the requests' :meth:`history_rows` when the caller already built them."""
+        ``rows``: the requests' :meth:`history_rows`, ``user_x``: their ``store.user_inputs`` and
+        ``cache``: the batch's products (:meth:`history_top`), when the caller already has them."""
         b, c = items.shape
         flat = np.clip(items.ravel(), 0, None)
         ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
         rows = self.history_rows(users, recent) if rows is None else rows
-        user_x = self.store.user_inputs(users, timestamps, recent, attributes)
+        if user_x is None:
+            user_x = self.store.user_inputs(users, timestamps, recent, attributes)
         x: dict[str, np.ndarray] = {
             "user_emb": np.repeat(queries.astype(np.float32), c, axis=0),
             "item_emb": self.item_embeddings[flat],
-            "retrieval_score": np.nan_to_num(scores.ravel().astype(np.float32), neginf=-1.0),
+            "retrieval_score": _finite(scores.ravel().astype(np.float32)),
             "cooc_score": np.log1p(self.history_scores(self.cooc, rows, items).ravel()),
-            "ease_score": (self.history_scores(self.ease, rows, items).ravel() if self.ease is not None
+            "ease_score": (self.history_scores(self.ease, rows, items, cache).ravel() if self.ease is not None
                            else np.zeros(b * c, dtype=np.float32)),
             "has_history": np.repeat((np.diff(rows.indptr) > 0).astype(np.float32), c),
         }
         ok = items >= 0
-        for z, raw in LIST_RELATIVE.items():
-            x[z] = list_standardise(x[raw].reshape(b, c), ok).ravel()
+        z = list_standardise(np.stack([x[raw].reshape(b, c) for raw in LIST_RELATIVE.values()]), ok[None])
+        for j, name in enumerate(LIST_RELATIVE):
+            x[name] = z[j].ravel()
         for name in self.store.features.encoders["item"]:
             if name != "item_id":
                 x[name] = self.store.item_table[name][flat]

@@ -112,6 +112,10 @@ class LateFusionRanker(nn.Module):
             nn.init.zeros_(self.fusion[-1].bias)
         # Average group vectors on training data: the "absent" reference for contributions.
         self.register_buffer("baseline", torch.zeros(len(self.groups), group_dim))
+        # Eval mode: False returns the score alone (the export's score.onnx: one fusion pass instead
+        # of 1 + G, what the pipeline runs on every candidate; contributions are then asked for the
+        # returned items only). Not a buffer: the weights and checkpoints do not depend on it.
+        self.explain = True
 
     @property
     def input_names(self) -> list[str]:
@@ -148,18 +152,19 @@ class LateFusionRanker(nn.Module):
             if self.prior_names:
                 s = s + self.prior_terms(x).sum(1)
             return s, torch.zeros(r, len(GROUPS), device=h.device)
-        # Variant 0 is the full input; variant j+1 has group j replaced by its baseline.
-        eye = torch.eye(g, device=h.device, dtype=h.dtype)  # (G, G)
-        keep = torch.cat([torch.zeros(1, g, device=h.device, dtype=h.dtype), eye])[:, None, :, None]  # (G+1, 1, G, 1)
-        variants = h[None] * (1 - keep) + self.baseline[None, None] * keep  # (G+1, R, G, H)
-        scores = self.fusion(variants.reshape((g + 1) * r, g * d)).reshape(g + 1, r)
-        scores = scores * self.residual_scale(x, r)[None]
-        contrib = (scores[0][None] - scores[1:]).T  # (R, G')
+        scale = self.residual_scale(x, r)
+        score = self.fusion(h.reshape(r, g * d)).reshape(r) * scale  # the same ops with explain on or off
+        terms = self.prior_terms(x) if self.prior_names else None  # (R, P)
+        if not self.explain:
+            return score + terms.sum(1) if terms is not None else score  # (R,)
+        # Contributions: variant j has group j replaced by its baseline; the score drop is group j's part.
+        eye = torch.eye(g, device=h.device, dtype=h.dtype)[:, None, :, None]  # (G, 1, G, 1)
+        variants = h[None] * (1 - eye) + self.baseline[None, None] * eye  # (G, R, G, H)
+        occluded = self.fusion(variants.reshape(g * r, g * d)).reshape(g, r) * scale[None]
+        contrib = (score[None] - occluded).T  # (R, G')
         full = torch.zeros(r, len(GROUPS), device=h.device, dtype=contrib.dtype)
         full = full.index_copy(1, torch.as_tensor(self.group_index, device=h.device), contrib)
-        score = scores[0]
-        if self.prior_names:
-            terms = self.prior_terms(x)  # (R, P)
+        if terms is not None:
             score = score + terms.sum(1)
             full = full.index_add(1, torch.as_tensor(self.prior_index, device=h.device), terms)
         return score, full  # (R,), (R, G)

@@ -258,19 +258,21 @@ class RuleSet:
         first = np.unique(items, return_index=True)[1]  # duplicates: keep the best-scoring copy
         items, scores = R.request_filter(items[np.sort(first)], scores[np.sort(first)], catalog, ctx)
         boosted, ranked, source = np.zeros(0, np.int64), None, None
-        for r in self.rules:
+        for j, r in enumerate(self.rules):
             if r.role == "backfill":
                 ranked = items[:k]
                 source = R.backfill_source(catalog, ctx, r.params["source"])[0]
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx))
                 continue
-            before = dict(zip(items.tolist(), scores.tolist())) if r.name == "boost" else {}
-            items, scores = r(items, scores, catalog, ctx, **({"k": k} if RULES[r.name].takes_k else {}))
-            if r.name == "boost":
-                boosted = np.asarray([i for i, s in zip(items.tolist(), scores.tolist()) if s > before[i]])
+            extra = {"k": k} if RULES[r.name].takes_k else {}
+            if r.name == "mmr" and all(later.role == "backfill" for later in self.rules[j + 1:]):
+                extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
+            items, scores = r(items, scores, catalog, ctx, **extra)
+            if r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0:
+                boosted = np.union1d(boosted, R.promoted_items(catalog, ctx, r.params["ids"]))
         items, scores = items[:k], scores[:k]
-        is_ranked = np.ones(len(items), bool) if ranked is None else np.isin(items, ranked)
-        is_boosted = np.isin(items, boosted)
+        is_ranked = np.ones(len(items), bool) if ranked is None else R.member(items, ranked)
+        is_boosted = R.member(items, boosted)
         reasons = [("boosted" if b else "ranked") if rk else f"backfill:{source}"
                    for rk, b in zip(is_ranked, is_boosted)]
         return items, scores, reasons

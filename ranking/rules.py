@@ -155,6 +155,22 @@ class RequestContext:
     exposure: ExposureTracker | None = None
 
 
+def member(values: np.ndarray, pool) -> np.ndarray:
+    """``np.isin(values, pool)`` for integer arrays, by one sort of ``pool`` and a binary search
+    (np.isin's sort of both arrays costs ~70 us per call; this runs a served request's filters)."""
+    values = np.asarray(values)
+    pool = np.asarray(pool, dtype=np.int64).ravel()
+    if not len(pool) or not values.size:
+        return np.zeros(values.shape, dtype=bool)
+    pool = np.sort(pool)
+    return pool[np.minimum(np.searchsorted(pool, values), len(pool) - 1)] == values
+
+
+def promoted_items(catalog: ItemCatalog, ctx: RequestContext, ids: Sequence[str]) -> np.ndarray:
+    """Catalog indices promoted by the rule's ``ids`` and the request's ``promoted``, sorted."""
+    return np.union1d(catalog.item_indices(ids), catalog.item_indices(ctx.promoted))
+
+
 def sort_by_score(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Best first; ties go to the lower item index."""
     order = np.lexsort((items, -scores.astype(np.float64)))
@@ -170,31 +186,31 @@ def _category_mask(catalog, items, include, exclude) -> np.ndarray:
     cats = catalog.categories[items]  # (C, M)
     mask = np.ones(len(items), dtype=bool)
     if len(include):
-        mask &= np.isin(cats, catalog.category_codes(include)).any(axis=1)
+        mask &= member(cats, catalog.category_codes(include)).any(axis=1)
     if len(exclude):
-        mask &= ~np.isin(cats, catalog.category_codes(exclude)).any(axis=1)
+        mask &= ~member(cats, catalog.category_codes(exclude)).any(axis=1)
     return mask
 
 
 def request_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext):
     """The request's own filters, always applied: ``exclude_items`` and category include/exclude."""
-    mask = ~np.isin(items, catalog.item_indices(ctx.exclude_items))
+    mask = ~member(items, catalog.item_indices(ctx.exclude_items))
     return _keep(items, scores, mask & _category_mask(catalog, items, ctx.include_categories, ctx.exclude_categories))
 
 
 def exclude_seen(items, scores, catalog: ItemCatalog, ctx: RequestContext):
     """Drop items the user has already seen (``ctx.seen``)."""
-    return _keep(items, scores, ~np.isin(items, ctx.seen))
+    return _keep(items, scores, ~member(items, ctx.seen))
 
 
 def block_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
     """Drop items whose external id is in ``ids`` (ids not in the catalog are ignored)."""
-    return _keep(items, scores, ~np.isin(items, catalog.item_indices(ids)))
+    return _keep(items, scores, ~member(items, catalog.item_indices(ids)))
 
 
 def allow_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
     """Keep only items whose external id is in ``ids``; an empty list allows everything."""
-    return (items, scores) if not len(ids) else _keep(items, scores, np.isin(items, catalog.item_indices(ids)))
+    return (items, scores) if not len(ids) else _keep(items, scores, member(items, catalog.item_indices(ids)))
 
 
 def category_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, include: Sequence, exclude: Sequence):
@@ -248,18 +264,22 @@ def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequ
     Promoted items are ``ids`` (external ids from config) plus ``ctx.promoted``. The boost is
     additive in score units and bounded: no item gains more than ``max_boost``.
     """
-    promoted = np.union1d(catalog.item_indices(ids), catalog.item_indices(ctx.promoted))
     bump = np.float32(min(amount, max_boost))
-    return sort_by_score(items, np.where(np.isin(items, promoted), scores + bump, scores).astype(np.float32))
+    hit = member(items, promoted_items(catalog, ctx, ids))
+    return sort_by_score(items, np.where(hit, scores + bump, scores).astype(np.float32))
 
 
-def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float):
+def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float, horizon: int | None = None):
     """Maximal marginal relevance: greedily reorder for relevance and diversity.
 
     Each step takes the item maximising ``lambda_ * rel - (1 - lambda_) * max_sim``, where ``rel``
     is the score min-max normalised within the list and ``max_sim`` the highest cosine similarity
     to an item already taken. Ties go to the higher score, then the lower item index. Scores are
     returned unchanged, in the new order.
+
+    ``horizon``: only the first ``horizon`` places are chosen greedily, the rest follow in score
+    order (:meth:`ranking.rule_config.RuleSet.apply` passes ``k`` when nothing after this rule can
+    drop an item, so the answer is the same at O(k x C) instead of O(C^2)).
     """
     items, scores = sort_by_score(items, scores)
     if len(items) < 2:
@@ -267,17 +287,18 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
     s = scores.astype(np.float64)
     rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
     vec = catalog.vectors[items]  # (C, F)
-    sim = vec @ vec.T  # (C, C)
+    gain = lambda_ * rel
     max_sim = np.zeros(len(items))
     taken = np.zeros(len(items), dtype=bool)
     picks = []
-    for _ in range(len(items)):
-        value = np.where(taken, -np.inf, lambda_ * rel - (1.0 - lambda_) * max_sim)
+    for _ in range(len(items) if horizon is None else min(horizon, len(items))):
+        value = np.where(taken, -np.inf, gain - (1.0 - lambda_) * max_sim)
         j = int(np.argmax(value))  # first maximum = best score, lower index (list is sorted)
         picks.append(j)
         taken[j] = True
-        max_sim = np.maximum(max_sim, sim[j])
-    return items[picks], scores[picks]
+        max_sim = np.maximum(max_sim, vec @ vec[j])
+    order = np.concatenate([np.asarray(picks, dtype=np.int64), np.flatnonzero(~taken)])
+    return items[order], scores[order]
 
 
 def backfill_source(catalog: ItemCatalog, ctx: RequestContext, source: str) -> tuple[str, np.ndarray]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import scipy.sparse as sp
 
-from features.store import FeatureStore
+from features.store import FeatureStore, SparseRows
 from inference.models import TorchModel
 from retrieval.index import search
 
@@ -20,6 +19,24 @@ def is_torch_module(model) -> bool:
     module can exist only once torch was imported)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(model, torch.nn.Module)
+
+
+def excluded_entries(exclude, items: np.ndarray) -> np.ndarray:
+    """(B, K) bool: whether each ``items[b, j]`` is stored in row b of ``exclude`` (B, N: scipy CSR or
+    :class:`features.store.SparseRows`). A binary search per row, no scipy element indexing
+    (~0.2 ms a call)."""
+    ex = exclude if getattr(exclude, "has_sorted_indices", False) else exclude.tocsr()  # SparseRows: as it is
+    if not ex.has_sorted_indices:
+        ex = ex.copy()
+        ex.sort_indices()
+    data = None if isinstance(ex, SparseRows) else ex.data  # SparseRows store ones only
+    out = np.zeros(items.shape, dtype=bool)
+    for b in range(len(items)):
+        lo, hi = ex.indptr[b], ex.indptr[b + 1]
+        row = ex.indices[lo:hi] if data is None else ex.indices[lo:hi][data[lo:hi] != 0]  # explicit 0: not excluded
+        if len(row):
+            out[b] = row[np.minimum(np.searchsorted(row, items[b]), len(row) - 1)] == items[b]
+    return out
 
 
 class Retriever:
@@ -39,7 +56,7 @@ class Retriever:
         """User-tower inputs -> (B, D) float32 query embeddings."""
         return np.asarray(self.user_encoder(inputs), dtype=np.float32)
 
-    def search(self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items per query, skipping each row's excluded items.
 
         Over-fetches by the largest number of excluded items in the batch so that k survive.
@@ -47,19 +64,14 @@ class Retriever:
         """
         extra = int(np.diff(exclude.indptr).max()) if exclude is not None and exclude.nnz else 0
         scores, items = search(self.index, queries, k + extra)
-        if exclude is not None and extra:
-            rows = np.repeat(np.arange(len(items)), items.shape[1])
-            excluded = np.asarray(exclude[rows, np.clip(items.ravel(), 0, None)]).reshape(items.shape) > 0
-            drop = excluded | (items < 0)
-            # stable: keep kept items in score order, push dropped ones to the end
-            order = np.argsort(drop, axis=1, kind="stable")
-            items = np.take_along_axis(items, order, 1)
-            scores = np.take_along_axis(scores, order, 1)
-            drop = np.take_along_axis(drop, order, 1)
-            items = np.where(drop, -1, items)
-            scores = np.where(drop, -np.inf, scores)
         out_s = np.full((len(items), k), -np.inf, dtype=np.float32)
         out_i = np.full((len(items), k), -1, dtype=np.int64)
+        if exclude is not None and extra:  # the kept items in score order, then -1 / -inf
+            keep = ~excluded_entries(exclude, items) & (items >= 0)
+            for b in range(len(items)):
+                kept_i, kept_s = items[b][keep[b]][:k], scores[b][keep[b]][:k]
+                out_i[b, : len(kept_i)], out_s[b, : len(kept_s)] = kept_i, kept_s
+            return out_s, out_i
         n = min(k, items.shape[1])
         out_s[:, :n], out_i[:, :n] = scores[:, :n], items[:, :n]
         return out_s, out_i
@@ -69,10 +81,11 @@ class Retriever:
         """The user tower on a batch of requests. -> (B, D) query embeddings."""
         return self.embed_users(self.store.user_inputs(users, timestamps, recent, attributes))
 
-    def candidates(self, queries: np.ndarray, users: np.ndarray, k: int,
-                   exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k index items for the queries, each known user's seen items skipped. -> scores, items (B, k)."""
-        exclude = self.store.seen_rows(users) if exclude_seen else None
+    def candidates(self, queries: np.ndarray, users: np.ndarray, k: int, exclude_seen: bool = True,
+                   seen=None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k index items for the queries, each known user's seen items skipped (``seen``: the
+        users' ``store.seen_rows`` when the caller already has them). -> scores, items (B, k)."""
+        exclude = (self.store.seen_rows(users) if seen is None else seen) if exclude_seen else None
         return self.search(queries, k, exclude)
 
     def retrieve(self, users: np.ndarray, timestamps: np.ndarray, k: int, exclude_seen: bool = True,

@@ -6,6 +6,7 @@ temporary directory (``RECSYS_EVENT_LOG``, inherited by the python stubs).
 
 import os
 import signal
+import time
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from pipeline.artifacts import RunArtifacts
 from serving.client import RecommendClient
 from serving.event_log import ENV
 from serving.health import metric_sum, scrape
+from serving.metric_buffer import FLUSH_S
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -28,8 +30,7 @@ def served(tiny_deployed_run, tmp_path_factory):
     d = tmp_path_factory.mktemp("live")
     cfg = compose_cfg(d, TINY_DATA + [f"export.repository={d / 'repo'}", "export.int8.enabled=false"])
     repo = export_if_needed(cfg, tiny_deployed_run)
-    config = repo / "recommend" / "config.pbtxt"
-    config.write_text(config.read_text().replace("count: 1 kind: KIND_CPU", "count: 2 kind: KIND_CPU"))
+    assert "count: 2 kind: KIND_CPU" in (repo / "recommend" / "config.pbtxt").read_text()  # the default
     os.environ[ENV] = str(d / "event_log")
     try:
         with TritonServer(repo, log_path=d / "tritonserver.log") as server:
@@ -60,6 +61,7 @@ def test_an_event_changes_the_next_answer_of_every_instance(served):
         assert client.send_events(pd.DataFrame([event(2, "stranger", before.item_ids[1], t)])) == ["ok"]
         answers = [client.recommend("stranger", 5, t + 1) for _ in range(4)]
         assert all(a.route == "known_user" and before.item_ids[1] not in a.item_ids for a in answers)
+    time.sleep(FLUSH_S + 0.5)  # recsys_* metrics of recommend reach the server once a second
     metrics = scrape(server.metrics_url)
     assert metric_sum(metrics, "recsys_events_total", outcome="ok") == 2
     assert metric_sum(metrics, "recsys_events_total", outcome="duplicate") == 1

@@ -26,6 +26,7 @@ from inference.spec import load_specs, to_batch
 from export.repository import export_if_needed
 from serving.client import RecommendClient
 from serving.health import metric_sum, scrape
+from serving.metric_buffer import FLUSH_S
 from serving.supervisor import Supervisor, outage
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
@@ -154,6 +155,7 @@ def test_requests_triton_rejects_before_the_model_are_counted_by_the_client(sup)
     """Wrong dtype / unknown input: Triton core rejects them and counts them nowhere (2.51); the
     client's mirror does, next to the model's own rejections."""
     server = sup.server
+    time.sleep(FLUSH_S + 0.5)  # recsys_* metrics reach the server once a second
     before = scrape(server.metrics_url)
     user = np.array([b"u"], object)
     with RecommendClient(server.grpc_url) as client:
@@ -164,6 +166,7 @@ def test_requests_triton_rejects_before_the_model_are_counted_by_the_client(sup)
                 client.infer(tensors)
             assert err.value.status() == INVALID
         assert client.rejections == {"core:datatype": 1, "core:unknown_input": 1, "model": 1}
+    time.sleep(FLUSH_S + 0.5)  # recsys_* metrics reach the server once a second
     after = scrape(server.metrics_url)
     assert metric_sum(after, "nv_inference_request_failure", model="recommend") == \
         metric_sum(before, "nv_inference_request_failure", model="recommend")  # Triton: not counted
@@ -190,10 +193,12 @@ def test_an_empty_answer_is_ok_and_counted_with_its_reason(sup, tiny_run):
     from pipeline.artifacts import load_pipeline
 
     categories = [c for c in load_pipeline(tiny_run).catalog.category_names if c != "<none>"]
+    time.sleep(FLUSH_S + 0.5)  # recsys_* metrics reach the server once a second
     before = scrape(sup.server.metrics_url)
     with RecommendClient(sup.server.grpc_url) as client:
         answer = client.recommend("someone", 5, timestamp=TS, exclude_categories=categories)
     assert answer.item_ids == []
+    time.sleep(FLUSH_S + 0.5)
     after = scrape(sup.server.metrics_url)
     assert (metric_sum(after, "recsys_empty_answers_total", reason="category_filters")
             - metric_sum(before, "recsys_empty_answers_total", reason="category_filters")) == 1

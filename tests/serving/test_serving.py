@@ -5,7 +5,7 @@ state, so it must see the same request sequence as the fresh offline pipeline it
 """
 
 import json
-import re
+import time
 import shutil
 import urllib.request
 
@@ -24,6 +24,8 @@ from pipeline.artifacts import RunArtifacts, load_pipeline
 from pipeline.pipeline import Request
 from retrieval.index import load_index, search
 from serving import cli
+from serving.health import parse_metrics
+from serving.metric_buffer import FLUSH_S
 from serving.client import RecommendClient
 from serving.protocol import encode_request
 from serving.triton_server import TritonServer
@@ -208,11 +210,10 @@ def test_server_keeps_serving_after_bad_requests(server, client, art):
 
 
 def metric(text: str, name: str, **labels) -> float:
-    sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{{{re.escape(sel)}}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    assert found, f"{name}{{{sel}}} not on the metrics page"
-    return float(found.group(1))
+    """The sample of ``name`` with exactly ``labels`` (in any order on the page)."""
+    found = parse_metrics(text).get((name, frozenset(labels.items())))
+    assert found is not None, f"{name}{labels} not on the metrics page"
+    return found
 
 
 def scrape(server) -> str:
@@ -220,12 +221,14 @@ def scrape(server) -> str:
 
 
 def test_metrics_count_routes_errors_items_and_stage_latency(server, client, art):
+    time.sleep(FLUSH_S + 0.5)  # recsys_* metrics reach the server once a second (serving/metric_buffer.py)
     before = scrape(server)
     user = json.loads((art / "store" / "users.json").read_text())[0]
     answers = [client.recommend(user, 6, timestamp=TS), client.recommend("metrics-cold-user", 4, timestamp=TS)]
     for k in (0, 500):
         with pytest.raises(InferenceServerException, match="must be an integer"):
             client.recommend(user, k)
+    time.sleep(FLUSH_S + 0.5)
     after = scrape(server)
 
     def delta(name, **labels):

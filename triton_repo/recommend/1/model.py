@@ -51,8 +51,9 @@ from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
 from serving.event_log import event_log_dirs
+from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
-from serving.protocol import INPUTS, OUTPUTS
+from serving.protocol import OUTPUTS
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -157,46 +158,41 @@ class TritonPythonModel:
                 raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
-        now = time.time()
-        if len(new) or now - self.fresh_at >= 1.0:  # 3 metric calls = 3 round trips: on news or once a second
-            self.fresh_at = now
-            self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
-            self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
-            self.freshness["model"].set(now - self.model_at if self.model_at else -1.0)
+        now = time.time()  # buffered gauges: sent once a second (serving/metric_buffer.py)
+        self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
+        self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
+        self.freshness["model"].set(now - self.model_at if self.model_at else -1.0)
 
     def _metrics(self) -> None:
+        # Counted in process, sent by a background thread once a second (serving/metric_buffer.py: each
+        # metric call is a round trip to the server, ~40 us; there were about ten per answer).
         kind = pb_utils.MetricFamily
-        # Families must outlive their metrics: keep references on self.
-        self.families = [
-            kind("recsys_requests_total", "Answered recommend requests by route", kind.COUNTER),
-            kind("recsys_request_errors_total", "Failed recommend requests by gRPC code", kind.COUNTER),
-            kind("recsys_items_total", "Returned items by why they are there (backfill = fallback)", kind.COUNTER),
-            kind("recsys_returned_items", "Items returned per request", kind.HISTOGRAM),
-            kind("recsys_stage_seconds", "Latency of each pipeline stage in seconds", kind.HISTOGRAM),
-            kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE),
-            kind("recsys_empty_answers_total", "Answers with no item, by why", kind.COUNTER),
-            kind("recsys_events_applied_total", "Logged events applied to this instance's state", kind.COUNTER),
-            kind("recsys_impressions_lost_total", "Answers whose impression could not be logged", kind.COUNTER),
-            kind("recsys_freshness_seconds", "Age of the newest applied event, the served snapshot and the model",
-                 kind.GAUGE),
-        ]
-        requests, errors, items, returned, stage, self.skipped, empty, applied, lost, fresh = self.families
-        self.applied, self.impressions_lost = applied.Metric(labels={}), lost.Metric(labels={})
-        self.freshness = {w: fresh.Metric(labels={"of": w}) for w in ("event", "snapshot", "model")}
-        self.last_event_at, self.fresh_at = None, 0.0
-        self.empty = {r: empty.Metric(labels={"reason": r}) for r in EMPTY_REASONS}
-        self.requests = {r: requests.Metric(labels={"route": r}) for r in ROUTES}
-        self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
-        self.items = {r: items.Metric(labels={"reason": r}) for r in REASONS}
-        self.returned = returned.Metric(labels={}, buckets=SIZE_BUCKETS)
-        self.stage = {s: stage.Metric(labels={"stage": s}, buckets=LATENCY_BUCKETS) for s in STAGES}
+        m = self.metrics = MetricBuffer(kind)
+        self.requests = m.counters("recsys_requests_total", "Answered recommend requests by route", "route", ROUTES)
+        self.errors = m.counters("recsys_request_errors_total", "Failed recommend requests by gRPC code", "code",
+                                 ("invalid_argument", "internal"))
+        self.items = m.counters("recsys_items_total", "Returned items by why they are there (backfill = fallback)",
+                                "reason", REASONS)
+        self.returned = m.histograms("recsys_returned_items", "Items returned per request", None, (), SIZE_BUCKETS)[""]
+        self.stage = m.histograms("recsys_stage_seconds", "Latency of each pipeline stage in seconds", "stage", STAGES,
+                                  LATENCY_BUCKETS)
+        self.empty = m.counters("recsys_empty_answers_total", "Answers with no item, by why", "reason", EMPTY_REASONS)
+        self.applied = m.counter("recsys_events_applied_total", "Logged events applied to this instance's state")
+        self.impressions_lost = m.counter("recsys_impressions_lost_total", "Answers whose impression could not be logged")
+        self.freshness = m.gauges("recsys_freshness_seconds",
+                                  "Age of the newest applied event, the served snapshot and the model", "of",
+                                  ("event", "snapshot", "model"))
+        self.last_event_at = None
+        # Set once at load: direct, not buffered.
+        self.families = [kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE)]
+        self.skipped = self.families[0]
+        m.start()
 
     def _observe(self, stage: str, seconds: float) -> None:
         self.stage[stage].observe(seconds)
 
     def _answer(self, request) -> dict[str, np.ndarray]:
-        tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
-        arrays = {n: t.as_numpy() for n, t in tensors.items() if t is not None}
+        arrays = {t.name(): t.as_numpy() for t in request.inputs()}  # the ones sent, in one call
         parsed = parse_request(arrays, self.pipeline.max_k)
         ranker = requested_ranker(arrays, self.rankers, self.default_ranker)
         rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
@@ -209,7 +205,6 @@ class TritonPythonModel:
         self.returned.observe(len(rec.item_ids))
         if not rec.item_ids:  # a valid, counted outcome (e.g. every category excluded)
             self.empty[empty_reason(parsed)].increment(1)
-        # One increment per reason, not per item: every metric call is a round trip to the server.
         for reason, n in Counter(r if r in self.items else "ranked" for r in rec.reasons).items():
             self.items[reason].increment(n)
         return encode_recommendation(rec, self.titles, ranker, request_id)
@@ -243,6 +238,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        self.metrics.close()
         self.tail.close()
         self.event_log.close()
 
