@@ -199,6 +199,8 @@ def load_feedback(dataset: Dataset, log_path: str | os.PathLike, types, default_
     merged, merge_report = merge_interactions(dataset, new)
     report.update(merge_report)
     negatives = None
+    if negatives_window_s is not None and impressions_dir is None:
+        log.warning("impression negatives asked for, but %s has no impressions/ folder: none used", log_path)
     if negatives_window_s is not None and impressions_dir is not None:
         shown = read_log(impressions_dir, "impressions", explode=True)
         negatives = exposure_negatives(shown, merged.interactions, negatives_window_s)
