@@ -57,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--rescore", action="store_true",
+                   help="score the runs of an earlier invocation again (same --work-dir / --out-dir), no training")
     args = p.parse_args(argv)
     if not (0 < args.stream_share < 0.5 and 0 < args.holdout_share < 0.5):
         p.error("--stream-share and --holdout-share must be in (0, 0.5)")
@@ -137,11 +139,20 @@ def score(pipe, holdout: pd.DataFrame, k: int, online_rows: pd.DataFrame | None 
         truth = set(part["item_id"])
         rec = pipe.recommend([Request(user, k, int(part["timestamp"].min()))])[0]
         hits = len(truth & set(rec.item_ids[:k]))
-        rows.append((ndcg(rec.item_ids, truth, k), hits / len(truth), float(hits > 0), rec.route))
-    r = pd.DataFrame(rows, columns=["ndcg", "recall", "hr", "route"])
+        rows.append((user, ndcg(rec.item_ids, truth, k), hits / len(truth), float(hits > 0), rec.route))
+    r = pd.DataFrame(rows, columns=["user", "ndcg", "recall", "hr", "route"])
     return {"users": len(r), f"ndcg@{k}": round(float(r["ndcg"].mean()), 4),
             f"recall@{k}": round(float(r["recall"].mean()), 4), f"hr@{k}": round(float(r["hr"].mean()), 4),
-            "routes": r["route"].value_counts().to_dict()}
+            "routes": r["route"].value_counts().to_dict(), "per_user_ndcg": r["ndcg"].round(6).tolist()}
+
+
+def paired(runs: dict, base: str, k: int) -> None:
+    """Each run's NDCG@k minus ``base``'s on the same users, with the standard error of the mean difference."""
+    b = np.asarray(runs[base]["per_user_ndcg"])
+    for r in runs.values():
+        d = np.asarray(r["per_user_ndcg"]) - b
+        r[f"ndcg@{k}_minus_B"] = round(float(d.mean()), 4)
+        r["se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)
 
 
 def markdown(out: dict, k: int) -> str:
@@ -152,9 +163,11 @@ def markdown(out: dict, k: int) -> str:
              f"{out['log']['shown_and_rated_at_once']:,} of them rated in the same group); held out "
              f"{s['holdout']:,} interactions of {s['holdout_users']} users. {s['max_epochs']} epochs, refit off, "
              f"seed {s['seed']}; click window {s['window_s']:.0f} s.", "",
-             f"| run | NDCG@{k} | Recall@{k} | HR@{k} | train s |", "|---|---|---|---|---|"]
+             f"| run | NDCG@{k} | Recall@{k} | HR@{k} | NDCG@{k} - B (paired SE) | train s |",
+             "|---|---|---|---|---|---|"]
     for name, r in out["runs"].items():
-        lines.append(f"| {name} | {r[f'ndcg@{k}']} | {r[f'recall@{k}']} | {r[f'hr@{k}']} | {r.get('train_s', '')} |")
+        lines.append(f"| {name} | {r[f'ndcg@{k}']} | {r[f'recall@{k}']} | {r[f'hr@{k}']} | "
+                     f"{r[f'ndcg@{k}_minus_B']:+.4f} ({r['se']:.4f}) | {r.get('train_s', '')} |")
     lines += ["", "Log merge of the retrained runs: " + json.dumps(out["merge"]), ""]
     return "\n".join(lines)
 
@@ -166,11 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     from features.schema import Dataset
     from pipeline.artifacts import RunArtifacts, load_pipeline
 
+    ds = load_dataset(config(args.work_dir / "A", []).data)
+    history, stream, holdout = periods(ds.interactions, args.stream_share, args.holdout_share)
+    if args.rescore:
+        return rescore(args, stream, holdout)
     if args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     args.work_dir.mkdir(parents=True)
-    ds = load_dataset(config(args.work_dir / "A", []).data)
-    history, stream, holdout = periods(ds.interactions, args.stream_share, args.holdout_share)
     hist_ds = Dataset(ds.name, history, ds.items, ds.users, ds.meta)
     log_dir = args.work_dir / "event_log"
     runs: dict[str, dict] = {}
@@ -194,17 +209,41 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {**score(load_pipeline(run_dir), holdout, args.k), "train_s": train_s}
         merge[name] = RunArtifacts(run_dir).manifest()["event_log"]["read"]
         log.info("%s: %s", name, runs[name])
+    paired(runs, next(iter(variants)), args.k)
     out = {"setup": {"history": len(history), "logged": len(stream), "holdout": len(holdout),
                      "holdout_users": int(holdout["user_id"].nunique()),
                      "logged_days": round((stream["timestamp"].max() - stream["timestamp"].min()) / 86400, 1),
                      "max_epochs": args.max_epochs, "seed": args.seed, "window_s": args.window_s},
            "log": logged, "runs": runs, "merge": merge}
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    write(args, out)
+    return 0
+
+
+def rescore(args, stream: pd.DataFrame, holdout: pd.DataFrame) -> int:
+    from pipeline.artifacts import load_pipeline
+
+    out = json.loads((args.out_dir / "feedback_loop.json").read_text())
+    for n, name in enumerate(out["runs"]):
+        if name.startswith("A: "):
+            run_dir, rows = args.work_dir / "A", None
+        elif name.startswith("A + "):
+            run_dir, rows = args.work_dir / "A", stream
+        else:
+            run_dir, rows = args.work_dir / f"run{n - 2}", None
+        out["runs"][name] = {**score(load_pipeline(run_dir), holdout, args.k, rows),
+                             "train_s": out["runs"][name].get("train_s", "")}
+    paired(out["runs"], next(n for n in out["runs"] if n.startswith("B: ")), args.k)
+    write(args, out)
+    return 0
+
+
+def write(args, out: dict) -> None:
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "feedback_loop.json").write_text(json.dumps(out, indent=1))
     text = markdown(out, args.k)
     (args.out_dir / "feedback_loop.md").write_text(text)
     print(text)
-    return 0
 
 
 if __name__ == "__main__":
