@@ -1,7 +1,8 @@
 """The feedback loop on MovieLens-100K: retrain from the event log, with and without exposure negatives.
 
-    python -m bench.feedback_loop                       # ~15-20 min on the shared 2-core box
-    python -m bench.feedback_loop --max-epochs 5        # faster, rougher
+    OMP_NUM_THREADS=1 python -m bench.feedback_loop    # ~17 min on the shared 2-core box (4 trainings)
+    python -m bench.feedback_loop --seed 7 --work-dir outputs/feedback_loop_s7   # another seed
+    python -m bench.feedback_loop --rescore             # score the saved runs again (15 s)
 
 1. **Three time periods** (global cuts by time): history H (the oldest interactions), the logged
    period S (the next ``--stream-share``) and the held-out period T (the latest ``--holdout-share``).
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-share", type=float, default=0.10, help="share of interactions logged (default: 0.10)")
     p.add_argument("--holdout-share", type=float, default=0.05, help="latest share held out (default: 0.05)")
     p.add_argument("--k", type=int, default=10, help="list length (default: 10)")
-    p.add_argument("--max-epochs", type=int, default=10, help="epochs of the towers and the ranker (default: 10)")
+    p.add_argument("--max-epochs", type=int, default=4, help="epochs of the towers and the ranker (default: 4)")
     p.add_argument("--weights", type=float, nargs="+", default=[1.0, 4.0],
                    help="impression-negative weights to try (one run C each; default: 1 4)")
     p.add_argument("--window-s", type=float, default=86400.0, help="click window after an impression (default: 1 day)")
