@@ -82,6 +82,14 @@ def test_a_binary_dataset_stays_binary_and_bad_paths_are_clear(tmp_path):
         load_feedback(ds, tmp_path / "nope", TYPES, 1.0, None)
 
 
+def test_an_empty_log_adds_nothing_and_tails_from_its_start(tmp_path):
+    EventLog(tmp_path, durability="normal").close()
+    ds = _dataset()
+    fb = load_feedback(ds, tmp_path, TYPES, 1.0, 3600.0)
+    assert fb.report["read"] == 0 and fb.report["added"] == 0 and fb.negatives.empty
+    assert len(fb.dataset.interactions) == len(ds.interactions) and (fb.cursor.segment, fb.cursor.rowid) == (0, 0)
+
+
 def test_exposure_negatives_shown_and_not_clicked_within_the_window():
     shown = pd.DataFrame({"user_id": ["u1"] * 4 + ["u2"], "item_id": ["a", "b", "c", "d", "a"],
                           "timestamp": [1000.0] * 4 + [1000.0]})
