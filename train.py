@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from evaluation.plots import write_plots
 from evaluation.report import add_section, read_metrics, write_report
 from evaluation.tracking import configure_tracking, finish_tracking, selection_metric
-from features.prepare import prepare
+from features.feedback import load_feedback
+from features.prepare import load_dataset, prepare
 from features.schema import Dataset, DataError
 from pipeline.artifacts import RunArtifacts
 from ranking.distill import DistillGateError
@@ -68,7 +69,13 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
     art = RunArtifacts(out_dir)
     if is_global_zero():  # under DDP the other processes only train the towers, then stop
         art.start(cfg, cfg.data.name)  # status "running" until the end: a killed run stays visibly incomplete
+    feedback = None
+    if cfg.get("events"):
+        feedback = merge_event_log(cfg, dataset, art)
+        dataset = feedback.dataset
     data = prepare(cfg, dataset)
+    if feedback is not None:
+        data.exposure_negatives = feedback.negatives
     titles = data.titles()
     if titles is not None and is_global_zero():
         with art.writing("item_titles") as path:
@@ -113,6 +120,22 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
     finish_tracking(cfg, out_dir, loggers, read_metrics(out_dir))
     art.finish()
     return read_metrics(out_dir)
+
+
+def merge_event_log(cfg: DictConfig, dataset: Dataset | None, art: RunArtifacts):
+    """``events=<log>``: the configured data with the log's interactions merged in (and its exposure
+    negatives when ``ranking.impression_negatives`` is on); the log position read up to goes into
+    the manifest (``event_log``), and from there into the deployed store's entry (stages/deploy.py)."""
+    if "backtest" in _stages(cfg.stage):
+        raise DataError("events=<log> cannot be combined with stage=backtest yet: the backtest cuts the data by time "
+                        "and the log's events would leak past its cut; run the backtest without events=.")
+    neg = cfg.ranking.get("impression_negatives")
+    feedback = load_feedback(dataset if dataset is not None else load_dataset(cfg.data), cfg.events,
+                             list(cfg.feedback.interaction_types), float(cfg.feedback.default_weight),
+                             float(neg.window_s) if neg and neg.enabled else None)
+    if is_global_zero():
+        art.note("event_log", {"path": str(cfg.events), "cursor": feedback.cursor.as_dict(), "read": feedback.report})
+    return feedback
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -30,13 +30,17 @@ class EventTail:
     Args:
         directory: the event log directory (it may not exist yet: nothing to read).
         received_after: skip events stored before this time (Unix s): those already in the served
-            snapshot, e.g. the time the deployed store was written.
+            snapshot, e.g. the time the deployed store was written (runs without a log cursor).
+        after: start after this cursor (segment, rowid): the last event a snapshot was built from
+            (``features.feedback``; the run manifest's ``event_log``). A segment dropped since is
+            skipped: reading resumes at the oldest live one after it.
     """
 
-    def __init__(self, directory: str | os.PathLike, received_after: float | None = None):
+    def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
+                 after: tuple[int, int] | None = None):
         self.directory = Path(directory)
         self.received_after = received_after
-        self.segment, self.rowid = 0, 0  # the last row read
+        self.segment, self.rowid = (int(after[0]), int(after[1])) if after else (0, 0)  # the last row read
         self._conn: sqlite3.Connection | None = None
         self._conn_segment = 0
         self._dtypes = {c: t for c, t in EVENT_DTYPES.items() if c in EVENT_COLUMNS}

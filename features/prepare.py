@@ -31,6 +31,8 @@ class Prepared:
         users, items: dense index spaces (all users in the users table, every catalog item).
         user_table, item_table: encoded features, one row per user / item index.
         train, valid, test: (n_users, n_items) binary CSR matrices of each split part.
+        exposure_negatives: items shown to a user and not acted on (``user_id``, ``item_id``,
+            ``timestamp``; :func:`features.feedback.exposure_negatives`), from ``train.py events=``.
     """
 
     dataset: Dataset
@@ -44,6 +46,7 @@ class Prepared:
     valid: sp.csr_matrix
     test: sp.csr_matrix
     diversity_feature: str | None = None
+    exposure_negatives: pd.DataFrame | None = None
 
     @property
     def n_items(self) -> int:

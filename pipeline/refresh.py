@@ -1,6 +1,14 @@
 """Serve what happened up to now: rebuild a run's served state from all interactions, no retraining.
 
     recsys-refresh --run-dir outputs/<run> --interactions new.parquet [--out-dir outputs/<run>-fresh]
+    recsys-refresh --run-dir outputs/<run> --events <event log dir> [--out-dir ...]
+
+``--events`` reads the durable event log (the served ``--event-log DIR``) after the log position
+the run's store already holds (the manifest's ``event_log`` cursor; all of it otherwise), maps the
+interaction events to rows (``features.feedback``: impressions are not interactions) and records
+the new position, so the served ``recommend`` tails the log from exactly there. A refresh from an
+``--interactions`` table drops the cursor (the served tail falls back to "stored after the store
+was written").
 
 The served state is what a request reads besides the models: the feature store (each user's
 recent items, seen set, last timestamp; item popularity) and the ranker's candidate features
@@ -115,13 +123,15 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
 
 
 def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None,
-            rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE) -> dict:
+            rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE, cursor: dict | None = None) -> dict:
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
     Args:
         rebuild: True: rebuild everything (co-occurrence / EASE tables included) from all
             interactions; False: keep those tables; None: rebuild once they would miss more than
             ``rebuild_share`` of the interactions.
+        cursor: the event log position ``interactions`` were read up to (``--events``), recorded
+            with the store.
 
     Returns:
         The report: counts of received / accepted / dropped rows by reason, new users, late rows,
@@ -163,17 +173,34 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
             store.recent[users] = Histories.build(store, mine).recent_items(users, store.history_len)
     report["tables_rebuilt"] = bool(rebuild)
     save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content,
-                      cooc_saw=cooc_saw)
+                      cooc_saw=cooc_saw, **({"event_log": cursor} if cursor else {}))
     report["seconds"] = round(time.perf_counter() - start, 2)
     log.info("refreshed %s: %s", art.dir, report)
     return report
+
+
+def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
+    """Interaction rows logged after the run's store cursor (all, without one), the new cursor, counts."""
+    from events.checks import INTERACTION_TYPES
+    from features.feedback import LogCursor, log_dirs, log_interactions, read_log_events
+
+    art = RunArtifacts(run_dir)
+    events_dir, _ = log_dirs(log_path)
+    old = art.manifest().get("artifacts", {}).get("store", {}).get("event_log")
+    after = LogCursor(**old) if old and Path(old["directory"]).resolve() == events_dir else None
+    events, cursor = read_log_events(events_dir, after)
+    rows, counts = log_interactions(events, INTERACTION_TYPES)
+    return rows, cursor.as_dict(), counts
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="recsys-refresh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", required=True, help="a trained (deployed) run: the output directory of `python train.py`")
-    ap.add_argument("--interactions", required=True, help="CSV or parquet with user_id, item_id, timestamp")
+    new = ap.add_mutually_exclusive_group(required=True)
+    new.add_argument("--interactions", help="CSV or parquet with user_id, item_id, timestamp")
+    new.add_argument("--events", help="an event log directory (the served --event-log DIR): its interaction events "
+                                      "after the run's log cursor")
     ap.add_argument("--out-dir", default=None, help="write the refreshed run here (default: refresh in place)")
     ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
                     help="rebuild the co-occurrence / EASE tables too (--no-rebuild: keep them; default: rebuild "
@@ -183,8 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = refresh(args.run_dir, read_table(args.interactions, "interactions"), args.out_dir, args.rebuild,
-                         args.rebuild_share)
+        cursor, log_report = None, {}
+        if args.events:
+            rows, cursor, log_report = log_events(args.run_dir, args.events)
+        else:
+            rows = read_table(args.interactions, "interactions")
+        report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor)
+        report.update({f"log_{k}": v for k, v in log_report.items()})
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,14 +26,19 @@ from retrieval.trainer import make_trainer
 log = logging.getLogger(__name__)
 
 
-def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def listwise_loss(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy of each list against its positives (uniform target over them).
 
     Args:
         scores: (U, C) ranker scores.
         labels: (U, C) 1 for positives.
         valid: (U, C) False where the slot holds no candidate.
+        weights: (U, C) how many times each candidate counts in the softmax's denominator (1 for
+            all when None); an exposure negative counts ``1 + ranking.impression_negatives.weight``.
     """
+    if weights is not None:
+        scores = scores + torch.log(weights)
     logits = scores.masked_fill(~valid, -1e9)
     logp = torch.log_softmax(logits, dim=1)
     pos = labels * valid
@@ -59,11 +64,12 @@ class CandidateLists(torch.utils.data.Dataset):
     """U lists of C candidates, stored flat (U*C rows); a batch is a set of whole lists."""
 
     def __init__(self, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
-                 teacher: np.ndarray | None = None):
+                 teacher: np.ndarray | None = None, weights: np.ndarray | None = None):
         self.inputs = {k: torch.as_tensor(v) for k, v in inputs.items()}
         self.labels = torch.as_tensor(labels, dtype=torch.float32)  # (U, C)
         self.valid = torch.as_tensor(valid)  # (U, C)
         self.teacher = None if teacher is None else torch.as_tensor(teacher, dtype=torch.float32)  # (U, C)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)  # (U, C)
         self.c = labels.shape[1]
 
     def __len__(self) -> int:
@@ -78,6 +84,8 @@ class CandidateLists(torch.utils.data.Dataset):
         batch = {"x": {k: v[rows] for k, v in self.inputs.items()}, "labels": self.labels[u], "valid": self.valid[u]}
         if self.teacher is not None:
             batch["teacher"] = self.teacher[u]
+        if self.weights is not None:
+            batch["weights"] = self.weights[u]
         return batch
 
 
@@ -94,7 +102,7 @@ class RankerModule(L.LightningModule):
         return s.reshape(batch["labels"].shape)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = listwise_loss(self._scores(batch), batch["labels"], batch["valid"])
+        loss = listwise_loss(self._scores(batch), batch["labels"], batch["valid"], batch.get("weights"))
         self.log("ranker/train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
@@ -113,6 +121,16 @@ def set_group_baselines(model: LateFusionRanker, inputs: dict[str, np.ndarray], 
     model.eval()
     h = model.group_vectors({k: torch.as_tensor(v[rows]) for k, v in inputs.items()})  # (R, G, H)
     model.baseline.copy_(h.mean(0))
+
+
+def negative_weights(items: np.ndarray, labels: np.ndarray, exposed_rows: sp.csr_matrix, weight: float) -> np.ndarray:
+    """(U, C) softmax weight of each candidate: ``1 + weight`` where the item was shown to the list's
+    user and not acted on (``exposed_rows``: one row per list, exposure negatives), 1 elsewhere;
+    a positive of the list is never a negative."""
+    rows = np.repeat(np.arange(len(items)), items.shape[1])
+    shown = np.asarray(exposed_rows[rows, np.clip(items.ravel(), 0, None)]).reshape(items.shape) > 0
+    shown &= (items >= 0) & ~np.asarray(labels, dtype=bool)
+    return np.where(shown, 1.0 + weight, 1.0).astype(np.float32)
 
 
 def labels_for(items: np.ndarray, truth_rows: sp.csr_matrix) -> np.ndarray:
@@ -145,11 +163,11 @@ def train_rows(valid: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 def subset_lists(inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray, idx: np.ndarray,
-                 teacher: np.ndarray | None = None) -> CandidateLists:
+                 teacher: np.ndarray | None = None, weights: np.ndarray | None = None) -> CandidateLists:
     c = labels.shape[1]
     rows = (idx[:, None] * c + np.arange(c)[None]).ravel()
     return CandidateLists({k: v[rows] for k, v in inputs.items()}, labels[idx], valid[idx],
-                          None if teacher is None else teacher[idx])
+                          None if teacher is None else teacher[idx], None if weights is None else weights[idx])
 
 
 @torch.no_grad()
@@ -202,16 +220,22 @@ def fit_lists(module: L.LightningModule, train_ds: CandidateLists, val_ds: Candi
 
 def fit_ranker(model: LateFusionRanker, inputs: dict[str, np.ndarray], labels: np.ndarray, valid: np.ndarray,
                cfg: DictConfig, trainer_cfg: DictConfig, logger, out_dir: Path, seed: int, progress: bool,
-               groups: np.ndarray | None = None) -> dict:
-    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10 (split by ``groups``)."""
+               groups: np.ndarray | None = None, weights: np.ndarray | None = None) -> dict:
+    """Fit on lists with at least one positive; early-stop on held-out lists' NDCG@10 (split by ``groups``).
+
+    ``weights`` (U, C): softmax weights of the training loss (exposure negatives, :func:`negative_weights`);
+    early stopping and the residual weights are chosen on the unweighted held-out lists.
+    """
     L.seed_everything(seed, workers=True)
     train_idx, val_idx = split_lists(labels, cfg.val_share, seed, groups)
     init_prior(model, inputs, train_rows(valid, train_idx), cfg.prior_pop_weight)
     module = RankerModule(model, instantiate(cfg.optimizer))
-    stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx), subset_lists(inputs, labels, valid, val_idx),
+    stats = fit_lists(module, subset_lists(inputs, labels, valid, train_idx, weights=weights),
+                      subset_lists(inputs, labels, valid, val_idx),
                       cfg, trainer_cfg, logger, out_dir / "checkpoints" / "ranker", progress, cfg)
     set_group_baselines(module.model, inputs, valid)
     has_pos = labels.any(axis=1)
     stats["positives_per_list"] = float(labels[has_pos].sum(1).mean()) if has_pos.any() else 0.0
+    stats["exposure_negatives"] = int((weights[has_pos] > 1).sum()) if weights is not None else 0
     log.info("ranker trained: %s", stats)
     return stats

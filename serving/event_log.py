@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from events.tail import EventTail
+
 ENV = "RECSYS_EVENT_LOG"
 
 
@@ -30,3 +32,14 @@ def event_log_dirs(repository: str | os.PathLike, parameter: str = "event_log") 
     """(events, impressions) folders of the log for a model repository."""
     base = event_log_dir(repository, parameter)
     return base / "events", base / "impressions"
+
+
+def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: float | None) -> EventTail:
+    """The tail a served snapshot starts from: after the log cursor its manifest's ``store`` entry
+    records (``event_log``: the last event a retrain or refresh read, ``features.feedback``) when that
+    cursor is of this log directory; else every event stored after ``written_at`` (the time the
+    store was written: runs built without the log, or from another log)."""
+    cursor = store_entry.get("event_log")
+    if cursor and Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
+        return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]))
+    return EventTail(events_dir, received_after=written_at)

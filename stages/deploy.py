@@ -52,12 +52,15 @@ def retrain_ranker(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     valid_lists = ranking.lists
     test_lists = training_lists(data, retrieval, cfg, ranking.ease_content, part="test")
     inputs = {k: np.concatenate([valid_lists[0][k], test_lists[0][k]]) for k in valid_lists[0]}
-    labels, valid, groups = (np.concatenate([a, b]) for a, b in zip(valid_lists[1:], test_lists[1:]))
+    labels, valid, groups = (np.concatenate([a, b]) for a, b in zip(valid_lists[1:4], test_lists[1:4]))
+    weights = None  # exposure negatives: both windows' or none
+    if valid_lists[4] is not None and test_lists[4] is not None:
+        weights = np.concatenate([valid_lists[4], test_lists[4]])
     tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
     torch.manual_seed(cfg.seed)
     ranker = build_ranker(data.features, tower_dim, **cfg.ranking.model)
     stats = fit_ranker(ranker, inputs, labels, valid, cfg.ranking, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
-                       progress, groups)
+                       progress, groups, weights)
     windows = pd.concat([data.split.valid, data.split.test], ignore_index=True)
     with RunArtifacts(out_dir).writing("ranker", saw=data_seen(windows), retrained_at_deploy=True) as path:
         torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(cfg.ranking.model, resolve=True),
@@ -74,14 +77,20 @@ def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, rank
         add_section(out_dir, "Deployed ranker", (
             f"Retrained on {stats['train_lists']} lists of the validation and test windows (held-out list NDCG@10 "
             f"{stats['best_val_ndcg@10']:.4f}, prior alone {stats['prior_val_ndcg@10']:.4f}, residual weight per "
-            f"route {stats['route_scale']}); the in-split metrics above are those of the validation-window ranker."))
+            f"route {stats['route_scale']}"
+            + (f"; {stats['exposure_negatives']:,} exposure negatives weighted {cfg.ranking.impression_negatives.weight}"
+               if stats.get("exposure_negatives") else "")
+            + "); the in-split metrics above are those of the validation-window ranker."))
     history = all_interactions(data)
     retriever = ranking.pipeline.retriever
     store, features = build_served_state(data, history, retriever.item_embeddings,
                                          OmegaConf.to_container(cfg.ranking, resolve=True), retriever.store.history_len,
                                          ranking.ease_content)
+    # The log position the merged events reached (train.py events=): recommend tails the log from there.
+    log_info = RunArtifacts(out_dir).manifest().get("event_log") or {}
+    cursor = {"event_log": log_info["cursor"]} if log_info.get("cursor") else {}
     save_served_state(RunArtifacts(out_dir), store, features, history, deployed=True,
-                      ease_content_weight=ranking.ease_content)
+                      ease_content_weight=ranking.ease_content, **cursor)
     saw = data_seen(history)
     with_history = int((store.last_ts >= 0).sum())
     paths = {"users": len(store.users), "users_attribute_path": len(store.users) - with_history,

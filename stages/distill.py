@@ -21,7 +21,7 @@ from stages.ranking import RankingResult, evaluate_pipeline
 
 def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir: Path, logger, progress: bool) -> LateFusionRanker:
     """Distil the teacher into the configured student, gate it, evaluate it like the teacher."""
-    inputs, labels, valid, groups = ranking.lists
+    inputs, labels, valid, groups, _ = ranking.lists  # the student learns the teacher's scores, unweighted
     tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
     torch.manual_seed(cfg.seed)
     student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))

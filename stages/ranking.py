@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +30,7 @@ from pipeline.settings import PipelineSettings
 from ranking.features import CandidateFeatures, item_content
 from ranking.model import LateFusionRanker, build_ranker
 from ranking.rule_config import RuleSet
-from ranking.trainer import fit_ranker, labels_for
+from ranking.trainer import fit_ranker, labels_for, negative_weights
 from stages.retrieval import RetrievalResult
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, eas
                    part: str = "valid"):
     """Lists of the ``part`` window (valid, or test at deploy time) answered by the train-only
     retriever over the history known then: inputs (U*C), labels (U, C), valid (U, C), groups (U,)
-    the user whose positives each list holds.
+    the user whose positives each list holds, and weights (U, C) of the training loss (exposure
+    negatives, :func:`exposure_weights`; None when ``ranking.impression_negatives`` is off).
 
     A ``cold_share`` of the lists is repeated as if the user were unknown (no id, no history), so
     the ranker also learns the cold-start route it will face online.
@@ -93,7 +95,31 @@ def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, eas
     queries = retriever.embed_requests(query_users, ts)
     scores, items = retrieve_candidates(retriever, feats, query_users, queries, pipeline_settings(cfg))
     inputs = feats.build_inputs(query_users, ts, queries, items, scores)
-    return inputs, labels_for(items, truth[truth_users]), items >= 0, truth_users
+    labels = labels_for(items, truth[truth_users])
+    return inputs, labels, items >= 0, truth_users, exposure_weights(data, items, labels, truth_users, part, cfg.ranking)
+
+
+def exposure_weights(data: Prepared, items: np.ndarray, labels: np.ndarray, truth_users: np.ndarray, part: str,
+                     rc: DictConfig) -> np.ndarray | None:
+    """(U, C) loss weights: ``1 + impression_negatives.weight`` for a candidate that was shown to the
+    list's user and not acted on (``data.exposure_negatives``, from ``train.py events=``), else 1.
+
+    The validation window's lists use only impressions before the user's test window (the
+    in-split test stays unseen); the test window's (deploy) use all. None when switched off.
+    """
+    neg = rc.get("impression_negatives")
+    if not neg or not neg.enabled or data.exposure_negatives is None:
+        return None
+    frame = data.exposure_negatives
+    u, i = data.users.lookup(frame["user_id"].to_numpy()), data.items.lookup(frame["item_id"].to_numpy())
+    keep = (u >= 0) & (i >= 0)
+    if part == "valid":
+        test_from = first_times(data.split.test, data).astype(np.float64)
+        test_from[test_from < 0] = np.inf
+        keep &= frame["timestamp"].to_numpy() < test_from[np.clip(u, 0, None)]
+    shown = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (u[keep], i[keep])),
+                          shape=(len(data.users), len(data.items)))
+    return negative_weights(items, labels, shown[truth_users], float(neg.weight))
 
 
 def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.ndarray, ks: list[int],
@@ -127,7 +153,7 @@ class RankingResult:
 
     pipeline: Pipeline
     ranker: LateFusionRanker
-    lists: tuple[dict, np.ndarray, np.ndarray, np.ndarray]  # inputs, labels, valid, groups
+    lists: tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]  # inputs, labels, valid, groups, weights
     users: np.ndarray  # test users with truth
     timestamps: np.ndarray  # their request times
     ease_content: float  # weight of item attributes in the prior's EASE, chosen on valid
@@ -140,11 +166,12 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
     if content_table:
         log.info("EASE item-attribute weight %s chosen on valid NDCG@10 %s", ease_content, content_table)
     update_metrics(out_dir, "ranker", "prior", {"ease_content_weight": ease_content})
-    inputs, labels, valid, groups = training_lists(data, result, cfg, ease_content)
+    inputs, labels, valid, groups, weights = training_lists(data, result, cfg, ease_content)
     tower_dim = result.retrievers["valid"].item_embeddings.shape[1]
     torch.manual_seed(cfg.seed)  # the initial weights must not depend on what ran before in the process
     ranker = build_ranker(data.features, tower_dim, **rc.model)
-    stats = fit_ranker(ranker, inputs, labels, valid, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, groups)
+    stats = fit_ranker(ranker, inputs, labels, valid, rc, cfg.trainer, logger, out_dir, cfg.seed, progress, groups,
+                       weights)
     update_metrics(out_dir, "ranker", "valid_lists", {"ndcg@10": stats["best_val_ndcg@10"]})
     ranker.eval()
 
@@ -176,7 +203,10 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
         f"retrieval candidates ({stats['positives_per_list']:.1f} positives per list), early-stopped on "
         f"{stats['val_lists']} held-out lists (list NDCG@10 {stats['best_val_ndcg@10']:.4f}; the prior alone "
         f"{stats['prior_val_ndcg@10']:.4f}; residual weight per route {stats['route_scale']}) after "
-        f"{stats['epochs']} epochs, {stats['fit_seconds']:.1f}s. `ranker` = candidates re-ordered by the ranker; "
+        f"{stats['epochs']} epochs, {stats['fit_seconds']:.1f}s"
+        + (f", {stats['exposure_negatives']:,} exposure negatives weighted {rc.impression_negatives.weight} "
+           "(shown, not acted on: `train.py events=`)" if weights is not None else "")
+        + ". `ranker` = candidates re-ordered by the ranker; "
         f"`pipeline` = ranker + rules ({', '.join(r.name for r in rules.rules)}). Cold users: {len(cold)} test users answered "
         f"as unknown (no id, no history: context and popularity only), row `test_cold_users`. Prior: EASE (l2 "
         f"{rc.cooc.ease_l2}) with item attributes at weight {ease_content}"
@@ -194,4 +224,4 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
         path.write_text(OmegaConf.to_yaml(cfg.rules))
     with art.writing("settings") as path:
         pipe.settings.save(path)
-    return RankingResult(pipe, ranker, (inputs, labels, valid, groups), users, ts, ease_content)
+    return RankingResult(pipe, ranker, (inputs, labels, valid, groups, weights), users, ts, ease_content)

@@ -148,3 +148,36 @@ def test_an_incremental_refresh_equals_a_full_rebuild_but_for_the_cooccurrence_t
                                   fb.recent_counts(items, np.full(len(items), t + 10)))
     saw = a.manifest()["artifacts"]["ranker_features"]
     assert saw["cooc_saw"] == len(log) and b.manifest()["artifacts"]["ranker_features"]["cooc_saw"] == len(log) + 8
+
+
+def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_deployed_run, tmp_path, capsys):
+    from events.log import EventLog
+
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, items = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()[:6]]
+    t = int(log["timestamp"].max()) + 3600
+
+    def ev(i, item, kind="click"):
+        return {"event_id": f"e{i}", "user_id": user, "item_id": item, "timestamp": float(t + i), "type": kind}
+
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
+        elog.append_events([ev(0, items[0]), ev(1, items[1]), ev(2, items[2], "impression")])
+    args = ["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "log"), "--out-dir", str(tmp_path / "r1")]
+    assert refresh_main(args) == 0
+    out = capsys.readouterr().out
+    assert "accepted=2" in out and "log_not_interactions=1" in out
+    store_entry = RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
+    assert (store_entry["event_log"]["segment"], store_entry["event_log"]["rowid"]) == (1, 3)
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
+        elog.append_events([ev(3, items[3])])
+    # the second refresh reads only what was logged after the first one's cursor
+    assert refresh_main(["--run-dir", str(tmp_path / "r1"), "--events", str(tmp_path / "log")]) == 0
+    out = capsys.readouterr().out
+    assert "log_read=1" in out and "accepted=1" in out
+    assert RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 4
+    # a refresh from a table (not the log) drops the cursor: the served tail falls back to the store's write time
+    refresh(tmp_path / "r1", pd.DataFrame({"user_id": [user], "item_id": [items[4]], "timestamp": [t + 10]}))
+    assert "event_log" not in RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

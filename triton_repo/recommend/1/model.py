@@ -43,14 +43,13 @@ import triton_python_backend_utils as pb_utils
 
 from events.checks import interactions
 from events.log import EventLog
-from events.tail import EventTail
 from inference.models import INFERENCE, OnnxCallable
 from inference.spec import ModelSpec, from_batch, load_specs, to_batch
 from pipeline.artifacts import RunArtifacts
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import event_log_dirs
+from serving.event_log import event_log_dirs, snapshot_tail
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import OUTPUTS
@@ -142,7 +141,7 @@ class TritonPythonModel:
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
-        self.tail = EventTail(events_dir, received_after=self.snapshot_at)
+        self.tail = snapshot_tail(events_dir, artifacts.get("store", {}), self.snapshot_at)  # after its log cursor
         self._catch_up()  # everything logged since the snapshot, before the first answer
 
     def _catch_up(self) -> None:

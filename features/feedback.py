@@ -1,0 +1,210 @@
+"""The feedback loop's data: the event log turned into training data.
+
+Two things come out of a log directory (``events.log``; the served ``--event-log DIR`` holds
+``DIR/events`` and ``DIR/impressions``):
+
+- **interactions** (:func:`log_interactions`, :func:`merge_interactions`): the logged events of
+  the configured interaction types, mapped to the data contract (``user_id``, ``item_id``,
+  ``timestamp`` int seconds, ``weight``) and merged with the dataset's interactions. A row equal
+  to one already in the data (same user, item and second) is not counted twice; impression-type
+  events and types not configured are never interactions; malformed rows and items outside the
+  catalog are counted in the report and left out, never a crash;
+- **exposure negatives** (:func:`exposure_negatives`): items served to a user (the impression
+  log, one row per position) that got no positive event from that user within a window after the
+  impression. The ranker may weight them as negatives (``ranking.impression_negatives``).
+
+The log position read up to (:func:`read_log_events`: the ``events.tail.EventTail`` cursor,
+segment and rowid of the last row read) goes into the run's manifest, so the served ``recommend``
+tails the log from exactly there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from events.reader import read_log
+from events.tail import EventTail
+from features.schema import DataError, Dataset
+
+log = logging.getLogger(__name__)
+KEY = ("user_id", "item_id", "timestamp")
+
+
+def log_dirs(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """(events, impressions) folders of a log path: a served log root holding ``events/`` (and
+    ``impressions/``), or one log directory that holds both tables (``EventLog(DIR)``)."""
+    p = Path(path).expanduser().resolve()
+    if not p.is_dir():
+        raise DataError(f"event log {p} does not exist (events=<dir>: the served --event-log DIR, or one "
+                        "EventLog directory)")
+    if (p / "events").is_dir():
+        return p / "events", (p / "impressions") if (p / "impressions").is_dir() else None
+    return p, p
+
+
+@dataclass
+class LogCursor:
+    """Where a reader of the log stopped: the last row read (``events.tail.EventTail``'s cursor)."""
+
+    directory: str
+    segment: int
+    rowid: int
+
+    def as_dict(self) -> dict:
+        return {"directory": self.directory, "segment": self.segment, "rowid": self.rowid}
+
+
+def read_log_events(events_dir: Path, after: LogCursor | None = None) -> tuple[pd.DataFrame, LogCursor]:
+    """Every event logged (after ``after``, when given), and the cursor of the last one read."""
+    tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None)
+    try:
+        frame = tail.read_new()
+    finally:
+        tail.close()
+    return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid)
+
+
+def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None,
+                     default_weight: float = 1.0) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The events that count as interactions, in the data contract, and a count of what was left out.
+
+    Args:
+        events: rows of the log's ``events`` table (``read_log(..., "events")``).
+        types: event types that are interactions (``impression`` never is, even when listed).
+        items: the catalog's item ids; events for other items are left out (``unknown_items``).
+        default_weight: the weight of an event logged without one.
+
+    Returns:
+        (``user_id``, ``item_id``, ``timestamp`` int64, ``weight`` float32; one row per (user,
+        item, second), the largest weight kept), and counts: ``read``, ``not_interactions``
+        (impressions, unconfigured types), ``malformed`` (missing id, non-finite timestamp or
+        weight), ``unknown_items``, ``repeated`` (same user, item and second within the log), ``kept``.
+    """
+    types = set(types) - {"impression"}
+    report = {"read": int(len(events))}
+    kind = events["type"].astype(str).isin(types) if len(events) else pd.Series([], dtype=bool)
+    df = events[kind.to_numpy()]
+    report["not_interactions"] = int((~kind).sum())
+    ts = pd.to_numeric(df["timestamp"], errors="coerce").to_numpy(dtype=np.float64)
+    w = pd.to_numeric(df["weight"], errors="coerce").to_numpy(dtype=np.float64)
+    w = np.where(np.isnan(w), default_weight, w)
+    ids_ok = df["user_id"].notna().to_numpy() & df["item_id"].notna().to_numpy()
+    ids_ok &= (df["user_id"].astype(str).str.len() > 0).to_numpy() & (df["item_id"].astype(str).str.len() > 0).to_numpy()
+    ok = ids_ok & np.isfinite(ts) & (ts >= 0) & np.isfinite(w)
+    report["malformed"] = int((~ok).sum())
+    out = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy()[ok],
+                        "item_id": df["item_id"].astype(str).to_numpy()[ok],
+                        "timestamp": np.floor(ts[ok]).astype(np.int64), "weight": w[ok].astype(np.float32)})
+    if items is not None:
+        known = out["item_id"].isin(set(items.astype(str)))
+        report["unknown_items"] = int((~known).sum())
+        out = out[known.to_numpy()]
+    else:
+        report["unknown_items"] = 0
+    n = len(out)
+    out = (out.sort_values("weight", ascending=False, kind="stable").drop_duplicates(list(KEY))
+           .sort_values(list(KEY), kind="stable", ignore_index=True))
+    report["repeated"] = n - len(out)
+    report["kept"] = int(len(out))
+    return out, report
+
+
+def _keys(frame: pd.DataFrame) -> np.ndarray:
+    keyed = pd.DataFrame({"user_id": frame["user_id"].astype(str), "item_id": frame["item_id"].astype(str),
+                          "timestamp": frame["timestamp"].astype(np.int64)})
+    return pd.util.hash_pandas_object(keyed, index=False).to_numpy()
+
+
+def merge_interactions(dataset: Dataset, new: pd.DataFrame) -> tuple[Dataset, dict[str, int]]:
+    """``dataset`` with the rows of ``new`` that it does not hold yet (same user, item, second).
+
+    The dataset's own columns are kept: ``weight`` comes along only when the dataset has one
+    (a binary dataset stays binary). Users new to the data get a users row of unknown attributes
+    (:class:`features.schema.Dataset` adds it).
+    """
+    known = dataset.interactions
+    dup = np.isin(_keys(new), _keys(known)) if len(new) else np.zeros(0, dtype=bool)
+    added = new[~dup]
+    cols = [c for c in (*KEY, "weight") if c in known.columns]
+    extra = added[cols]
+    merged = pd.concat([known, extra], ignore_index=True) if len(extra) else known
+    report = {"in_data": int(dup.sum()), "added": int(len(added)),
+              "new_users": int(len(set(added["user_id"]) - set(dataset.users["user_id"].astype(str))))}
+    return Dataset(dataset.name, merged, dataset.items, dataset.users, dict(dataset.meta)), report
+
+
+def exposure_negatives(impressions: pd.DataFrame, positives: pd.DataFrame, window_s: float) -> pd.DataFrame:
+    """Served items that got no positive from their user within ``window_s`` after being shown.
+
+    Args:
+        impressions: one row per served position (``read_log(..., "impressions", explode=True)``:
+            ``user_id``, ``item_id``, ``timestamp`` the request time).
+        positives: the interactions (``user_id``, ``item_id``, ``timestamp``): data and log merged.
+        window_s: a positive at ``shown <= t < shown + window_s`` makes the impression a click.
+
+    Returns:
+        (``user_id``, ``item_id``, ``timestamp`` of the impression), one row per (user, item,
+        impression time) without such a positive.
+    """
+    if window_s <= 0:
+        raise DataError(f"ranking.impression_negatives.window_s={window_s} must be > 0 (seconds)")
+    cols = list(KEY)
+    if len(impressions) == 0:
+        return pd.DataFrame({"user_id": pd.Series([], dtype=str), "item_id": pd.Series([], dtype=str),
+                             "timestamp": pd.Series([], dtype=np.int64)})
+    shown = pd.DataFrame({"user_id": impressions["user_id"].astype(str), "item_id": impressions["item_id"].astype(str),
+                          "timestamp": pd.to_numeric(impressions["timestamp"], errors="coerce")})
+    shown = shown.dropna().drop_duplicates(cols, ignore_index=True)
+    pos = pd.DataFrame({"user_id": positives["user_id"].astype(str), "item_id": positives["item_id"].astype(str),
+                        "t": positives["timestamp"].astype(np.float64)}).sort_values("t", kind="stable")
+    shown["row"] = np.arange(len(shown))
+    # The first positive of the same (user, item) at or after the impression.
+    m = pd.merge_asof(shown.sort_values("timestamp", kind="stable"), pos, left_on="timestamp", right_on="t",
+                      by=["user_id", "item_id"], direction="forward")
+    clicked = m["t"].notna() & (m["t"] < m["timestamp"] + window_s)
+    neg = m[~clicked.to_numpy()].sort_values("row")
+    return pd.DataFrame({"user_id": neg["user_id"].to_numpy(), "item_id": neg["item_id"].to_numpy(),
+                         "timestamp": np.floor(neg["timestamp"].to_numpy()).astype(np.int64)})
+
+
+@dataclass
+class Feedback:
+    """What a run took from the event log."""
+
+    dataset: Dataset  # the configured data with the logged interactions merged in
+    cursor: LogCursor | None  # the last event read
+    negatives: pd.DataFrame | None  # exposure negatives (None: no impression log / not asked)
+    report: dict = field(default_factory=dict)
+
+
+def load_feedback(dataset: Dataset, log_path: str | os.PathLike, types, default_weight: float,
+                  negatives_window_s: float | None) -> Feedback:
+    """Merge a log's events into ``dataset``; with ``negatives_window_s``, extract exposure negatives.
+
+    Raises:
+        DataError: the log path does not exist or is not an event log.
+    """
+    events_dir, impressions_dir = log_dirs(log_path)
+    try:
+        events, cursor = read_log_events(events_dir)
+    except Exception as e:  # a corrupt segment or another schema version: say which log
+        raise DataError(f"cannot read the event log {events_dir}: {e}") from e
+    new, report = log_interactions(events, types, dataset.items["item_id"], default_weight)
+    merged, merge_report = merge_interactions(dataset, new)
+    report.update(merge_report)
+    negatives = None
+    if negatives_window_s is not None and impressions_dir is None:
+        log.warning("impression negatives asked for, but %s has no impressions/ folder: none used", log_path)
+    if negatives_window_s is not None and impressions_dir is not None:
+        shown = read_log(impressions_dir, "impressions", explode=True)
+        negatives = exposure_negatives(shown, merged.interactions, negatives_window_s)
+        report.update(impressions=int(shown["request_id"].nunique()) if len(shown) else 0,
+                      impression_positions=int(len(shown)), exposure_negatives=int(len(negatives)))
+    log.info("event log %s (up to segment %d row %d): %s", events_dir, cursor.segment, cursor.rowid, report)
+    return Feedback(merged, cursor, negatives, report)
