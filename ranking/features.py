@@ -70,6 +70,13 @@ def item_content(store: FeatureStore) -> sp.csr_matrix:
     return sp.hstack(blocks).tocsr().sign()
 
 
+def _known_columns(rows: sp.csr_matrix, weights) -> sp.csr_matrix:
+    """``rows`` cut to the items ``weights`` (co-occurrence / EASE) know: items added while serving
+    (pipeline/catalog.py) have no column there until a refresh."""
+    n = weights.shape[0]
+    return rows if rows.shape[1] == n else rows[:, :n]
+
+
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps. (B, C)"""
     n = np.maximum(ok.sum(1, keepdims=True), 1)
@@ -159,7 +166,9 @@ class CandidateFeatures:
         With the sparse cosine weights (large catalogs) only the items that co-occur are looked at,
         never a dense row over the whole catalog.
         """
-        scores = rows @ (self.ease if self.ease is not None else self.cooc)  # (B, N)
+        weights = self.ease if self.ease is not None else self.cooc
+        rows = _known_columns(rows, weights)
+        scores = rows @ weights  # (B, N)
         if not sp.issparse(scores):
             scores = np.asarray(scores)
             top = topk_excluding(scores, rows, min(m, scores.shape[1]))
@@ -180,8 +189,9 @@ class CandidateFeatures:
     def history_scores(self, weights, rows: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
         to each candidate. (B, N), (B, C) -> (B, C)"""
-        scores = rows @ weights  # (B, N), sparse or dense
+        scores = _known_columns(rows, weights) @ weights  # (B, N), sparse or dense
         out = np.zeros(items.shape, dtype=np.float32)
+        items = np.where(items < weights.shape[0], items, -1)  # an item added online: 0 until a refresh
         safe = np.clip(items, 0, None)
         if sp.issparse(scores):  # look the candidates up in each sparse row: no dense (B, N)
             scores = scores.tocsr()
