@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
 from collections.abc import Mapping, Sequence
+
+from events.tail import EventTail
 
 OPS = ("upsert_item", "upsert_user", "block", "unblock")
 ITEM_OPS = ("upsert_item", "block", "unblock")
@@ -151,3 +154,31 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
 def known_names(schema: dict[str, dict[str, tuple]]) -> str:
     """The attribute names a record may carry, for messages and --help."""
     return "; ".join(f"{entity}: {', '.join(sorted(cols))}" for entity, cols in schema.items())
+
+
+class CatalogItems:
+    """The served item vocabulary, following the items added online (the log's ``catalog`` table), so
+    the ``events`` and ``catalog`` models accept an event on / a block of an item upserted since the
+    export, by this server or another sharing the log. One tail read per call (~20 us when idle).
+
+    Args:
+        items: the exported catalog's ``features.vocab.IdVocab`` (extended in place).
+        directory: the log's catalog folder (``serving.event_log.catalog_log_dir``).
+    """
+
+    def __init__(self, items, directory: str | os.PathLike):
+        self.items = items
+        self.tail = EventTail(directory, kind="catalog")
+
+    def follow(self):
+        """The vocabulary with every item upserted so far."""
+        new = self.tail.read_new()
+        if len(new):
+            ids = new.loc[new["op"] == "upsert_item", "entity_id"].drop_duplicates().to_numpy(dtype=object)
+            ids = ids[self.items.lookup(ids) < 0] if len(ids) else ids
+            if len(ids):
+                self.items.extend(ids)
+        return self.items
+
+    def close(self) -> None:
+        self.tail.close()

@@ -32,6 +32,7 @@ per batch with an update), an IVF index removes from one list.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -41,6 +42,7 @@ from features.encoders import FeatureSet
 from retrieval.index import upsert_vectors
 
 TITLE = "title"
+log = logging.getLogger(__name__)
 
 
 def catalog_schema(features: FeatureSet) -> dict[str, dict[str, tuple]]:
@@ -157,9 +159,12 @@ class OnlineCatalog:
             self._set_categories(idx[old], enc, rows=np.flatnonzero(old))
         if n_new:
             self._append_items(ids[new], {k: v[new] for k, v in enc.items()}, vectors[new])
-        slots = np.where(old, idx, 0)
-        slots[new] = n0 + np.arange(n_new)
-        upsert_vectors(pipe.retriever.index, slots, vectors)
+        upsert_vectors(pipe.retriever.index, n0 + np.arange(n_new), vectors[new])
+        if old.any():
+            try:
+                upsert_vectors(pipe.retriever.index, idx[old], vectors[old])
+            except ValueError as e:  # e.g. HNSW: no removal; the tables are updated, the index keeps the old vector
+                log.warning("catalog: %d updated item(s) keep their old vector in the index: %s", int(old.sum()), e)
         for item_id, attrs in rows.items():
             if attrs.get(TITLE) is not None:
                 self.titles[item_id] = str(attrs[TITLE])

@@ -122,7 +122,7 @@ def upsert_vectors(index: faiss.Index | ExactIndex, ids: np.ndarray, vectors: np
     vector replaced (removed, then added), a new id is added. No rebuild: O(B) for ``IDMap2(Flat)``
     / IVF adds (an IVF index assigns new vectors to its trained lists); removal is O(N) for a Flat
     index (it compacts its storage) and O(list) for IVF. HNSW cannot remove: replacing a vector there
-    raises (re-embed it at the next rebuild, or use a Flat / IVF index).
+    raises ValueError (the caller keeps the old vector until a rebuild).
 
     Raises:
         ValueError: shapes disagree, or the index cannot replace a vector.

@@ -47,10 +47,11 @@ from events.tail import EventTail
 from inference.models import INFERENCE, OnnxCallable
 from inference.spec import ModelSpec, from_batch, load_specs, to_batch
 from pipeline.artifacts import RunArtifacts
+from pipeline.catalog import OnlineCatalog
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import event_log_dirs
+from serving.event_log import catalog_log_dir, event_log_dirs
 from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
@@ -86,7 +87,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version = Path(args["model_repository"]) / args["model_version"]
         root = version.parent.parent  # checksums.json: every file this model reads, before reading any
-        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/"])
+        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/", "item_tower/"])
         specs = load_specs(version / "specs.json")
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
@@ -127,6 +128,12 @@ class TritonPythonModel:
         self.titles = art.titles()
         self.logger = pb_utils.Logger
         self.impression_durability = params.get("IMPRESSION_DURABILITY", "normal")
+        # new items online are embedded by the exported item tower, in process (never over BLS: the
+        # catalog is caught up in initialize too, where BLS is not available)
+        self.catalog = OnlineCatalog(self.pipeline, OnnxCallable(
+            Path(args["model_repository"]).parent / "item_tower" / "1" / "model.onnx", specs["item_tower"],
+            int(params.get("ORT_THREADS", "1")), args.get("model_instance_kind") == "GPU"), self.titles)
+        self.catalog_tail = EventTail(catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), kind="catalog")
         self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")))
 
     def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path) -> None:
@@ -137,7 +144,7 @@ class TritonPythonModel:
         self.model_at = _written_at(artifacts.get("two_tower", {}))
         self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
         self.online = OnlineState(self.pipeline)
-        self._pending = None
+        self._pending = self._pending_catalog = None
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
@@ -146,6 +153,22 @@ class TritonPythonModel:
 
     def _catch_up(self) -> None:
         new = self.tail.read_new()
+        # Catalog records after the events: an event is accepted only once its item's record was
+        # logged, so every item an event read here names is in this catalog read (or an earlier one).
+        records = self.catalog_tail.read_new()
+        if self._pending_catalog is not None:
+            records = pd.concat([self._pending_catalog, records], ignore_index=True)
+            self._pending_catalog = None
+        if len(records):
+            try:
+                counts = self.catalog.apply(records)
+            except Exception:
+                self._pending_catalog = records  # retried next request, before any event
+                self._pending = new if self._pending is None else pd.concat([self._pending, new], ignore_index=True)
+                raise
+            for op, n in counts.items():
+                if n:
+                    self.catalog_applied[op].increment(n)
         if self._pending is not None:  # a batch whose apply failed last time: tried again, first
             new = pd.concat([self._pending, new], ignore_index=True)
             self._pending = None
@@ -179,8 +202,11 @@ class TritonPythonModel:
             kind("recsys_impressions_lost_total", "Answers whose impression could not be logged", kind.COUNTER),
             kind("recsys_freshness_seconds", "Age of the newest applied event, the served snapshot and the model",
                  kind.GAUGE),
+            kind("recsys_catalog_applied_total", "Catalog changes applied to this instance, by kind", kind.COUNTER),
         ]
-        requests, errors, items, returned, stage, self.skipped, empty, applied, lost, fresh = self.families
+        requests, errors, items, returned, stage, self.skipped, empty, applied, lost, fresh, cat = self.families
+        self.catalog_applied = {c: cat.Metric(labels={"change": c})
+                                for c in ("new_items", "updated_items", "blocked", "unblocked", "users")}
         self.applied, self.impressions_lost = applied.Metric(labels={}), lost.Metric(labels={})
         self.freshness = {w: fresh.Metric(labels={"of": w}) for w in ("event", "snapshot", "model")}
         self.last_event_at, self.fresh_at = None, 0.0
@@ -244,6 +270,7 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.tail.close()
+        self.catalog_tail.close()
         self.event_log.close()
 
 
