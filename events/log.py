@@ -1,4 +1,4 @@
-"""A durable, append-only log of interaction events and served impressions, and its reader.
+"""A durable, append-only log of interaction events, served impressions and catalog records, and its reader.
 
 The serving path appends one small batch per request (the events a client sent, or the list it was
 served) and acknowledges only after ``append_*`` returned, so an acknowledged row must survive a
@@ -23,7 +23,8 @@ Why SQLite in WAL mode, one database file per segment:
 - **Standard library.** ``sqlite3`` ships with Python, so the Triton python-backend stub can
   import this module with nothing installed.
 
-Segments ``segment-000001.sqlite``, ``segment-000002.sqlite``, ... each hold both tables. When the
+Segments ``segment-000001.sqlite``, ``segment-000002.sqlite``, ... each hold every table (events,
+impressions, catalog; a version-1 segment lacks the catalog table and is upgraded by a writer). When the
 current (highest-numbered) segment reaches ``max_segment_bytes`` the next append starts a new one;
 when all segments together exceed ``max_total_bytes`` the oldest are deleted (never the current one),
 with a warning on the ``events.log`` logger. Ids are idempotent across every live segment:

@@ -1,6 +1,6 @@
 """Segment files of the event log: names, sizes on disk, the table definitions, read-only
 connections. ``segment-000001.sqlite``, ``segment-000002.sqlite``, ...: SQLite databases in WAL mode,
-each holding both tables; numbers are never reused."""
+each holding every table (events, impressions, catalog); numbers are never reused."""
 
 from __future__ import annotations
 

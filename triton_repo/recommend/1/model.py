@@ -13,6 +13,11 @@ the stock flavour, ``in_process`` for the wheel; see ``export.recommend_inferenc
 - ``bls``: BLS calls to the ``user_tower`` and ranker Triton models, e.g. to use the stock
   container's GPU instances and dynamic batching across recommend instances.
 
+Live state: before each answer the instance applies what was logged since its last look: catalog
+records (``pipeline.catalog``: new items embedded by ``item_tower/1/model.onnx`` in process and
+added to the index, attribute updates, blocks, stored user attributes; the whole catalog log on
+start) and then interaction events (``pipeline.online``), docs/events.md.
+
 Tensors in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
 
 Rankers: ``1/rankers.json`` (written by the export) lists the exported ones (``ranker``,
