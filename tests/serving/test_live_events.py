@@ -138,33 +138,6 @@ def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_pa
     assert "events file" in capsys.readouterr().err
 
 
-def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):
-    """SIGKILL of tritonserver right after the acks: every acknowledged row is in the log, and a
-    restarted server applies the events again (from the log) before its first answer."""
-    server, log_dir, art = served
-    store = art.load_store()
-    t = float(store.last_ts.max()) + 10_000
-    user, item = str(store.users.ids[5]), None
-    acked, shown = [], []
-    with RecommendClient(server.grpc_url) as client:
-        item = client.recommend(user, 10, t).item_ids[0]
-        for i in range(40):
-            batch = pd.DataFrame([event(f"k{i}", f"killer-{i}", str(store.items.ids[i % 7]), t)])
-            if client.send_events(batch) == ["ok"]:
-                acked.append(f"ev-k{i}")
-            shown.append(client.recommend(f"killer-{i}", 3, t).request_id)
-        assert client.send_events(pd.DataFrame([event("last", user, item, t)])) == ["ok"]
-    os.kill(server.pid, signal.SIGKILL)
-    server.stop()
-    logged = read_log(log_dir / "events", "events")
-    assert set(acked) | {"ev-last"} <= set(logged["event_id"])
-    assert set(shown) <= set(read_log(log_dir / "impressions", "impressions")["request_id"])
-    repo = server.model_repository
-    with TritonServer(repo, log_path=tmp_path / "restarted.log") as again, RecommendClient(again.grpc_url) as client:
-        assert item not in client.recommend(user, 10, t + 1).item_ids  # the logged event, applied at start
-        assert client.recommend("killer-3", 3, t + 1).route == "known_user"
-
-
 def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served, tmp_path, capsys):
     """The catalog model over gRPC: a new item (embedded by the exported item tower in every
     recommend instance) is served from the next answer; a block takes it out of the next answer of
@@ -233,3 +206,33 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
     metrics = scrape(server.metrics_url)
     assert metric_sum(metrics, "recsys_catalog_records_total", op="upsert_item", outcome="ok") == 3
     assert metric_sum(metrics, "recsys_catalog_applied_total", change="new_items") == 4  # 2 items x 2 instances
+
+
+def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):
+    """SIGKILL of tritonserver right after the acks: every acknowledged row is in the log, and a
+    restarted server applies the events again (from the log) before its first answer."""
+    server, log_dir, art = served
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 10_000
+    user, item = str(store.users.ids[5]), None
+    acked, shown = [], []
+    with RecommendClient(server.grpc_url) as client:
+        item = client.recommend(user, 10, t).item_ids[0]
+        for i in range(40):
+            batch = pd.DataFrame([event(f"k{i}", f"killer-{i}", str(store.items.ids[i % 7]), t)])
+            if client.send_events(batch) == ["ok"]:
+                acked.append(f"ev-k{i}")
+            shown.append(client.recommend(f"killer-{i}", 3, t).request_id)
+        assert client.send_events(pd.DataFrame([event("last", user, item, t)])) == ["ok"]
+    os.kill(server.pid, signal.SIGKILL)
+    server.stop()
+    logged = read_log(log_dir / "events", "events")
+    assert set(acked) | {"ev-last"} <= set(logged["event_id"])
+    assert set(shown) <= set(read_log(log_dir / "impressions", "impressions")["request_id"])
+    repo = server.model_repository
+    with TritonServer(repo, log_path=tmp_path / "restarted.log") as again, RecommendClient(again.grpc_url) as client:
+        assert item not in client.recommend(user, 10, t + 1).item_ids  # the logged event, applied at start
+        assert client.recommend("killer-3", 3, t + 1).route == "known_user"
+        if (log_dir / "catalog").is_dir():  # after the catalog test: items added online and blocks are replayed
+            shown = client.recommend("after-restart", 10, t + 1, include_categories=["<unknown>"]).item_ids
+            assert "launch-2" in shown and "0077" not in shown
