@@ -68,6 +68,8 @@ class ItemCatalog:
                              f"{len(self.category_names)} names; codes must lie in 0..len(category_names)-1.")
         self._ids = IdVocab(self.item_ids)
         self.blocked = np.zeros(n, bool) if self.blocked is None else np.asarray(self.blocked, dtype=bool)
+        if len(self.blocked) != n:
+            raise ValueError(f"ItemCatalog.blocked has {len(self.blocked)} rows but categories has {n}; give one per item.")
         first = (self.categories != 0).argmax(axis=1)
         self.primary = self.categories[np.arange(n), first] if n else np.zeros(0, np.int64)
 

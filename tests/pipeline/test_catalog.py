@@ -170,3 +170,13 @@ def test_bad_records_each_get_their_reason(live):
     assert accepted[0]["attributes"] == {"category": "3", "price": 9.5} and accepted[2]["attributes"]["age"] == 30.0
     with pytest.raises(ValueError, match="one value per record"):
         check_catalog(["block"], [], None, schema, pipe.store.items, 1.7e9)
+
+
+def test_a_block_flag_per_item_is_required():
+    from ranking.rules import ItemCatalog
+
+    with pytest.raises(ValueError, match="ItemCatalog.blocked has 1 rows but categories has 2"):
+        ItemCatalog(np.zeros((2, 1), np.int64), ["<none>"], np.ones((2, 2)), np.ones(2), np.array(["a", "b"]),
+                    blocked=np.zeros(1, bool))
+    assert not ItemCatalog(np.zeros((2, 1), np.int64), ["<none>"], np.ones((2, 2)), np.ones(2),
+                           np.array(["a", "b"])).blocked.any()
