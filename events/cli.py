@@ -4,8 +4,11 @@ Commands:
   read   every stored row of one kind, oldest first, optionally filtered by event / request time
          (since <= timestamp < until); printed (the first rows and the count) or written to a
          parquet or CSV file (list columns of impressions become JSON text in CSV)
-  stats  the log's telemetry as JSON: segments, bytes, events, impressions, dropped_segments,
-         last_event_at, last_impression_at
+  stats  the log's telemetry as JSON: segments, bytes, events, impressions, catalog,
+         dropped_segments, last_event_at, last_impression_at, last_catalog_at
+
+Kinds: events (interactions), impressions (served lists), catalog (item / user upserts, blocks:
+recsys-catalog; their attributes are JSON text in CSV and parquet files).
 
 Times (--since, --until) are Unix seconds or an ISO 8601 date / datetime (UTC unless it names
 a zone).
@@ -14,6 +17,7 @@ Examples:
   recsys-log read --dir logs/events --kind events --since 2024-01-01 --out events.parquet
   recsys-log read --dir logs/events --kind impressions --explode --out positions.csv
   recsys-log read --dir logs/events --kind impressions --head 5
+  recsys-log read --dir logs/catalog --kind catalog
   recsys-log stats --dir logs/events
 
 Exit status: 0, or 2 on bad input (a missing directory, an unknown kind or file type, a bad
@@ -95,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _write(df: pd.DataFrame, out: Path, kind: str, explode: bool) -> None:
+    if "attributes" in df.columns:  # catalog records: name -> value as JSON text in both formats
+        df = df.assign(attributes=df["attributes"].map(lambda a: json.dumps(a, sort_keys=True)))
     if out.suffix == ".parquet":
         pq.write_table(pa.Table.from_pandas(df, schema=arrow_schema(kind, explode), preserve_index=False), out)
     else:

@@ -1,4 +1,4 @@
-"""A durable, append-only log of interaction events and served impressions, and its reader.
+"""A durable, append-only log of interaction events, served impressions and catalog records, and its reader.
 
 The serving path appends one small batch per request (the events a client sent, or the list it was
 served) and acknowledges only after ``append_*`` returned, so an acknowledged row must survive a
@@ -23,7 +23,8 @@ Why SQLite in WAL mode, one database file per segment:
 - **Standard library.** ``sqlite3`` ships with Python, so the Triton python-backend stub can
   import this module with nothing installed.
 
-Segments ``segment-000001.sqlite``, ``segment-000002.sqlite``, ... each hold both tables. When the
+Segments ``segment-000001.sqlite``, ``segment-000002.sqlite``, ... each hold every table (events,
+impressions, catalog; a version-1 segment lacks the catalog table and is upgraded by a writer). When the
 current (highest-numbered) segment reaches ``max_segment_bytes`` the next append starts a new one;
 when all segments together exceed ``max_total_bytes`` the oldest are deleted (never the current one),
 with a warning on the ``events.log`` logger. Ids are idempotent across every live segment:
@@ -52,6 +53,9 @@ import pandas as pd
 
 from events.reader import log_stats, read_log
 from events.schema import (
+    CATALOG_COLUMNS,
+    CATALOG_DTYPES,
+    CATALOG_REQUIRED,
     EVENT_COLUMNS,
     EVENT_DTYPES,
     EVENT_REQUIRED,
@@ -75,13 +79,14 @@ from events.segments import (
     SEGMENT_FILE,
     check_version,
     row_count,
+    upgrade,
     segment_bytes,
     segment_path,
     unlink,
 )
 
 __all__ = [
-    "DURABILITY", "EVENT_COLUMNS", "EVENT_DTYPES", "EVENT_REQUIRED", "EXPLODED_IMPRESSION_COLUMNS",
+    "CATALOG_COLUMNS", "CATALOG_DTYPES", "CATALOG_REQUIRED", "DURABILITY", "EVENT_COLUMNS", "EVENT_DTYPES", "EVENT_REQUIRED", "EXPLODED_IMPRESSION_COLUMNS",
     "EXPLODED_IMPRESSION_DTYPES", "GiB", "IMPRESSION_COLUMNS", "IMPRESSION_DTYPES", "IMPRESSION_REQUIRED",
     "KINDS", "LOCK_NAME", "MIN_SEGMENT_BYTES", "MiB", "EventLog", "arrow_schema", "log_stats", "read_log",
 ]
@@ -171,6 +176,16 @@ class EventLog:
             ValueError: as ``append_events``; also when ``scores`` or ``reasons`` do not match ``items``.
         """
         return self._append(TABLES["impressions"], rows)
+
+    def append_catalog(self, rows: Sequence[Mapping] | pd.DataFrame) -> list[bool]:
+        """Store catalog records (``CATALOG_COLUMNS``: record_id, op, entity_id, attributes as a
+        mapping, timestamp), idempotent by ``record_id``; ``logged_at`` is set here.
+
+        Raises:
+            ValueError: as ``append_events``; also when ``attributes`` is not a mapping of name ->
+                str / finite number / None.
+        """
+        return self._append(TABLES["catalog"], rows)
 
     def stats(self) -> dict:
         """Telemetry of the whole directory (all processes' appends): see ``log_stats``."""
@@ -323,6 +338,7 @@ class EventLog:
                 return None
             try:
                 check_version(conn, path)
+                upgrade(conn)  # a version-1 segment gets the catalog table (we hold the flock)
                 conn.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
                 conn.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
                 conn.execute(f"PRAGMA journal_size_limit={self._wal_pages * PAGE_SIZE}")
@@ -391,7 +407,7 @@ class EventLog:
                 continue
             self._segments.pop(0)
             size = self._sizes.pop(n)
-            events, impressions = (row_count(conn, t) for t in KINDS)
+            events, impressions, records = (row_count(conn, t) for t in KINDS)
             conn.close()
             del self._conns[n]
             path = segment_path(self.directory, n)
@@ -400,9 +416,9 @@ class EventLog:
             total -= size
             dropped = True
             log.warning("event log %s: %d bytes > max_total_bytes %d; deleted the oldest segment %s "
-                        "(%d bytes, %d events, %d impressions); their ids leave the idempotency window",
-                        self.directory, total + size, self.max_total_bytes, path.name, size, events,
-                        impressions)
+                        "(%d bytes, %d events, %d impressions, %d catalog records); their ids leave the "
+                        "idempotency window", self.directory, total + size, self.max_total_bytes, path.name, size,
+                        events, impressions, records)
         if dropped:
             self._bump_generation()
 

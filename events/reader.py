@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from events.schema import EXPLODED_IMPRESSION_DTYPES, TABLES, table
-from events.segments import list_segments, open_readonly, require_directory, row_count, segment_bytes, segment_path
+from events.segments import (has_table, list_segments, open_readonly, require_directory, row_count, segment_bytes,
+                             segment_path)
 
 
 def log_stats(directory: str | os.PathLike) -> dict:
@@ -22,9 +23,9 @@ def log_stats(directory: str | os.PathLike) -> dict:
 
     Returns:
         ``segments`` (live segment files), ``bytes`` (segment files and their WALs),
-        ``events``, ``impressions`` (rows stored in live segments), ``dropped_segments`` (deleted
-        by the total bound so far), ``last_event_at`` / ``last_impression_at`` (``received_at`` /
-        ``served_at`` of the newest row, Unix seconds; None when there is none).
+        ``events``, ``impressions``, ``catalog`` (rows stored in live segments), ``dropped_segments``
+        (deleted by the total bound so far), ``last_event_at`` / ``last_impression_at`` /
+        ``last_catalog_at`` (the stamp of the newest row, Unix seconds; None when there is none).
 
     Raises:
         FileNotFoundError: the directory does not exist (NotADirectoryError: it is a file).
@@ -32,9 +33,9 @@ def log_stats(directory: str | os.PathLike) -> dict:
     directory = Path(directory)
     require_directory(directory)
     segments = list_segments(directory)
-    out = {"segments": 0, "bytes": 0, "events": 0, "impressions": 0,
+    out = {"segments": 0, "bytes": 0, "events": 0, "impressions": 0, "catalog": 0,
            "dropped_segments": segments[0] - 1 if segments else 0,
-           "last_event_at": None, "last_impression_at": None}
+           "last_event_at": None, "last_impression_at": None, "last_catalog_at": None}
     for n in reversed(segments):  # newest first: the first stamp found is the latest
         conn = open_readonly(segment_path(directory, n))
         if conn is None:
@@ -42,7 +43,10 @@ def log_stats(directory: str | os.PathLike) -> dict:
         with closing(conn):
             out["segments"] += 1
             out["bytes"] += segment_bytes(directory, n)
-            for kind, last in (("events", "last_event_at"), ("impressions", "last_impression_at")):
+            for kind, last in (("events", "last_event_at"), ("impressions", "last_impression_at"),
+                               ("catalog", "last_catalog_at")):
+                if not has_table(conn, kind):  # the catalog table of a version-1 segment
+                    continue
                 out[kind] += row_count(conn, kind)
                 if out[last] is None:
                     stamp = TABLES[kind].stamp
@@ -65,7 +69,7 @@ def read_log(directory: str | os.PathLike, kind: str = "events", since: float | 
 
     Args:
         directory: the log directory.
-        kind: ``"events"`` or ``"impressions"``.
+        kind: ``"events"``, ``"impressions"`` or ``"catalog"`` (its ``attributes`` decoded to dicts).
         since, until: keep rows with ``since <= timestamp < until`` (event / request time, Unix
             seconds); None leaves that side open.
         explode: impressions only: one row per (request, position) with ``position``, ``item_id``,
@@ -101,13 +105,16 @@ def read_log(directory: str | os.PathLike, kind: str = "events", since: float | 
         conn = open_readonly(segment_path(directory, n))
         if conn is not None:
             with closing(conn):
-                rows.extend(conn.execute(sql, params))
+                if has_table(conn, spec.table):
+                    rows.extend(conn.execute(sql, params))
     columns = {c: [r[j] for r in rows] for j, c in enumerate(spec.columns)}
     if kind == "impressions":
         for c in ("items", "scores", "reasons"):
             columns[c] = [json.loads(v) for v in columns[c]]
         if explode:
             return _frame(_explode(columns), EXPLODED_IMPRESSION_DTYPES)
+    if kind == "catalog":
+        columns["attributes"] = [json.loads(v) for v in columns["attributes"]]
     return _frame(columns, spec.dtypes)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-KINDS = ("events", "impressions")
+KINDS = ("events", "impressions", "catalog")
 
 # Column -> pandas dtype as ``read_log`` returns it. The last column of each is set by the log.
 EVENT_DTYPES: dict[str, str] = {
@@ -44,6 +44,19 @@ IMPRESSION_DTYPES: dict[str, str] = {
 }
 IMPRESSION_COLUMNS: tuple[str, ...] = tuple(IMPRESSION_DTYPES)
 IMPRESSION_REQUIRED: tuple[str, ...] = ("request_id", "user_id", "items", "timestamp")
+
+# Catalog changes (``catalog`` model, events/catalog.py): one row per accepted record, in the order
+# they were accepted; replayed in that order by every ``recommend`` instance (pipeline/catalog.py).
+CATALOG_DTYPES: dict[str, str] = {
+    "record_id": "str",  # unique, set by the server: the idempotency key
+    "op": "str",  # upsert_item / upsert_user / block / unblock
+    "entity_id": "str",  # the item id (upsert_item, block, unblock) or the user id (upsert_user)
+    "attributes": "object",  # dict name -> value (str or float) of an upsert; {} for block / unblock
+    "timestamp": "float64",  # when the server accepted it, Unix seconds
+    "logged_at": "float64",  # Unix seconds, when the log stored it
+}
+CATALOG_COLUMNS: tuple[str, ...] = tuple(CATALOG_DTYPES)
+CATALOG_REQUIRED: tuple[str, ...] = ("record_id", "op", "entity_id", "timestamp")
 
 # read_log(kind="impressions", explode=True): one row per (request, position).
 EXPLODED_IMPRESSION_DTYPES: dict[str, str] = {
@@ -100,11 +113,15 @@ TABLES = {
          "reasons": "text_list", "route": "text", "ranker": "text", "model_version": "text",
          "timestamp": "time"},
     ),
+    "catalog": Table(
+        "catalog", "catalog record", "record_id", "logged_at", CATALOG_DTYPES, CATALOG_REQUIRED,
+        {"record_id": "id", "op": "label", "entity_id": "id", "attributes": "attributes", "timestamp": "time"},
+    ),
 }
 
 
 def table(kind: str) -> Table:
-    """The table of ``kind`` (``events`` / ``impressions``)."""
+    """The table of ``kind`` (``events`` / ``impressions`` / ``catalog``)."""
     if kind not in TABLES:
         raise ValueError(f"unknown log kind {kind!r}; known: {', '.join(KINDS)}")
     return TABLES[kind]
@@ -191,11 +208,28 @@ def _each(rule, plain):
     return check
 
 
+def _attributes(v) -> dict:
+    """A mapping of attribute name -> str / finite number / None (JSON-encoded when stored)."""
+    if not isinstance(v, Mapping):
+        raise _FieldError(f"must be a mapping of name -> value, got {v!r} ({type(v).__name__})")
+    out = {}
+    for name, x in v.items():
+        if not isinstance(name, str) or not name:
+            raise _FieldError(f"has a bad attribute name {name!r}: names are non-empty strings")
+        if x is None or isinstance(x, str):
+            out[name] = None if x is None else str(x)
+        elif isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x):
+            out[name] = float(x)
+        else:
+            raise _FieldError(f"attribute {name!r} must be a string, a finite number or None, got {x!r}")
+    return out
+
+
 _TEXT_RULES = ("id", "label", "text")
 _NUMBER_RULES = ("number", "time")
 _RULES = {"id": _id, "label": _label, "text": _text, "number": _number, "time": _time,
           "id_list": _each(_id, _plain_text), "number_list": _each(_number, _plain_number),
-          "text_list": _each(_text, lambda x: type(x) is str)}
+          "text_list": _each(_text, lambda x: type(x) is str), "attributes": _attributes}
 
 
 def _check_row(kind: Table, i: int, row) -> tuple:
@@ -219,7 +253,7 @@ def _check_row(kind: Table, i: int, row) -> tuple:
             if field in kind.required:
                 raise ValueError(f"{kind.noun} row {i}: required field {field!r} is missing; "
                                  f"required: {', '.join(kind.required)}")
-            values[field] = [] if rule.endswith("_list") else None
+            values[field] = [] if rule.endswith("_list") else {} if rule == "attributes" else None
             continue
         try:
             values[field] = _RULES[rule](v)
@@ -233,6 +267,8 @@ def _check_row(kind: Table, i: int, row) -> tuple:
                                  "give one per item, or none")
         for field in ("items", "scores", "reasons"):
             values[field] = json.dumps(values[field], separators=(",", ":"))
+    if kind.table == "catalog":
+        values["attributes"] = json.dumps(values["attributes"], separators=(",", ":"), sort_keys=True)
     return tuple(values.values())
 
 
@@ -258,7 +294,8 @@ def check_rows(kind: Table, rows) -> list[tuple]:
 def arrow_schema(kind: str = "events", explode: bool = False) -> pa.Schema:
     """The pyarrow schema of ``read_log(kind, explode=...)``'s frame (for parquet files)."""
     types = {"str": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
-    lists = {"items": pa.list_(pa.string()), "scores": pa.list_(pa.float64()), "reasons": pa.list_(pa.string())}
+    lists = {"items": pa.list_(pa.string()), "scores": pa.list_(pa.float64()), "reasons": pa.list_(pa.string()),
+             "attributes": pa.string()}  # catalog attributes: JSON text in files (values mix str and float)
     spec = table(kind)
     dtypes = EXPLODED_IMPRESSION_DTYPES if explode and kind == "impressions" else spec.dtypes
     return pa.schema([(c, lists[c] if d == "object" else types[d]) for c, d in dtypes.items()])

@@ -1,6 +1,6 @@
 """Segment files of the event log: names, sizes on disk, the table definitions, read-only
 connections. ``segment-000001.sqlite``, ``segment-000002.sqlite``, ...: SQLite databases in WAL mode,
-each holding both tables; numbers are never reused."""
+each holding every table (events, impressions, catalog); numbers are never reused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 PAGE_SIZE = 4096
 MIN_SEGMENT_BYTES = 8 * PAGE_SIZE  # an empty segment is 5 pages
-SCHEMA_VERSION = 1  # PRAGMA user_version of every segment
+SCHEMA_VERSION = 2  # PRAGMA user_version of every new segment (2: the catalog table)
+READABLE_VERSIONS = (1, 2)  # a version-1 segment has no catalog table: read as empty, upgraded by a writer
 BUSY_TIMEOUT_S = 30.0
 SEGMENT = re.compile(r"segment-(\d{6,})\.sqlite")
 SEGMENT_FILE = re.compile(r"segment-(\d{6,})\.sqlite(-wal|-shm)?")  # a segment or one of its sidecars
@@ -24,7 +25,11 @@ CREATE TABLE impressions (
     request_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, items TEXT NOT NULL, scores TEXT NOT NULL,
     reasons TEXT NOT NULL, route TEXT, ranker TEXT, model_version TEXT,
     timestamp REAL NOT NULL, served_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (
+    record_id TEXT PRIMARY KEY, op TEXT NOT NULL, entity_id TEXT NOT NULL, attributes TEXT NOT NULL,
+    timestamp REAL NOT NULL, logged_at REAL NOT NULL);
 """
+CATALOG_DDL = DDL[DDL.index("CREATE TABLE IF NOT EXISTS catalog"):]
 
 
 def segment_path(directory: Path, n: int) -> Path:
@@ -55,11 +60,23 @@ def require_directory(directory: Path) -> None:
         raise NotADirectoryError(f"event log directory {directory} is not a directory")
 
 
-def check_version(conn: sqlite3.Connection, path: Path) -> None:
+def check_version(conn: sqlite3.Connection, path: Path) -> int:
+    """The segment's schema version; ValueError for one this code cannot read."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        raise ValueError(f"{path}: segment schema version {version}, this code knows {SCHEMA_VERSION}; "
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{path}: segment schema version {version}, this code knows {READABLE_VERSIONS}; "
                          "read it with the version of events.log that wrote it")
+    return version
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a version-1 segment to the current schema (adds the catalog table); writers only, under the lock."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        conn.executescript(CATALOG_DDL + f"PRAGMA user_version={SCHEMA_VERSION};")
+
+
+def has_table(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
 
 def open_readonly(path: Path) -> sqlite3.Connection | None:
@@ -88,4 +105,6 @@ def unlink(path: Path) -> None:
 def row_count(conn: sqlite3.Connection, table: str) -> int:
     # Rows are never deleted from a segment, so rowids are exactly 1..n and max(rowid) is the count,
     # read from the end of the b-tree instead of a scan.
+    if table == "catalog" and not has_table(conn, table):  # a version-1 segment
+        return 0
     return conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0

@@ -1,4 +1,5 @@
-"""Follow the event log: the events appended since the last look, for a reader that keeps state.
+"""Follow the event log: the rows of one table (events, or catalog records) appended since the last
+look, for a reader that keeps state.
 
 Each ``recommend`` instance keeps its own in-memory online state (``pipeline.online``) and calls
 :meth:`EventTail.read_new` before each answer: one directory listing and one indexed query on the
@@ -18,36 +19,42 @@ from pathlib import Path
 
 import pandas as pd
 
-from events.schema import EVENT_COLUMNS, EVENT_DTYPES
-from events.segments import list_segments, open_readonly, segment_path
+from events.schema import table
+from events.segments import has_table, list_segments, open_readonly, segment_path
 
 log = logging.getLogger(__name__)
 
 
 class EventTail:
-    """Reads the events appended to a log directory after a cursor.
+    """Reads the rows of one table appended to a log directory after a cursor.
 
     Args:
-        directory: the event log directory (it may not exist yet: nothing to read).
-        received_after: skip events stored before this time (Unix s): those already in the served
-            snapshot, e.g. the time the deployed store was written (runs without a log cursor).
+        directory: the log directory (it may not exist yet: nothing to read).
+        received_after: skip rows stored before this time (Unix s, the table's stamp column): those
+            already in the served snapshot, e.g. the time the deployed store was written (runs
+            without a log cursor).
         after: start after this cursor (segment, rowid): the last event a snapshot was built from
             (``features.feedback``; the run manifest's ``event_log``). A segment dropped since is
             skipped: reading resumes at the oldest live one after it.
+        kind: the table followed: ``events`` (the default) or ``catalog`` (its ``attributes`` come
+            back as JSON text; ``json.loads`` them); any table of :mod:`events.schema`.
     """
 
     def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
-                 after: tuple[int, int] | None = None):
+                 after: tuple[int, int] | None = None, kind: str = "events"):
         self.directory = Path(directory)
         self.received_after = received_after
+        self.table = table(kind)
         self.segment, self.rowid = (int(after[0]), int(after[1])) if after else (0, 0)  # the last row read
         self._conn: sqlite3.Connection | None = None
         self._conn_segment = 0
-        self._dtypes = {c: t for c, t in EVENT_DTYPES.items() if c in EVENT_COLUMNS}
-        self._empty = pd.DataFrame(columns=list(EVENT_COLUMNS)).astype(self._dtypes)
+        self._columns = list(self.table.columns)
+        self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}
+        self._empty = pd.DataFrame(columns=self._columns).astype(self._dtypes)
 
     def read_new(self) -> pd.DataFrame:
-        """Events appended since the previous call (all of them on the first), in append order."""
+        """Rows appended since the previous call (all of them on the first), in append order."""
+        name, columns = self.table.table, self._columns
         rows = []
         if self.directory.is_dir():
             for n in list_segments(self.directory):
@@ -59,19 +66,21 @@ class EventTail:
                 after = self.rowid if n == self.segment else 0
                 # One bound first, then the rows up to it: a row committed between two statements is
                 # then read next time, never skipped (the cursor only moves to what was bounded).
-                last = conn.execute("SELECT max(rowid) FROM events").fetchone()[0] or 0
+                if name == "catalog" and not has_table(conn, name):  # a version-1 segment: none there
+                    continue
+                last = conn.execute(f"SELECT max(rowid) FROM {name}").fetchone()[0] or 0
                 if last <= after:
                     continue
-                sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid > ? AND rowid <= ?"
+                sql = f"SELECT {', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
                 params: list = [after, last]
                 if self.received_after is not None:
-                    sql += " AND received_at > ?"
+                    sql += f" AND {self.table.stamp} > ?"
                     params.append(self.received_after)
                 rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
                 self.segment, self.rowid = n, last
         if not rows:  # the common case on the serving path: no typed-frame construction (~5 ms in pandas)
             return self._empty
-        return pd.DataFrame(rows, columns=list(EVENT_COLUMNS)).astype(self._dtypes)
+        return pd.DataFrame(rows, columns=columns).astype(self._dtypes)
 
     def _open(self, n: int) -> sqlite3.Connection | None:
         """The newest segment's connection is kept open (the common case: reading the tail)."""

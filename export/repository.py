@@ -6,6 +6,8 @@ Layout written into ``cfg.export.repository`` (committed files come from ``trito
     ranker_student/                   all generated, when the run has a distilled student
     ranker_int8/ ranker_student_int8/ all generated: int8 dynamic quantization of each ranker (export.int8)
     retrieval/                        config.pbtxt, 1/model.py (committed); 1/items.faiss, item_ids.json ...
+    events/ catalog/                  config.pbtxt, 1/model.py (committed): interaction events and catalog
+                                      upserts into the durable log (they read recommend/1/artifacts)
     recommend/                        config.pbtxt, 1/model.py (committed); 1/artifacts/ (the run's, see
                                       pipeline.artifacts), specs.json, rankers.json (default ranker, the others)
     export.json                       what was exported from which run, parity and int8 quality results
@@ -50,7 +52,7 @@ GENERATED = ("user_tower/1/model.onnx", "item_tower/1/model.onnx", "ranker/1/mod
 # `make run`, and must not travel into another repository: a student of that run would).
 TEMPLATE_FILES = ("recommend/config.pbtxt", "recommend/1/model.py", "retrieval/config.pbtxt", "retrieval/1/model.py",
                   "user_tower/1/model.py", "item_tower/1/model.py", "ranker/1/model.py", "events/config.pbtxt",
-                  "events/1/model.py")
+                  "events/1/model.py", "catalog/config.pbtxt", "catalog/1/model.py")
 
 
 def copy_template(repo: Path, template: Path = TEMPLATE) -> None:

@@ -26,6 +26,7 @@ from features.schema import DataError
 KINDS = ("categorical", "multi_categorical", "text", "numeric", "context")
 CONTEXT_FIELDS = ("hour", "day_of_week")
 PAD, OOV = 0, 1
+SMALL_BATCH = 32  # up to this many values, categorical lookups go through a dict (no pandas index per call)
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
@@ -119,6 +120,10 @@ class FeatureEncoder:
         """Encode values: (N,) int64 / float32, or (N, max_len) int64 for token kinds."""
         k = self.spec.kind
         if k == "categorical":
+            if len(values) <= SMALL_BATCH:  # a request's or a live batch's few rows: the dict, not an O(vocab) index
+                get = self._lookup.get
+                return np.fromiter((0 if pd.isna(v) else get(str(v), -1) + 1 for v in values.tolist()),
+                                   np.int64, len(values))
             idx = pd.Index(self.state["vocab"]).get_indexer(values.astype(object).where(values.notna(), None).astype(str))
             out = np.where(idx >= 0, idx + 1, 0).astype(np.int64)
             return np.where(values.isna().to_numpy(), 0, out)

@@ -43,6 +43,10 @@ class FeatureStore:
         # sorted unique arrays next to the CSR, so an event costs no CSR rebuild. Read through
         # seen_rows / seen_items, folded into ``seen`` by compact_seen.
         self.seen_delta: dict[int, np.ndarray] = {}
+        # Attributes stored for users the vocabulary does not hold yet (``upsert_user`` while serving,
+        # pipeline/catalog.py): used by their requests (cold-start attribute path) and encoded into
+        # their row when their first event makes them known (add_users).
+        self.stored_attributes: dict[str, dict] = {}
 
     def seen_rows(self, users: np.ndarray) -> "SparseRows":
         """(B, N) binary: each user's seen items (stored and live), sorted; unknown users (-1) get an
@@ -73,14 +77,48 @@ class FeatureStore:
         if not len(new):
             return 0
         n = len(new)
-        enc = self.features.transform("user", pd.DataFrame({"user_id": new}).assign(
-            **{s.source: None for s in self.features.specs["user"] if s.source != "user_id"}))
+        stored = [self.stored_attributes.pop(u, {}) for u in new.tolist()] if self.stored_attributes else [{}] * n
+        enc = self.features.transform("user", self._user_frame(new, stored))
         self.user_table = {k: np.concatenate([v, np.asarray(enc[k], dtype=v.dtype)]) for k, v in self.user_table.items()}
         self.recent = np.concatenate([self.recent, np.full((n, self.history_len), -1, self.recent.dtype)])
         self.last_ts = np.concatenate([self.last_ts, np.full(n, -1, self.last_ts.dtype)])
         self.seen.resize((self.seen.shape[0] + n, self.seen.shape[1]))  # appends empty rows (indptr only)
         self.users.extend(new)
         return n
+
+    def _user_frame(self, user_ids, rows: list[dict]) -> pd.DataFrame:
+        """Raw user rows (every attribute column; None where a row does not give it)."""
+        cols = [s.source for s in self.features.specs["user"] if s.source != "user_id"]
+        return pd.DataFrame({"user_id": list(user_ids), **{c: [r.get(c) for r in rows] for c in dict.fromkeys(cols)}})
+
+    def set_user_attributes(self, user_ids, rows: list[dict]) -> int:
+        """Store user attributes (raw values, encoded with the run's encoders: unknown values -> OOV).
+
+        A known user's row of the user table gets the encoded values of the attributes given (the
+        others keep theirs): the user tower and the ranker's user features read it. An unknown user's
+        attributes are kept in ``stored_attributes`` (merged with earlier ones) until an event makes
+        them known. O(batch). Returns how many users were known.
+        """
+        users = self.users.lookup(np.asarray(list(user_ids), dtype=object))
+        known = [(u, r) for u, r in zip(users.tolist(), rows) if u >= 0]
+        for uid, u, r in zip(user_ids, users.tolist(), rows):
+            if u < 0:
+                self.stored_attributes[str(uid)] = {**self.stored_attributes.get(str(uid), {}), **r}
+        if known:
+            idx = np.array([u for u, _ in known], dtype=np.int64)
+            enc = self.features.transform("user", self._user_frame(self.users.ids[idx], [r for _, r in known]))
+            for spec in self.features.specs["user"]:
+                if spec.source == "user_id":
+                    continue
+                given = np.array([spec.source in r for _, r in known], dtype=bool)
+                if given.any():
+                    self.user_table[spec.name][idx[given]] = np.asarray(enc[spec.name])[given]
+        return len(known)
+
+    def request_attributes(self, user_id: str, given: dict) -> dict:
+        """A request's user attributes: those stored for an unknown user, overridden by the request's own."""
+        stored = self.stored_attributes.get(user_id) if self.stored_attributes else None
+        return {**stored, **given} if stored else given
 
     def compact_seen(self) -> None:
         """Fold ``seen_delta`` into the CSR (one O(nnz) rebuild for many events)."""
@@ -222,6 +260,12 @@ class SparseRows:
 
     def row(self, b: int) -> np.ndarray:
         return self.indices[self.indptr[b] : self.indptr[b + 1]]
+
+    def cut(self, n_cols: int) -> "SparseRows":
+        """The same rows without the columns from ``n_cols`` on."""
+        keep = self.indices < n_cols
+        counts = np.concatenate([[0], np.cumsum(keep)])
+        return SparseRows(counts[self.indptr], self.indices[keep], n_cols)
 
     def tocsr(self) -> sp.csr_matrix:
         m = sp.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)

@@ -341,10 +341,11 @@ class Pipeline:
         return out
 
     def _attributes(self, requests: list[Request]) -> pd.DataFrame | None:
-        if not any(r.attributes for r in requests):
-            return None
         cols = {s.source for s in self.store.features.specs["user"]}
         unknown = {k for r in requests for k in r.attributes} - cols
         if unknown:
             raise RequestError(f"unknown user attribute(s) {sorted(unknown)}; known: {sorted(cols - {'user_id'})}")
-        return pd.DataFrame([{c: r.attributes.get(c) for c in cols} for r in requests])
+        given = [self.store.request_attributes(r.user_id, r.attributes) for r in requests]  # + stored (upsert_user)
+        if not any(given):
+            return None
+        return pd.DataFrame([{c: a.get(c) for c in cols} for a in given])

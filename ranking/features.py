@@ -76,6 +76,15 @@ def _finite(v: np.ndarray) -> np.ndarray:
     return v if np.isfinite(v).all() else np.nan_to_num(v, neginf=-1.0)
 
 
+def _known_columns(rows, weights):
+    """``rows`` cut to the items ``weights`` (co-occurrence / EASE) know: items added while serving
+    (pipeline/catalog.py) have no column there until a refresh."""
+    n = weights.shape[0]
+    if rows.shape[1] == n:
+        return rows
+    return rows.cut(n) if isinstance(rows, SparseRows) else rows[:, :n]
+
+
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps.
     (..., C): the last axis is the list (e.g. (B, C), or (S, B, C) for S scores at once)."""
@@ -165,7 +174,7 @@ class CandidateFeatures:
         (the co-occurrence candidates and the ranker's ease_score both read it)."""
         if cache is not None and cache.get("ease_rows") is rows:
             return cache["ease"]
-        product = np.asarray(rows @ self.ease)
+        product = np.asarray(_known_columns(rows, self.ease) @ self.ease)
         if cache is not None:
             cache["ease_rows"], cache["ease"] = rows, product
         return product
@@ -178,6 +187,8 @@ class CandidateFeatures:
         With the sparse cosine weights (large catalogs) only the items that co-occur are looked at,
         never a dense row over the whole catalog.
         """
+        weights = self.ease if self.ease is not None else self.cooc
+        known = _known_columns(rows, weights)
         if self.ease is not None:
             scores = self._ease_product(rows, cache)
             out = np.full((rows.shape[0], m), -1, dtype=np.int64)
@@ -185,13 +196,14 @@ class CandidateFeatures:
             if scores.shape[1] <= SORT_MAX_ITEMS:  # one stable sort per row: score desc, ties by lower index
                 for b in range(rows.shape[0]):
                     s = scores[b].copy()
-                    s[rows.indices[rows.indptr[b] : rows.indptr[b + 1]]] = -np.inf  # the request's own items
+                    s[known.indices[known.indptr[b] : known.indptr[b + 1]]] = -np.inf  # the request's own items
                     top = np.argsort(-s, kind="stable")[:n]
                     out[b, :n] = np.where(s[top] > 0, top, -1)
                 return out
-            top = topk_excluding(scores, rows, n)
+            top = topk_excluding(scores, known, n)
             out[:, :n] = np.where(np.take_along_axis(scores, top, 1) > 0, top, -1)
             return out
+        rows = known
         scores = (rows @ self.cooc).tocsr()
         out = np.full((rows.shape[0], m), -1, dtype=np.int64)
         for b in range(rows.shape[0]):
@@ -227,6 +239,7 @@ class CandidateFeatures:
         against the request's items through a boolean table): O(candidates x neighbours) per
         request, no (B, N) product; EASE reads the batch's cached dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
+        items = np.where(items < weights.shape[0], items, -1)  # an item added online: 0 until a refresh
         safe = np.clip(items, 0, None)
         if weights is self.cooc:
             by_target = self.cooc_by_target

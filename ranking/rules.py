@@ -44,6 +44,7 @@ class ItemCatalog:
     popularity: np.ndarray
     item_ids: np.ndarray
     segment_popularity: dict[str, np.ndarray] = field(default_factory=dict)
+    blocked: np.ndarray | None = None  # (N,) bool: items blocked while serving (pipeline/catalog.py); None: none
     primary: np.ndarray = field(init=False, repr=False)  # (N,) first non-zero code, 0 if none
     _ids: IdVocab = field(init=False, repr=False)
 
@@ -66,6 +67,9 @@ class ItemCatalog:
             raise ValueError(f"ItemCatalog.categories holds codes up to {top} but category_names has "
                              f"{len(self.category_names)} names; codes must lie in 0..len(category_names)-1.")
         self._ids = IdVocab(self.item_ids)
+        self.blocked = np.zeros(n, bool) if self.blocked is None else np.asarray(self.blocked, dtype=bool)
+        if len(self.blocked) != n:
+            raise ValueError(f"ItemCatalog.blocked has {len(self.blocked)} rows but categories has {n}; give one per item.")
         first = (self.categories != 0).argmax(axis=1)
         self.primary = self.categories[np.arange(n), first] if n else np.zeros(0, np.int64)
 
@@ -193,8 +197,9 @@ def _category_mask(catalog, items, include, exclude) -> np.ndarray:
 
 
 def request_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext):
-    """The request's own filters, always applied: ``exclude_items`` and category include/exclude."""
-    mask = ~member(items, catalog.item_indices(ctx.exclude_items))
+    """The request's own filters, always applied: ``exclude_items``, category include/exclude, and
+    the items blocked in the catalog (so every route and the backfill skip them)."""
+    mask = ~member(items, catalog.item_indices(ctx.exclude_items)) & ~catalog.blocked[items]
     return _keep(items, scores, mask & _category_mask(catalog, items, ctx.include_categories, ctx.exclude_categories))
 
 

@@ -57,6 +57,27 @@ class ExactIndex:
         self.ntotal, self.d = x.shape
         self.max_scores = max_scores
 
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Replace the rows of ids < ntotal, append the others (ids ntotal, ntotal + 1, ... in order).
+        Appends go into spare capacity (grown by half when full), so a batch costs O(B) amortised."""
+        import torch
+
+        ids = np.asarray(ids, dtype=np.int64)
+        new = ids >= self.ntotal
+        if not np.array_equal(np.sort(ids[new]), np.arange(self.ntotal, self.ntotal + int(new.sum()))):
+            raise ValueError(f"new ids must continue the catalog from {self.ntotal}, got {sorted(ids[new].tolist())}")
+        x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        buf = getattr(self, "_buf", self.items)
+        if self.ntotal + int(new.sum()) > len(buf):
+            grown = torch.empty((max(self.ntotal + int(new.sum()), len(buf) * 3 // 2 + 16), self.d),
+                                dtype=buf.dtype, device=self.device)
+            grown[: self.ntotal] = self.items
+            buf = grown
+        buf[torch.from_numpy(ids).to(self.device)] = x
+        self._buf = buf
+        self.ntotal += int(new.sum())
+        self.items = buf[: self.ntotal]
+
     def embeddings(self) -> np.ndarray:
         """(N, D) float32 copy on the CPU (what :func:`retrieval.index.save_index` writes)."""
         return self.items.cpu().numpy()

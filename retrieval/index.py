@@ -117,6 +117,37 @@ def search(index: faiss.Index | ExactIndex, queries: np.ndarray, k: int) -> tupl
     return index.search(q, min(k, index.ntotal))
 
 
+def upsert_vectors(index: faiss.Index | ExactIndex, ids: np.ndarray, vectors: np.ndarray) -> None:
+    """Put (B, D) ``vectors`` into the index under catalog ids ``ids``: an id the index holds has its
+    vector replaced (removed, then added), a new id is added. No rebuild: O(B) for ``IDMap2(Flat)``
+    / IVF adds (an IVF index assigns new vectors to its trained lists); removal is O(N) for a Flat
+    index (it compacts its storage) and O(list) for IVF. HNSW cannot remove: replacing a vector there
+    raises ValueError (the caller keeps the old vector until a rebuild).
+
+    Raises:
+        ValueError: shapes disagree, or the index cannot replace a vector.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(ids) or x.shape[1] != index.d:
+        raise ValueError(f"vectors {x.shape} must be ({len(ids)}, {index.d})")
+    if not len(ids):
+        return
+    if isinstance(index, ExactIndex):
+        index.upsert(ids, x)
+        return
+    import faiss
+
+    old = ids[ids < index.ntotal]  # every catalog item is in the index: ids 0..ntotal-1 are held
+    if len(old):
+        try:
+            index.remove_ids(faiss.IDSelectorBatch(old))
+        except RuntimeError as e:
+            raise ValueError(f"this {type(index).__name__} index cannot replace vectors ({e}); rebuild it to "
+                             "re-embed items, or serve a Flat / IVF index") from e
+    index.add_with_ids(x, ids)
+
+
 def save_index(index: faiss.Index | ExactIndex, cfg: IndexConfig, path: str | Path) -> None:
     """Write ``<path>`` (faiss, or ``.npy`` embeddings for backend torch) and ``<path>.json`` (parameters)."""
     path = Path(path)

@@ -32,8 +32,8 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving.protocol import (EVENT_OUTPUTS, EVENTS_MODEL, MODEL, OUTPUTS, Recommendations, decode_response,
-                              encode_events, encode_request)
+from serving.protocol import (CATALOG_MODEL, CATALOG_OUTPUTS, EVENT_OUTPUTS, EVENTS_MODEL, MODEL, OUTPUTS,
+                              Recommendations, decode_response, encode_catalog, encode_events, encode_request)
 
 
 RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -64,6 +64,17 @@ def _inputs(tensors: dict) -> list[grpcclient.InferInput]:
         inp.set_data_from_numpy(array)
         inputs.append(inp)
     return inputs
+
+
+def _records(table, id_column: str) -> list[dict]:
+    """A DataFrame or a list of dicts -> one dict per row (the id column required)."""
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else [dict(r) for r in table]
+    # an empty cell (None / NaN) is "not given": a known entity keeps that attribute
+    rows = [{k: v for k, v in r.items() if not (v is None or (isinstance(v, float) and v != v))} for r in rows]
+    missing = [j for j, r in enumerate(rows) if id_column not in r]
+    if missing:
+        raise ValueError(f"rows {missing[:5]} lack '{id_column}'; every row names its {id_column}")
+    return rows
 
 
 class RecommendClient:
@@ -145,6 +156,49 @@ class RecommendClient:
         for start in range(0, n, batch_size):
             part = {name: array[start : start + batch_size] for name, array in tensors.items()}
             result = self._call(EVENTS_MODEL, _inputs(part), outputs)
+            statuses += [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("status").ravel()]
+        return statuses
+
+    def upsert_items(self, items, batch_size: int = 10_000) -> list[str]:
+        """Add items to the served catalog, or change the attributes of items it holds.
+
+        Args:
+            items: a DataFrame (or a list of dicts) with ``item_id`` and attribute columns of the
+                run's item schema (e.g. ``category``, ``genres``, ``price``, ``title``); a missing value
+                (None / NaN) leaves that attribute missing for a new item, unchanged for a known one.
+            batch_size: records per call (the server takes at most 100,000 per call).
+
+        Returns:
+            ``"ok"`` per item (logged; every ``recommend`` instance embeds it with the item tower and
+            can serve it from its next answer) or the rejection reason (``unknown_attribute``,
+            ``bad_value``, ...; see events/catalog.py).
+        """
+        rows = _records(items, "item_id")
+        return self._catalog(["upsert_item"] * len(rows), [r.pop("item_id") for r in rows], rows, batch_size)
+
+    def upsert_users(self, users, batch_size: int = 10_000) -> list[str]:
+        """Store user attributes (``user_id`` and columns of the run's user schema, e.g. ``age``):
+        used for that user's requests from the next answer on, known user or not."""
+        rows = _records(users, "user_id")
+        return self._catalog(["upsert_user"] * len(rows), [r.pop("user_id") for r in rows], rows, batch_size)
+
+    def block(self, item_ids: Sequence[str]) -> list[str]:
+        """Take items out of every answer from the next one on (``unknown_item`` for an id the catalog lacks)."""
+        return self._catalog(["block"] * len(item_ids), list(item_ids), None, 10_000)
+
+    def unblock(self, item_ids: Sequence[str]) -> list[str]:
+        """Serve blocked items again."""
+        return self._catalog(["unblock"] * len(item_ids), list(item_ids), None, 10_000)
+
+    def _catalog(self, ops: list, ids: list, attributes: list | None, batch_size: int) -> list[str]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        tensors = encode_catalog(ops, ids, attributes)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in CATALOG_OUTPUTS]
+        statuses: list[str] = []
+        for start in range(0, len(ops), batch_size):
+            part = {name: array[start : start + batch_size] for name, array in tensors.items()}
+            result = self._call(CATALOG_MODEL, _inputs(part), outputs)
             statuses += [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("status").ravel()]
         return statuses
 

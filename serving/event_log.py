@@ -5,6 +5,10 @@ sets it; Triton's python stubs inherit the server's environment); else the model
 parameter, a relative path being taken from the model repository's parent folder (never inside
 the repository: with ``--load-model=*`` Triton would try to load it as a model).
 
+Catalog records (item / user upserts, blocks: the ``catalog`` model) live in ``catalog/``, a third
+log of the same kind read by the same tail (``EventTail(..., kind="catalog")``), so whatever bus
+carries the events later can carry them too.
+
 Events and impressions live in two sub-folders, ``events/`` and ``impressions/``, each an
 :class:`events.log.EventLog` with its own lock: an answer's impression (one 0.2 ms append) never
 waits behind an event batch's fsync, and impressions (~4 KB each) never push events, and their
@@ -43,3 +47,8 @@ def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: 
     if cursor and Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
         return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]))
     return EventTail(events_dir, received_after=written_at)
+
+
+def catalog_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:
+    """The catalog records' folder of the log for a model repository."""
+    return event_log_dir(repository, parameter) / "catalog"

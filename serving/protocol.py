@@ -49,6 +49,15 @@ EVENT_INPUTS = {
 }
 EVENT_OUTPUTS = {"status": (np.object_, "BYTES", (-1,))}  # ok | duplicate | the rejection reason
 
+CATALOG_MODEL = "catalog"
+# The ``catalog`` model: one value per record in every input, one status out (events/catalog.py).
+CATALOG_INPUTS = {
+    "op": (np.object_, "BYTES", (-1,), False),  # upsert_item | upsert_user | block | unblock
+    "id": (np.object_, "BYTES", (-1,), False),  # the item id (item ops) or the user id (upsert_user)
+    "attributes": (np.object_, "BYTES", (-1,), True),  # per record a JSON object name -> value ("" or {}: none)
+}
+CATALOG_OUTPUTS = {"status": (np.object_, "BYTES", (-1,))}  # ok | the rejection reason
+
 
 @dataclass
 class Recommendations:
@@ -117,4 +126,33 @@ def encode_events(events) -> dict[str, np.ndarray]:
             tensors[name] = _strings(["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values])
         else:
             tensors[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64).astype(dtype)
+    return tensors
+
+
+def _json_value(v):
+    """A table cell as a JSON attribute value: None for missing, numbers as numbers, the rest as text."""
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return float(v) if isinstance(v, (float, np.floating)) else int(v)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [str(x) for x in v]
+    return str(v)
+
+
+def encode_catalog(ops, ids, attributes=None) -> dict[str, np.ndarray]:
+    """Catalog tensors: ``ops`` / ``ids`` sequences and per record a dict of attributes (or None)."""
+    import json
+
+    ops, ids = list(ops), list(ids)
+    if len(ops) != len(ids) or (attributes is not None and len(attributes) != len(ids)):
+        raise ValueError(f"one op, one id and one attribute mapping per record; got {len(ops)}, {len(ids)}, "
+                         f"{None if attributes is None else len(attributes)}")
+    tensors = {"op": _strings([str(o) for o in ops]),
+               "id": _strings(["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in ids])}
+    if attributes is not None:
+        tensors["attributes"] = _strings([json.dumps({k: _json_value(v) for k, v in (a or {}).items()})
+                                          for a in attributes])
     return tensors

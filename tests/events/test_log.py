@@ -111,9 +111,9 @@ def test_empty_directory_reads_as_typed_empty_frames_and_missing_one_names_itsel
         assert log.append_events([]) == []
         log.append_impressions([impression(1)])
     assert read_log(tmp_path / "fresh").empty
-    assert log_stats(tmp_path / "empty") == {"segments": 0, "bytes": 0, "events": 0, "impressions": 0,
+    assert log_stats(tmp_path / "empty") == {"segments": 0, "bytes": 0, "events": 0, "impressions": 0, "catalog": 0,
                                              "dropped_segments": 0, "last_event_at": None,
-                                             "last_impression_at": None}
+                                             "last_impression_at": None, "last_catalog_at": None}
     with pytest.raises(FileNotFoundError, match=f"event log directory {tmp_path / 'missing'} does not exist"):
         read_log(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="does not exist"):

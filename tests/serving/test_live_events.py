@@ -140,6 +140,76 @@ def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_pa
     assert "events file" in capsys.readouterr().err
 
 
+def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served, tmp_path, capsys):
+    """The catalog model over gRPC: a new item (embedded by the exported item tower in every
+    recommend instance) is served from the next answer; a block takes it out of the next answer of
+    both instances, unblock brings it back; an event on it is accepted; all logged in the catalog folder."""
+    from inference.models import TorchModel
+    from pipeline.catalog import OnlineCatalog
+    from serving.catalog_cli import main
+
+    server, log_dir, art = served
+    pipe = art.load_pipeline()  # offline: the PyTorch towers, to find the user whose taste is nearest the item
+    store = pipe.store
+    enc = store.features.encoders["item"]
+    item = {"item_id": "launch-1", "category": enc["category"].state["vocab"][0], "genres": "no-such-genre",
+            "price": 12.5, "quality": 0.4, "title": "Launch day special"}
+    OnlineCatalog(pipe, TorchModel(art.load_towers(store).item_tower)).apply(pd.DataFrame(
+        [{"op": "upsert_item", "entity_id": "launch-1", "attributes": {k: v for k, v in item.items() if k != "item_id"}}]))
+    vector = pipe.retriever.item_embeddings[-1]
+    t = float(store.last_ts.max()) + 30_000
+    users = np.arange(len(store.users))
+    fan = str(store.users.ids[int(np.argmax(pipe.retriever.embed_requests(users, np.full(len(users), int(t))) @ vector))])
+    unknown = "<unknown>"  # the category of a genre the run never saw: only the new item has it
+    with RecommendClient(server.grpc_url) as client:
+        assert client.recommend(fan, 5, t, include_categories=[unknown]).item_ids == []
+        assert client.upsert_items(pd.DataFrame([item])) == ["ok"]
+        for _ in range(4):  # both instances: ranked from the index, with its title
+            answer = client.recommend(fan, 5, t, include_categories=[unknown])
+            assert answer.item_ids == ["launch-1"] and answer.reasons == ["ranked"]
+            assert answer.titles == ["Launch day special"]
+        assert client.block(["launch-1", "no-such-item"]) == ["ok", "unknown_item"]
+        for _ in range(4):
+            assert client.recommend(fan, 5, t, include_categories=[unknown]).item_ids == []
+        assert client.unblock(["launch-1"]) == ["ok"]
+        for _ in range(4):
+            assert client.recommend(fan, 5, t, include_categories=[unknown]).item_ids == ["launch-1"]
+        # an event on the new item is accepted and applied: seen, so never recommended to the fan again
+        assert client.send_events(pd.DataFrame([event("launch-ev", fan, "launch-1", t)])) == ["ok"]
+        for _ in range(4):
+            assert client.recommend(fan, 5, t + 1, include_categories=[unknown]).item_ids == []
+        # bad records, each with its reason, the rest kept
+        assert client.upsert_items([{"item_id": "x1", "colour": "red"}, {"item_id": "x2", "price": "cheap"},
+                                    {"item_id": "launch-2", "genres": "no-such-genre", "price": 3}]) == [
+            "unknown_attribute", "bad_value", "ok"]
+        assert set(client.recommend("cold-visitor", 5, t, include_categories=[unknown]).item_ids) == {"launch-1", "launch-2"}
+        # stored user attributes: an unknown user's answer equals the same request with them given
+        segment = store.features.encoders["user"]["segment"].state["vocab"][0]
+        attrs = {"age": 41, "segment": segment, "country": "nowhere"}
+        given = client.recommend("walk-in-2", 10, t, attributes=attrs)
+        assert client.upsert_users([{"user_id": "walk-in", **attrs}]) == ["ok"]
+        for _ in range(4):
+            stored = client.recommend("walk-in", 10, t)
+            assert (stored.item_ids, stored.scores) == (given.item_ids, given.scores)
+    logged = read_log(log_dir / "catalog", "catalog")
+    assert logged["op"].tolist() == ["upsert_item", "block", "unblock", "upsert_item", "upsert_user"]
+    assert logged["attributes"].iloc[0] == {**{k: v for k, v in item.items() if k != "item_id"}, "price": 12.5}
+    # the command: a CSV of items, ids kept as text, each outcome reported
+    csv = tmp_path / "items.csv"
+    pd.DataFrame([{"item_id": "0077", "genres": "no-such-genre", "price": "7"},
+                  {"item_id": "0078", "price": "free"}]).to_csv(csv, index=False)
+    assert main(["upsert-items", str(csv), "--url", server.grpc_url]) == 0
+    out = capsys.readouterr().out
+    assert "2 records: " in out and "ok=1" in out and "bad_value=1" in out and "row 1: bad_value" in out
+    assert main(["block", "0077", "--url", server.grpc_url, "--fail-on-rejected"]) == 0
+    assert main(["unblock", "nope", "--url", server.grpc_url, "--fail-on-rejected"]) == 1
+    assert "unknown_item=1" in capsys.readouterr().out
+    assert "0077" in set(read_log(log_dir / "catalog", "catalog")["entity_id"])
+    metrics = scrape(server.metrics_url)
+    assert metric_sum(metrics, "recsys_catalog_records_total", op="upsert_item", outcome="ok") == 3
+    assert metric_sum(metrics, "recsys_catalog_applied_total", change="new_items") == 4  # 2 items x 2 instances
+
+
 def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):
     """SIGKILL of tritonserver right after the acks: every acknowledged row is in the log, and a
     restarted server applies the events again (from the log) before its first answer."""
@@ -165,3 +235,6 @@ def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp
     with TritonServer(repo, log_path=tmp_path / "restarted.log") as again, RecommendClient(again.grpc_url) as client:
         assert item not in client.recommend(user, 10, t + 1).item_ids  # the logged event, applied at start
         assert client.recommend("killer-3", 3, t + 1).route == "known_user"
+        if (log_dir / "catalog").is_dir():  # after the catalog test: items added online and blocks are replayed
+            shown = client.recommend("after-restart", 10, t + 1, include_categories=["<unknown>"]).item_ids
+            assert "launch-2" in shown and "0077" not in shown

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVED = ["triton_repo/recommend/1/model.py", "triton_repo/retrieval/1/model.py", "serving/onnx_model.py"]
+SERVED = ["triton_repo/recommend/1/model.py", "triton_repo/retrieval/1/model.py", "serving/onnx_model.py",
+          "triton_repo/events/1/model.py", "triton_repo/catalog/1/model.py"]
 FORBIDDEN = ("torch", "lightning", "hydra", "export", "evaluation", "stages", "train")
 
 

@@ -114,7 +114,7 @@ def test_bls_inference_gives_the_same_answers(repo, tiny_run, art, tmp_path):
 
 
 def test_all_models_ready(server):
-    assert server.ready_models() == ["events", "item_tower", "ranker", "ranker_int8", "recommend", "retrieval", "user_tower"]
+    assert server.ready_models() == ["catalog", "events", "item_tower", "ranker", "ranker_int8", "recommend", "retrieval", "user_tower"]
 
 
 @pytest.mark.parametrize("name", ["user_tower", "item_tower", "ranker"])

@@ -9,8 +9,8 @@ from tritonclient.grpc import model_config_pb2
 
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
 from serving.cli import format_answer
-from serving.protocol import (EVENT_INPUTS, EVENT_OUTPUTS, INPUTS, MAX_LIST_LEN, OUTPUTS, decode_response,
-                              encode_events, encode_request)
+from serving.protocol import (CATALOG_INPUTS, CATALOG_OUTPUTS, EVENT_INPUTS, EVENT_OUTPUTS, INPUTS, MAX_LIST_LEN,
+                              OUTPUTS, decode_response, encode_catalog, encode_events, encode_request)
 from serving.request import MAX_TIMESTAMP, encode_recommendation, parse_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,23 @@ def test_committed_recommend_config_declares_the_protocol_table():
 def test_committed_events_config_declares_the_event_table():
     params = check_declares("events", EVENT_INPUTS, EVENT_OUTPUTS)
     assert params["EVENT_LOG"] == check_declares("recommend", INPUTS, OUTPUTS)["EVENT_LOG"]  # one shared log
+
+
+def test_committed_catalog_config_declares_the_catalog_table():
+    params = check_declares("catalog", CATALOG_INPUTS, CATALOG_OUTPUTS)
+    assert params["EVENT_LOG"] == check_declares("recommend", INPUTS, OUTPUTS)["EVENT_LOG"]  # one shared log
+
+
+def test_catalog_records_encode_attributes_as_json_objects():
+    import json
+
+    t = encode_catalog(["upsert_item", "block"], ["i1", 7], [{"price": np.float32(2.5), "year": np.int64(1995),
+                                                              "genres": ["a", "b"], "title": None}, None])
+    assert t["op"].tolist() == [b"upsert_item", b"block"] and t["id"].tolist() == [b"i1", b"7"]
+    assert json.loads(t["attributes"][0]) == {"price": 2.5, "year": 1995, "genres": ["a", "b"], "title": None}
+    assert json.loads(t["attributes"][1]) == {}
+    with pytest.raises(ValueError, match="one op, one id"):
+        encode_catalog(["block"], ["a", "b"])
 
 
 def test_events_encode_from_a_frame_with_optional_weight():

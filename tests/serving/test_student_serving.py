@@ -69,7 +69,7 @@ def test_served_student_equals_the_offline_student_pipeline(client, run):
 
 
 def test_every_exported_ranker_is_served(server, client, run):
-    assert server.ready_models() == sorted(["events", "item_tower", "recommend", "retrieval", "user_tower", *RANKERS])
+    assert server.ready_models() == sorted(["catalog", "events", "item_tower", "recommend", "retrieval", "user_tower", *RANKERS])
     exported = json.loads((run[1] / "export.json").read_text())
     assert exported["rankers"] == RANKERS and exported["ranker"] == "ranker_student"
     user = json.loads((run[0] / "artifacts" / "store" / "users.json").read_text())[0]

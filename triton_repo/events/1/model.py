@@ -21,10 +21,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from events.log import EventLog
+from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import event_log_dirs
+from serving.event_log import catalog_log_dir, event_log_dirs
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
 
@@ -37,7 +38,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         repo = Path(args["model_repository"]).parent
         verify_files(repo, ["recommend/"])
-        self.items = IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json")
+        # the exported catalog, followed by the items added online (the log's catalog folder)
+        self.items = CatalogItems(IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json"),
+                                  catalog_log_dir(repo, params.get("EVENT_LOG", "event_log")))
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
         self.log = EventLog(event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))[0])
         kind = pb_utils.MetricFamily
@@ -59,7 +62,7 @@ class TritonPythonModel:
         n = next(iter(lengths.values()), 0)
         if n > self.max_events:
             raise ValueError(f"{n} events in one request; send at most {self.max_events} (the client splits batches)")
-        accepted, status = check_events(table, self.items, time.time(), records=True)
+        accepted, status = check_events(table, self.items.follow(), time.time(), records=True)
         if accepted:
             positions = [row.pop("position") for row in accepted]
             for position, fresh in zip(positions, self.log.append_events(accepted)):
@@ -87,4 +90,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
+        self.items.close()
         self.log.close()

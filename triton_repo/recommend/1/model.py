@@ -13,6 +13,11 @@ the stock flavour, ``in_process`` for the wheel; see ``export.recommend_inferenc
 - ``bls``: BLS calls to the ``user_tower`` and ranker Triton models, e.g. to use the stock
   container's GPU instances and dynamic batching across recommend instances.
 
+Live state: before each answer the instance applies what was logged since its last look: catalog
+records (``pipeline.catalog``: new items embedded by ``item_tower/1/model.onnx`` in process and
+added to the index, attribute updates, blocks, stored user attributes; the whole catalog log on
+start) and then interaction events (``pipeline.online``), docs/events.md.
+
 Tensors in and out follow :mod:`serving.protocol`; a bad request gets INVALID_ARGUMENT naming the input.
 
 Rankers: ``1/rankers.json`` (written by the export) lists the exported ones (``ranker``,
@@ -43,13 +48,15 @@ import triton_python_backend_utils as pb_utils
 
 from events.checks import interactions
 from events.log import EventLog
+from events.tail import EventTail
 from inference.models import INFERENCE, OnnxCallable
 from inference.spec import ModelSpec, from_batch, load_specs, to_batch
 from pipeline.artifacts import RunArtifacts
+from pipeline.catalog import OnlineCatalog
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import event_log_dirs, snapshot_tail
+from serving.event_log import catalog_log_dir, event_log_dirs, snapshot_tail
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import OUTPUTS
@@ -86,7 +93,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version = Path(args["model_repository"]) / args["model_version"]
         root = version.parent.parent  # checksums.json: every file this model reads, before reading any
-        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/"])
+        verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/", "item_tower/"])
         specs = load_specs(version / "specs.json")
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
@@ -127,6 +134,12 @@ class TritonPythonModel:
         self.titles = art.titles()
         self.logger = pb_utils.Logger
         self.impression_durability = params.get("IMPRESSION_DURABILITY", "normal")
+        # new items online are embedded by the exported item tower, in process (never over BLS: the
+        # catalog is caught up in initialize too, where BLS is not available)
+        self.catalog = OnlineCatalog(self.pipeline, OnnxCallable(
+            Path(args["model_repository"]).parent / "item_tower" / "1" / "model.onnx", specs["item_tower"],
+            int(params.get("ORT_THREADS", "1")), args.get("model_instance_kind") == "GPU"), self.titles)
+        self.catalog_tail = EventTail(catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), kind="catalog")
         self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")))
 
     def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path) -> None:
@@ -137,7 +150,7 @@ class TritonPythonModel:
         self.model_at = _written_at(artifacts.get("two_tower", {}))
         self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
         self.online = OnlineState(self.pipeline)
-        self._pending = None
+        self._pending = self._pending_catalog = None
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
@@ -146,6 +159,22 @@ class TritonPythonModel:
 
     def _catch_up(self) -> None:
         new = self.tail.read_new()
+        # Catalog records after the events: an event is accepted only once its item's record was
+        # logged, so every item an event read here names is in this catalog read (or an earlier one).
+        records = self.catalog_tail.read_new()
+        if self._pending_catalog is not None:
+            records = pd.concat([self._pending_catalog, records], ignore_index=True)
+            self._pending_catalog = None
+        if len(records):
+            try:
+                counts = self.catalog.apply(records)
+            except Exception:
+                self._pending_catalog = records  # retried next request, before any event
+                self._pending = new if self._pending is None else pd.concat([self._pending, new], ignore_index=True)
+                raise
+            for op, n in counts.items():
+                if n:
+                    self.catalog_applied[op].increment(n)
         if self._pending is not None:  # a batch whose apply failed last time: tried again, first
             new = pd.concat([self._pending, new], ignore_index=True)
             self._pending = None
@@ -181,6 +210,9 @@ class TritonPythonModel:
         self.freshness = m.gauges("recsys_freshness_seconds",
                                   "Age of the newest applied event, the served snapshot and the model", "of",
                                   ("event", "snapshot", "model"))
+        self.catalog_applied = m.counters("recsys_catalog_applied_total",
+                                          "Catalog changes applied to this instance, by kind", "change",
+                                          ("new_items", "updated_items", "blocked", "unblocked", "users"))
         self.last_event_at = None
         # Set once at load: direct, not buffered.
         self.families = [kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE)]
@@ -239,6 +271,7 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.metrics.close()
         self.tail.close()
+        self.catalog_tail.close()
         self.event_log.close()
 
 

@@ -1,0 +1,184 @@
+"""What a catalog record is, and the per-record checks made before one is accepted.
+
+A record changes the catalog while serving (the ``catalog`` model, ``recsys-catalog``):
+
+- ``upsert_item``: an item id and attributes over the item columns of the run's schema (e.g.
+  ``category``, ``genres``, ``price``, ``title``): a new item enters the catalog (embedded by the item
+  tower, added to the index); an existing one gets the given attributes (the others keep theirs)
+  and is embedded again;
+- ``upsert_user``: a user id and attributes over the user columns (e.g. ``age``, ``country``): kept
+  for later requests of that user, known or not;
+- ``block`` / ``unblock``: an item id; a blocked item leaves every answer at once (removal from
+  the catalog is a block: the id stays, so events on it still resolve), ``unblock`` restores it.
+
+Every record of a batch is checked on its own: a bad one is rejected with its reason
+(:data:`REASONS`), the rest are kept, in their order. Standard library and numpy only (the Triton
+stubs import it); the attribute schema comes from the caller (:func:`pipeline.catalog.catalog_schema`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+
+from events.tail import EventTail
+
+OPS = ("upsert_item", "upsert_user", "block", "unblock")
+ITEM_OPS = ("upsert_item", "block", "unblock")
+MAX_ID_LENGTH = 256  # as events and request ids
+MAX_VALUE_LENGTH = 1000  # characters of one attribute value
+MAX_ATTRIBUTES = 64  # attributes of one record
+REASONS = ("missing_id", "id_too_long", "unknown_op", "malformed_attributes", "too_many_attributes",
+           "unknown_attribute", "bad_value", "value_too_long", "unexpected_attributes", "unknown_item",
+           "duplicate_in_batch")
+NUMERIC = "numeric"
+
+
+def _text(v) -> str | None:
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", errors="replace")
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    v = str(v).strip()
+    return v or None
+
+
+def _attributes(raw) -> dict | None:
+    """A record's attributes: a mapping, JSON text of an object, or nothing (-> {}); None if malformed."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if raw is None or (isinstance(raw, float) and raw != raw) or (isinstance(raw, str) and not raw.strip()):
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    return dict(raw) if isinstance(raw, Mapping) else None
+
+
+def _value(v, kind: str, sep: str) -> tuple[object, str | None]:
+    """(the stored value, None) or (None, the reason) for one attribute value of a column of ``kind``."""
+    if v is None:
+        return None, None  # explicitly missing: encoded as missing (out of vocabulary / 0)
+    if kind == NUMERIC:
+        if isinstance(v, bool):
+            return None, "bad_value"
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return None, "bad_value"
+        return (x, None) if math.isfinite(x) else (None, "bad_value")
+    if isinstance(v, (list, tuple)):  # a multi-valued column given as a list
+        if not all(isinstance(t, str) for t in v):
+            return None, "bad_value"
+        v = sep.join(v)
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)) or (isinstance(v, float) and not math.isfinite(v)):
+        return None, "bad_value"
+    text = str(v)
+    return (text, None) if len(text) <= MAX_VALUE_LENGTH else (None, "value_too_long")
+
+
+def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, schema: dict[str, dict[str, tuple]],
+                  known_items, now: float) -> tuple[list[dict], list[str]]:
+    """Check a batch of catalog records.
+
+    Args:
+        ops: one of :data:`OPS` per record.
+        ids: the item id (item ops) or user id (``upsert_user``) per record.
+        attributes: per record a mapping (or JSON text of an object) of attribute name -> value; None
+            when no record carries attributes.
+        schema: ``{"user": {name: (kind, sep)}, "item": {name: (kind, sep)}}``: the attribute columns
+            a record may name (kinds of :mod:`features.encoders`; ``numeric`` values must be finite numbers).
+        known_items: the catalog's item vocabulary (``lookup(ids) -> indices``, -1 unknown): a block
+            or unblock must name an item of the catalog or one upserted earlier in the batch.
+        now: the server's clock (Unix s), the records' ``timestamp``.
+
+    Returns:
+        The accepted records, ready for ``EventLog.append_catalog`` (with a fresh ``record_id`` and
+        their batch position in ``position``), and per input record ``"ok"`` or the rejection reason.
+
+    Raises:
+        ValueError: the inputs differ in length.
+    """
+    n = len(ops)
+    if len(ids) != n or (attributes is not None and len(attributes) != n):
+        raise ValueError(f"every catalog input must hold one value per record; got op={n}, id={len(ids)}, "
+                         f"attributes={None if attributes is None else len(attributes)}")
+    ids_text = [_text(v) for v in ids]
+    unknown = [v is not None and known_items.lookup([v])[0] < 0 for v in ids_text] if n else []
+    added, seen, accepted, status = set(), set(), [], []
+    for j in range(n):
+        op, entity = (_text(ops[j]) or "").lower(), ids_text[j]
+        attrs = _attributes(attributes[j]) if attributes is not None else {}
+        reason, values = None, {}
+        if op not in OPS:
+            reason = "unknown_op"
+        elif entity is None:
+            reason = "missing_id"
+        elif len(entity) > MAX_ID_LENGTH:
+            reason = "id_too_long"
+        elif attrs is None:
+            reason = "malformed_attributes"
+        elif len(attrs) > MAX_ATTRIBUTES:
+            reason = "too_many_attributes"
+        elif op in ("block", "unblock") and attrs:
+            reason = "unexpected_attributes"
+        elif op in ("block", "unblock") and unknown[j] and entity not in added:
+            reason = "unknown_item"
+        elif (op, entity) in seen:
+            reason = "duplicate_in_batch"
+        else:
+            columns = schema["item" if op == "upsert_item" else "user"]
+            for name, v in attrs.items():
+                if name not in columns:
+                    reason = "unknown_attribute"
+                    break
+                values[name], reason = _value(v, *columns[name])
+                if reason:
+                    break
+        status.append(reason or "ok")
+        if reason:
+            continue
+        seen.add((op, entity))
+        if op == "upsert_item":
+            added.add(entity)
+        accepted.append({"record_id": uuid.uuid4().hex, "op": op, "entity_id": entity, "attributes": values,
+                         "timestamp": float(now), "position": j})
+    return accepted, status
+
+
+def known_names(schema: dict[str, dict[str, tuple]]) -> str:
+    """The attribute names a record may carry, for messages and --help."""
+    return "; ".join(f"{entity}: {', '.join(sorted(cols))}" for entity, cols in schema.items())
+
+
+class CatalogItems:
+    """The served item vocabulary, following the items added online (the log's ``catalog`` table), so
+    the ``events`` and ``catalog`` models accept an event on / a block of an item upserted since the
+    export, by this server or another sharing the log. One tail read per call (~20 us when idle).
+
+    Args:
+        items: the exported catalog's ``features.vocab.IdVocab`` (extended in place).
+        directory: the log's catalog folder (``serving.event_log.catalog_log_dir``).
+    """
+
+    def __init__(self, items, directory: str | os.PathLike):
+        self.items = items
+        self.tail = EventTail(directory, kind="catalog")
+
+    def follow(self):
+        """The vocabulary with every item upserted so far."""
+        new = self.tail.read_new()
+        if len(new):
+            ids = new.loc[new["op"] == "upsert_item", "entity_id"].drop_duplicates().to_numpy(dtype=object)
+            ids = ids[self.items.lookup(ids) < 0] if len(ids) else ids
+            if len(ids):
+                self.items.extend(ids)
+        return self.items
+
+    def close(self) -> None:
+        self.tail.close()

@@ -1,0 +1,93 @@
+"""``catalog``: item / user upserts and item blocks in, one status per record out; accepted ones made
+durable first.
+
+Each record is checked on its own (:func:`events.catalog.check_catalog`: the op, the id, the
+attribute names against the run's schema, each value's form, blocks of known items, duplicates in
+the batch); the accepted ones are appended to the log's ``catalog`` folder
+(:class:`events.log.EventLog`, shared with every ``recommend`` instance and the ``events`` model) in
+one transaction, and only then does the call return. ``recommend`` applies them before its next
+answer (``pipeline.catalog``). The model follows the same log for the items added since the
+export (by this server or another sharing the log), so a block of one of them is accepted.
+
+Counters: ``recsys_catalog_records_total{op, outcome}`` (ok or the rejection reason).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from events.catalog import OPS, REASONS, CatalogItems, check_catalog
+from events.log import EventLog
+from features.encoders import FeatureSet
+from features.vocab import IdVocab
+from inference.integrity import verify_files
+from pipeline.catalog import catalog_schema
+from serving.event_log import catalog_log_dir
+from serving.protocol import CATALOG_INPUTS
+
+OUTCOMES = ("ok", *REASONS)
+
+
+class TritonPythonModel:
+    """The attribute schema and item vocabulary of the served run, and the writer of the catalog log."""
+
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        repo = Path(args["model_repository"]).parent
+        verify_files(repo, ["recommend/"])
+        store = repo / "recommend" / "1" / "artifacts" / "store"
+        self.schema = catalog_schema(FeatureSet.load(store / "encoders.json"))
+        directory = catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))
+        self.items = CatalogItems(IdVocab.load(store / "items.json"), directory)
+        self.max_records = int(params.get("MAX_RECORDS", "100000"))
+        self.log = EventLog(directory)
+        family = pb_utils.MetricFamily("recsys_catalog_records_total", "Catalog records received, by op and outcome",
+                                       pb_utils.MetricFamily.COUNTER)
+        self.families = [family]
+        self.counts = {(op, o): family.Metric(labels={"op": op, "outcome": o}) for op in (*OPS, "other") for o in OUTCOMES}
+
+    def _answer(self, request) -> np.ndarray:
+        table = {}
+        for name in CATALOG_INPUTS:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                table[name] = tensor.as_numpy().ravel()
+        n = len(table["op"])
+        if n > self.max_records:
+            raise ValueError(f"{n} records in one request; send at most {self.max_records} (the client splits batches)")
+        accepted, status = check_catalog(table["op"], table["id"], table.get("attributes"), self.schema,
+                                         self.items.follow(), time.time())
+        if accepted:
+            for row in accepted:
+                row.pop("position")
+            self.log.append_catalog(accepted)  # record ids are fresh: every accepted record is stored
+        ops = [op.decode("utf-8", errors="replace") if isinstance(op, bytes) else str(op) for op in table["op"]]
+        # one increment per (op, outcome), not per record: every metric call is a round trip
+        for (op, outcome), k in Counter((op if op in OPS else "other", s) for op, s in zip(ops, status)).items():
+            self.counts[(op, outcome)].increment(k)
+        return np.array([s.encode() for s in status], dtype=np.object_)
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("status", self._answer(request))]))
+            except ValueError as err:
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"catalog: {err}", pb_utils.TritonError.INVALID_ARG)))
+            except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
+                pb_utils.Logger.log_error(f"catalog failed: {type(err).__name__}: {err}")
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
+        return responses
+
+    def finalize(self) -> None:
+        self.items.close()
+        self.log.close()
