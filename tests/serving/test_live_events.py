@@ -205,6 +205,7 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
     assert main(["unblock", "nope", "--url", server.grpc_url, "--fail-on-rejected"]) == 1
     assert "unknown_item=1" in capsys.readouterr().out
     assert "0077" in set(read_log(log_dir / "catalog", "catalog")["entity_id"])
+    time.sleep(FLUSH_S + 0.5)  # recommend's recsys_* metrics reach the server once a second
     metrics = scrape(server.metrics_url)
     assert metric_sum(metrics, "recsys_catalog_records_total", op="upsert_item", outcome="ok") == 3
     assert metric_sum(metrics, "recsys_catalog_applied_total", change="new_items") == 4  # 2 items x 2 instances
