@@ -270,15 +270,21 @@ class RedisPublisher:
             self._script = self._client.register_script(PUBLISH_LUA)
         return self._client
 
-    def start(self, interval_s: float | None = None) -> "RedisPublisher":
+    def start(self, interval_s: float | None = None, on_tick: Callable[[], None] | None = None) -> "RedisPublisher":
         """Publish the backlog in a background thread (every ``interval_s``, default ``retry_s``): what
         waits while Redis is down goes out when it is back, whether or not new events arrive, and
-        ``up`` follows Redis on an idle system (a PING when there is nothing to send)."""
+        ``up`` follows Redis on an idle system (a PING when there is nothing to send). ``on_tick`` runs
+        after each round (e.g. to update metrics); its exceptions are logged, never stop the thread."""
         interval = interval_s or self.health.retry_s
 
         def loop():
             while not self._stop.wait(interval):
                 self.flush(ping=True)
+                if on_tick is not None:
+                    try:
+                        on_tick()
+                    except Exception:  # noqa: BLE001 - a metric failing must not stop publishing
+                        log.exception("redis publisher: on_tick failed")
 
         self._thread = threading.Thread(target=loop, name="redis-publisher", daemon=True)
         self._thread.start()

@@ -27,6 +27,13 @@ Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model 
 ``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items``,
 ``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
 ``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
+
+Live events: before each answer the instance applies the events accepted since its last look
+(:class:`pipeline.online.OnlineState`), read from the host's durable log (:class:`events.tail.EventTail`)
+or, with Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``), from the shared Redis Stream
+(:class:`events.redis_bus.RedisTail`, the same interface), so instances on every host see the same
+events. Redis down: the answers come from the state as it is, ``recsys_redis_up{role="recommend"}``
+says 0, one log line per outage, and the instance catches up from its last stream id when Redis is back.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from pipeline.artifacts import RunArtifacts
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import event_log_dirs
+from serving.event_log import REDIS_UP_HELP, event_log_dirs, redis_settings
 from serving.optional_models import load_optional
 from serving.protocol import INPUTS, OUTPUTS
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
@@ -127,10 +134,11 @@ class TritonPythonModel:
         self.titles = art.titles()
         self.logger = pb_utils.Logger
         self.impression_durability = params.get("IMPRESSION_DURABILITY", "normal")
-        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")))
+        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")), redis_settings(params))
 
-    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path) -> None:
-        """Follow the shared event log (from the served snapshot on) and log every answer in it."""
+    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path, redis: dict | None) -> None:
+        """Follow the shared events (from the served snapshot on): the host's log, or the Redis stream
+        when configured; log every answer as an impression in the host's log."""
         m = art.manifest()
         artifacts = m.get("artifacts", {})
         self.snapshot_at = _written_at(artifacts.get("store", {}))
@@ -141,8 +149,23 @@ class TritonPythonModel:
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
-        self.tail = EventTail(events_dir, received_after=self.snapshot_at)
-        self._catch_up()  # everything logged since the snapshot, before the first answer
+        self.redis_up, self.shown_up = None, None
+        if redis is None:
+            self.tail = EventTail(events_dir, received_after=self.snapshot_at)
+        else:
+            from events.redis_bus import RedisTail
+
+            def changed(up: bool, message: str) -> None:
+                (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+
+            family = pb_utils.MetricFamily("recsys_redis_up", REDIS_UP_HELP, pb_utils.MetricFamily.GAUGE)
+            self.families.append(family)
+            self.redis_up = family.Metric(labels={"role": "recommend"})
+            self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
+                                  on_change=changed)
+        self._catch_up()  # everything shared since the snapshot, before the first answer
+        while getattr(self.tail, "more", False):  # a Redis tail reads a bounded number per call
+            self._catch_up()
 
     def _catch_up(self) -> None:
         new = self.tail.read_new()
@@ -157,6 +180,9 @@ class TritonPythonModel:
                 raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
+        if self.redis_up is not None and self.tail.up != self.shown_up:
+            self.shown_up = self.tail.up
+            self.redis_up.set(1.0 if self.shown_up else 0.0)
         now = time.time()
         if len(new) or now - self.fresh_at >= 1.0:  # 3 metric calls = 3 round trips: on news or once a second
             self.fresh_at = now
