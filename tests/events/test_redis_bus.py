@@ -12,7 +12,7 @@ from events.log import EventLog, read_log
 from events.redis_bus import RedisPublisher, RedisTail, check_url
 from events.schema import EVENT_COLUMNS, EVENT_DTYPES
 from events.tail import EventTail
-from tests.redis_server import RedisServer
+from serving.redis_server import RedisServer
 
 
 @pytest.fixture

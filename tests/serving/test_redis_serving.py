@@ -17,7 +17,7 @@ from serving.event_log import ENV, REDIS_ENV
 from serving.health import metric_sum, scrape
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
-from tests.redis_server import RedisServer
+from serving.redis_server import RedisServer
 
 
 def test_serve_refuses_a_malformed_redis_url_before_starting(capsys, monkeypatch):

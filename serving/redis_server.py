@@ -1,4 +1,5 @@
-"""A real ``redis-server`` (Debian's; ``make test`` installs it) on 127.0.0.1 and a free port, for tests.
+"""A ``redis-server`` child process (Debian's; ``make redis-install``) on 127.0.0.1, for tests and
+benchmarks (``make redis-start`` runs a long-lived one).
 
 Started by path, stopped by its PID (never by name); ``appendonly yes`` in its own directory, so a
 restart on the same directory keeps the stream and the idempotency keys, as in production.
@@ -18,6 +19,8 @@ from serving.triton_server import free_ports
 
 
 class RedisServer:
+    """``redis-server`` on 127.0.0.1:``port`` (a free one when None), data in ``directory``."""
+
     def __init__(self, directory: Path, port: int | None = None):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
