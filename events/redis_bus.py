@@ -68,8 +68,16 @@ return flags
 def check_url(url: str) -> str:
     """The URL, or ValueError naming it and the accepted forms."""
     if not isinstance(url, str) or not url.startswith(URL_SCHEMES):
-        raise ValueError(f"Redis URL {url!r}: expected redis://HOST:PORT/DB (or rediss://, unix://PATH), "
+        raise ValueError(f"Redis URL {redact(url) if isinstance(url, str) else url!r}: expected redis://HOST:PORT/DB (or rediss://, unix://PATH), "
                          "e.g. redis://127.0.0.1:6379/0")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
 
 
@@ -94,7 +102,7 @@ class _Health:
 
     def __init__(self, name: str, retry_s: float, on_change: Callable[[bool, str], None] | None):
         self.name, self.retry_s = name, retry_s
-        self.on_change = on_change or (lambda up, why: (log.info if up else log.warning)(why))
+        self.on_change = on_change or (lambda up, why: (log.info if up else log.warning)("%s", why))
         self.up: bool | None = None  # None: not tried yet
         self.next_try = 0.0
         self.outages = 0
@@ -103,12 +111,14 @@ class _Health:
         return self.up is not False or time.monotonic() >= self.next_try
 
     def ok(self, url: str) -> None:
+        url = redact(url)
         if self.up is not True:
             back = self.up is False
             self.up = True
             self.on_change(True, f"{self.name}: Redis {url} {'is back' if back else 'connected'}")
 
     def failed(self, url: str, err: Exception, detail: str = "") -> None:
+        url = redact(url)
         self.next_try = time.monotonic() + self.retry_s
         if self.up is not False:
             self.up = False
@@ -279,12 +289,12 @@ class RedisPublisher:
 
         def loop():
             while not self._stop.wait(interval):
-                self.flush(ping=True)
-                if on_tick is not None:
-                    try:
+                try:  # Redis errors never raise; a local read error (a disk) must not end the thread either
+                    self.flush(ping=True)
+                    if on_tick is not None:
                         on_tick()
-                    except Exception:  # noqa: BLE001 - a metric failing must not stop publishing
-                        log.exception("redis publisher: on_tick failed")
+                except Exception:  # noqa: BLE001 - logged, tried again next round
+                    log.exception("redis publisher: background round failed")
 
         self._thread = threading.Thread(target=loop, name="redis-publisher", daemon=True)
         self._thread.start()

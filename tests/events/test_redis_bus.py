@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from events.log import EventLog, read_log
-from events.redis_bus import RedisPublisher, RedisTail, check_url
+from events.redis_bus import RedisPublisher, RedisTail, check_url, redact
 from events.schema import EVENT_COLUMNS, EVENT_DTYPES
 from events.tail import EventTail
 from serving.redis_server import RedisServer
@@ -112,6 +112,8 @@ def test_a_tail_started_at_the_snapshot_time_skips_older_events(tmp_path, redis_
 def test_bad_settings_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"Redis URL 'localhost:6379'.*redis://127.0.0.1:6379/0"):
         check_url("localhost:6379")
+    assert redact("redis://:s3cret@10.0.0.5:6379/0") == "redis://***@10.0.0.5:6379/0"  # never logged
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     with pytest.raises(ValueError, match="maxlen"):
         RedisPublisher("redis://127.0.0.1:1/0", tmp_path, maxlen=0)
     with pytest.raises(ValueError, match="count"):
@@ -192,3 +194,20 @@ def test_the_stream_is_trimmed_near_maxlen(tmp_path, redis_server):
     length = redis.Redis.from_url(redis_server.url).xlen("recsys:{events}")
     assert 500 <= length < 1000  # approximate trim (whole radix-tree nodes of 100 entries)
     assert np.isfinite(length)
+
+
+def test_nothing_listening_from_the_start_is_down_not_an_error(tmp_path):
+    from serving.triton_server import free_ports
+
+    url = f"redis://127.0.0.1:{free_ports(1)[0]}/0"
+    notices = []
+    with EventLog(tmp_path / "log", durability="normal") as local:
+        local.append_events(events(0, 3))
+        publisher = RedisPublisher(url, tmp_path / "log", on_change=lambda up, why: notices.append(why))
+        tail = RedisTail(url, on_change=lambda up, why: notices.append(why))
+        start = time.perf_counter()
+        for _ in range(20):
+            assert publisher.flush() == 0 and tail.read_new().empty
+        assert time.perf_counter() - start < 1.0
+    assert publisher.up is False and tail.up is False and publisher.backlog == 3
+    assert len(notices) == 2 and "3 events wait in the local log" in notices[0]

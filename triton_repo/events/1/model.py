@@ -120,8 +120,11 @@ class TritonPythonModel:
                 if not fresh:
                     status[position] = "duplicate"
             if self.bus is not None:  # durable here already; shared before the ack when Redis answers
-                self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
-                self._show_redis()
+                try:
+                    self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
+                    self._show_redis()
+                except Exception as err:  # noqa: BLE001 - the events are logged: the ack stands, the thread retries
+                    pb_utils.Logger.log_error(f"events: publishing to Redis failed: {type(err).__name__}: {err}")
         for outcome in set(status):
             self.outcomes[outcome].increment(status.count(outcome))
         if time.monotonic() - self.sized_at >= 1.0:  # the log size at most once a second (0.5 ms a look)
