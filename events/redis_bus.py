@@ -34,6 +34,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from events.schema import EVENT_COLUMNS, EVENT_DTYPES
@@ -387,15 +388,23 @@ class RedisTail:
             self._client = None
             self.more = False
             self.health.failed(self.url, err, f"; answering from the state as of stream id {self.last_id}")
+        return self._frame(rows)
+
+    def _frame(self, rows: list[tuple]) -> pd.DataFrame:
+        """The typed frame, built column by column (``DataFrame(rows).astype`` costs ~25x more: the
+        serving path pays this per answer with news)."""
+        if self.received_after is not None:
+            at = EVENT_COLUMNS.index("received_at")
+            rows = [r for r in rows if _float(r[at]) > self.received_after]
         if not rows:
             return self._empty
-        frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
-        for c in ("timestamp", "weight", "received_at"):
-            frame[c] = pd.to_numeric(frame[c].replace("", "nan"), errors="coerce")
-        frame = frame.astype(self._dtypes)
-        if self.received_after is not None:
-            frame = frame[frame["received_at"] > self.received_after].reset_index(drop=True)
-        return frame
+        data = {}
+        for name, values in zip(EVENT_COLUMNS, zip(*rows)):
+            if self._dtypes[name] == "float64":
+                data[name] = np.array([_float(v) for v in values], dtype=np.float64)
+            else:
+                data[name] = pd.array(list(values), dtype=self._dtypes[name])
+        return pd.DataFrame(data)
 
     def close(self) -> None:
         if self._client is not None:
@@ -411,6 +420,10 @@ def _entries(reply, stream: str) -> list[tuple[str, dict]]:
     if isinstance(reply, dict):
         return list(reply.get(stream, [[]])[0])
     return list(reply[0][1])
+
+
+def _float(text: str) -> float:
+    return float(text) if text else math.nan
 
 
 def _encode(value) -> str | int | float:
