@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="served event-to-answer visibility only (one server, two sharing the log directory, two "
                         "sharing Redis; redis-server must be installed: make redis-install); no quality replay")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides of the history run's training (e.g. trainer.max_epochs=2 for a quick "
+                        "visibility measurement: serving cost does not depend on the epoch count)")
     args = p.parse_args(argv)
     if not 0 < args.stream_share < 0.5:
         p.error(f"--stream-share={args.stream_share} must be in (0, 0.5)")
@@ -83,7 +86,7 @@ def build_history_run(args) -> tuple[Path, pd.DataFrame]:
     from features.schema import Dataset
     from train import train
 
-    cfg = config(args.work_dir, ["stage=deploy", "retrieval.refit.mode=none"])
+    cfg = config(args.work_dir, ["stage=deploy", "retrieval.refit.mode=none", *getattr(args, "overrides", [])])
     ds = load_dataset(cfg.data)
     history, stream = cut(ds.interactions, args.stream_share)
     run_dir = args.run_dir or Path(cfg.paths.output_dir)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from events.schema import EVENT_COLUMNS, EVENT_DTYPES
-from events.segments import list_segments, open_readonly, row_count, segment_path
+from events.segments import BUSY_TIMEOUT_S, check_version, list_segments, open_readonly, row_count, segment_path
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,24 @@ class _LogCursor:
         return max(total, 0)
 
     def _open(self, n: int) -> sqlite3.Connection | None:
+        """The segment's read-only connection, kept while it is the one read. Shared by the request
+        path and the publisher's thread (never at once: the publisher's lock), hence not bound to
+        the thread that opened it."""
         if self._conn is not None and self._conn_segment == n:
             return self._conn
-        conn = open_readonly(segment_path(self.directory, n))
-        if conn is None:
-            return None
+        path = segment_path(self.directory, n)
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                   check_same_thread=False)
+        except sqlite3.OperationalError:
+            if not path.exists():  # dropped by a writer between listing and opening
+                return None
+            raise
+        try:
+            check_version(conn, path)
+        except BaseException:
+            conn.close()
+            raise
         self.close()
         self._conn, self._conn_segment = conn, n
         return conn

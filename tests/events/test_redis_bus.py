@@ -168,9 +168,12 @@ def test_the_background_thread_publishes_the_backlog_without_new_calls(tmp_path)
     server = RedisServer(tmp_path / "redis").start()
     try:
         with EventLog(tmp_path / "log", durability="normal") as local:
-            publisher = RedisPublisher(server.url, tmp_path / "log", retry_s=0.1, timeout_s=0.2).start()
+            publisher = RedisPublisher(server.url, tmp_path / "log", retry_s=0.1, timeout_s=0.2)
+            local.append_events(events(0, 2))
+            assert publisher.flush() == 2  # the request path reads the log first (its connection) ...
+            publisher.start()  # ... then the thread reads it too
             server.kill()
-            local.append_events(events(0, 5))
+            local.append_events(events(2, 7))
             deadline = time.monotonic() + 15
             while (publisher.up is not False or publisher.backlog != 5) and time.monotonic() < deadline:
                 time.sleep(0.05)  # the thread's next round finds Redis gone and counts what waits
@@ -181,7 +184,7 @@ def test_the_background_thread_publishes_the_backlog_without_new_calls(tmp_path)
                 time.sleep(0.05)
             publisher.close()
         assert publisher.backlog == 0 and publisher.up is True
-        assert drain(RedisTail(server.url))["event_id"].tolist() == [f"e{i}" for i in range(5)]
+        assert drain(RedisTail(server.url))["event_id"].tolist() == [f"e{i}" for i in range(7)]
     finally:
         server.stop()
 
