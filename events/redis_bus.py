@@ -362,11 +362,13 @@ class RedisTail:
         max_reads: ``XREAD`` calls per :meth:`read_new` at most (so one call reads at most
             ``count * max_reads`` events; :attr:`more` says whether it stopped at that bound).
         retry_s, timeout_s, on_change: as for :class:`RedisPublisher`.
+        check_s: seconds between checks that nothing it needed was trimmed unread (:attr:`missed`,
+            a warning); a check adds ~0.2 ms to its read, so not every read does one.
     """
 
     def __init__(self, url: str, stream: str = DEFAULT_STREAM, received_after: float | None = None,
                  count: int = 1000, max_reads: int = 10, retry_s: float = 1.0, timeout_s: float = 0.5,
-                 on_change: Callable[[bool, str], None] | None = None):
+                 on_change: Callable[[bool, str], None] | None = None, check_s: float = 1.0):
         if count < 1 or max_reads < 1:
             raise ValueError(f"Redis tail count ({count}) and max_reads ({max_reads}) must be positive")
         self.url, self.stream, self.count, self.max_reads = check_url(url), stream, count, max_reads
@@ -377,6 +379,11 @@ class RedisTail:
         self.timeout_s = timeout_s
         self.more = False
         self.read = 0  # stream entries read (before the received_after filter)
+        self.missed = 0  # entries trimmed before this tail read them (see _check_trimmed)
+        self.check_s = check_s
+        self._checked_at = 0.0
+        self._added: int | None = None  # the stream's entries-added at the last check (caught up)
+        self._read_since = 0  # entries read since that check
         self._client = None
         self._dtypes = {c: t for c, t in EVENT_DTYPES.items() if c in EVENT_COLUMNS}
         self._empty = pd.DataFrame(columns=list(EVENT_COLUMNS)).astype(self._dtypes)
@@ -396,7 +403,20 @@ class RedisTail:
             if self._client is None:
                 self._client = connect(self.url, self.timeout_s)
             for _ in range(self.max_reads):
-                entries = _entries(self._client.xread({self.stream: self.last_id}, count=self.count), self.stream)
+                check = time.monotonic() - self._checked_at >= self.check_s
+                if check:  # the read and the stream's counters at one instant (MULTI, one round trip)
+                    self._checked_at = time.monotonic()
+                    reply, info = self._client.pipeline(transaction=True).xread(
+                        {self.stream: self.last_id}, count=self.count).xinfo_stream(self.stream).execute(
+                        raise_on_error=False)
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:
+                    reply = self._client.xread({self.stream: self.last_id}, count=self.count)
+                entries = _entries(reply, self.stream)
+                self._read_since += len(entries)
+                if check:
+                    self._check_trimmed(info, len(entries))
                 for entry_id, fields in entries:
                     rows.append(tuple(fields.get(c, "") for c in EVENT_COLUMNS))
                     self.last_id = entry_id
@@ -410,6 +430,26 @@ class RedisTail:
             self.more = False
             self.health.failed(self.url, err, f"; answering from the state as of stream id {self.last_id}")
         return self._frame(rows)
+
+    def _check_trimmed(self, info, n_read: int) -> None:
+        """Count and log (once per gap) entries that the stream trimmed before this tail read them: it
+        was away longer than the stream keeps (``REDIS_MAXLEN``). ``entries-added`` counts every entry
+        ever appended; between two checks at which this tail was caught up (read less than asked),
+        it must have read exactly the entries added in between."""
+        if isinstance(info, Exception):  # no stream yet (XINFO on a missing key)
+            return
+        if n_read >= self.count:  # not caught up: no exact count now
+            return
+        added = int(info.get("entries-added", 0))
+        if self._added is not None and added >= self._added:
+            missed = added - self._added - self._read_since
+            if missed > 0:
+                self.missed += missed
+                log.warning("recommend tail: %d events of the Redis stream %s were trimmed before this instance "
+                            "read them (before stream id %s): it was away longer than the stream keeps "
+                            "(REDIS_MAXLEN); its state lacks them until a refresh or a restart from a newer "
+                            "snapshot", missed, self.stream, self.last_id)
+        self._added, self._read_since = added, 0  # (a Redis that lost its data restarts the count)
 
     def _frame(self, rows: list[tuple]) -> pd.DataFrame:
         """The typed frame, built column by column (``DataFrame(rows).astype`` costs ~25x more: the

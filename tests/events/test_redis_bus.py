@@ -215,3 +215,37 @@ def test_nothing_listening_from_the_start_is_down_not_an_error(tmp_path):
         assert time.perf_counter() - start < 1.0
     assert publisher.up is False and tail.up is False and publisher.backlog == 3
     assert len(notices) == 2 and "3 events wait in the local log" in notices[0]
+
+
+def test_a_tail_away_longer_than_the_stream_keeps_says_how_many_it_missed(tmp_path, redis_server, caplog):
+    with EventLog(tmp_path / "log", durability="normal") as local:
+        publisher = RedisPublisher(redis_server.url, tmp_path / "log", maxlen=100)
+        local.append_events(events(0, 50))
+        publisher.flush()
+        tail = RedisTail(redis_server.url, check_s=0)
+        assert len(drain(tail)) == 50 and tail.missed == 0  # caught up
+        local.append_events(events(50, 1550))
+        publisher.flush()  # 1,500 more while the tail does not read: the stream keeps ~100-200
+        with caplog.at_level("WARNING", logger="events.redis_bus"):
+            got = drain(tail)
+    assert got["event_id"].iloc[-1] == "e1549" and tail.missed == 1500 - len(got) > 0
+    assert len(got) <= 200  # what the stream kept
+    assert f"{tail.missed} events of the Redis stream" in caplog.text and "REDIS_MAXLEN" in caplog.text
+    caplog.clear()
+    assert tail.read_new().empty and tail.missed == 1500 - len(got) and not caplog.text  # said once
+
+
+def test_a_tail_that_keeps_up_misses_nothing_even_when_the_stream_turns_over(tmp_path, redis_server):
+    """Between two checks far more events than the stream keeps pass, all read in time: nothing missed."""
+    with EventLog(tmp_path / "log", durability="normal") as local:
+        publisher = RedisPublisher(redis_server.url, tmp_path / "log", maxlen=100)
+        tail = RedisTail(redis_server.url, check_s=0.3)
+        read = []
+        for r in range(30):
+            local.append_events(events(r * 50, r * 50 + 50))
+            publisher.flush()
+            read += drain(tail)["event_id"].tolist()
+            if r in (0, 29):
+                time.sleep(0.35)  # the next read checks
+        read += drain(tail)["event_id"].tolist()
+    assert read == [f"e{i}" for i in range(1500)] and tail.missed == 0

@@ -115,6 +115,7 @@ def test_redis_killed_both_keep_answering_and_catch_up_when_it_returns(two_hosts
     assert metric(a, "recsys_redis_backlog_events") == 0 and metric(a, "recsys_redis_up", role="events") == 1
     assert metric(b, "recsys_redis_up", role="recommend") == 1
     assert metric(b, "recsys_events_applied_total") == applied_before + 1  # rx-20, once
+    assert metric(b, "recsys_redis_missed_events_total") == 0  # the append-only file kept the stream
     # one log line per outage and model, not one per call
     lines = (d / "a.log").read_text().splitlines()
     for who in ("events publisher", "recommend tail"):

@@ -159,8 +159,12 @@ class TritonPythonModel:
                 (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
 
             family = pb_utils.MetricFamily("recsys_redis_up", REDIS_UP_HELP, pb_utils.MetricFamily.GAUGE)
-            self.families.append(family)
+            missed = pb_utils.MetricFamily("recsys_redis_missed_events_total", "Stream events trimmed before this "
+                                           "instance read them (away longer than REDIS_MAXLEN)",
+                                           pb_utils.MetricFamily.COUNTER)
+            self.families += [family, missed]
             self.redis_up = family.Metric(labels={"role": "recommend"})
+            self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
             self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
                                   on_change=changed)
         self._catch_up()  # everything shared since the snapshot, before the first answer
@@ -183,6 +187,9 @@ class TritonPythonModel:
         if self.redis_up is not None and self.tail.up != self.shown_up:
             self.shown_up = self.tail.up
             self.redis_up.set(1.0 if self.shown_up else 0.0)
+        if self.redis_up is not None and self.tail.missed != self.shown_missed:
+            self.redis_missed.increment(self.tail.missed - self.shown_missed)
+            self.shown_missed = self.tail.missed
         now = time.time()
         if len(new) or now - self.fresh_at >= 1.0:  # 3 metric calls = 3 round trips: on news or once a second
             self.fresh_at = now
