@@ -10,7 +10,12 @@ EXTRAS ?= cpu,dev
 TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 
-.PHONY: run test reliability venv baselines clean-venv rehearsal-numpy2 wheel-check
+# Redis for the live events shared across servers (docs/events.md); `make run` needs none.
+REDIS_PORT ?= 6390
+REDIS_DIR  ?= .cache/redis
+REDIS_ABS  := $(abspath $(REDIS_DIR))
+
+.PHONY: run test reliability venv baselines clean-venv rehearsal-numpy2 wheel-check redis-install redis-start redis-stop
 
 venv: $(STAMP)
 
@@ -29,8 +34,36 @@ run: $(STAMP)
 	$(PY) train.py retrieval.refit.mode=none $(ARGS)
 	$(PY) -m serving.demo
 
-test: $(STAMP)
+test: $(STAMP) redis-install
 	$(PY) -m pytest -q -m "not reliability" $(ARGS)
+
+# Debian's redis-server (the Redis tests start their own on a free port); installed once, as root.
+redis-install:
+	@command -v redis-server >/dev/null || apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+
+# One redis-server on 127.0.0.1:$(REDIS_PORT), data and append-only file in $(REDIS_DIR) (a restart keeps
+# the stream and the event-id keys); serve with: python -m serving.serve --redis redis://127.0.0.1:$(REDIS_PORT)/0
+redis-start: redis-install
+	@mkdir -p $(REDIS_ABS)
+	@if [ -f $(REDIS_ABS)/redis.pid ] && kill -0 $$(cat $(REDIS_ABS)/redis.pid) 2>/dev/null; then \
+		echo "redis-server already running (PID $$(cat $(REDIS_ABS)/redis.pid), port $(REDIS_PORT))"; \
+	else \
+		redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --protected-mode yes --dir $(REDIS_ABS) \
+			--appendonly yes --save "" --daemonize yes --pidfile $(REDIS_ABS)/redis.pid \
+			--logfile $(REDIS_ABS)/redis.log && \
+		for i in $$(seq 50); do [ -s $(REDIS_ABS)/redis.pid ] && break; sleep 0.1; done && \
+		echo "redis-server running: redis://127.0.0.1:$(REDIS_PORT)/0 (PID $$(cat $(REDIS_ABS)/redis.pid), dir $(REDIS_ABS))"; \
+	fi
+
+# Stops the redis-server of redis-start by its pidfile (and waits until it is gone); no-op when none runs.
+redis-stop:
+	@if [ -f $(REDIS_ABS)/redis.pid ] && kill -0 $$(cat $(REDIS_ABS)/redis.pid) 2>/dev/null; then \
+		pid=$$(cat $(REDIS_ABS)/redis.pid); kill $$pid; \
+		for i in $$(seq 100); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+		echo "redis-server stopped (PID $$pid)"; \
+	else \
+		echo "no redis-server running from $(REDIS_ABS)"; \
+	fi
 
 # Failure cases against a real supervised server (docs/reliability.md); longer than 3 min on 2 cores.
 reliability: $(STAMP)

@@ -3,6 +3,8 @@
     python -m bench.replay                       # builds the run on the data before the cut (~3 min)
     python -m bench.replay --run-dir DIR         # reuse a run built by an earlier replay (DIR/run)
     python -m bench.replay --skip-triton         # the in-process quality replay only
+    python -m bench.replay --run-dir DIR --visibility-only   # event-to-answer visibility only: one server,
+                                                 # two sharing a log, two sharing Redis (no quality replay)
 
 1. **Cut.** One global time cut: the latest ``--stream-share`` of the interactions (by time) are
    the stream; everything before it is the history. The product is trained and deployed on the
@@ -51,7 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-groups", type=int, default=None, help="replay at most this many request groups")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results", help="where replay.md/json go")
     p.add_argument("--skip-triton", action="store_true", help="in-process quality replay only")
+    p.add_argument("--visibility-only", action="store_true",
+                   help="served event-to-answer visibility only (one server, two sharing the log directory, two "
+                        "sharing Redis; redis-server must be installed: make redis-install); no quality replay")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="Hydra overrides of the history run's training (e.g. trainer.max_epochs=2 for a quick "
+                        "visibility measurement: serving cost does not depend on the epoch count)")
     args = p.parse_args(argv)
     if not 0 < args.stream_share < 0.5:
         p.error(f"--stream-share={args.stream_share} must be in (0, 0.5)")
@@ -78,7 +86,7 @@ def build_history_run(args) -> tuple[Path, pd.DataFrame]:
     from features.schema import Dataset
     from train import train
 
-    cfg = config(args.work_dir, ["stage=deploy", "retrieval.refit.mode=none"])
+    cfg = config(args.work_dir, ["stage=deploy", "retrieval.refit.mode=none", *getattr(args, "overrides", [])])
     ds = load_dataset(cfg.data)
     history, stream = cut(ds.interactions, args.stream_share)
     run_dir = args.run_dir or Path(cfg.paths.output_dir)
@@ -153,6 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_dir, stream = build_history_run(args)
+    if args.visibility_only:
+        from bench.replay_served import measure_served
+
+        served = measure_served(run_dir, stream, args.k, visibility_only=True)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / "replay_visibility.json").write_text(json.dumps(served, indent=1))
+        print(json.dumps(served, indent=1))
+        return 0
     quality = replay_quality(run_dir, stream, args.k, args.max_groups, args.progress)
     served = None
     if not args.skip_triton:

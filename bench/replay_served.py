@@ -13,7 +13,12 @@ directory):
    comes back (the event call plus the next recommend).
 3. **Across two servers through the shared log**: a second server on the same log directory; the
    event goes to server A, the answers are asked from server B.
-4. **Ingest throughput**: the rest of the stream in batches of 1,000 events per call.
+4. **Across two servers through Redis** (two "hosts"): a ``redis-server`` on a free port, two
+   servers each with its own log directory and ``RECSYS_REDIS_URL`` set: A's ``events`` publishes to
+   the stream before acknowledging, B's ``recommend`` reads the stream before each answer.
+5. **Ingest throughput**: the rest of the stream in batches of 1,000 events per call.
+
+``visibility_only`` measures 2-4 only (``python -m bench.replay --run-dir DIR --visibility-only``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import pandas as pd
 
 from export.config import DEFAULTS
 from serving.client import RecommendClient
-from serving.event_log import ENV
+from serving.event_log import ENV, REDIS_ENV
+from serving.redis_server import RedisServer
 from serving.triton_server import TritonServer
 
 
@@ -106,12 +112,33 @@ def with_flow(url: str, events: pd.DataFrame, batch: int, per_s: float, measure)
     return result, rate
 
 
+def visibility_redis(repo: Path, tmp: Path, users: list[str], ts: float, k: int) -> list[float]:
+    """:func:`visibility` from server A to server B, two "hosts" sharing the events through Redis only."""
+    saved = {key: os.environ.get(key) for key in (ENV, REDIS_ENV)}
+    try:
+        with RedisServer(tmp / "redis") as redis:
+            os.environ[REDIS_ENV] = redis.url
+            os.environ[ENV] = str(tmp / "log_host_a")  # each server copies the environment when it starts
+            with TritonServer(repo, log_path=tmp / "redis_a.log") as a:
+                os.environ[ENV] = str(tmp / "log_host_b")
+                with TritonServer(repo, log_path=tmp / "redis_b.log") as b:
+                    latencies(b.grpc_url, users[:20], ts, k)  # warm-up
+                    return visibility(a.grpc_url, b.grpc_url, users, ts, k)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": pct(values, 50), "p95": pct(values, 95), "max": pct(values, 100), "trials": len(values)}
+
+
 def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)) * 1000, 2)
 
 
 def measure_served(run_dir: Path, stream: pd.DataFrame, k: int = 10, requests: int = 500, events_per_s: float = 100.0,
-                   trials: int = 100) -> dict:
+                   trials: int = 100, visibility_only: bool = False) -> dict:
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -123,30 +150,31 @@ def measure_served(run_dir: Path, stream: pd.DataFrame, k: int = 10, requests: i
                 ts = float(stream["timestamp"].min())
                 sample = [users[i % len(users)] for i in range(requests)]
                 latencies(a.grpc_url, sample[:50], ts, k)  # warm-up
-                quiet = latencies(a.grpc_url, sample, ts, k)
-                out["serving_ms"] = {"p50_quiet": pct(quiet, 50), "p95_quiet": pct(quiet, 95)}
-                events = events_frame(stream, "flow-")
-                for batch in (1, 10):  # one event per call, or what a collector sends every 100 ms
-                    busy, rate = with_flow(a.grpc_url, events, batch, events_per_s, lambda: latencies(a.grpc_url, sample, ts, k))
-                    out["serving_ms"][f"events_{batch}_per_call"] = {
-                        "p50": pct(busy, 50), "p95": pct(busy, 95), "events_per_s": round(rate, 1),
-                        "p95_ratio": round(pct(busy, 95) / pct(quiet, 95), 3)}
-                    events = events_frame(stream, f"flow{batch}-")
+                if not visibility_only:
+                    quiet = latencies(a.grpc_url, sample, ts, k)
+                    out["serving_ms"] = {"p50_quiet": pct(quiet, 50), "p95_quiet": pct(quiet, 95)}
+                    events = events_frame(stream, "flow-")
+                    for batch in (1, 10):  # one event per call, or what a collector sends every 100 ms
+                        busy, rate = with_flow(a.grpc_url, events, batch, events_per_s, lambda: latencies(a.grpc_url, sample, ts, k))
+                        out["serving_ms"][f"events_{batch}_per_call"] = {
+                            "p50": pct(busy, 50), "p95": pct(busy, 95), "events_per_s": round(rate, 1),
+                            "p95_ratio": round(pct(busy, 95) / pct(quiet, 95), 3)}
+                        events = events_frame(stream, f"flow{batch}-")
                 vis_users = users[-trials:]
                 one = visibility(a.grpc_url, a.grpc_url, vis_users, ts + 1, k)
-                out["visibility_one_server_ms"] = {"p50": pct(one, 50), "p95": pct(one, 95), "max": pct(one, 100),
-                                                   "trials": len(one)}
+                out["visibility_one_server_ms"] = summary(one)
                 with TritonServer(repo, log_path=tmp / "b.log") as b:
                     two = visibility(a.grpc_url, b.grpc_url, users[:trials], ts + 2, k)
-                out["visibility_two_servers_ms"] = {"p50": pct(two, 50), "p95": pct(two, 95), "max": pct(two, 100),
-                                                    "trials": len(two)}
-                rest = events_frame(stream, "bulk-")
-                with RecommendClient(a.grpc_url, timeout=120) as client:
-                    start = time.perf_counter()
-                    status = client.send_events(rest, batch_size=1000)
-                    seconds = time.perf_counter() - start
-                out["ingest"] = {"events": len(rest), "batch": 1000, "events_per_s": round(len(rest) / seconds, 1),
-                                 "ok": status.count("ok")}
+                out["visibility_two_servers_ms"] = summary(two)
+                if not visibility_only:
+                    rest = events_frame(stream, "bulk-")
+                    with RecommendClient(a.grpc_url, timeout=120) as client:
+                        start = time.perf_counter()
+                        status = client.send_events(rest, batch_size=1000)
+                        seconds = time.perf_counter() - start
+                    out["ingest"] = {"events": len(rest), "batch": 1000, "events_per_s": round(len(rest) / seconds, 1),
+                                     "ok": status.count("ok")}
+            out["visibility_two_servers_redis_ms"] = summary(visibility_redis(repo, tmp, users[:trials], ts + 3, k))
         finally:
             os.environ.pop(ENV, None)
     return out

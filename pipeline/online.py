@@ -16,7 +16,9 @@ memory, in place, in the order of their timestamps:
 What it does not change: the models, the FAISS index, the co-occurrence / EASE tables (a
 ``recsys-refresh`` or a retrain rebuilds those from the event log). The state lives in this
 process; ``triton_repo/recommend`` keeps it in step with the shared durable event log before
-each request, so every instance (and every server on the host) sees every event.
+each request, so every instance (and every server on the host) sees every event; with Redis
+configured it reads the shared Redis Stream instead (:mod:`events.redis_bus`), so every server on
+every host applies the same events with this same code.
 
 Cost per batch: O(batch) for the per-user state, plus, when a batch brings new users, one copy
 of the per-user arrays (O(users); amortised by the batch).

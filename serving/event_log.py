@@ -13,6 +13,11 @@ Events and impressions live in two sub-folders, ``events/`` and ``impressions/``
 :class:`events.log.EventLog` with its own lock: an answer's impression (one 0.2 ms append) never
 waits behind an event batch's fsync, and impressions (~4 KB each) never push events, and their
 idempotency window, out of the size bound.
+
+Across hosts, the models share the events through Redis (:mod:`events.redis_bus`) when a Redis URL
+is configured: ``RECSYS_REDIS_URL`` in the server's environment wins (``python -m serving.serve
+--redis URL`` sets it), else the models' ``REDIS_URL`` parameter; empty means off (each host's
+instances follow the local log only).
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from pathlib import Path
 from events.tail import EventTail
 
 ENV = "RECSYS_EVENT_LOG"
+REDIS_ENV = "RECSYS_REDIS_URL"
+# One family, two models (the help text must match for Triton to share it): recsys_redis_up{role}.
+REDIS_UP_HELP = "1 when this model reached Redis at its last try, 0 when not (role: events | recommend)"
 
 
 def event_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:
@@ -52,3 +60,26 @@ def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: 
 def catalog_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:
     """The catalog records' folder of the log for a model repository."""
     return event_log_dir(repository, parameter) / "catalog"
+
+
+def redis_settings(params: dict[str, str]) -> dict | None:
+    """Redis settings of a served model from its config parameters (``REDIS_URL``, ``REDIS_STREAM``,
+    ``REDIS_MAXLEN``, ``REDIS_ID_TTL_S``) and the environment, or None when Redis is off.
+
+    Raises:
+        ValueError: a URL that is not ``redis://...`` or a non-integer number, naming the parameter.
+    """
+    from events.redis_bus import DEFAULT_ID_TTL_S, DEFAULT_MAXLEN, DEFAULT_STREAM, check_url
+
+    url = (os.environ.get(REDIS_ENV) or params.get("REDIS_URL", "")).strip()
+    if not url:
+        return None
+    numbers = {}
+    for key, default in (("REDIS_MAXLEN", DEFAULT_MAXLEN), ("REDIS_ID_TTL_S", DEFAULT_ID_TTL_S)):
+        value = params.get(key, "").strip() or str(default)
+        try:
+            numbers[key] = int(value)
+        except ValueError:
+            raise ValueError(f"parameter {key}={value!r} is not an integer") from None
+    return {"url": check_url(url), "stream": params.get("REDIS_STREAM", "").strip() or DEFAULT_STREAM,
+            "maxlen": numbers["REDIS_MAXLEN"], "id_ttl_s": numbers["REDIS_ID_TTL_S"]}

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from serving.health import HealthServer
-from serving.event_log import ENV
+from serving.event_log import ENV, REDIS_ENV
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="directory of the durable event / impression log shared by `events` and every "
                              "`recommend` instance (default: the models' EVENT_LOG parameter, `event_log` next "
                              "to the model repository); sets RECSYS_EVENT_LOG for the server")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="share the live events with the servers of other hosts through Redis "
+                             "(redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0; `make redis-start` runs one): "
+                             "`events` publishes to its stream, every `recommend` follows it; sets RECSYS_REDIS_URL "
+                             "for the server (default: the models' REDIS_URL parameter, empty = off)")
     return parser.parse_args(argv)
 
 
@@ -110,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.event_log:
         os.environ[ENV] = str(Path(args.event_log).expanduser().resolve())  # the stubs inherit it
+    if args.redis is not None:
+        from events.redis_bus import check_url  # pandas: only when asked for
+
+        try:
+            os.environ[REDIS_ENV] = check_url(args.redis)
+        except ValueError as err:
+            print(f"error: --redis: {err}", file=sys.stderr)
+            return 2
     try:
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
                               http_port=args.http_port or None, metrics_port=args.metrics_port or None,

@@ -37,12 +37,34 @@ def check_declares(model: str, inputs: dict, outputs: dict) -> dict:
 def test_committed_recommend_config_declares_the_protocol_table():
     params = check_declares("recommend", INPUTS, OUTPUTS)
     assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1", "EVENT_LOG": "event_log",
-                      "IMPRESSION_DURABILITY": "normal"}
+                      "IMPRESSION_DURABILITY": "normal", "REDIS_URL": "", "REDIS_STREAM": "recsys:{events}"}
 
 
 def test_committed_events_config_declares_the_event_table():
     params = check_declares("events", EVENT_INPUTS, EVENT_OUTPUTS)
-    assert params["EVENT_LOG"] == check_declares("recommend", INPUTS, OUTPUTS)["EVENT_LOG"]  # one shared log
+    recommend = check_declares("recommend", INPUTS, OUTPUTS)
+    assert params["EVENT_LOG"] == recommend["EVENT_LOG"]  # one shared log
+    # Redis off by default (the default path needs none); one stream for both when it is on
+    assert params["REDIS_URL"] == recommend["REDIS_URL"] == "" and params["REDIS_STREAM"] == recommend["REDIS_STREAM"]
+
+
+def test_redis_settings_come_from_the_parameters_and_the_environment_wins(monkeypatch):
+    from serving.event_log import REDIS_ENV, redis_settings
+
+    monkeypatch.delenv(REDIS_ENV, raising=False)
+    params = {k: v.string_value for k, v in committed_config("events").parameters.items()}
+    assert redis_settings(params) is None  # off
+    on = redis_settings({**params, "REDIS_URL": "redis://127.0.0.1:6390/0"})
+    assert on == {"url": "redis://127.0.0.1:6390/0", "stream": "recsys:{events}", "maxlen": 1_000_000,
+                  "id_ttl_s": 604_800}
+    monkeypatch.setenv(REDIS_ENV, "redis://127.0.0.1:7000/1")
+    assert redis_settings(params)["url"] == "redis://127.0.0.1:7000/1"
+    monkeypatch.setenv(REDIS_ENV, "127.0.0.1:7000")
+    with pytest.raises(ValueError, match="expected redis://HOST:PORT/DB"):
+        redis_settings(params)
+    monkeypatch.delenv(REDIS_ENV)
+    with pytest.raises(ValueError, match=r"parameter REDIS_MAXLEN='lots' is not an integer"):
+        redis_settings({**params, "REDIS_URL": "redis://h:1/0", "REDIS_MAXLEN": "lots"})
 
 
 def test_committed_catalog_config_declares_the_catalog_table():

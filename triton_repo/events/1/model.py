@@ -7,13 +7,22 @@ one transaction, and only then does the call return, so an acknowledged event su
 A resent ``event_id`` is acknowledged as ``duplicate`` and not applied again. ``recommend``
 applies the logged events before its next answer (``triton_repo/recommend``, ``pipeline.online``).
 
-Counters: ``recsys_events_total{outcome}`` (ok, duplicate, or the rejection reason) and
-``recsys_event_log_bytes``.
+With Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``, :func:`serving.event_log.redis_settings`),
+the committed events are then published to the shared Redis Stream before the call returns
+(:class:`events.redis_bus.RedisPublisher`: idempotent by ``event_id`` across hosts), so every
+``recommend`` on every host sees them. Redis down does not fail the call: the events are durable in
+the local log, wait there (``recsys_redis_backlog_events``), and a background thread publishes them
+when Redis is back; one log line per outage.
+
+Counters: ``recsys_events_total{outcome}`` (ok, duplicate, or the rejection reason),
+``recsys_event_log_bytes``, and with Redis ``recsys_redis_up{role="events"}`` (1 / 0),
+``recsys_redis_backlog_events`` and ``recsys_redis_published_total``.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -25,9 +34,10 @@ from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import catalog_log_dir, event_log_dirs
+from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
+REQUEST_FLUSH_LIMIT = 10_000  # events a call publishes at most (a large backlog drains in the background)
 
 
 class TritonPythonModel:
@@ -42,13 +52,57 @@ class TritonPythonModel:
         self.items = CatalogItems(IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json"),
                                   catalog_log_dir(repo, params.get("EVENT_LOG", "event_log")))
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
-        self.log = EventLog(event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))[0])
+        events_dir = event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))[0]
+        self.log = EventLog(events_dir)
         kind = pb_utils.MetricFamily
         self.families = [kind("recsys_events_total", "Events received, by outcome", kind.COUNTER),
                          kind("recsys_event_log_bytes", "Size of the durable event log", kind.GAUGE)]
         self.outcomes = {o: self.families[0].Metric(labels={"outcome": o}) for o in OUTCOMES}
         self.log_bytes = self.families[1].Metric(labels={})
         self.sized_at = 0.0
+        self.bus = None
+        redis = redis_settings(params)
+        if redis is not None:
+            self._redis(redis, events_dir)
+
+    def _redis(self, settings: dict, events_dir: Path) -> None:
+        """Publish the local log to the shared stream; metrics and one log line per change up/down."""
+        from events.redis_bus import RedisPublisher
+
+        kind = pb_utils.MetricFamily
+        self.families += [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE),
+                          kind("recsys_redis_backlog_events", "Events logged here, waiting to be published to Redis",
+                               kind.GAUGE),
+                          kind("recsys_redis_published_total", "Events this host added to the Redis stream",
+                               kind.COUNTER)]
+        self.redis_up = self.families[-3].Metric(labels={"role": "events"})
+        self.backlog, self.published = self.families[-2].Metric(labels={}), self.families[-1].Metric(labels={})
+        self.shown = (None, None, 0)  # (up, backlog, published) as last set on the metrics
+        self.shown_lock = threading.Lock()
+
+        def changed(up: bool, message: str) -> None:
+            (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+
+        self.bus = RedisPublisher(settings["url"], events_dir, stream=settings["stream"], maxlen=settings["maxlen"],
+                                  id_ttl_s=settings["id_ttl_s"], on_change=changed)
+        self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
+        self._show_redis()
+        self.bus.start(on_tick=self._show_redis)  # the metrics follow Redis with no traffic too
+
+    def _show_redis(self) -> None:
+        """Metrics of the publisher, set only when they changed (each set is a round trip); called by
+        requests and by the publisher's thread."""
+        with self.shown_lock:
+            now = (self.bus.up, self.bus.backlog, self.bus.published)
+            if now == self.shown:
+                return
+            if now[0] != self.shown[0]:
+                self.redis_up.set(1.0 if now[0] else 0.0)
+            if now[1] != self.shown[1]:
+                self.backlog.set(float(now[1]))
+            if now[2] != self.shown[2]:
+                self.published.increment(now[2] - self.shown[2])
+            self.shown = now
 
     def _answer(self, request) -> np.ndarray:
         table = {}
@@ -68,6 +122,12 @@ class TritonPythonModel:
             for position, fresh in zip(positions, self.log.append_events(accepted)):
                 if not fresh:
                     status[position] = "duplicate"
+            if self.bus is not None:  # durable here already; shared before the ack when Redis answers
+                try:
+                    self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
+                    self._show_redis()
+                except Exception as err:  # noqa: BLE001 - the events are logged: the ack stands, the thread retries
+                    pb_utils.Logger.log_error(f"events: publishing to Redis failed: {type(err).__name__}: {err}")
         for outcome in set(status):
             self.outcomes[outcome].increment(status.count(outcome))
         if time.monotonic() - self.sized_at >= 1.0:  # the log size at most once a second (0.5 ms a look)
@@ -91,4 +151,6 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.items.close()
+        if self.bus is not None:
+            self.bus.close()
         self.log.close()

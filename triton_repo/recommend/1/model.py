@@ -32,6 +32,13 @@ Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model 
 ``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items``,
 ``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
 ``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
+
+Live events: before each answer the instance applies the events accepted since its last look
+(:class:`pipeline.online.OnlineState`), read from the host's durable log (:class:`events.tail.EventTail`)
+or, with Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``), from the shared Redis Stream
+(:class:`events.redis_bus.RedisTail`, the same interface), so instances on every host see the same
+events. Redis down: the answers come from the state as it is, ``recsys_redis_up{role="recommend"}``
+says 0, one log line per outage, and the instance catches up from its last stream id when Redis is back.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from pipeline.catalog import OnlineCatalog
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import catalog_log_dir, event_log_dirs, snapshot_tail
+from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings, snapshot_tail
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import OUTPUTS
@@ -140,10 +147,11 @@ class TritonPythonModel:
             Path(args["model_repository"]).parent / "item_tower" / "1" / "model.onnx", specs["item_tower"],
             int(params.get("ORT_THREADS", "1")), args.get("model_instance_kind") == "GPU"), self.titles)
         self.catalog_tail = EventTail(catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), kind="catalog")
-        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")))
+        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")), redis_settings(params))
 
-    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path) -> None:
-        """Follow the shared event log (from the served snapshot on) and log every answer in it."""
+    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path, redis: dict | None) -> None:
+        """Follow the shared events (from the served snapshot on): the host's log, or the Redis stream
+        when configured; log every answer as an impression in the host's log."""
         m = art.manifest()
         artifacts = m.get("artifacts", {})
         self.snapshot_at = _written_at(artifacts.get("store", {}))
@@ -154,8 +162,27 @@ class TritonPythonModel:
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
-        self.tail = snapshot_tail(events_dir, artifacts.get("store", {}), self.snapshot_at)  # after its log cursor
-        self._catch_up()  # everything logged since the snapshot, before the first answer
+        self.redis_up, self.shown_up = None, None
+        if redis is None:
+            self.tail = snapshot_tail(events_dir, artifacts.get("store", {}), self.snapshot_at)  # after its log cursor
+        else:
+            from events.redis_bus import RedisTail
+
+            def changed(up: bool, message: str) -> None:
+                (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+
+            family = pb_utils.MetricFamily("recsys_redis_up", REDIS_UP_HELP, pb_utils.MetricFamily.GAUGE)
+            missed = pb_utils.MetricFamily("recsys_redis_missed_events_total", "Stream events trimmed before this "
+                                           "instance read them (away longer than REDIS_MAXLEN)",
+                                           pb_utils.MetricFamily.COUNTER)
+            self.families += [family, missed]
+            self.redis_up = family.Metric(labels={"role": "recommend"})
+            self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
+            self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
+                                  on_change=changed)
+        self._catch_up()  # everything shared since the snapshot, before the first answer
+        while getattr(self.tail, "more", False):  # a Redis tail reads a bounded number per call
+            self._catch_up()
 
     def _catch_up(self) -> None:
         new = self.tail.read_new()
@@ -186,6 +213,12 @@ class TritonPythonModel:
                 raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
+        if self.redis_up is not None and self.tail.up != self.shown_up:
+            self.shown_up = self.tail.up
+            self.redis_up.set(1.0 if self.shown_up else 0.0)
+        if self.redis_up is not None and self.tail.missed != self.shown_missed:
+            self.redis_missed.increment(self.tail.missed - self.shown_missed)
+            self.shown_missed = self.tail.missed
         now = time.time()  # buffered gauges: sent once a second (serving/metric_buffer.py)
         self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
         self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
