@@ -115,3 +115,13 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
 def interactions(events: pd.DataFrame) -> pd.DataFrame:
     """The events that change the served state (not impressions), as user_id, item_id, timestamp."""
     return events[events["type"].isin(INTERACTION_TYPES)][["user_id", "item_id", "timestamp"]]
+
+
+def interaction_columns(events: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """:func:`interactions` over column arrays (``EventTail.read_new_columns``), with no pandas."""
+    kinds = events["type"]
+    keep = np.fromiter((k in _INTERACTION_SET for k in kinds), dtype=bool, count=len(kinds))
+    return {name: events[name][keep] for name in ("user_id", "item_id", "timestamp")}
+
+
+_INTERACTION_SET = frozenset(INTERACTION_TYPES)

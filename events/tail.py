@@ -17,12 +17,30 @@ import sqlite3
 from contextlib import suppress
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from events.schema import table
 from events.segments import has_table, list_segments, open_readonly, segment_path
 
 log = logging.getLogger(__name__)
+
+
+def row_columns(rows: list[tuple], columns: list[str], dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+    """Rows -> one numpy array per column: float64 / int64 where the table says so (None -> NaN),
+    object arrays of Python values elsewhere (strings: what the serving path reads, with no pandas)."""
+    if not rows:
+        return {name: np.zeros(0, dtypes[name] if dtypes.get(name) in ("float64", "int64") else object)
+                for name in columns}
+    return {name: np.array(values, dtype=dtypes[name] if dtypes.get(name) in ("float64", "int64") else object)
+            for name, values in zip(columns, zip(*rows))}
+
+
+def typed_frame(data: dict[str, np.ndarray], columns: list[str], dtypes: dict[str, str]) -> pd.DataFrame:
+    """Column arrays (:func:`row_columns`) -> a frame with the table's dtypes (``DataFrame(rows).astype``
+    costs ~4x more)."""
+    return pd.DataFrame({name: data[name] if dtypes.get(name) in (None, "float64", "int64")
+                         else pd.array(data[name], dtype=dtypes[name]) for name in columns}, columns=columns)
 
 
 class EventTail:
@@ -54,6 +72,14 @@ class EventTail:
 
     def read_new(self) -> pd.DataFrame:
         """Rows appended since the previous call (all of them on the first), in append order."""
+        data = self.read_new_columns()
+        if not len(data[self._columns[0]]):  # the common case on the serving path: no frame to build
+            return self._empty
+        return typed_frame(data, self._columns, self._dtypes)
+
+    def read_new_columns(self) -> dict[str, np.ndarray]:
+        """:meth:`read_new` as one numpy array per column (strings as object arrays): what the
+        serving path applies, without pandas (~3 ms less per answer that finds news)."""
         name, columns = self.table.table, self._columns
         rows = []
         if self.directory.is_dir():
@@ -78,9 +104,7 @@ class EventTail:
                     params.append(self.received_after)
                 rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
                 self.segment, self.rowid = n, last
-        if not rows:  # the common case on the serving path: no typed-frame construction (~5 ms in pandas)
-            return self._empty
-        return pd.DataFrame(rows, columns=columns).astype(self._dtypes)
+        return row_columns(rows, columns, self._dtypes)
 
     def _open(self, n: int) -> sqlite3.Connection | None:
         """The newest segment's connection is kept open (the common case: reading the tail)."""

@@ -73,9 +73,10 @@ class FeatureStore:
         """Grow the user space, in place, by the ids it does not know (attributes unknown: code 0,
         no history). One copy of the per-user arrays for the whole batch. Returns how many were new."""
         user_ids = np.asarray(user_ids, dtype=object).astype(str)
-        new = pd.unique(user_ids[self.users.lookup(user_ids) < 0])  # one vectorised lookup
-        if not len(new):
+        unknown = self.users.lookup(user_ids) < 0  # one vectorised lookup
+        if not unknown.any():  # the common case of a live batch: nothing to grow
             return 0
+        new = pd.unique(user_ids[unknown])
         n = len(new)
         stored = [self.stored_attributes.pop(u, {}) for u in new.tolist()] if self.stored_attributes else [{}] * n
         enc = self.features.transform("user", self._user_frame(new, stored))

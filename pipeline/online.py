@@ -29,7 +29,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
+
+from ranking.rules import member
 
 SEEN_COMPACT = 50_000  # live seen entries kept next to the CSR before one merge
 
@@ -51,19 +52,20 @@ class OnlineState:
         """The same over a bare feature store and its ranker features (``recsys-refresh``)."""
         return cls(SimpleNamespace(store=store, features=features))
 
-    def apply(self, events: pd.DataFrame) -> dict[str, int]:
-        """Apply a batch of events (columns user_id, item_id, timestamp; items known to the catalog).
+    def apply(self, events) -> dict[str, int]:
+        """Apply a batch of events (columns user_id, item_id, timestamp, as a DataFrame or a dict of
+        arrays; items known to the catalog).
 
         Returns:
             counts: applied, late, new_users, unknown_items (rows skipped: the catalog lacks the item).
         """
         self.late_users = set()
-        if not len(events):
+        if not len(events["user_id"]):
             return {"applied": 0, "late": 0, "new_users": 0, "unknown_items": 0}
         # numpy from here on: pandas costs milliseconds per call on the 1-2 events of a live batch
-        user_ids = np.asarray(events["user_id"].to_numpy(), dtype=object).astype(str)
-        item_ids = np.asarray(events["item_id"].to_numpy(), dtype=object).astype(str)
-        ts = np.asarray(events["timestamp"].to_numpy(), dtype=np.int64)
+        user_ids = np.asarray(events["user_id"], dtype=object).astype(str)
+        item_ids = np.asarray(events["item_id"], dtype=object).astype(str)
+        ts = np.asarray(events["timestamp"], dtype=np.float64).astype(np.int64)
         items = self.store.items.lookup(item_ids)
         order = np.lexsort((items, ts))  # by time, ties by item index: the order a rebuild gives
         user_ids, item_ids, ts, items = user_ids[order], item_ids[order], ts[order], items[order]
@@ -96,7 +98,8 @@ class OnlineState:
             by_user.setdefault(u, set()).add(i)
         fresh = []
         for u, its in by_user.items():
-            new = np.setdiff1d(np.fromiter(its, np.int64, len(its)), store.seen_items(u), assume_unique=True)
+            new = np.fromiter(sorted(its), np.int64, len(its))
+            new = new[~member(new, store.seen_items(u))]
             if len(new):
                 fresh.append(new)
                 old = store.seen_delta.get(u)

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import triton_python_backend_utils as pb_utils
 
-from events.checks import interactions
+from events.checks import interaction_columns
 from events.log import EventLog
 from events.tail import EventTail
 from inference.models import INFERENCE, OnnxCallable
@@ -185,7 +185,7 @@ class TritonPythonModel:
             self._catch_up()
 
     def _catch_up(self) -> None:
-        new = self.tail.read_new()
+        new = self.tail.read_new_columns()  # numpy columns: no pandas on the answer path
         # Catalog records after the events: an event is accepted only once its item's record was
         # logged, so every item an event read here names is in this catalog read (or an earlier one).
         records = self.catalog_tail.read_new()
@@ -197,17 +197,17 @@ class TritonPythonModel:
                 counts = self.catalog.apply(records)
             except Exception:
                 self._pending_catalog = records  # retried next request, before any event
-                self._pending = new if self._pending is None else pd.concat([self._pending, new], ignore_index=True)
+                self._pending = new if self._pending is None else _concat(self._pending, new)
                 raise
             for op, n in counts.items():
                 if n:
                     self.catalog_applied[op].increment(n)
         if self._pending is not None:  # a batch whose apply failed last time: tried again, first
-            new = pd.concat([self._pending, new], ignore_index=True)
+            new = _concat(self._pending, new)
             self._pending = None
-        if len(new):
+        if len(new["event_id"]):
             try:
-                counts = self.online.apply(interactions(new))
+                counts = self.online.apply(interaction_columns(new))
             except Exception:
                 self._pending = new  # read from the log but not applied: not lost, retried next request
                 raise
@@ -306,6 +306,11 @@ class TritonPythonModel:
         self.tail.close()
         self.catalog_tail.close()
         self.event_log.close()
+
+
+def _concat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two batches of event columns, one after the other."""
+    return {name: np.concatenate([a[name], b[name]]) for name in a}
 
 
 def _written_at(entry: dict) -> float | None:
