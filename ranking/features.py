@@ -38,6 +38,7 @@ CONTEXT_NUMERIC = ("since_last", "item_age")
 POPULARITY = ("pop_all", "pop_recent")
 log = logging.getLogger(__name__)
 _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
+PADDED_MAX_ENTRIES = 8_000_000  # cosine weights kept as (N, K) arrays up to this many slots (~96 MB)
 SORT_MAX_ITEMS = 8192  # up to this catalog size a full stable sort of a score row beats partition + tie repair
 LIVE_KEYS_MERGE = 65_536  # live event keys kept apart from the history's before one merge
 
@@ -225,6 +226,25 @@ class CandidateFeatures:
             self._cooc_t = t
         return self._cooc_t
 
+    @property
+    def cooc_padded(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cosine weights by target as two (N, K) arrays (neighbour index, weight; padding: item 0
+        with weight 0), K the most neighbours of any item; None above PADDED_MAX_ENTRIES (a 1M-item
+        catalog would need GBs: the CSR path serves it)."""
+        by_target = self.cooc_by_target
+        if getattr(self, "_padded_for", None) is not by_target:
+            lens = np.diff(by_target.indptr)
+            k = int(lens.max(initial=0))
+            self._padded = None
+            if by_target.shape[0] * max(k, 1) <= PADDED_MAX_ENTRIES:
+                n = by_target.shape[0]
+                col = np.arange(k)[None, :] < lens[:, None]  # (N, K) real entries
+                neighbours, w = np.zeros((n, k), np.int64), np.zeros((n, k), np.float32)
+                neighbours[col], w[col] = by_target.indices, by_target.data  # row-major: CSR order
+                self._padded = (neighbours, w)
+            self._padded_for = by_target
+        return self._padded
+
     def _item_mask(self, n: int) -> np.ndarray:
         """A (n,) all-False bool buffer kept between calls (a 1M-item catalog: 1 MB not zeroed per request)."""
         if getattr(self, "_mask", None) is None or len(self._mask) != n:
@@ -241,7 +261,21 @@ class CandidateFeatures:
         out = np.zeros(items.shape, dtype=np.float32)
         items = np.where(items < weights.shape[0], items, -1)  # an item added online: 0 until a refresh
         safe = np.clip(items, 0, None)
-        if weights is self.cooc:
+        if weights is self.cooc and self.cooc_padded is not None:  # small catalogs: (N, K) tables, 4 array ops
+            neighbours, w = self.cooc_padded
+            mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)
+            for r in range(items.shape[0]):
+                known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]
+                if not len(known):
+                    continue
+                cand = safe[r]
+                mask[known] = True
+                try:
+                    hit = mask[neighbours[cand]]  # (C, K): which of each candidate's neighbours the request knows
+                finally:
+                    mask[known] = False
+                out[r] = (w[cand] * hit).sum(axis=1)
+        elif weights is self.cooc:
             by_target = self.cooc_by_target
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)
             for r in range(items.shape[0]):

@@ -268,7 +268,8 @@ class RuleSet:
             if r.name == "mmr" and all(later.role == "backfill" for later in self.rules[j + 1:]):
                 extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
             items, scores = r(items, scores, catalog, ctx, **extra)
-            if r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0:
+            if (r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0
+                    and (len(r.params["ids"]) or len(ctx.promoted))):
                 boosted = np.union1d(boosted, R.promoted_items(catalog, ctx, r.params["ids"]))
         items, scores = items[:k], scores[:k]
         is_ranked = np.ones(len(items), bool) if ranked is None else R.member(items, ranked)

@@ -187,8 +187,10 @@ def _keep(items, scores, mask):
 
 def _category_mask(catalog, items, include, exclude) -> np.ndarray:
     """Items with any category in ``include`` (when given) and none in ``exclude``."""
-    cats = catalog.categories[items]  # (C, M)
     mask = np.ones(len(items), dtype=bool)
+    if not len(include) and not len(exclude):
+        return mask
+    cats = catalog.categories[items]  # (C, M)
     if len(include):
         mask &= member(cats, catalog.category_codes(include)).any(axis=1)
     if len(exclude):
@@ -270,6 +272,8 @@ def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequ
     additive in score units and bounded: no item gains more than ``max_boost``.
     """
     bump = np.float32(min(amount, max_boost))
+    if not len(ids) and not len(ctx.promoted):  # nothing promoted: the list stays as sorted
+        return sort_by_score(items, scores.astype(np.float32))
     hit = member(items, promoted_items(catalog, ctx, ids))
     return sort_by_score(items, np.where(hit, scores + bump, scores).astype(np.float32))
 
