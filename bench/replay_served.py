@@ -1,7 +1,7 @@
 """The served half of ``python -m bench.replay``: live events over gRPC on the real Triton server.
 
 Given the history run and the stream (see :mod:`bench.replay`), with the run exported to a temporary
-repository and served by ``tritonserver`` (one ``recommend`` instance, the event log in a temporary
+repository and served by ``tritonserver`` (two ``recommend`` instances, the committed default; the event log in a temporary
 directory):
 
 1. **Serving p95 with and without events flowing**: ``requests`` recommend calls at concurrency 1
