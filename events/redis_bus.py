@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from events.schema import EVENT_COLUMNS, EVENT_DTYPES
-from events.segments import BUSY_TIMEOUT_S, check_version, list_segments, open_readonly, row_count, segment_path
+from events.segments import SegmentConnection, list_segments, open_readonly, row_count, segment_path
 from events.tail import row_columns, typed_frame
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,9 @@ class _LogCursor:
 
     def __init__(self, directory: Path, segment: int = 0, rowid: int = 0):
         self.directory, self.segment, self.rowid = directory, segment, rowid
-        self._conn: sqlite3.Connection | None = None
-        self._conn_segment = 0
+        # the segment read, kept; shared by the request path and the publisher's thread (never at
+        # once: the publisher's lock), hence not bound to the thread that opened it
+        self._segments = SegmentConnection(self.directory, any_thread=True)
 
     def read(self, limit: int) -> tuple[list[tuple], tuple[int, int]]:
         """Up to ``limit`` rows (EVENT_COLUMNS order) after the cursor, and the position after them.
@@ -182,33 +183,10 @@ class _LogCursor:
         return max(total, 0)
 
     def _open(self, n: int) -> sqlite3.Connection | None:
-        """The segment's read-only connection, kept while it is the one read. Shared by the request
-        path and the publisher's thread (never at once: the publisher's lock), hence not bound to
-        the thread that opened it."""
-        if self._conn is not None and self._conn_segment == n:
-            return self._conn
-        path = segment_path(self.directory, n)
-        try:
-            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
-                                   check_same_thread=False)
-        except sqlite3.OperationalError:
-            if not path.exists():  # dropped by a writer between listing and opening
-                return None
-            raise
-        try:
-            check_version(conn, path)
-        except BaseException:
-            conn.close()
-            raise
-        self.close()
-        self._conn, self._conn_segment = conn, n
-        return conn
+        return self._segments.get(n)
 
     def close(self) -> None:
-        if self._conn is not None:
-            with suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
+        self._segments.close()
 
 
 class RedisPublisher:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+from contextlib import suppress
 from pathlib import Path
 
 PAGE_SIZE = 4096
@@ -79,10 +80,12 @@ def has_table(conn: sqlite3.Connection, table: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
 
 
-def open_readonly(path: Path) -> sqlite3.Connection | None:
-    """A read-only connection to one segment, or None when it was deleted meanwhile."""
+def open_readonly(path: Path, any_thread: bool = False) -> sqlite3.Connection | None:
+    """A read-only connection to one segment, or None when it was deleted meanwhile (``any_thread``:
+    usable from another thread than the one that opened it, never at once)."""
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                               check_same_thread=not any_thread)
     except sqlite3.OperationalError:
         if not path.exists():  # dropped by a writer between listing and opening
             return None
@@ -108,3 +111,35 @@ def row_count(conn: sqlite3.Connection, table: str) -> int:
     if table == "catalog" and not has_table(conn, table):  # a version-1 segment
         return 0
     return conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+
+
+class SegmentConnection:
+    """The read-only connection of the segment a reader is on, kept while it reads that segment.
+
+    Args:
+        directory: the log directory.
+        any_thread: the connection may be used from another thread than the one that opened it
+            (never at once: the caller serialises its use).
+    """
+
+    def __init__(self, directory: Path, any_thread: bool = False):
+        self.directory, self.any_thread = Path(directory), any_thread
+        self._conn: sqlite3.Connection | None = None
+        self._segment = 0
+
+    def get(self, n: int) -> sqlite3.Connection | None:
+        """Segment ``n``'s connection (None: it was dropped meanwhile)."""
+        if self._conn is not None and self._segment == n:
+            return self._conn
+        conn = open_readonly(segment_path(self.directory, n), any_thread=self.any_thread)
+        if conn is None:
+            return None
+        self.close()
+        self._conn, self._segment = conn, n
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None

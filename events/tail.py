@@ -14,14 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from events.schema import table
-from events.segments import has_table, list_segments, open_readonly, segment_path
+from events.segments import SegmentConnection, has_table, list_segments
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +63,7 @@ class EventTail:
         self.received_after = received_after
         self.table = table(kind)
         self.segment, self.rowid = (int(after[0]), int(after[1])) if after else (0, 0)  # the last row read
-        self._conn: sqlite3.Connection | None = None
-        self._conn_segment = 0
+        self._segments = SegmentConnection(self.directory)  # the newest segment's, kept: reading the tail
         self._columns = list(self.table.columns)
         self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}
         self._empty = pd.DataFrame(columns=self._columns).astype(self._dtypes)
@@ -107,18 +105,7 @@ class EventTail:
         return row_columns(rows, columns, self._dtypes)
 
     def _open(self, n: int) -> sqlite3.Connection | None:
-        """The newest segment's connection is kept open (the common case: reading the tail)."""
-        if self._conn is not None and self._conn_segment == n:
-            return self._conn
-        conn = open_readonly(segment_path(self.directory, n))
-        if conn is None:
-            return None
-        self.close()
-        self._conn, self._conn_segment = conn, n
-        return conn
+        return self._segments.get(n)
 
     def close(self) -> None:
-        if self._conn is not None:
-            with suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
+        self._segments.close()

@@ -30,6 +30,7 @@ from inference.integrity import verify_files
 from pipeline.catalog import catalog_schema
 from serving.event_log import catalog_log_dir
 from serving.protocol import CATALOG_INPUTS
+from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", *REASONS)
 
@@ -75,18 +76,7 @@ class TritonPythonModel:
         return np.array([s.encode() for s in status], dtype=np.object_)
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("status", self._answer(request))]))
-            except ValueError as err:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"catalog: {err}", pb_utils.TritonError.INVALID_ARG)))
-            except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
-                pb_utils.Logger.log_error(f"catalog failed: {type(err).__name__}: {err}")
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
-        return responses
+        return answer_each(pb_utils, requests, self._answer, "catalog")
 
     def finalize(self) -> None:
         self.items.close()

@@ -35,6 +35,7 @@ from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
 from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings
+from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
 REQUEST_FLUSH_LIMIT = 10_000  # events a call publishes at most (a large backlog drains in the background)
@@ -136,18 +137,7 @@ class TritonPythonModel:
         return np.array([s.encode() for s in status], dtype=np.object_)
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            try:
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("status", self._answer(request))]))
-            except ValueError as err:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"events: {err}", pb_utils.TritonError.INVALID_ARG)))
-            except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
-                pb_utils.Logger.log_error(f"events failed: {type(err).__name__}: {err}")
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
-        return responses
+        return answer_each(pb_utils, requests, self._answer, "events")
 
     def finalize(self) -> None:
         self.items.close()

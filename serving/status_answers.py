@@ -1,0 +1,28 @@
+"""One response per request for the python models that answer a batch of records with one status
+each (``events``, ``catalog``): a bad request is INVALID_ARGUMENT, a failure INTERNAL (logged), and
+the model keeps serving. Used inside the Triton stubs (``pb_utils`` is passed in: this module is
+importable anywhere)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def answer_each(pb_utils, requests: list, answer: Callable[[object], np.ndarray], name: str,
+                output: str = "status") -> list:
+    """``answer(request)`` -> the ``output`` tensor of its response; ``ValueError`` is the client's
+    mistake (INVALID_ARGUMENT, its message prefixed with ``name``), any other exception ours."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(output, answer(request))]))
+        except ValueError as err:
+            responses.append(pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"{name}: {err}", pb_utils.TritonError.INVALID_ARG)))
+        except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
+            pb_utils.Logger.log_error(f"{name} failed: {type(err).__name__}: {err}")
+            responses.append(pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
+    return responses
