@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 
 from tritonclient.utils import InferenceServerException
 
 from features.custom import read_table
 from features.schema import DataError
 from serving.client import RecommendClient
+from serving.events_cli import report_statuses
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the server at {args.url} did not take the records: {err.status()}: {err.message()}",
               file=sys.stderr)
         return 2
-    counts = Counter(status)
-    print(f"{len(status)} records: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
-    rejected = [(i, s) for i, s in enumerate(status) if s != "ok"]
-    for i, s in rejected[:10]:
-        print(f"  row {i}: {s}: {rows[i]}")
-    if len(rejected) > 10:
-        print(f"  ... {len(rejected) - 10} more rejected rows")
+    rejected = report_statuses(status, "records", ("ok",), lambda i: rows[i])
     return 1 if rejected and args.fail_on_rejected else 0
 
 

@@ -54,14 +54,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the server at {args.url} did not take the events: {err.status()}: {err.message()}",
               file=sys.stderr)
         return 2
+    rejected = report_statuses(status, "events", ("ok", "duplicate"), lambda i: table.iloc[i].to_dict())
+    return 1 if rejected and args.fail_on_rejected else 0
+
+
+def report_statuses(status: list[str], noun: str, accepted: tuple[str, ...], row) -> int:
+    """Print the count of each status and the first rejected rows (``row(i)``: how to show row i);
+    returns how many were rejected (a status not in ``accepted``)."""
     counts = Counter(status)
-    print(f"{len(status)} events: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
-    rejected = [(i, s) for i, s in enumerate(status) if s not in ("ok", "duplicate")]
+    print(f"{len(status)} {noun}: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
+    rejected = [(i, s) for i, s in enumerate(status) if s not in accepted]
     for i, s in rejected[:10]:
-        print(f"  row {i}: {s}: {table.iloc[i].to_dict()}")
+        print(f"  row {i}: {s}: {row(i)}")
     if len(rejected) > 10:
         print(f"  ... {len(rejected) - 10} more rejected rows")
-    return 1 if rejected and args.fail_on_rejected else 0
+    return len(rejected)
 
 
 if __name__ == "__main__":
