@@ -22,6 +22,7 @@ from export.repository import export_if_needed
 from pipeline.artifacts import RunArtifacts
 from serving.cli import format_answer
 from serving.client import RecommendClient
+from serving.metric_buffer import FLUSH_S
 from serving.triton_server import TritonServer
 
 def latest_run(outputs: Path) -> Path:
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(format_answer(answer), f"\n({(time.perf_counter() - t) * 1e3:.1f} ms)\n")
                 except InferenceServerException as err:
                     print(f"rejected: {err.status()}: {err.message()}\n")
+        time.sleep(FLUSH_S + 0.5)  # recommend sends its recsys_* metrics once a second
         print("== product metrics\n" + product_metrics(server.metrics_url))
     print("tritonserver stopped")
     return 0
