@@ -32,7 +32,7 @@ from typing import Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving.protocol import (CATALOG_MODEL, CATALOG_OUTPUTS, EVENT_OUTPUTS, EVENTS_MODEL, MODEL, OUTPUTS,
+from serving.protocol import (ANSWER, CATALOG_MODEL, CATALOG_OUTPUTS, EVENT_OUTPUTS, EVENTS_MODEL, FIELDS, MODEL,
                               Recommendations, decode_response, encode_catalog, encode_events, encode_request)
 
 
@@ -102,7 +102,9 @@ class RecommendClient:
         self.retried = 0  # retries made so far (all calls)
         self.rejections: Counter = Counter()  # INVALID_ARGUMENT answers by rejection_kind
         self._client = grpcclient.InferenceServerClient(url, **client_kwargs)
-        self._outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS]
+        # `answer` alone: the whole answer in one response tensor (serving/protocol.py); the named
+        # outputs when the server predates it (decided on the first answer, see `infer`)
+        self._outputs = [grpcclient.InferRequestedOutput(ANSWER)]
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
                   include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
@@ -204,16 +206,25 @@ class RecommendClient:
 
     def infer(self, tensors: dict, user_id: str = "") -> Recommendations:
         """Send raw input tensors by name (any dtype/shape, for testing the server's checks)."""
-        result = self._call(self.model, _inputs(tensors), self._outputs)
-        return decode_response(user_id, {name: result.as_numpy(name) for name in OUTPUTS})
+        try:
+            result = self._call(self.model, _inputs(tensors), self._outputs, count=len(self._outputs) > 1)
+        except InferenceServerException as err:
+            if len(self._outputs) > 1 or f"unexpected inference output '{ANSWER}'" not in (err.message() or ""):
+                if err.status() == "StatusCode.INVALID_ARGUMENT":
+                    self.rejections[rejection_kind(err)] += 1
+                raise
+            self._outputs = [grpcclient.InferRequestedOutput(name) for name in FIELDS]  # a server without it
+            result = self._call(self.model, _inputs(tensors), self._outputs)
+        return decode_response(user_id, {o.name(): result.as_numpy(o.name()) for o in self._outputs})
 
-    def _call(self, model: str, inputs: list, outputs: list):
-        """One inference with the retry policy; returns the result."""
+    def _call(self, model: str, inputs: list, outputs: list, count: bool = True):
+        """One inference with the retry policy; returns the result. ``count``: count a rejection in
+        ``rejections`` here (``infer`` counts its own)."""
         for attempt in range(self.retries + 1):
             try:
                 return self._client.infer(model, inputs, outputs=outputs, client_timeout=self.timeout)
             except InferenceServerException as err:
-                if err.status() == "StatusCode.INVALID_ARGUMENT":
+                if count and err.status() == "StatusCode.INVALID_ARGUMENT":
                     self.rejections[rejection_kind(err)] += 1
                 if attempt == self.retries or not retryable(err):
                     raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
-from serving.protocol import INPUTS, LIST_INPUTS, MAX_LIST_LEN, OUTPUTS
+from serving.protocol import ANSWER, INPUTS, LIST_INPUTS, MAX_LIST_LEN, OUTPUTS, encode_answer
 
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 
@@ -107,14 +107,19 @@ def requested_ranker(tensors: dict[str, np.ndarray | None], rankers: list[str], 
 
 
 def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: str = "",
-                          request_id: str = "") -> dict[str, np.ndarray]:
+                          request_id: str = "", names=None) -> dict[str, np.ndarray]:
     """Output tensors of one answer (``titles``: item id -> display title, may be empty; ``ranker``: who
-    scored it; ``request_id``: its impression in the event log)."""
-    values = {"item_ids": rec.item_ids, "scores": rec.scores, "reasons": rec.reasons, "groups": rec.groups,
-              "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route], "ranker": [ranker],
-              "request_id": [request_id]}
+    scored it; ``request_id``: its impression in the event log). ``names``: the outputs to build (a
+    request's requested outputs; all of ``OUTPUTS`` when None or empty)."""
+    values = {"item_ids": rec.item_ids, "scores": [float(s) for s in rec.scores], "reasons": rec.reasons,
+              "groups": rec.groups, "titles": [titles.get(i, "") for i in rec.item_ids], "route": [rec.route],
+              "ranker": [ranker], "request_id": [request_id]}
     out = {}
-    for name, (dtype, _, _) in OUTPUTS.items():
+    for name in names or OUTPUTS:
+        dtype = OUTPUTS[name][0]
+        if name == ANSWER:
+            out[name] = encode_answer({n: v[0] if OUTPUTS[n][2] == (1,) else v for n, v in values.items()})
+            continue
         v = values[name]
         out[name] = (np.array([s.encode("utf-8") for s in v], dtype=np.object_) if dtype == np.object_
                      else np.asarray(v, dtype=dtype).reshape(len(v)))

@@ -27,7 +27,7 @@ from serving import cli
 from serving.health import parse_metrics
 from serving.metric_buffer import FLUSH_S
 from serving.client import RecommendClient
-from serving.protocol import encode_request
+from serving.protocol import FIELDS, OUTPUTS, decode_response, encode_request
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -200,6 +200,23 @@ def test_unknown_user_gets_the_cold_start_answer(client):
     answer = client.recommend("never-seen-before", 7, timestamp=TS)
     assert answer.route == "cold_user" and len(answer.item_ids) == 7 == len(set(answer.item_ids))
     assert all(answer.titles) and set(answer.groups) <= {"collaborative", "content", "user", "context", "popularity"}
+
+
+def test_answer_output_holds_the_named_outputs(server, art):
+    """One served answer asked for in both forms at once: `answer` decodes to the named outputs."""
+    users = json.loads((art / "store" / "users.json").read_text())
+    inputs = []
+    for name, array in encode_request(users[3], 7, TS, exclude_categories=["drama"]).items():
+        inputs.append(grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype)))
+        inputs[-1].set_data_from_numpy(array)
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        result = c.infer("recommend", inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in OUTPUTS])
+        only = c.infer("recommend", inputs, outputs=[grpcclient.InferRequestedOutput(n) for n in ("scores", "route")])
+    whole = decode_response(users[3], {"answer": result.as_numpy("answer")})
+    named = decode_response(users[3], {n: result.as_numpy(n) for n in FIELDS})
+    assert whole == named and len(whole.item_ids) == 7 and whole.request_id
+    assert only.as_numpy("answer") is None and only.as_numpy("item_ids") is None
+    assert only.as_numpy("scores").dtype == np.float32 and only.as_numpy("route")[0] == b"known_user"
 
 
 def test_server_keeps_serving_after_bad_requests(server, client, art):

@@ -9,7 +9,7 @@ from tritonclient.grpc import model_config_pb2
 
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, RequestError
 from serving.cli import format_answer
-from serving.protocol import (CATALOG_INPUTS, CATALOG_OUTPUTS, EVENT_INPUTS, EVENT_OUTPUTS, INPUTS, MAX_LIST_LEN,
+from serving.protocol import (FIELDS, CATALOG_INPUTS, CATALOG_OUTPUTS, EVENT_INPUTS, EVENT_OUTPUTS, INPUTS, MAX_LIST_LEN,
                               OUTPUTS, decode_response, encode_catalog, encode_events, encode_request)
 from serving.request import MAX_TIMESTAMP, encode_recommendation, parse_request
 
@@ -178,6 +178,20 @@ def test_answer_round_trips_through_tensors():
     assert back.titles == ["Toy Story", ""]
     table = format_answer(back)
     assert "Toy Story" in table and "backfill:popularity" in table and "known_user" in table
+
+
+def test_answer_output_carries_what_the_named_outputs_do():
+    rec = Recommendation("196", "known_user", ["i1", "i2"], [np.float32(0.1), float("nan")], ["ranked", "boosted"],
+                         ["collaborative", "content"])
+    named = decode_response("196", encode_recommendation(rec, {"i2": "Ünïcode \"title\""}, "ranker_student", "rid",
+                                                         names=FIELDS))
+    out = encode_recommendation(rec, {"i2": "Ünïcode \"title\""}, "ranker_student", "rid", names=["answer"])
+    assert list(out) == ["answer"] and out["answer"].shape == (1,)  # only what was asked for
+    whole = decode_response("196", out)
+    assert whole.scores[0] == named.scores[0] == float(np.float32(0.1))  # float32 exactly, both ways
+    assert np.isnan(whole.scores[1]) and np.isnan(named.scores[1])
+    whole.scores, named.scores = whole.scores[:1], named.scores[:1]
+    assert whole == named and whole.titles == ["", 'Ünïcode "title"'] and whole.request_id == "rid"
 
 
 def test_empty_answer_encodes():

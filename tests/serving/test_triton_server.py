@@ -198,3 +198,42 @@ def test_server_exiting_at_startup_fails_fast_with_log(tmp_path):
             pass
     assert time.monotonic() - started < 20
     assert not server.is_running()
+
+
+OLD_RECOMMEND_MODEL = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        strings = lambda *v: np.array([s.encode() for s in v], dtype=np.object_)
+        out = {"item_ids": strings("i1", "i2"), "scores": np.array([0.5, 0.25], np.float32),
+               "reasons": strings("ranked", "boosted"), "groups": strings("content", "context"),
+               "titles": strings("Toy Story", ""), "route": strings("known_user"), "ranker": strings("ranker"),
+               "request_id": strings("r1")}
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in out.items()]) for _ in requests]
+"""
+
+
+def test_client_falls_back_to_named_outputs_on_a_server_without_answer(tmp_path):
+    """A server from before the `answer` output: the client asks for the named outputs instead."""
+    from serving.client import RecommendClient
+    from serving.protocol import FIELDS, INPUTS, OUTPUTS
+
+    def dims(d):
+        return ", ".join(str(x) for x in d)
+    old = "\n".join(['name: "recommend"', 'backend: "python"', "max_batch_size: 0", "input ["] + [
+        ",\n".join(f'  {{ name: "{n}" data_type: TYPE_{"STRING" if t == "BYTES" else t} dims: [ {dims(d)} ] '
+                   f'optional: {str(opt).lower()} }}' for n, (_, t, d, opt) in INPUTS.items())] + ["]", "output ["] + [
+        ",\n".join(f'  {{ name: "{n}" data_type: TYPE_{"STRING" if OUTPUTS[n][1] == "BYTES" else OUTPUTS[n][1]} '
+                   f'dims: [ {dims(OUTPUTS[n][2])} ] }}' for n in FIELDS)] + ["]", "instance_group [ { count: 1 kind: KIND_CPU } ]"])
+    write_model(tmp_path / "repo", "recommend", old, OLD_RECOMMEND_MODEL)
+    with TritonServer(tmp_path / "repo", log_path=tmp_path / "server.log") as running, \
+            RecommendClient(running.grpc_url) as client:
+        for _ in range(2):
+            got = client.recommend("u1", 2)
+            assert (got.item_ids, got.scores, got.reasons, got.titles, got.route, got.request_id) == (
+                ["i1", "i2"], [0.5, 0.25], ["ranked", "boosted"], ["Toy Story", ""], "known_user", "r1")
+        assert [o.name() for o in client._outputs] == list(FIELDS)
+        assert not +client.rejections  # the probe is not counted as the caller's rejection

@@ -66,7 +66,6 @@ from inference.integrity import verify_files
 from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings, snapshot_tail
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
-from serving.protocol import OUTPUTS
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -271,7 +270,8 @@ class TritonPythonModel:
             self.empty[empty_reason(parsed)].increment(1)
         for reason, n in Counter(r if r in self.items else "ranked" for r in rec.reasons).items():
             self.items[reason].increment(n)
-        return encode_recommendation(rec, self.titles, ranker, request_id)
+        # only the outputs asked for (RecommendClient asks for `answer` alone: one tensor, not eight)
+        return encode_recommendation(rec, self.titles, ranker, request_id, request.requested_output_names())
 
     def execute(self, requests: list) -> list:
         """Answer each request; a bad one gets an error response, the others are unaffected."""
@@ -283,7 +283,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 out = self._answer(request)
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, out[n]) for n in OUTPUTS]))
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in out.items()]))
             except RequestError as err:
                 self.errors["invalid_argument"].increment(1)
                 responses.append(pb_utils.InferenceResponse(
