@@ -150,16 +150,22 @@ def per_request(before: dict[str, float], after: dict[str, float], n: int) -> di
     return out
 
 
-def triton_phase(url: str, requests: list[dict], concurrency: int, seconds: float, timeout: float) -> Phase:
-    """Send ``requests`` from ``concurrency`` threads (one gRPC client each) until done or ``seconds``."""
+def triton_phase(url: str, requests: list[dict], concurrency: int, seconds: float, timeout: float,
+                 setting: str = "triton gRPC", outputs: tuple[str, ...] | None = None) -> Phase:
+    """Send ``requests`` from ``concurrency`` threads (one gRPC client each) until done or ``seconds``.
+    ``outputs``: ask for these outputs (default: the client's, i.e. ``answer`` alone)."""
+    import tritonclient.grpc as grpcclient
+
     from serving.client import RecommendClient
 
-    phase = Phase("triton gRPC", concurrency)
+    phase = Phase(setting, concurrency)
     lock, cursor = threading.Lock(), iter(range(len(requests)))
     deadline = time.monotonic() + seconds
 
     def worker() -> None:
         with RecommendClient(url, timeout=timeout) as client:
+            if outputs is not None:
+                client._outputs = [grpcclient.InferRequestedOutput(name) for name in outputs]
             while time.monotonic() < deadline:
                 with lock:
                     i = next(cursor, None)
@@ -190,6 +196,64 @@ def triton_phase(url: str, requests: list[dict], concurrency: int, seconds: floa
         t.join()
     phase.wall_s = time.perf_counter() - start
     return phase
+
+
+# --- the protocol's floor -------------------------------------------------------------------------
+
+ECHO_MODEL = '''"""The floor of a served answer: recommend's protocol, the python backend, no pipeline (bench.load --floor)."""
+import uuid
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from pipeline.pipeline import Recommendation
+from serving.request import encode_recommendation
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.items = [str(1000 + i) for i in range(100)]
+        self.titles = {i: f"A film title of typical length ({i})" for i in self.items}
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            arrays = {t.name(): t.as_numpy() for t in request.inputs()}  # read like recommend does
+            k = max(1, min(int(arrays["k"][0]), len(self.items)))
+            answer = Recommendation("u", "known_user", self.items[:k], [1 - i / 200 for i in range(k)], ["ranked"] * k,
+                                    ["collaborative"] * k)
+            tensors = encode_recommendation(answer, self.titles, "ranker", uuid.uuid4().hex,
+                                            request.requested_output_names())
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in tensors.items()]))
+        return out
+'''
+
+
+def floor_phases(args, repo: Path, requests: list[dict]) -> list[Phase]:
+    """The same requests (concurrency 1) against an echo model with ``recommend``'s config and wire format
+    that answers a fixed list of k items: what the python backend, gRPC and the client cost with no
+    pipeline, asked for ``answer`` alone and for the eight named outputs."""
+    from serving.protocol import FIELDS
+    from serving.triton_server import TritonServer
+
+    with tempfile.TemporaryDirectory(prefix="bench-load-floor-") as tmp:
+        echo = Path(tmp) / "recommend"
+        (echo / "1").mkdir(parents=True)
+        (echo / "1" / "model.py").write_text(ECHO_MODEL)
+        shutil.copy(repo / "recommend" / "config.pbtxt", echo / "config.pbtxt")
+        set_instances(echo / "config.pbtxt", 1)
+        server = TritonServer(Path(tmp))
+        try:
+            server.start().wait_ready(args.ready_timeout)
+            triton_phase(server.grpc_url, requests[:args.warmup], 1, args.seconds, args.timeout)
+            phases = [triton_phase(server.grpc_url, requests, 1, args.seconds, args.timeout, "floor: echo, answer"),
+                      triton_phase(server.grpc_url, requests, 1, args.seconds, args.timeout,
+                                   "floor: echo, 8 named outputs", FIELDS)]
+        finally:
+            server.stop()
+    for p in phases:
+        log.info("%s: %d requests, p50 %.2f ms, p95 %.2f ms", p.setting, p.requests, p.percentile(50), p.percentile(95))
+    return phases
 
 
 # --- in process ----------------------------------------------------------------------------------
@@ -283,6 +347,14 @@ def ratios(rows: list[dict]) -> dict[str, float]:
         for k, v in ort["server_ms"].items():
             if k.startswith("stage:") and k != "stage:total" and total:
                 out[f"share of in-process time: {k[6:]}"] = v / total
+    floor = next((r for r in rows if r["setting"] == "floor: echo, answer"), None)
+    if floor is not None and 1 in triton:
+        out["floor p50 (echo, answer) ms"] = floor["p50_ms"]
+        named = next((r for r in rows if r["setting"] == "floor: echo, 8 named outputs"), None)
+        if named is not None:
+            out["floor p50 8 named outputs / answer"] = named["p50_ms"] / floor["p50_ms"]
+        if ort is not None:
+            out["(Triton p50 - floor p50) / in-process ORT p50 (c=1)"] = (triton[1]["p50_ms"] - floor["p50_ms"]) / ort["p50_ms"]
     if 1 in triton and len(triton) > 1:
         top = max(triton)
         out[f"requests/s c={top} / c=1"] = triton[top]["rps"] / triton[1]["rps"]
@@ -345,6 +417,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=None,
                    help="recommend instances: rewrites instance_group count in the repository's "
                         "recommend/config.pbtxt (default: as it is, 2)")
+    p.add_argument("--floor", action="store_true",
+                   help="also measure an echo model with recommend's config (no pipeline): the python "
+                        "backend's and gRPC's own cost, with the answer output and with the named outputs")
     p.add_argument("--p95-target-ms", type=float, default=None,
                    help="target for the Triton p95 at concurrency 1; exit 1 when missed")
     args = p.parse_args(argv)
@@ -388,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
         log.info("tritonserver stopped (log %s)", server.log_path)
+    if args.floor:
+        phases += floor_phases(args, repo, measured[:max(p.requests for p in phases)])
     try:
         inprocess(args, art, repo, measured[:max(p.requests for p in phases)], phases)
     finally:
@@ -410,7 +487,7 @@ def inprocess(args, art: RunArtifacts, repo: Path, same: list[dict], phases: lis
             user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx", specs["user_tower"]),
             rankers={"ranker": OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"])})
         phases.append(inprocess_phase("in-process onnxruntime", ort_pipe, same, args.seconds, args.warmup))
-    for p in phases[len(args.concurrency):]:
+    for p in phases[len(args.concurrency) + 2 * args.floor:]:
         log.info("%s: %d requests, p50 %.2f ms, p95 %.2f ms", p.setting, p.requests, p.percentile(50),
                  p.percentile(95))
 

@@ -161,13 +161,15 @@ class EventLog:
         """
         return self._append(TABLES["events"], rows)
 
-    def append_impressions(self, rows: Sequence[Mapping] | pd.DataFrame) -> list[bool]:
+    def append_impressions(self, rows: Sequence[Mapping] | pd.DataFrame, new_ids: bool = False) -> list[bool]:
         """Store served lists, idempotent by ``request_id``; ``served_at`` is set here.
 
         Args:
             rows: dicts or a DataFrame with the ``IMPRESSION_COLUMNS``: ``items`` a list of item ids
                 in served order, ``scores`` / ``reasons`` one per item or empty, ``route`` /
                 ``ranker`` / ``model_version`` optional strings.
+            new_ids: the caller made each ``request_id`` just now (a random UUID, as ``recommend``
+                does): the log is not searched for them (a duplicate within ``rows`` is still kept once).
 
         Returns:
             Per row, True if newly stored, False if its ``request_id`` was already in the log.
@@ -175,7 +177,7 @@ class EventLog:
         Raises:
             ValueError: as ``append_events``; also when ``scores`` or ``reasons`` do not match ``items``.
         """
-        return self._append(TABLES["impressions"], rows)
+        return self._append(TABLES["impressions"], rows, probe=not new_ids)
 
     def append_catalog(self, rows: Sequence[Mapping] | pd.DataFrame) -> list[bool]:
         """Store catalog records (``CATALOG_COLUMNS``: record_id, op, entity_id, attributes as a
@@ -219,7 +221,7 @@ class EventLog:
         if self._closed:
             raise ValueError(f"{self!r} is closed")
 
-    def _append(self, kind: Table, rows) -> list[bool]:
+    def _append(self, kind: Table, rows, probe: bool = True) -> list[bool]:
         records = check_rows(kind, rows)
         with self._thread_lock:
             self._check_open()
@@ -229,7 +231,7 @@ class EventLog:
             try:
                 self._refresh()
                 current = self._current_segment()
-                stored = self._stored_keys(kind, {r[0] for r in records})  # the key is the first column
+                stored = self._stored_keys(kind, {r[0] for r in records}) if probe else set()  # key: 1st column
                 new, seen = [], set()
                 for r in records:
                     new.append(r[0] not in stored and r[0] not in seen)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -39,6 +40,30 @@ def segment_path(directory: Path, n: int) -> Path:
 
 def list_segments(directory: Path) -> list[int]:
     return sorted(int(m.group(1)) for e in os.scandir(directory) if (m := SEGMENT.fullmatch(e.name)))
+
+
+class SegmentListing:
+    """:func:`list_segments` of one directory for a reader that looks every request: listed again only
+    when the directory changed (its mtime) or changed within the last ``QUIET_S`` (file times are
+    coarse: a segment renamed into place in the same tick as the last listing keeps the mtime, so a
+    recently changed directory is always listed). A missing directory lists nothing."""
+
+    QUIET_S = 1.0
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._mtime: int | None = None
+        self._segments: list[int] = []
+
+    def __call__(self) -> list[int]:
+        try:
+            mtime = os.stat(self.directory).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            self._mtime, self._segments = None, []
+            return []
+        if mtime != self._mtime or time.time_ns() - mtime < self.QUIET_S * 1e9:
+            self._segments, self._mtime = list_segments(self.directory), mtime
+        return self._segments
 
 
 def file_bytes(path: Path) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from events.schema import table
-from events.segments import SegmentConnection, has_table, list_segments
+from events.segments import SegmentConnection, SegmentListing, has_table
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,12 @@ class EventTail:
         self.received_after = received_after
         self.table = table(kind)
         self.segment, self.rowid = (int(after[0]), int(after[1])) if after else (0, 0)  # the last row read
+        self._listing = SegmentListing(self.directory)  # listed again only when the directory changed
         self._segments = SegmentConnection(self.directory)  # the newest segment's, kept: reading the tail
         self._columns = list(self.table.columns)
         self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}
         self._empty = pd.DataFrame(columns=self._columns).astype(self._dtypes)
+        self._none = row_columns([], self._columns, self._dtypes)
 
     def read_new(self) -> pd.DataFrame:
         """Rows appended since the previous call (all of them on the first), in append order."""
@@ -80,28 +82,29 @@ class EventTail:
         serving path applies, without pandas (~3 ms less per answer that finds news)."""
         name, columns = self.table.table, self._columns
         rows = []
-        if self.directory.is_dir():
-            for n in list_segments(self.directory):
-                if n < self.segment:
-                    continue
-                conn = self._open(n)
-                if conn is None:
-                    continue
-                after = self.rowid if n == self.segment else 0
-                # One bound first, then the rows up to it: a row committed between two statements is
-                # then read next time, never skipped (the cursor only moves to what was bounded).
-                if name == "catalog" and not has_table(conn, name):  # a version-1 segment: none there
-                    continue
-                last = conn.execute(f"SELECT max(rowid) FROM {name}").fetchone()[0] or 0
-                if last <= after:
-                    continue
-                sql = f"SELECT {', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
-                params: list = [after, last]
-                if self.received_after is not None:
-                    sql += f" AND {self.table.stamp} > ?"
-                    params.append(self.received_after)
-                rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
-                self.segment, self.rowid = n, last
+        for n in self._listing():
+            if n < self.segment:
+                continue
+            conn = self._open(n)
+            if conn is None:
+                continue
+            after = self.rowid if n == self.segment else 0
+            # One bound first, then the rows up to it: a row committed between two statements is
+            # then read next time, never skipped (the cursor only moves to what was bounded).
+            if name == "catalog" and not has_table(conn, name):  # a version-1 segment: none there
+                continue
+            last = conn.execute(f"SELECT max(rowid) FROM {name}").fetchone()[0] or 0
+            if last <= after:
+                continue
+            sql = f"SELECT {', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
+            params: list = [after, last]
+            if self.received_after is not None:
+                sql += f" AND {self.table.stamp} > ?"
+                params.append(self.received_after)
+            rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
+            self.segment, self.rowid = n, last
+        if not rows:  # the common case on the serving path: the same empty columns every time
+            return self._none
         return row_columns(rows, columns, self._dtypes)
 
     def _open(self, n: int) -> sqlite3.Connection | None:

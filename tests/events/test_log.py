@@ -9,6 +9,7 @@ import math
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -74,6 +75,19 @@ def test_events_round_trip_keeps_types_order_and_filters_on_event_time(tmp_path)
     # since <= timestamp < until
     window = read_log(tmp_path / "log", since=1_700_000_002, until=1_700_000_004)
     assert window["event_id"].tolist() == ["e3", "e2"]
+
+
+def test_new_ids_skip_the_log_search_but_not_the_batch_dedupe(tmp_path, monkeypatch):
+    with EventLog(tmp_path) as log:
+        assert log.append_impressions([impression(1)]) == [True]
+        searched = []
+        monkeypatch.setattr(log, "_stored_keys", lambda kind, keys: searched.append(keys) or set())
+        assert log.append_impressions([impression(2), impression(3), impression(2)], new_ids=True) == [True, True, False]
+        assert searched == []  # the caller vouches for its fresh ids: no probe of the segments
+        with pytest.raises(sqlite3.IntegrityError):  # a stale id all the same: refused whole, never stored twice
+            log.append_impressions([impression(4), impression(1)], new_ids=True)
+        assert log.append_impressions([impression(5)]) == [True] and searched == [{"r5"}]  # default: searched
+    assert read_log(tmp_path, "impressions")["request_id"].tolist() == ["r1", "r2", "r3", "r5"]
 
 
 def test_impressions_round_trip_and_explode_one_row_per_position(tmp_path):

@@ -1,5 +1,6 @@
 """events/tail.py: a reader that follows the log sees every appended event once, across segments."""
 
+import os
 import time
 
 from events.log import EventLog
@@ -77,3 +78,23 @@ def test_an_event_committed_while_the_tail_reads_a_new_segment_is_not_skipped(tm
         tail._open = opened
         second = tail.read_new()["event_id"].tolist()
     assert first + second == ["e1"]
+
+
+def test_segment_listing_lists_again_only_when_the_directory_changed(tmp_path, monkeypatch):
+    import events.segments as segments
+
+    calls = []
+    real = segments.list_segments
+    monkeypatch.setattr(segments, "list_segments", lambda d: calls.append(d) or real(d))
+    listing = segments.SegmentListing(tmp_path / "log")
+    assert listing() == [] and calls == []  # no directory yet: nothing, no scan
+    with EventLog(tmp_path / "log") as log:
+        log.append_events([{"event_id": "e1", "user_id": "u", "item_id": "i", "timestamp": 1e9, "type": "click"}])
+    assert listing() == [1] and len(calls) == 1
+    assert listing() == [1] and len(calls) == 2  # changed within QUIET_S: listed every time
+    old = time.time_ns() - 10**10  # the directory has been quiet for 10 s
+    os.utime(tmp_path / "log", ns=(old, old))
+    assert listing() == [1] and len(calls) == 3  # its mtime moved: listed
+    assert listing() == [1] and listing() == [1] and len(calls) == 3  # quiet and unchanged: the listing kept
+    segments.segment_path(tmp_path / "log", 2).write_bytes(b"")  # a new segment: the mtime moves
+    assert listing() == [1, 2] and len(calls) == 4

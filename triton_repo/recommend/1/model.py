@@ -261,7 +261,7 @@ class TritonPythonModel:
         rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
         request_id = uuid.uuid4().hex
         self._shown.append({"request_id": request_id, "user_id": parsed.user_id, "items": rec.item_ids,
-                            "scores": [v if np.isfinite(v) else 0.0 for v in rec.scores], "reasons": rec.reasons, "route": rec.route, "ranker": ranker,
+                            "scores": [float(v) if np.isfinite(v) else 0.0 for v in rec.scores], "reasons": rec.reasons, "route": rec.route, "ranker": ranker,
                             "model_version": self.model_version,
                             "timestamp": float(parsed.timestamp if parsed.timestamp is not None else time.time())})
         self.requests[rec.route].increment(1)
@@ -295,7 +295,7 @@ class TritonPythonModel:
                     error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
         if self._shown:  # durable before the answers leave
             try:
-                self.event_log.append_impressions(self._shown)
+                self.event_log.append_impressions(self._shown, new_ids=True)  # fresh UUIDs: no search
             except Exception as err:  # noqa: BLE001 - the answers still go out; the loss is logged and counted
                 self.impressions_lost.increment(len(self._shown))
                 self.logger.log_error(f"recommend: {len(self._shown)} impressions not logged: {type(err).__name__}: {err}")
