@@ -258,8 +258,11 @@ def floor_phases(args, repo: Path, requests: list[dict]) -> list[Phase]:
 
 # --- in process ----------------------------------------------------------------------------------
 
-def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float, warmup: int) -> Phase:
-    """The same requests through ``pipeline.recommend``, one at a time, with per-stage times."""
+def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float, warmup: int,
+                    pace_ms: float = 0.0) -> Phase:
+    """The same requests through ``pipeline.recommend``, one at a time, with per-stage times.
+    ``pace_ms``: idle this long before each request (as a served instance idles while the client,
+    gRPC and the server run); not counted in its latency."""
     from pipeline.pipeline import Request
 
     totals: dict[str, float] = {}
@@ -279,6 +282,8 @@ def inprocess_phase(setting: str, pipeline, requests: list[dict], seconds: float
     for r in requests:
         if time.monotonic() >= deadline:
             break
+        if pace_ms:
+            time.sleep(pace_ms / 1e3)
         t = time.perf_counter()
         try:
             rec = pipeline.recommend([Request(**r)], on_stage=on_stage)[0]
@@ -355,6 +360,11 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             out["floor p50 8 named outputs / answer"] = named["p50_ms"] / floor["p50_ms"]
         if ort is not None:
             out["(Triton p50 - floor p50) / in-process ORT p50 (c=1)"] = (triton[1]["p50_ms"] - floor["p50_ms"]) / ort["p50_ms"]
+    paced = next((r for r in rows if r["setting"].startswith("in-process onnxruntime, paced")), None)
+    if paced is not None and ort is not None:
+        out["in-process ORT p50 paced / back to back"] = paced["p50_ms"] / ort["p50_ms"]
+        if 1 in triton:
+            out["Triton p50 / paced in-process ORT p50 (c=1)"] = triton[1]["p50_ms"] / paced["p50_ms"]
     if 1 in triton and len(triton) > 1:
         top = max(triton)
         out[f"requests/s c={top} / c=1"] = triton[top]["rps"] / triton[1]["rps"]
@@ -420,6 +430,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--floor", action="store_true",
                    help="also measure an echo model with recommend's config (no pipeline): the python "
                         "backend's and gRPC's own cost, with the answer output and with the named outputs")
+    p.add_argument("--pace-ms", type=float, default=0.0,
+                   help="also run the in-process onnxruntime pipeline idling this long before each request, "
+                        "as a served instance idles between calls (on these VMs a core that idled a few ms "
+                        "runs the next request ~1.4x slower; docs/serving.md). Default 0: not run")
     p.add_argument("--p95-target-ms", type=float, default=None,
                    help="target for the Triton p95 at concurrency 1; exit 1 when missed")
     args = p.parse_args(argv)
@@ -487,6 +501,9 @@ def inprocess(args, art: RunArtifacts, repo: Path, same: list[dict], phases: lis
             user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx", specs["user_tower"]),
             rankers={"ranker": OnnxCallable(repo / "ranker" / "1" / "model.onnx", specs["ranker"])})
         phases.append(inprocess_phase("in-process onnxruntime", ort_pipe, same, args.seconds, args.warmup))
+        if args.pace_ms:
+            phases.append(inprocess_phase(f"in-process onnxruntime, paced {args.pace_ms:g} ms", ort_pipe, same,
+                                          args.seconds, args.warmup, args.pace_ms))
     for p in phases[len(args.concurrency) + 2 * args.floor:]:
         log.info("%s: %d requests, p50 %.2f ms, p95 %.2f ms", p.setting, p.requests, p.percentile(50),
                  p.percentile(95))
