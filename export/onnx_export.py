@@ -17,8 +17,8 @@ import onnx
 import torch
 from torch import nn
 
-from inference.models import SCORE_FILE, onnx_session, run_onnx
-from inference.spec import ModelSpec
+from inference.models import EXPLAIN_FILE, PARTS, SCORE_FILE, onnx_session, run_onnx  # noqa: F401 - re-exported
+from inference.spec import ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 # The exporter's graph passes log every rewrite and deduplicated initializer at INFO.
@@ -125,25 +125,38 @@ def check_parity(module: nn.Module, spec: ModelSpec, path: Path, inputs: dict[st
 
 def export_score_graph(module: nn.Module, spec: ModelSpec, model_path: Path, example: dict[str, np.ndarray],
                        opset: int, atol: float) -> float:
-    """Export a ranker's score-only graph (``explain`` off: one fusion pass, no contributions) as
-    ``score.onnx`` next to ``model_path`` and check it against the full graph's score output.
+    """Export a ranker's two serving graphs next to ``model_path`` and check them against it:
+
+    - ``score.onnx``: the score and each row's ``parts`` (``explain="parts"``: one fusion pass, no
+      contributions), what the pipeline runs on every candidate;
+    - ``explain.onnx``: ``parts`` rows -> contributions (the fusion MLP on the occluded variants),
+      what the pipeline runs on the returned items only.
 
     Returns:
-        The largest |score.onnx - model.onnx score| on ``example``.
+        The largest difference to the full graph: |score| over the example, |contributions| over
+        its rows.
 
     Raises:
         AssertionError: they differ by more than ``atol``.
     """
-    scored = dataclasses.replace(spec, outputs=spec.outputs[:1])
+    from ranking.model import Contributions
+
+    parts = TensorSpec(PARTS, np.dtype(np.float32), (module.parts_dim,))
+    scored = dataclasses.replace(spec, outputs=(spec.outputs[0], parts))
     path = model_path.with_name(SCORE_FILE)
-    module.explain = False
+    module.explain = "parts"
     try:
         export_onnx(module, scored, path, example, opset)
     finally:
         module.explain = True
-    full = run_onnx(onnx_session(model_path), spec, example)[0]
-    alone = run_onnx(onnx_session(path), scored, example)[0]
-    worst = float(np.max(np.abs(full - alone))) if full.size else 0.0
-    if worst > atol:
-        raise AssertionError(f"{spec.name}: {path.name} differs from {model_path.name}'s score by {worst:.2e} > {atol:.0e}")
-    return worst
+    explain = ModelSpec(spec.name, (parts,), spec.outputs[1:])
+    full_score, full_contrib = run_onnx(onnx_session(model_path), spec, example)
+    alone, rows = run_onnx(onnx_session(path), scored, example)
+    export_onnx(Contributions(module).eval(), explain, model_path.with_name(EXPLAIN_FILE), {PARTS: rows}, opset)
+    contrib = run_onnx(onnx_session(model_path.with_name(EXPLAIN_FILE)), explain, {PARTS: rows})[0]
+    worst = {SCORE_FILE: float(np.max(np.abs(full_score - alone))) if alone.size else 0.0,
+             EXPLAIN_FILE: float(np.max(np.abs(full_contrib - contrib))) if contrib.size else 0.0}
+    for name, diff in worst.items():
+        if diff > atol:
+            raise AssertionError(f"{spec.name}: {name} differs from {model_path.name} by {diff:.2e} > {atol:.0e}")
+    return max(worst.values())

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from export.config import ROOT, export_config, recommend_inference
 from export.guards import seal_repository
-from export.onnx_export import SCORE_FILE, check_parity, example_inputs, export_onnx, export_score_graph
+from export.onnx_export import EXPLAIN_FILE, SCORE_FILE, check_parity, example_inputs, export_onnx, export_score_graph
 from export.quantize import int8_name, quantization_report, quantize_ranker
 from export.spec import ModelSpec, item_tower_spec, ranker_spec, user_tower_spec
 from export.triton_config import onnx_model_config
@@ -170,7 +170,7 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
         path = export_onnx(module, spec, repo / name / "1" / "model.onnx", x, int(ecfg.opset))
         random_x = example_inputs(spec, int(ecfg.parity_rows), seed=1, high=code_bounds(store))
         parity[name] = max(check_parity(module, spec, path, v, float(ecfg.parity_atol)) for v in (x, random_x))
-        if name in RANKERS:  # + the score-only graph the in-process pipeline runs on every candidate
+        if name in RANKERS:  # + the serving graphs: score (every candidate) and explain (the returned items)
             parity[f"{name}/{SCORE_FILE}"] = export_score_graph(module, spec, path, x, int(ecfg.opset),
                                                                  float(ecfg.parity_atol))
         write_onnx_model(repo, spec, ecfg, settings.n_candidates)
@@ -220,7 +220,8 @@ def quantize_rankers(repo: Path, art: RunArtifacts, models: dict, ecfg: DictConf
         spec = dataclasses.replace(models[name][1], name=int8_name(name))  # same tensors, new Triton name
         src = repo / name / "1" / "model.onnx"
         dst = quantize_ranker(src, repo / spec.name / "1" / "model.onnx", bool(q.per_channel))
-        quantize_ranker(src.with_name(SCORE_FILE), dst.with_name(SCORE_FILE), bool(q.per_channel))
+        for graph in (SCORE_FILE, EXPLAIN_FILE):  # the serving graphs, quantized the same way
+            quantize_ranker(src.with_name(graph), dst.with_name(graph), bool(q.per_channel))
         quality[spec.name] = quantization_report(spec, src, dst, lists, valid, 10)
         log.info("%s vs %s: %s", spec.name, name, quality[spec.name])
         if quality[spec.name]["top10_overlap"] < float(q.min_top10_overlap):

@@ -63,16 +63,21 @@ def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.Inferen
     return open_session(path, opts, gpu)  # logs the providers the session really got
 
 
-SCORE_FILE = "score.onnx"  # a ranker's score-only graph next to its model.onnx (export.onnx_export)
+SCORE_FILE = "score.onnx"  # a ranker's score graph next to its model.onnx (export.onnx_export)
+EXPLAIN_FILE = "explain.onnx"  # its contributions from the score graph's PARTS rows
+PARTS = "parts"  # the score graph's second output: what explain.onnx needs of each row
 
 
 class OnnxCallable:
     """An exported ONNX model as a pipeline callable: named numpy arrays in, numpy out (like the
     PyTorch :class:`retrieval.retriever.TorchModel`); one output comes back bare, several as a tuple.
 
-    A ranker exported with its score-only graph (``score.onnx`` next to ``model.onnx``) also offers
-    :meth:`score`: the pipeline scores every candidate with it and asks the full graph for the
-    contributions of the returned items only (one fusion pass per candidate instead of 1 + groups).
+    A ranker exported with its serving graphs (``score.onnx`` and ``explain.onnx`` next to
+    ``model.onnx``) also offers :meth:`score` (the score alone: one fusion pass per candidate instead
+    of 1 + groups), :meth:`score_parts` (the score and each row's ``parts``) and
+    :meth:`explain_parts` (contributions from parts rows: a fusion-only graph). The pipeline scores
+    every candidate and explains only the returned items. An export without ``explain.onnx`` (or
+    with a score-only ``score.onnx``) explains with the full graph.
     """
 
     def __init__(self, path: Path, spec: ModelSpec, threads: int = 1, gpu: bool = False):
@@ -80,8 +85,11 @@ class OnnxCallable:
             raise FileNotFoundError(f"{path} missing; run `python -m export --run-dir <run>` to write it")
         self.spec = spec
         self.session = onnx_session(path, threads, gpu)
-        score = Path(path).with_name(SCORE_FILE)
-        self.score_session = onnx_session(score, threads, gpu) if len(spec.outputs) > 1 and score.is_file() else None
+        score, explain = Path(path).with_name(SCORE_FILE), Path(path).with_name(EXPLAIN_FILE)
+        ranker = len(spec.outputs) > 1
+        self.score_session = onnx_session(score, threads, gpu) if ranker and score.is_file() else None
+        has_parts = self.score_session is not None and PARTS in {o.name for o in self.score_session.get_outputs()}
+        self.explain_session = onnx_session(explain, threads, gpu) if has_parts and explain.is_file() else None
         self.feed = {t.name: t.dtype for t in spec.inputs}
 
     def __call__(self, inputs: dict[str, np.ndarray]):
@@ -89,15 +97,29 @@ class OnnxCallable:
         return out[0] if len(out) == 1 else tuple(out)
 
     def score(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """The first output alone (the score), from the score-only graph when there is one."""
+        """The first output alone (the score), from the score graph when there is one."""
         if self.score_session is None:
             return self(inputs)[0]
         return self.score_session.run(self.spec.output_names[:1], self._feed(inputs))[0]
 
+    def score_parts(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (R,), parts (R, P)) from the score graph; ``explains_parts`` must be True."""
+        scores, parts = self.score_session.run([self.spec.output_names[0], PARTS], self._feed(inputs))
+        return scores, parts
+
+    def explain_parts(self, parts: np.ndarray) -> np.ndarray:
+        """Contributions (R, G) of ``parts`` rows (from :meth:`score_parts`)."""
+        return self.explain_session.run(self.spec.output_names[1:2], {PARTS: np.ascontiguousarray(parts)})[0]
+
     @property
     def scores_alone(self) -> bool:
-        """Whether :meth:`score` is cheaper than a full call (the score-only graph exists)."""
+        """Whether :meth:`score` is cheaper than a full call (the score graph exists)."""
         return self.score_session is not None
+
+    @property
+    def explains_parts(self) -> bool:
+        """Whether :meth:`score_parts` / :meth:`explain_parts` are there (score.onnx with parts, explain.onnx)."""
+        return self.explain_session is not None
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.asarray(inputs[name], dtype=dtype) for name, dtype in self.feed.items()}

@@ -210,9 +210,11 @@ class Pipeline:
         return items, scores, contrib
 
     def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool):
-        """:meth:`rank`, plus the ranker inputs; ``explain`` False with a ranker that scores alone
-        (``scores_alone``, e.g. an ONNX ranker with its score.onnx): contributions are None, for the
-        caller to ask for the returned items only (:meth:`_explain`)."""
+        """:meth:`rank`, plus a function giving the contributions of flat candidate rows; ``explain``
+        False with a ranker that scores alone (``scores_alone``, e.g. an ONNX ranker with its
+        score.onnx): contributions are None, for the caller to ask for the returned items only
+        (through that function: ``explain.onnx`` on the score graph's parts rows when the export has
+        it, the full graph on those rows' inputs otherwise)."""
         fn = self.ranker(ranker)
         stages = _Stages(on_stage)
         user_x = {}  # the user tower's inputs, also the ranker's user and context features
@@ -229,13 +231,22 @@ class Pipeline:
         x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
                        attributes, rows, user_x, cache)
         b, c = items.shape
-        if not explain and getattr(fn, "scores_alone", False):
-            scores, contrib = stages.run("ranker", fn.score, x), None
+        contrib = None
+        if not explain and getattr(fn, "explains_parts", False):
+            scores, parts = stages.run("ranker", fn.score_parts, x)
+
+            def explainer(rows: np.ndarray) -> np.ndarray:  # explain.onnx on those rows' parts
+                return fn.explain_parts(parts[rows])
         else:
-            scores, contrib = stages.run("ranker", fn, x)
-            contrib = np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
+            def explainer(rows: np.ndarray) -> np.ndarray:  # the full graph on those rows' inputs
+                return fn({name: v[rows] for name, v in x.items()})[1]
+            if not explain and getattr(fn, "scores_alone", False):
+                scores = stages.run("ranker", fn.score, x)
+            else:
+                scores, contrib = stages.run("ranker", fn, x)
+                contrib = np.asarray(contrib, np.float32).reshape(b, c, len(GROUPS))
         scores = np.where(items >= 0, np.asarray(scores, np.float32).reshape(b, c), -np.inf)
-        return items, scores, contrib, x
+        return items, scores, contrib, explainer
 
     def apply_rules(self, user: int, items: np.ndarray, scores: np.ndarray, contrib: np.ndarray, k: int,
                     request: Request | None = None, recent: np.ndarray | None = None):
@@ -267,12 +278,12 @@ class Pipeline:
             where[ranked] = placed[last[ranked]]
         return out, out_scores, reasons, where
 
-    def _explain(self, ranker: str | None, x: dict[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """Contributions (R, G) of the flat ranker-input ``rows`` only (the returned items)."""
+    @staticmethod
+    def _explain(explainer: Callable, rows: np.ndarray) -> np.ndarray:
+        """Contributions (R, G) of the flat candidate ``rows`` only (the returned items)."""
         if not len(rows):
             return np.zeros((0, len(GROUPS)), np.float32)
-        _, contrib = self.ranker(ranker)({name: v[rows] for name, v in x.items()})
-        return np.asarray(contrib, np.float32).reshape(len(rows), len(GROUPS))
+        return np.asarray(explainer(rows), np.float32).reshape(len(rows), len(GROUPS))
 
     def recommend(self, requests: list[Request], ranker: str | None = None,
                   on_stage: StageCallback | None = None) -> list[Recommendation]:
@@ -298,7 +309,7 @@ class Pipeline:
                 self.catalog.category_codes(list(r.include_categories) + list(r.exclude_categories))
         except ValueError as e:
             raise RequestError(str(e)) from e
-        items, scores, contrib, x = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False)
+        items, scores, contrib, explainer = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False)
         rules_start = time.perf_counter()
         answers = []
         for b, r in enumerate(requests):
@@ -310,7 +321,7 @@ class Pipeline:
         c = items.shape[1]
         if contrib is None:  # one call for the returned items of the whole batch
             flat = [b * c + w[w >= 0] for b, (_, _, _, w) in enumerate(answers)]
-            explained = self._explain(ranker, x, np.concatenate(flat))
+            explained = self._explain(explainer, np.concatenate(flat))
             offsets = np.cumsum([0] + [len(f) for f in flat])
         out = []
         for b, (it, sc, reasons, where) in enumerate(answers):

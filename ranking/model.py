@@ -112,10 +112,11 @@ class LateFusionRanker(nn.Module):
             nn.init.zeros_(self.fusion[-1].bias)
         # Average group vectors on training data: the "absent" reference for contributions.
         self.register_buffer("baseline", torch.zeros(len(self.groups), group_dim))
-        # Eval mode: False returns the score alone (the export's score.onnx: one fusion pass instead
-        # of 1 + G, what the pipeline runs on every candidate; contributions are then asked for the
-        # returned items only). Not a buffer: the weights and checkpoints do not depend on it.
-        self.explain = True
+        # Eval mode: True returns (score, contributions); False the score alone (one fusion pass
+        # instead of 1 + G); "parts" the score and each row's parts for `contributions` (the export's
+        # score.onnx, what the pipeline runs on every candidate; contributions are then computed for
+        # the returned items only, by explain.onnx). Not a buffer: the weights do not depend on it.
+        self.explain: bool | str = True
 
     @property
     def input_names(self) -> list[str]:
@@ -155,9 +156,32 @@ class LateFusionRanker(nn.Module):
         scale = self.residual_scale(x, r)
         score = self.fusion(h.reshape(r, g * d)).reshape(r) * scale  # the same ops with explain on or off
         terms = self.prior_terms(x) if self.prior_names else None  # (R, P)
+        total = score + terms.sum(1) if terms is not None else score
+        if self.explain == "parts":  # the score, and what contributions() needs for any of its rows
+            tail = [terms] if terms is not None else []
+            return total, torch.cat([h.reshape(r, g * d), scale[:, None], score[:, None], *tail], dim=1)
         if not self.explain:
-            return score + terms.sum(1) if terms is not None else score  # (R,)
-        # Contributions: variant j has group j replaced by its baseline; the score drop is group j's part.
+            return total  # (R,)
+        return total, self._contributions(h, scale, score, terms)  # (R,), (R, G)
+
+    @property
+    def parts_dim(self) -> int:
+        """Width of the ``parts`` rows: group vectors, residual scale, residual score, prior terms."""
+        return len(self.groups) * self.baseline.shape[1] + 2 + len(self.prior_names)
+
+    def contributions(self, parts: torch.Tensor) -> torch.Tensor:
+        """(R, parts_dim) rows of the ``parts`` output (explain="parts") -> contributions (R, G), the
+        same as the full forward pass gives for those rows."""
+        g, d = self.baseline.shape
+        h = parts[:, : g * d].reshape(-1, g, d)
+        scale, score = parts[:, g * d], parts[:, g * d + 1]
+        return self._contributions(h, scale, score, parts[:, g * d + 2:] if self.prior_names else None)
+
+    def _contributions(self, h: torch.Tensor, scale: torch.Tensor, score: torch.Tensor,
+                       terms: torch.Tensor | None) -> torch.Tensor:
+        """Variant j has group j replaced by its baseline; the residual score's drop is group j's part,
+        and each prior term counts towards its group. -> (R, G)"""
+        r, g, d = h.shape
         eye = torch.eye(g, device=h.device, dtype=h.dtype)[:, None, :, None]  # (G, 1, G, 1)
         variants = h[None] * (1 - eye) + self.baseline[None, None] * eye  # (G, R, G, H)
         occluded = self.fusion(variants.reshape(g * r, g * d)).reshape(g, r) * scale[None]
@@ -165,9 +189,21 @@ class LateFusionRanker(nn.Module):
         full = torch.zeros(r, len(GROUPS), device=h.device, dtype=contrib.dtype)
         full = full.index_copy(1, torch.as_tensor(self.group_index, device=h.device), contrib)
         if terms is not None:
-            score = score + terms.sum(1)
             full = full.index_add(1, torch.as_tensor(self.prior_index, device=h.device), terms)
-        return score, full  # (R,), (R, G)
+        return full
+
+
+class Contributions(nn.Module):
+    """A ranker's contributions from its ``parts`` rows (export: ``explain.onnx``, next to ``score.onnx``
+    which gives the parts of every candidate: the pipeline explains the returned items with a
+    fusion-only graph instead of running the whole model on them)."""
+
+    def __init__(self, ranker: LateFusionRanker):
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.ranker.contributions(x["parts"])
 
 
 class _ContextEncoder(nn.Module):

@@ -171,8 +171,30 @@ def test_onnx_pipeline_answers_like_the_pytorch_pipeline(repo, models, tiny_run)
     for u in users:
         r = Request(user_id=u, k=10, timestamp=1_700_500_000)
         a, b = torch_pipe.recommend([r])[0], onnx_pipe.recommend([r])[0]
-        assert (a.item_ids, a.reasons, a.route) == (b.item_ids, b.reasons, b.route)
+        assert (a.item_ids, a.reasons, a.groups, a.route) == (b.item_ids, b.reasons, b.groups, b.route)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ranker", "ranker_int8"])
+def test_serving_graphs_score_and_explain_like_the_full_graph(repo, models, name, tmp_path):
+    """score.onnx gives every row's score and parts; explain.onnx turns any rows' parts into the
+    contributions the full graph gives for them (int8: the same quantized fusion, batch-dependent
+    activation scales, so a looser bound)."""
+    spec, real = models[1]["ranker"][1], models[1]["ranker"][2]
+    model = OnnxCallable(repo / name / "1" / "model.onnx", spec)
+    assert model.scores_alone and model.explains_parts
+    scores, parts = model.score_parts(real)
+    rows = np.array([5, 0, 17, 3])
+    full_score, full_contrib = model({k: v[rows] for k, v in real.items()})
+    atol = 1e-5 if name == "ranker" else 0.05 * float(np.abs(full_contrib).max())
+    np.testing.assert_allclose(scores[rows], full_score, atol=atol)
+    np.testing.assert_allclose(model.explain_parts(parts[rows]), full_contrib, atol=atol)
+    np.testing.assert_allclose(model.score(real), scores, atol=1e-6)
+    older = tmp_path / name / "1"  # an export from before explain.onnx: the full graph explains
+    shutil.copytree(repo / name / "1", older)
+    (older / "explain.onnx").unlink()
+    old = OnnxCallable(older / "model.onnx", spec)
+    assert old.scores_alone and not old.explains_parts
 
 
 def test_recommend_inference_follows_the_flavour_unless_set():
