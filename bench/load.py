@@ -437,8 +437,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--p95-target-ms", type=float, default=None,
                    help="target for the Triton p95 at concurrency 1; exit 1 when missed")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.seconds <= 0 or not 0 <= args.unknown_share <= 1 or min(args.concurrency) < 1:
-        p.error("--requests >= 1, --seconds > 0, --unknown-share in [0, 1] and --concurrency >= 1 are required")
+    if args.requests < 1 or args.seconds <= 0 or not 0 <= args.unknown_share <= 1 or min(args.concurrency) < 1 \
+            or args.pace_ms < 0:
+        p.error("--requests >= 1, --seconds > 0, --unknown-share in [0, 1], --concurrency >= 1 and --pace-ms >= 0 "
+                "are required")
     return args
 
 

@@ -9,6 +9,7 @@ torch. The server side turns these tensors into a :class:`pipeline.pipeline.Requ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,8 +111,10 @@ def _text(values: np.ndarray) -> list[str]:
 
 
 def encode_answer(values: dict) -> np.ndarray:
-    """The ``answer`` tensor: ``values`` (one entry per name of ``FIELDS``) as one JSON object."""
-    return np.array([json.dumps(values).encode("utf-8")], dtype=np.object_)
+    """The ``answer`` tensor: ``values`` (one entry per name of ``FIELDS``) as one strict JSON object
+    (a score that is not finite is ``null``)."""
+    values = {**values, "scores": [s if math.isfinite(s) else None for s in values["scores"]]}
+    return np.array([json.dumps(values, allow_nan=False).encode("utf-8")], dtype=np.object_)
 
 
 def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendations:
@@ -119,7 +122,8 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
     if outputs.get(ANSWER) is not None:
         v = json.loads(outputs[ANSWER].ravel()[0])
         return Recommendations(user_id=user_id, route=v["route"], item_ids=v["item_ids"],
-                               scores=[float(s) for s in v["scores"]], reasons=v["reasons"], groups=v["groups"],
+                               scores=[float("nan") if s is None else float(s) for s in v["scores"]],
+                               reasons=v["reasons"], groups=v["groups"],
                                titles=v["titles"], ranker=v["ranker"], request_id=v["request_id"])
     return Recommendations(user_id=user_id, route=_text(outputs["route"])[0], item_ids=_text(outputs["item_ids"]),
                            scores=[float(s) for s in np.asarray(outputs["scores"]).ravel()],

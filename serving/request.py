@@ -9,6 +9,8 @@ so that the function is safe to call with anything.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
@@ -107,7 +109,7 @@ def requested_ranker(tensors: dict[str, np.ndarray | None], rankers: list[str], 
 
 
 def encode_recommendation(rec: Recommendation, titles: dict[str, str], ranker: str = "",
-                          request_id: str = "", names=None) -> dict[str, np.ndarray]:
+                          request_id: str = "", names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Output tensors of one answer (``titles``: item id -> display title, may be empty; ``ranker``: who
     scored it; ``request_id``: its impression in the event log). ``names``: the outputs to build (a
     request's requested outputs; all of ``OUTPUTS`` when None or empty)."""

@@ -1,5 +1,6 @@
 """The recommend wire format without a server: committed config vs protocol table, every check."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,7 @@ def test_answer_output_carries_what_the_named_outputs_do():
                                                          names=FIELDS))
     out = encode_recommendation(rec, {"i2": "Ünïcode \"title\""}, "ranker_student", "rid", names=["answer"])
     assert list(out) == ["answer"] and out["answer"].shape == (1,)  # only what was asked for
+    assert json.loads(out["answer"][0])["scores"][1] is None  # strict JSON: no NaN token for other clients
     whole = decode_response("196", out)
     assert whole.scores[0] == named.scores[0] == float(np.float32(0.1))  # float32 exactly, both ways
     assert np.isnan(whole.scores[1]) and np.isnan(named.scores[1])
