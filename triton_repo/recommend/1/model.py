@@ -44,6 +44,7 @@ says 0, one log line per outage, and the instance catches up from its last strea
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections import Counter
@@ -261,7 +262,7 @@ class TritonPythonModel:
         rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
         request_id = uuid.uuid4().hex
         self._shown.append({"request_id": request_id, "user_id": parsed.user_id, "items": rec.item_ids,
-                            "scores": [float(v) if np.isfinite(v) else 0.0 for v in rec.scores], "reasons": rec.reasons, "route": rec.route, "ranker": ranker,
+                            "scores": [v if math.isfinite(v) else 0.0 for v in rec.scores], "reasons": rec.reasons, "route": rec.route, "ranker": ranker,
                             "model_version": self.model_version,
                             "timestamp": float(parsed.timestamp if parsed.timestamp is not None else time.time())})
         self.requests[rec.route].increment(1)
