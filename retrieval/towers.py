@@ -25,8 +25,10 @@ INDEX_KINDS = ("categorical", "context")
 
 def masked_mean(emb: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     """Mean of token embeddings ignoring padding (code 0). (B, L, D), (B, L) -> (B, D)."""
-    mask = (codes > 0).to(emb.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (emb * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    mask = (codes > 0).to(emb.dtype).unsqueeze(1)  # (B, 1, L)
+    # One batched MatMul, not a broadcast product and a sum over L: ~0.1 ms less per 200 ranker rows
+    # in onnxruntime (docs/serving.md, "Third pass"), the same numbers.
+    return torch.bmm(mask, emb).squeeze(1) / mask.sum(2).clamp_min(1.0)
 
 
 class FeatureEmbedder(nn.Module):
