@@ -10,6 +10,13 @@ the new position, so the served ``recommend`` tails the log from exactly there. 
 ``--interactions`` table drops the cursor (the served tail falls back to "stored after the store
 was written").
 
+``--events`` also folds in the log's catalog records first (items added or changed online with
+``recsys-catalog``; :func:`fold_catalog`), with the code every served ``recommend`` applies them
+with (:class:`pipeline.catalog.OnlineCatalog`): an item added online becomes part of the run's
+catalog (its vocabulary entry, encoded attributes, item-tower vector in the embeddings and the
+index, title), so the interactions with it are kept instead of dropped as unknown, count in its
+popularity, and enter the co-occurrence / EASE tables when they are rebuilt.
+
 The served state is what a request reads besides the models: the feature store (each user's
 recent items, seen set, last timestamp; item popularity) and the ranker's candidate features
 (co-occurrence / EASE tables, recent popularity, item first-seen times). It is built by
@@ -30,7 +37,8 @@ equals a full rebuild except for those tables (``tests/pipeline/test_refresh.py`
 What happens to each kind of new row (counted in the returned report, never a crash):
 
 - a user not in the store: becomes a known user (history path), with unknown attributes;
-- an item not in the catalog: dropped (``unknown_items``): the catalog changes with a new export;
+- an item not in the catalog: dropped (``unknown_items``): the catalog changes with a new export, or
+  online (``recsys-catalog``), which ``--events`` folds in first;
 - a row equal to a known one (user, item, timestamp): dropped (``duplicates``);
 - a row with a missing user, item or timestamp, or a non-numeric timestamp: dropped (``malformed``);
 - a row older than the models' training data: kept as history (``before_training``).
@@ -39,6 +47,7 @@ What happens to each kind of new row (counted in the returned report, never a cr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -53,6 +62,7 @@ from features.schema import DataError
 from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
+from inference.models import TorchModel
 from pipeline.artifacts import RunArtifacts, data_seen
 from pipeline.online import OnlineState
 from ranking.features import CandidateFeatures
@@ -123,10 +133,13 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
 
 
 def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None,
-            rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE, cursor: dict | None = None) -> dict:
+            rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE, cursor: dict | None = None,
+            catalog: pd.DataFrame | None = None) -> dict:
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
     Args:
+        catalog: catalog records (the log's ``catalog`` table, :func:`log_catalog`) folded into the
+            run's catalog first (:func:`fold_catalog`), so interactions with items added online are kept.
         rebuild: True: rebuild everything (co-occurrence / EASE tables included) from all
             interactions; False: keep those tables; None: rebuild once they would miss more than
             ``rebuild_share`` of the interactions.
@@ -147,6 +160,9 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
         art = out
     m = art.manifest()
     known = pd.read_parquet(art.path("interactions"))
+    folded = {}
+    if catalog is not None and len(catalog):  # before the interactions: they may name items added online
+        folded = fold_catalog(art, catalog)
     store = art.load_store()
     trained_from = m["artifacts"]["two_tower"]["saw"].get("first_timestamp") if "two_tower" in m["artifacts"] else None
     new, report = clean_new_interactions(interactions, known, store.items, trained_from)
@@ -172,11 +188,87 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
             mine = history[history["user_id"].astype(str).isin(set(store.users.ids[users].tolist()))]
             store.recent[users] = Histories.build(store, mine).recent_items(users, store.history_len)
     report["tables_rebuilt"] = bool(rebuild)
+    report.update({f"catalog_{k}": v for k, v in folded.items()})
     save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content,
                       cooc_saw=cooc_saw, **({"event_log": cursor} if cursor else {}))
     report["seconds"] = round(time.perf_counter() - start, 2)
     log.info("refreshed %s: %s", art.dir, report)
     return report
+
+
+def _rewrite(art: RunArtifacts, name: str, write, **info) -> None:
+    """Write artifact ``name`` again (``write(path)``), keeping what its manifest entry said it saw."""
+    old = art.manifest().get("artifacts", {}).get(name, {})
+    kept = {k: v for k, v in old.items() if k not in ("file", "written_at", "written_at_unix", "saw")}
+    with art.writing(name, saw=old.get("saw"), **{**kept, **info}) as path:
+        write(path)
+
+
+def fold_catalog(art: RunArtifacts, records: pd.DataFrame) -> dict[str, int]:
+    """Fold catalog records (columns op, entity_id, attributes: the log's ``catalog`` table, in log
+    order) into a run's saved catalog with :class:`pipeline.catalog.OnlineCatalog`, the code every
+    served ``recommend`` applies them with, on the run's pipeline with its PyTorch item tower (the
+    served one is its ONNX export: the same vectors to ~1e-6).
+
+    Written: the store (item vocabulary, encoded item rows, popularity, the seen matrix's width,
+    stored user attributes), the item embeddings, the index, the titles and the ranker features
+    (first-seen times). Blocks are not saved: they live in the served rules, and every ``recommend``
+    replays them from the log. The co-occurrence / EASE tables are not extended here: a rebuild
+    (``--rebuild``, or the share rule) builds them over the grown catalog.
+
+    Replaying records a run already holds is harmless: a known item is "updated" with the same
+    attributes, to the same vector.
+
+    Returns:
+        :meth:`OnlineCatalog.apply`'s counts: new_items, updated_items, blocked, unblocked, users.
+
+    Raises:
+        DataError: a record cannot be applied (nothing is written).
+    """
+    from pipeline.catalog import OnlineCatalog
+    from retrieval.index import IndexConfig, save_index
+
+    art.check(("two_tower", "index"))
+    pipe = art.load_pipeline(user_encoder=_unused, rankers={"ranker": _unused})  # no request is answered here
+    titles = art.titles()
+    item_tower = TorchModel(art.load_towers(pipe.store).item_tower)
+    try:
+        counts = OnlineCatalog(pipe, item_tower, titles).apply(records)
+    except (ValueError, KeyError, TypeError) as e:  # the log holds checked records; say which part failed
+        raise DataError(f"the log's catalog records could not be folded into {art.run_dir}: {type(e).__name__}: {e}. "
+                        "Nothing was written; refresh from an --interactions table to skip them.") from e
+    if not (counts["new_items"] or counts["updated_items"] or counts["users"]):
+        return counts
+    info = {"catalog_records": int(len(records))}
+    _rewrite(art, "store", pipe.store.save, **info)
+    _rewrite(art, "ranker_features", pipe.features.save, **info)
+    _rewrite(art, "item_embeddings", lambda p: np.save(p, np.ascontiguousarray(pipe.features.item_embeddings)), **info)
+    _rewrite(art, "index", lambda p: save_index(pipe.retriever.index, IndexConfig(**art.index_settings()), p), **info)
+    if titles:
+        _rewrite(art, "item_titles", lambda p: Path(p).write_text(json.dumps(titles)), **info)
+    return counts
+
+
+def _unused(*args, **kwargs):
+    raise RuntimeError("fold_catalog's pipeline answers no request")
+
+
+def log_catalog(log_path: str | Path) -> pd.DataFrame:
+    """Every catalog record of an event log (the served ``--event-log DIR``, or one log directory), in
+    log order; an empty frame when it has none."""
+    from events.tail import EventTail
+    from features.feedback import log_dirs
+
+    events_dir, _ = log_dirs(log_path)
+    directory = events_dir.parent / "catalog" if events_dir.name == "events" else events_dir
+    tail = EventTail(directory, kind="catalog")
+    try:
+        parts = []
+        while len(part := tail.read_new()):
+            parts.append(part)
+    finally:
+        tail.close()
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["op", "entity_id", "attributes"])
 
 
 def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
@@ -200,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     new = ap.add_mutually_exclusive_group(required=True)
     new.add_argument("--interactions", help="CSV or parquet with user_id, item_id, timestamp")
     new.add_argument("--events", help="an event log directory (the served --event-log DIR): its interaction events "
-                                      "after the run's log cursor")
+                                      "after the run's log cursor, and its catalog records (items added online) "
+                                      "folded in first")
     ap.add_argument("--out-dir", default=None, help="write the refreshed run here (default: refresh in place)")
     ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
                     help="rebuild the co-occurrence / EASE tables too (--no-rebuild: keep them; default: rebuild "
@@ -210,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cursor, log_report = None, {}
+        cursor, log_report, catalog = None, {}, None
         if args.events:
             rows, cursor, log_report = log_events(args.run_dir, args.events)
+            catalog = log_catalog(args.events)
         else:
             rows = read_table(args.interactions, "interactions")
-        report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor)
+        report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog)
         report.update({f"log_{k}": v for k, v in log_report.items()})
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

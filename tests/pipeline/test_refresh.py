@@ -181,3 +181,76 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     assert "event_log" not in RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, tiny_prepared, tmp_path, capsys):
+    """Items added online (the log's catalog records) join the run's catalog before the events are read,
+    so the events on them are kept, and a rebuild of the co-occurrence tables counts them."""
+    from events.log import EventLog
+    from inference.models import TorchModel
+    from retrieval.towers import item_embeddings
+
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    users = [str(u) for u in log["user_id"].unique()[:3]]
+    t = int(log["timestamp"].max()) + 3600
+    n0 = len(art.item_ids())
+    row = tiny_prepared.dataset.items.set_index("item_id").loc[art.item_ids()[7]]
+    attrs = {k: (None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.number)) else str(v)))
+             for k, v in row.items()}
+    root = tmp_path / "log"  # the served layout: events/ and catalog/
+    with EventLog(root / "catalog", durability="normal") as clog:
+        clog.append_catalog([{"record_id": "r1", "op": "upsert_item", "entity_id": "new-1",
+                              "attributes": {**attrs, "title": "New One"}, "timestamp": float(t)}])
+    with EventLog(root / "events", durability="normal") as elog:
+        elog.append_events([{"event_id": f"e{i}", "user_id": u, "item_id": "new-1", "timestamp": float(t + i),
+                             "type": "click"} for i, u in enumerate(users)])
+
+    args = ["--run-dir", str(tiny_deployed_run), "--events", str(root), "--out-dir", str(tmp_path / "r1"), "--rebuild"]
+    assert refresh_main(args) == 0
+    out = capsys.readouterr().out
+    assert "accepted=3" in out and "unknown_items=0" in out and "catalog_new_items=1" in out, out
+    pipe = load_pipeline(tmp_path / "r1")
+    new = int(pipe.store.items.lookup(["new-1"])[0])
+    assert new == n0 and pipe.retriever.index.ntotal == n0 + 1 and len(pipe.retriever.item_embeddings) == n0 + 1
+    assert pipe.store.popularity[new] == 3 and pipe.features.item_first_ts[new] == t
+    assert pipe.features.cooc.shape == (n0 + 1, n0 + 1)  # rebuilt over the grown catalog
+    assert pipe.features.ease is None or pipe.features.ease.shape == (n0 + 1, n0 + 1)
+    # its vector: the item tower on its encoded attributes with the unknown id code, as served online
+    towers = art.load_towers(pipe.store)
+    enc = {k: v[new : new + 1] for k, v in pipe.store.item_table.items()}
+    assert enc["item_id"][0] == 0
+    np.testing.assert_allclose(pipe.retriever.item_embeddings[new], item_embeddings(towers, enc)[0], atol=1e-6)
+    np.testing.assert_allclose(TorchModel(towers.item_tower)(enc)[0], item_embeddings(towers, enc)[0], atol=1e-6)
+    _, top = pipe.retriever.search(pipe.retriever.item_embeddings[new][None], 1)
+    assert top[0, 0] == new  # in the index
+    assert RunArtifacts(tmp_path / "r1").titles()["new-1"] == "New One"
+    for u in users:  # their click is in their seen set: not recommended back
+        assert "new-1" not in pipe.recommend([Request(u, pipe.max_k, t + 100)])[0].item_ids
+
+    # a second refresh replays the record: an update to the same vector, no new item, no event twice
+    assert refresh_main(["--run-dir", str(tmp_path / "r1"), "--events", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "catalog_new_items=0" in out and "catalog_updated_items=1" in out and "log_read=0" in out, out
+    again = load_pipeline(tmp_path / "r1")
+    assert len(again.store.items) == n0 + 1 and again.store.popularity[new] == 3
+    np.testing.assert_allclose(again.retriever.item_embeddings[new], pipe.retriever.item_embeddings[new], atol=1e-6)
+    # the same events from a table, without the catalog records: the item is unknown, its events dropped
+    clicks = pd.DataFrame({"user_id": users, "item_id": ["new-1"] * 3, "timestamp": [t, t + 1, t + 2]})
+    assert refresh(tiny_deployed_run, clicks, out_dir=tmp_path / "r2")["unknown_items"] == 3
+
+
+def test_a_catalog_record_that_cannot_be_applied_is_a_clear_error_and_writes_nothing(tiny_deployed_run, tmp_path, capsys):
+    from events.log import EventLog
+
+    root = tmp_path / "log"
+    with EventLog(root / "catalog", durability="normal") as clog:  # written past the catalog model's checks
+        clog.append_catalog([{"record_id": "r1", "op": "rename_item", "entity_id": "x", "attributes": {},
+                              "timestamp": 1.7e9}])
+    (root / "events").mkdir()
+    before = RunArtifacts(tiny_deployed_run).manifest()["artifacts"]
+    out = tmp_path / "r1"
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(root), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "catalog records could not be folded" in err and "rename_item" in err
+    assert RunArtifacts(out).manifest()["artifacts"] == before  # the copy as it was: nothing written
