@@ -23,6 +23,7 @@ import math
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from events.tail import EventTail
 
@@ -149,6 +150,39 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         accepted.append({"record_id": uuid.uuid4().hex, "op": op, "entity_id": entity, "attributes": values,
                          "timestamp": float(now), "position": j})
     return accepted, status
+
+
+@dataclass
+class CatalogChanges:
+    """What a run of catalog records amounts to, in log order: per item and per user the merged
+    attributes of its upserts (a later value wins), in first-upsert order, and per item the last
+    block flag."""
+
+    items: dict[str, dict] = field(default_factory=dict)
+    users: dict[str, dict] = field(default_factory=dict)
+    blocked: dict[str, bool] = field(default_factory=dict)
+
+
+def fold_records(records) -> CatalogChanges:
+    """Fold accepted catalog records (a frame or mapping with ``op``, ``entity_id``, ``attributes``: a
+    dict or its JSON text) into :class:`CatalogChanges`: what every ``recommend`` applies
+    (:class:`pipeline.catalog.OnlineCatalog`), what a refresh and a retrain from the log take in.
+
+    Raises:
+        ValueError: an unknown op (the catalog model accepts none; the log was written past it).
+    """
+    out = CatalogChanges()
+    for op, entity, raw in zip(records["op"], records["entity_id"], records["attributes"]):
+        attrs = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        if op == "upsert_item":
+            out.items[entity] = {**out.items.get(entity, {}), **attrs}
+        elif op == "upsert_user":
+            out.users[entity] = {**out.users.get(entity, {}), **attrs}
+        elif op in ("block", "unblock"):
+            out.blocked[entity] = op == "block"
+        else:
+            raise ValueError(f"unknown catalog op {op!r}; known: {', '.join(OPS)}")
+    return out
 
 
 def known_names(schema: dict[str, dict[str, tuple]]) -> str:

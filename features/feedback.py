@@ -11,7 +11,11 @@ Two things come out of a log directory (``events.log``; the served ``--event-log
   catalog are counted in the report and left out, never a crash;
 - **exposure negatives** (:func:`exposure_negatives`): items served to a user (the impression
   log, one row per position) that got no positive event from that user within a window after the
-  impression. The ranker may weight them as negatives (``ranking.impression_negatives``).
+  impression. The ranker may weight them as negatives (``ranking.impression_negatives``);
+- **catalog changes** (:func:`read_log_catalog`, :func:`merge_catalog`): the items and user
+  attributes added or changed online (``recsys-catalog``; ``DIR/catalog``), applied to the dataset's
+  item and user tables before the events are mapped, so events on items added online are kept and
+  a retrain learns those items like any other.
 
 The log position read up to (:func:`read_log_events`: the ``events.tail.EventTail`` cursor,
 segment and rowid of the last row read) goes into the run's manifest, so the served ``recommend``
@@ -115,6 +119,71 @@ def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None
     return out, report
 
 
+def catalog_dir(path: str | os.PathLike) -> Path:
+    """The catalog records' folder of a log path (see :func:`log_dirs`): ``DIR/catalog`` of a served
+    log root, else the one log directory itself (an ``EventLog`` holds every table)."""
+    p = Path(path).expanduser().resolve()
+    return p / "catalog" if (p / "events").is_dir() else p
+
+
+def read_log_catalog(path: str | os.PathLike) -> pd.DataFrame:
+    """Every catalog record of a log path, in log order (``op``, ``entity_id``, ``attributes`` as JSON
+    text, ...); an empty frame when it holds none."""
+    tail = EventTail(catalog_dir(path), kind="catalog")
+    try:
+        return tail.read_new()
+    finally:
+        tail.close()
+
+
+def _upsert_rows(table: pd.DataFrame, key: str, rows: dict[str, dict]) -> tuple[pd.DataFrame, int, int]:
+    """``table`` with each id's attributes set (a known id: the columns it names; a new id: a new row,
+    the other columns missing). A column the table lacks is added. -> (table, new, updated)"""
+    if not rows:
+        return table, 0, 0
+    pos = pd.Index(table[key].astype(str)).get_indexer(list(rows))
+    table = table.copy()
+    updates: dict[str, dict[int, object]] = {}
+    for p, attrs in zip(pos, rows.values()):
+        for col, v in attrs.items():
+            if p >= 0:
+                updates.setdefault(col, {})[int(p)] = v
+    for col, values in updates.items():  # one rebuilt column each (its dtype inferred again: no mixed upcasts)
+        current = table[col].tolist() if col in table.columns else [None] * len(table)
+        for p, v in values.items():
+            current[p] = v
+        table[col] = pd.Series(current, index=table.index).infer_objects()
+    new = [{key: i, **attrs} for (i, attrs), p in zip(rows.items(), pos) if p < 0]
+    if new:
+        table = pd.concat([table, pd.DataFrame(new)], ignore_index=True)
+    return table, len(new), int((pos >= 0).sum())
+
+
+def merge_catalog(dataset: Dataset, records: pd.DataFrame) -> tuple[Dataset, dict[str, int]]:
+    """``dataset`` with the log's catalog records applied to its item and user tables, in log order
+    (``events.catalog.fold_records``: the same folding every served ``recommend`` does): an upsert of
+    a known item or user sets the attributes it names, an upsert of a new one adds a row. Blocks are a
+    serving rule, not data: not applied. -> (dataset, counts: catalog_new_items,
+    catalog_updated_items, catalog_new_users, catalog_updated_users)
+
+    Raises:
+        DataError: a record the catalog model would not have accepted (an unknown op).
+    """
+    from events.catalog import fold_records
+
+    try:
+        changes = fold_records(records)
+    except ValueError as e:
+        raise DataError(f"the event log's catalog records cannot be read: {e}") from e
+    items, new_items, updated_items = _upsert_rows(dataset.items, "item_id", changes.items)
+    users, new_users, updated_users = _upsert_rows(dataset.users, "user_id", changes.users)
+    report = {"catalog_new_items": new_items, "catalog_updated_items": updated_items,
+              "catalog_new_users": new_users, "catalog_updated_users": updated_users}
+    if not (new_items or updated_items or new_users or updated_users):
+        return dataset, report
+    return Dataset(dataset.name, dataset.interactions, items, users, dict(dataset.meta)), report
+
+
 def _keys(frame: pd.DataFrame) -> np.ndarray:
     keyed = pd.DataFrame({"user_id": frame["user_id"].astype(str), "item_id": frame["item_id"].astype(str),
                           "timestamp": frame["timestamp"].astype(np.int64)})
@@ -195,9 +264,15 @@ def load_feedback(dataset: Dataset, log_path: str | os.PathLike, types, default_
         events, cursor = read_log_events(events_dir)
     except Exception as e:  # a corrupt segment or another schema version: say which log
         raise DataError(f"cannot read the event log {events_dir}: {e}") from e
+    try:
+        records = read_log_catalog(log_path)
+    except Exception as e:  # noqa: BLE001 - as for the events: say which log
+        raise DataError(f"cannot read the catalog records of the event log {log_path}: {e}") from e
+    dataset, catalog_report = merge_catalog(dataset, records)  # first: events may name items added online
     new, report = log_interactions(events, types, dataset.items["item_id"], default_weight)
     merged, merge_report = merge_interactions(dataset, new)
     report.update(merge_report)
+    report.update(catalog_report)
     negatives = None
     if negatives_window_s is not None and impressions_dir is None:
         log.warning("impression negatives asked for, but %s has no impressions/ folder: none used", log_path)

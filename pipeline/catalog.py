@@ -31,13 +31,13 @@ per batch with an update), an IVF index removes from one list.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
+from events.catalog import fold_records
 from features.encoders import FeatureSet
 from retrieval.index import upsert_vectors
 
@@ -99,19 +99,8 @@ class OnlineCatalog:
         Returns:
             counts: new_items, updated_items, blocked, unblocked, users.
         """
-        items: dict[str, dict] = {}  # item id -> merged attributes, in first-upsert order
-        users: dict[str, dict] = {}
-        flags: dict[str, bool] = {}  # item id -> blocked, the last record wins
-        for op, entity, attrs in zip(records["op"], records["entity_id"], records["attributes"]):
-            attrs = json.loads(attrs) if isinstance(attrs, str) else dict(attrs or {})
-            if op == "upsert_item":
-                items[entity] = {**items.get(entity, {}), **attrs}
-            elif op == "upsert_user":
-                users[entity] = {**users.get(entity, {}), **attrs}
-            elif op in ("block", "unblock"):
-                flags[entity] = op == "block"
-            else:
-                raise ValueError(f"unknown catalog op {op!r}; known: upsert_item, upsert_user, block, unblock")
+        changes = fold_records(records)
+        items, users, flags = changes.items, changes.users, changes.blocked
         new, updated = self.upsert_items(items) if items else (0, 0)
         blocked = self._set_blocked(flags)
         if users:

@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from features.custom import read_table
+from features.feedback import read_log_catalog
 from features.schema import DataError
 from features.history import Histories
 from features.store import FeatureStore
@@ -138,8 +139,9 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
     Args:
-        catalog: catalog records (the log's ``catalog`` table, :func:`log_catalog`) folded into the
-            run's catalog first (:func:`fold_catalog`), so interactions with items added online are kept.
+        catalog: catalog records (the log's ``catalog`` table: ``features.feedback.read_log_catalog``)
+            folded into the run's catalog first (:func:`fold_catalog`), so interactions with items
+            added online are kept.
         rebuild: True: rebuild everything (co-occurrence / EASE tables included) from all
             interactions; False: keep those tables; None: rebuild once they would miss more than
             ``rebuild_share`` of the interactions.
@@ -253,24 +255,6 @@ def _unused(*args, **kwargs):
     raise RuntimeError("fold_catalog's pipeline answers no request")
 
 
-def log_catalog(log_path: str | Path) -> pd.DataFrame:
-    """Every catalog record of an event log (the served ``--event-log DIR``, or one log directory), in
-    log order; an empty frame when it has none."""
-    from events.tail import EventTail
-    from features.feedback import log_dirs
-
-    events_dir, _ = log_dirs(log_path)
-    directory = events_dir.parent / "catalog" if events_dir.name == "events" else events_dir
-    tail = EventTail(directory, kind="catalog")
-    try:
-        parts = []
-        while len(part := tail.read_new()):
-            parts.append(part)
-    finally:
-        tail.close()
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["op", "entity_id", "attributes"])
-
-
 def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
     """Interaction rows logged after the run's store cursor (all, without one), the new cursor, counts."""
     from events.checks import INTERACTION_TYPES
@@ -306,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         cursor, log_report, catalog = None, {}, None
         if args.events:
             rows, cursor, log_report = log_events(args.run_dir, args.events)
-            catalog = log_catalog(args.events)
+            catalog = read_log_catalog(args.events)
         else:
             rows = read_table(args.interactions, "interactions")
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog)

@@ -14,6 +14,7 @@ from events.tail import EventTail
 from features.feedback import exposure_negatives, load_feedback, log_interactions, merge_interactions, read_log_events
 from features.prepare import load_dataset
 from features.schema import DataError, Dataset
+from pipeline.artifacts import RunArtifacts
 from ranking.trainer import listwise_loss, negative_weights
 from serving.event_log import snapshot_tail
 from tests.conftest import TINY_DATA, compose_cfg
@@ -59,6 +60,33 @@ def test_log_events_merge_without_double_counting(tmp_path):
     assert row["timestamp"].tolist() == [300] and row["weight"].tolist() == [3.0]
     assert "u3" in set(fb.dataset.users["user_id"]) and fb.negatives is None
     assert (fb.cursor.segment, fb.cursor.rowid) == (1, 7)
+
+
+def test_items_and_users_added_online_join_the_data_before_the_events(tmp_path):
+    def record(i, op, entity, **attrs):
+        return {"record_id": f"r{i}", "op": op, "entity_id": entity, "attributes": attrs, "timestamp": float(i)}
+
+    with EventLog(tmp_path, durability="normal") as log:  # one log directory: every table
+        log.append_catalog([record(1, "upsert_item", "d", genre="y", title="Dee"),
+                            record(2, "upsert_item", "a", genre="z"), record(3, "block", "b"),
+                            record(4, "upsert_user", "u9", age=50.0),
+                            record(5, "upsert_user", "u1", age=31.0)])
+        log.append_events([_event(0, "u1", "d", 300), _event(1, "u9", "d", 310), _event(2, "u2", "zzz", 320)])
+    fb = load_feedback(_dataset(), tmp_path, TYPES, 1.0, None)
+    r = fb.report
+    counts = [r[f"catalog_{k}"] for k in ("new_items", "updated_items", "new_users", "updated_users")]
+    assert counts == [1, 1, 1, 1]
+    assert r["unknown_items"] == 1 and r["added"] == 2  # the events on d are kept; zzz is in no catalog
+    items = fb.dataset.items.set_index("item_id")
+    assert items.loc["d", "genre"] == "y" and items.loc["d", "title"] == "Dee" and items.loc["a", "genre"] == "z"
+    assert items.loc["b", "genre"] == "y" and pd.isna(items.loc["a", "title"])  # a block is a serving rule, not data
+    users = fb.dataset.users.set_index("user_id")
+    assert (users.loc["u9", "age"], users.loc["u1", "age"], users.loc["u2", "age"]) == (50, 31, 40)
+    assert users["age"].dtype.kind in "if"  # still a numeric column
+    with EventLog(tmp_path, durability="normal") as log:  # written past the catalog model's checks
+        log.append_catalog([record(6, "rename_item", "d")])
+    with pytest.raises(DataError, match="rename_item"):
+        load_feedback(_dataset(), tmp_path, TYPES, 1.0, None)
 
 
 def test_malformed_rows_are_counted_not_fatal():
@@ -170,6 +198,14 @@ def test_train_with_events_produces_a_run_that_records_the_log(tmp_path):
             n += 1
         events.append(_event(f"imp{j}", u, picked[5], ts, "impression"))
     events.append(_event("bad", users[0], "no-such-item", t_end + 5))
+    # an item added online (recsys-catalog) and clicked: the retrain learns it like any other
+    source = ds.items.iloc[3].to_dict()
+    attrs = {k: (None if pd.isna(v) else (float(v) if isinstance(v, (int, float, np.number)) else str(v)))
+             for k, v in source.items() if k != "item_id"}
+    events += [_event(f"online{j}", users[j], "online-item", t_end + 50 + j) for j in range(2)]
+    with EventLog(log_dir / "catalog", durability="normal") as log:
+        log.append_catalog([{"record_id": "c1", "op": "upsert_item", "entity_id": "online-item", "attributes": attrs,
+                             "timestamp": float(t_end + 40)}])
     with EventLog(log_dir / "events", durability="normal") as log:
         log.append_events(events)
     with EventLog(log_dir / "impressions", durability="normal") as log:
@@ -181,12 +217,13 @@ def test_train_with_events_produces_a_run_that_records_the_log(tmp_path):
     assert "pipeline/test/ndcg@10" in m
     manifest = json.loads((tmp_path / "run" / "artifacts" / "manifest.json").read_text())
     read = manifest["event_log"]["read"]
-    assert read["in_data"] == 1 and read["added"] == 80 and read["not_interactions"] == 40
-    assert read["unknown_items"] == 1 and read["exposure_negatives"] == 40 * 4
+    assert read["in_data"] == 1 and read["added"] == 82 and read["not_interactions"] == 40
+    assert read["unknown_items"] == 1 and read["exposure_negatives"] == 40 * 4 and read["catalog_new_items"] == 1
+    assert "online-item" in RunArtifacts(tmp_path / "run").item_ids()  # in the trained vocabulary: a learned id
     cursor = manifest["event_log"]["cursor"]
     assert (cursor["segment"], cursor["rowid"]) == (1, len(events))
     assert manifest["artifacts"]["store"]["event_log"] == cursor  # what the served tail starts after
-    assert manifest["artifacts"]["store"]["saw"]["interactions"] == len(inter) + 80
+    assert manifest["artifacts"]["store"]["saw"]["interactions"] == len(inter) + 82
     report = (tmp_path / "run" / "report.md").read_text()
     assert "exposure negatives weighted 2.0" in report  # the deployed ranker trained with them
     assert len(read_log(log_dir / "events")) == len(events)  # the log itself is untouched

@@ -240,7 +240,8 @@ def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, ti
     assert refresh(tiny_deployed_run, clicks, out_dir=tmp_path / "r2")["unknown_items"] == 3
 
 
-def test_a_catalog_record_that_cannot_be_applied_is_a_clear_error_and_writes_nothing(tiny_deployed_run, tmp_path, capsys):
+def test_a_catalog_record_that_cannot_be_applied_is_a_clear_error_and_writes_nothing(tiny_deployed_run, tmp_path,
+                                                                                      capsys):
     from events.log import EventLog
 
     root = tmp_path / "log"
