@@ -121,41 +121,60 @@ def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None
 
 def catalog_dir(path: str | os.PathLike) -> Path:
     """The catalog records' folder of a log path (see :func:`log_dirs`): ``DIR/catalog`` of a served
-    log root, else the one log directory itself (an ``EventLog`` holds every table)."""
+    log root (one holding ``events/`` or ``catalog/``), the sibling ``catalog/`` of a served root's
+    ``events/`` folder given directly, else the one log directory itself (an ``EventLog`` holds every
+    table)."""
     p = Path(path).expanduser().resolve()
-    return p / "catalog" if (p / "events").is_dir() else p
+    if (p / "catalog").is_dir() or (p / "events").is_dir():
+        return p / "catalog"
+    if p.name == "events" and (p.parent / "catalog").is_dir():
+        return p.parent / "catalog"
+    return p
 
 
-def read_log_catalog(path: str | os.PathLike) -> pd.DataFrame:
-    """Every catalog record of a log path, in log order (``op``, ``entity_id``, ``attributes`` as JSON
-    text, ...); an empty frame when it holds none."""
-    tail = EventTail(catalog_dir(path), kind="catalog")
+def read_log_catalog(path: str | os.PathLike, after: LogCursor | None = None) -> tuple[pd.DataFrame, LogCursor]:
+    """The catalog records of a log path (after ``after``, when given), in log order (``op``,
+    ``entity_id``, ``attributes`` as JSON text, ...; an empty frame when there are none), and the
+    cursor of the last one read."""
+    directory = catalog_dir(path)
+    tail = EventTail(directory, after=(after.segment, after.rowid) if after else None, kind="catalog")
     try:
-        return tail.read_new()
+        frame = tail.read_new()
     finally:
         tail.close()
+    return frame, LogCursor(str(directory), tail.segment, tail.rowid)
 
 
 def _upsert_rows(table: pd.DataFrame, key: str, rows: dict[str, dict]) -> tuple[pd.DataFrame, int, int]:
     """``table`` with each id's attributes set (a known id: the columns it names; a new id: a new row,
-    the other columns missing). A column the table lacks is added. -> (table, new, updated)"""
+    the other columns missing). Attributes of columns the table lacks are left out (the catalog model
+    accepts the run's feature columns and ``title``: a dataset without titles gets none). An integer
+    column stays integers (Python ints, None for missing) rather than turning float: a categorical
+    encoder would learn "7.0" where requests say "7". -> (table, new, updated)"""
     if not rows:
         return table, 0, 0
     pos = pd.Index(table[key].astype(str)).get_indexer(list(rows))
+    ints = [c for c in table.columns if table[c].dtype.kind in "iu"]
     table = table.copy()
     updates: dict[str, dict[int, object]] = {}
     for p, attrs in zip(pos, rows.values()):
         for col, v in attrs.items():
-            if p >= 0:
+            if p >= 0 and col in table.columns and col != key:
                 updates.setdefault(col, {})[int(p)] = v
     for col, values in updates.items():  # one rebuilt column each (its dtype inferred again: no mixed upcasts)
-        current = table[col].tolist() if col in table.columns else [None] * len(table)
+        current = table[col].tolist()
         for p, v in values.items():
             current[p] = v
         table[col] = pd.Series(current, index=table.index).infer_objects()
-    new = [{key: i, **attrs} for (i, attrs), p in zip(rows.items(), pos) if p < 0]
+    new = [{key: i, **{c: v for c, v in attrs.items() if c in table.columns and c != key}}
+           for (i, attrs), p in zip(rows.items(), pos) if p < 0]
     if new:
-        table = pd.concat([table, pd.DataFrame(new)], ignore_index=True)
+        table = pd.concat([table, pd.DataFrame(new, columns=list(table.columns))], ignore_index=True)
+    for col in ints:
+        v = table[col]
+        if v.dtype.kind == "f" and bool(((v.dropna() % 1) == 0).all()):
+            values = [None if pd.isna(x) else int(x) for x in v.tolist()]
+            table[col] = pd.Series(values, index=table.index, dtype=object)
     return table, len(new), int((pos >= 0).sum())
 
 
@@ -265,7 +284,7 @@ def load_feedback(dataset: Dataset, log_path: str | os.PathLike, types, default_
     except Exception as e:  # a corrupt segment or another schema version: say which log
         raise DataError(f"cannot read the event log {events_dir}: {e}") from e
     try:
-        records = read_log_catalog(log_path)
+        records, _ = read_log_catalog(log_path)  # every record: the data's own tables know none of them
     except Exception as e:  # noqa: BLE001 - as for the events: say which log
         raise DataError(f"cannot read the catalog records of the event log {log_path}: {e}") from e
     dataset, catalog_report = merge_catalog(dataset, records)  # first: events may name items added online

@@ -21,6 +21,7 @@ from features.history import Histories
 from features.vocab import IdVocab, interaction_matrix
 
 RESORT_S = 1.0  # the most-popular order is sorted again at most this often after live events
+ATTRIBUTES = "attributes.json"  # stored_attributes of the users the vocabulary does not hold yet
 
 
 class FeatureStore:
@@ -211,6 +212,11 @@ class FeatureStore:
         self.compact_seen()
         sp.save_npz(out / "seen.npz", self.seen, compressed=False)  # zlib cost 2-3 s per 10M entries on save
         (out / "store.json").write_text(json.dumps({"history_len": self.history_len}))
+        attributes = out / ATTRIBUTES
+        if self.stored_attributes:  # users known by their attributes only (upsert_user), until their first event
+            attributes.write_text(json.dumps(self.stored_attributes))
+        elif attributes.exists():
+            attributes.unlink()
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "FeatureStore":
@@ -220,8 +226,12 @@ class FeatureStore:
         z = np.load(d / "tables.npz")
         user = {k[5:]: z[k] for k in z.files if k.startswith("user.")}
         item = {k[5:]: z[k] for k in z.files if k.startswith("item.")}
-        return cls(IdVocab.load(d / "users.json"), IdVocab.load(d / "items.json"), FeatureSet.load(d / "encoders.json"),
-                   user, item, z["recent"], z["last_ts"], sp.load_npz(d / "seen.npz").tocsr(), z["popularity"])
+        store = cls(IdVocab.load(d / "users.json"), IdVocab.load(d / "items.json"),
+                    FeatureSet.load(d / "encoders.json"), user, item, z["recent"], z["last_ts"],
+                    sp.load_npz(d / "seen.npz").tocsr(), z["popularity"])
+        if (d / ATTRIBUTES).is_file():
+            store.stored_attributes = json.loads((d / ATTRIBUTES).read_text())
+        return store
 
 
 class SparseRows:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -135,13 +136,15 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
 
 def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path | None = None,
             rebuild: bool | None = None, rebuild_share: float = REBUILD_SHARE, cursor: dict | None = None,
-            catalog: pd.DataFrame | None = None) -> dict:
+            catalog: pd.DataFrame | None = None, catalog_cursor: dict | None = None) -> dict:
     """Add new interactions to a run's served state (in place, or into a copy at ``out_dir``).
 
     Args:
         catalog: catalog records (the log's ``catalog`` table: ``features.feedback.read_log_catalog``)
             folded into the run's catalog first (:func:`fold_catalog`), so interactions with items
             added online are kept.
+        catalog_cursor: the log position ``catalog`` was read up to, recorded with the store (the
+            next ``--events`` refresh reads the records after it).
         rebuild: True: rebuild everything (co-occurrence / EASE tables included) from all
             interactions; False: keep those tables; None: rebuild once they would miss more than
             ``rebuild_share`` of the interactions.
@@ -162,9 +165,9 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
         art = out
     m = art.manifest()
     known = pd.read_parquet(art.path("interactions"))
-    folded = {}
+    folded = {} if catalog is None else {"read": int(len(catalog))}
     if catalog is not None and len(catalog):  # before the interactions: they may name items added online
-        folded = fold_catalog(art, catalog)
+        folded.update(fold_catalog(art, catalog))
     store = art.load_store()
     trained_from = m["artifacts"]["two_tower"]["saw"].get("first_timestamp") if "two_tower" in m["artifacts"] else None
     new, report = clean_new_interactions(interactions, known, store.items, trained_from)
@@ -192,18 +195,38 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     report["tables_rebuilt"] = bool(rebuild)
     report.update({f"catalog_{k}": v for k, v in folded.items()})
     save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content,
-                      cooc_saw=cooc_saw, **({"event_log": cursor} if cursor else {}))
+                      cooc_saw=cooc_saw, **({"event_log": cursor} if cursor else {}),
+                      **({"catalog_log": catalog_cursor} if catalog_cursor else {}))
     report["seconds"] = round(time.perf_counter() - start, 2)
     log.info("refreshed %s: %s", art.dir, report)
     return report
 
 
-def _rewrite(art: RunArtifacts, name: str, write, **info) -> None:
-    """Write artifact ``name`` again (``write(path)``), keeping what its manifest entry said it saw."""
-    old = art.manifest().get("artifacts", {}).get(name, {})
-    kept = {k: v for k, v in old.items() if k not in ("file", "written_at", "written_at_unix", "saw")}
-    with art.writing(name, saw=old.get("saw"), **{**kept, **info}) as path:
-        write(path)
+FOLDING = ".fold"  # suffix of an artifact fold_catalog is writing: moved over the artifact once all are written
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Move a staged file or folder over ``final`` (a folder: the old one set aside, then removed)."""
+    if final.is_dir():
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staged.rename(final)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, final)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.save on a path not ending in .npy would add the suffix
+        np.save(f, np.ascontiguousarray(array))
 
 
 def fold_catalog(art: RunArtifacts, records: pd.DataFrame) -> dict[str, int]:
@@ -213,25 +236,31 @@ def fold_catalog(art: RunArtifacts, records: pd.DataFrame) -> dict[str, int]:
     served one is its ONNX export: the same vectors to ~1e-6).
 
     Written: the store (item vocabulary, encoded item rows, popularity, the seen matrix's width,
-    stored user attributes), the item embeddings, the index, the titles and the ranker features
-    (first-seen times). Blocks are not saved: they live in the served rules, and every ``recommend``
-    replays them from the log. The co-occurrence / EASE tables are not extended here: a rebuild
-    (``--rebuild``, or the share rule) builds them over the grown catalog.
+    user attributes, also of users known by them alone until their first event), the item
+    embeddings, the index, the titles and the ranker features (first-seen times). Each is written
+    next to its artifact first and moved over it only once all are written, so a failure while
+    writing leaves the run as it was. Blocks are not saved: they live in the served rules, and every
+    ``recommend`` replays them from the log. The co-occurrence / EASE tables are not extended here: a
+    rebuild (``--rebuild``, or the share rule) builds them over the grown catalog.
 
     Replaying records a run already holds is harmless: a known item is "updated" with the same
-    attributes, to the same vector.
+    attributes, to the same vector (``recsys-refresh`` reads only the records after the run's
+    ``catalog_log`` cursor).
 
     Returns:
         :meth:`OnlineCatalog.apply`'s counts: new_items, updated_items, blocked, unblocked, users.
 
     Raises:
-        DataError: a record cannot be applied (nothing is written).
+        DataError: a record cannot be applied, or the run cannot be loaded (nothing is written).
     """
     from pipeline.catalog import OnlineCatalog
     from retrieval.index import IndexConfig, save_index
 
     art.check(("two_tower", "index"))
-    pipe = art.load_pipeline(user_encoder=_unused, rankers={"ranker": _unused})  # no request is answered here
+    try:
+        pipe = art.load_pipeline(user_encoder=_unused, rankers={"ranker": _unused})  # no request is answered here
+    except ValueError as e:  # e.g. artifacts of different catalog sizes: say which run, not a traceback
+        raise DataError(f"{art.run_dir} cannot be loaded to fold the log's catalog records into it: {e}") from e
     titles = art.titles()
     item_tower = TorchModel(art.load_towers(pipe.store).item_tower)
     try:
@@ -241,18 +270,43 @@ def fold_catalog(art: RunArtifacts, records: pd.DataFrame) -> dict[str, int]:
                         "Nothing was written; refresh from an --interactions table to skip them.") from e
     if not (counts["new_items"] or counts["updated_items"] or counts["users"]):
         return counts
-    info = {"catalog_records": int(len(records))}
-    _rewrite(art, "store", pipe.store.save, **info)
-    _rewrite(art, "ranker_features", pipe.features.save, **info)
-    _rewrite(art, "item_embeddings", lambda p: np.save(p, np.ascontiguousarray(pipe.features.item_embeddings)), **info)
-    _rewrite(art, "index", lambda p: save_index(pipe.retriever.index, IndexConfig(**art.index_settings()), p), **info)
+    index_cfg = IndexConfig(**art.index_settings())
+    writers = {"store": pipe.store.save, "ranker_features": pipe.features.save,
+               "item_embeddings": lambda p: _save_npy(p, pipe.features.item_embeddings),
+               "index": lambda p: save_index(pipe.retriever.index, index_cfg, p)}
     if titles:
-        _rewrite(art, "item_titles", lambda p: Path(p).write_text(json.dumps(titles)), **info)
+        writers["item_titles"] = lambda p: p.write_text(json.dumps(titles))
+    staged = {}
+    for name, write in writers.items():
+        tmp = art.path(name).with_name(art.path(name).name + FOLDING)
+        _remove(tmp)  # left by a fold that failed
+        write(tmp)
+        staged[name] = tmp
+    _remove(Path(str(staged["index"]) + ".json"))  # save_index's parameters: the artifact's own are the same
+    info = {"catalog_records": int(len(records))}
+    entries = art.manifest().get("artifacts", {})
+    for name, tmp in staged.items():
+        _swap_in(tmp, art.path(name))
+        old = entries.get(name, {})
+        kept = {k: v for k, v in old.items() if k not in ("file", "written_at", "written_at_unix", "saw")}
+        art.record(name, old.get("saw"), **{**kept, **info})
     return counts
 
 
 def _unused(*args, **kwargs):
     raise RuntimeError("fold_catalog's pipeline answers no request")
+
+
+def log_catalog(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one: folding
+    a record again is harmless), and the new cursor."""
+    from features.feedback import LogCursor, catalog_dir
+
+    art = RunArtifacts(run_dir)
+    old = art.manifest().get("artifacts", {}).get("store", {}).get("catalog_log")
+    after = LogCursor(**old) if old and Path(old["directory"]).resolve() == catalog_dir(log_path) else None
+    records, cursor = read_log_catalog(log_path, after)
+    return records, cursor.as_dict()
 
 
 def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
@@ -287,13 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cursor, log_report, catalog = None, {}, None
+        cursor, log_report, catalog, catalog_cursor = None, {}, None, None
         if args.events:
             rows, cursor, log_report = log_events(args.run_dir, args.events)
-            catalog = read_log_catalog(args.events)
+            catalog, catalog_cursor = log_catalog(args.run_dir, args.events)
         else:
             rows = read_table(args.interactions, "interactions")
-        report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog)
+        report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
+                         catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

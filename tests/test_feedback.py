@@ -78,15 +78,43 @@ def test_items_and_users_added_online_join_the_data_before_the_events(tmp_path):
     assert counts == [1, 1, 1, 1]
     assert r["unknown_items"] == 1 and r["added"] == 2  # the events on d are kept; zzz is in no catalog
     items = fb.dataset.items.set_index("item_id")
-    assert items.loc["d", "genre"] == "y" and items.loc["d", "title"] == "Dee" and items.loc["a", "genre"] == "z"
-    assert items.loc["b", "genre"] == "y" and pd.isna(items.loc["a", "title"])  # a block is a serving rule, not data
+    assert items.loc["d", "genre"] == "y" and items.loc["a", "genre"] == "z"
+    assert items.loc["b", "genre"] == "y"  # a block is a serving rule, not data
     users = fb.dataset.users.set_index("user_id")
     assert (users.loc["u9", "age"], users.loc["u1", "age"], users.loc["u2", "age"]) == (50, 31, 40)
-    assert users["age"].dtype.kind in "if"  # still a numeric column
+    assert all(isinstance(v, int) for v in users["age"])  # an integer column keeps integers (not 31.0)
     with EventLog(tmp_path, durability="normal") as log:  # written past the catalog model's checks
         log.append_catalog([record(6, "rename_item", "d")])
     with pytest.raises(DataError, match="rename_item"):
         load_feedback(_dataset(), tmp_path, TYPES, 1.0, None)
+
+
+def test_integer_columns_stay_integers_and_unknown_columns_are_left_out():
+    from features.feedback import merge_catalog
+
+    ds = _dataset()
+    ds.items["shelf"] = [7, 8, 7]  # an integer category column
+    records = pd.DataFrame([{"op": "upsert_item", "entity_id": "d", "attributes": {"genre": "y", "title": "Dee"}},
+                            {"op": "upsert_item", "entity_id": "a", "attributes": {"shelf": None}},
+                            {"op": "upsert_item", "entity_id": "b", "attributes": {"shelf": 9.0}}])
+    merged, report = merge_catalog(ds, records)
+    items = merged.items.set_index("item_id")
+    assert "title" not in items.columns  # the dataset has no titles: none for one item alone
+    assert [items.loc[i, "shelf"] for i in "bc"] == [9, 7] and pd.isna(items.loc["a", "shelf"])
+    assert pd.isna(items.loc["d", "shelf"]) and all(isinstance(v, int) for v in items["shelf"].dropna())
+    assert sorted(str(v) for v in items["shelf"].dropna()) == ["7", "9"]  # what a categorical encoder learns
+    assert report["catalog_new_items"] == 1 and report["catalog_updated_items"] == 2
+
+
+def test_the_catalog_folder_of_each_log_layout(tmp_path):
+    from features.feedback import catalog_dir
+
+    root = tmp_path / "served"
+    (root / "catalog").mkdir(parents=True)  # a served root whose events folder does not exist yet
+    assert catalog_dir(root) == (root / "catalog").resolve()
+    (root / "events").mkdir()
+    assert catalog_dir(root / "events") == (root / "catalog").resolve()  # its events folder given directly
+    assert catalog_dir(tmp_path / "one") == (tmp_path / "one").resolve()  # one EventLog: every table in it
 
 
 def test_malformed_rows_are_counted_not_fatal():

@@ -201,15 +201,20 @@ def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, ti
     root = tmp_path / "log"  # the served layout: events/ and catalog/
     with EventLog(root / "catalog", durability="normal") as clog:
         clog.append_catalog([{"record_id": "r1", "op": "upsert_item", "entity_id": "new-1",
-                              "attributes": {**attrs, "title": "New One"}, "timestamp": float(t)}])
+                              "attributes": {**attrs, "title": "New One"}, "timestamp": float(t)},
+                             {"record_id": "r2", "op": "upsert_user", "entity_id": "walk-in",  # known by attributes
+                              "attributes": {"age": 61.0, "country": "nowhere"}, "timestamp": float(t)}])
     with EventLog(root / "events", durability="normal") as elog:
         elog.append_events([{"event_id": f"e{i}", "user_id": u, "item_id": "new-1", "timestamp": float(t + i),
                              "type": "click"} for i, u in enumerate(users)])
+        elog.append_events([{"event_id": "e-walk-in", "user_id": "walk-in", "item_id": art.item_ids()[0],
+                             "timestamp": float(t + 5), "type": "click"}])  # their first event: now a known user
 
     args = ["--run-dir", str(tiny_deployed_run), "--events", str(root), "--out-dir", str(tmp_path / "r1"), "--rebuild"]
     assert refresh_main(args) == 0
     out = capsys.readouterr().out
-    assert "accepted=3" in out and "unknown_items=0" in out and "catalog_new_items=1" in out, out
+    assert "accepted=4" in out and "unknown_items=0" in out and "catalog_new_items=1" in out, out
+    assert "catalog_read=2" in out and "catalog_users=1" in out, out
     pipe = load_pipeline(tmp_path / "r1")
     new = int(pipe.store.items.lookup(["new-1"])[0])
     assert new == n0 and pipe.retriever.index.ntotal == n0 + 1 and len(pipe.retriever.item_embeddings) == n0 + 1
@@ -227,13 +232,27 @@ def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, ti
     assert RunArtifacts(tmp_path / "r1").titles()["new-1"] == "New One"
     for u in users:  # their click is in their seen set: not recommended back
         assert "new-1" not in pipe.recommend([Request(u, pipe.max_k, t + 100)])[0].item_ids
+    # the user known by attributes alone, then by an event in the same refresh, has those attributes
+    w = int(pipe.store.users.lookup(["walk-in"])[0])
+    enc = pipe.store.features.transform("user", pd.DataFrame([{"user_id": "walk-in", "age": 61.0, "segment": None,
+                                                                 "country": "nowhere"}]))
+    assert w >= 0 and pipe.store.user_table["age"][w] == pytest.approx(enc["age"][0]) and enc["age"][0] != 0
 
-    # a second refresh replays the record: an update to the same vector, no new item, no event twice
+    # a second refresh reads the records after the first one's catalog cursor: none, nothing folded twice
     assert refresh_main(["--run-dir", str(tmp_path / "r1"), "--events", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "catalog_new_items=0" in out and "catalog_updated_items=1" in out and "log_read=0" in out, out
+    assert "catalog_read=0" in out and "log_read=0" in out, out
     again = load_pipeline(tmp_path / "r1")
     assert len(again.store.items) == n0 + 1 and again.store.popularity[new] == 3
+    np.testing.assert_allclose(again.retriever.item_embeddings[new], pipe.retriever.item_embeddings[new], atol=1e-6)
+    # without a cursor (a run refreshed from a table) every record is folded again: an update to the same vector
+    from features.feedback import read_log_catalog
+    from pipeline.refresh import fold_catalog
+
+    records, _ = read_log_catalog(root)
+    assert fold_catalog(RunArtifacts(tmp_path / "r1"), records)["updated_items"] == 1
+    again = load_pipeline(tmp_path / "r1")
+    assert len(again.store.items) == n0 + 1
     np.testing.assert_allclose(again.retriever.item_embeddings[new], pipe.retriever.item_embeddings[new], atol=1e-6)
     # the same events from a table, without the catalog records: the item is unknown, its events dropped
     clicks = pd.DataFrame({"user_id": users, "item_id": ["new-1"] * 3, "timestamp": [t, t + 1, t + 2]})
@@ -255,3 +274,30 @@ def test_a_catalog_record_that_cannot_be_applied_is_a_clear_error_and_writes_not
     err = capsys.readouterr().err
     assert "catalog records could not be folded" in err and "rename_item" in err
     assert RunArtifacts(out).manifest()["artifacts"] == before  # the copy as it was: nothing written
+
+
+def test_a_fold_that_fails_while_writing_leaves_the_run_as_it_was(tiny_deployed_run, tiny_prepared, tmp_path,
+                                                                   monkeypatch):
+    import shutil
+
+    import retrieval.index
+    from pipeline.refresh import fold_catalog
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_deployed_run, run)
+    n0 = len(RunArtifacts(run).item_ids())
+    before = RunArtifacts(run).manifest()["artifacts"]
+    records = pd.DataFrame([{"op": "upsert_item", "entity_id": "new-1", "attributes": {"title": "x"}}])
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(retrieval.index, "save_index", disk_full)  # after the store and features were staged
+    with pytest.raises(OSError, match="No space"):
+        fold_catalog(RunArtifacts(run), records)
+    assert RunArtifacts(run).manifest()["artifacts"] == before
+    pipe = load_pipeline(run)  # loads: every artifact is the old one
+    assert len(pipe.store.items) == n0 and pipe.retriever.index.ntotal == n0
+    monkeypatch.undo()
+    assert fold_catalog(RunArtifacts(run), records)["new_items"] == 1  # the next fold clears the staged copies
+    assert not list((run / "artifacts").glob("*.fold*"))
+    assert len(load_pipeline(run).store.items) == n0 + 1
