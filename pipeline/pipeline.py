@@ -55,7 +55,7 @@ class Recommendation:
     route: str
     item_ids: list[str]
     scores: list[float]
-    reasons: list[str]  # ranked | boosted | backfill:popularity | backfill:content
+    reasons: list[str]  # ranked | boosted | fresh | backfill:popularity | backfill:content
     groups: list[str]  # the signal group that contributed most to each item's score
 
 
@@ -249,13 +249,14 @@ class Pipeline:
         return items, scores, contrib, explainer
 
     def apply_rules(self, user: int, items: np.ndarray, scores: np.ndarray, contrib: np.ndarray, k: int,
-                    request: Request | None = None, recent: np.ndarray | None = None):
-        """Rules for one request's ranked candidates. -> items, scores, reasons, groups."""
-        out, out_scores, reasons, where = self._rules(user, items, scores, k, request, recent)
+                    request: Request | None = None, recent: np.ndarray | None = None, timestamp: float | None = None):
+        """Rules for one request's ranked candidates (``timestamp``: the request's time, Unix s; now
+        when None). -> items, scores, reasons, groups."""
+        out, out_scores, reasons, where = self._rules(user, items, scores, k, request, recent, timestamp)
         return out, out_scores, reasons, _main_groups(reasons, contrib[np.maximum(where, 0)])
 
     def _rules(self, user: int, items: np.ndarray, scores: np.ndarray, k: int, request: Request | None,
-               recent: np.ndarray | None):
+               recent: np.ndarray | None, timestamp: float | None = None):
         """-> items, scores, reasons, and where each returned item is among ``items`` (its last
         place; -1 for a backfilled item, which the ranker did not score)."""
         placed = np.flatnonzero(items >= 0)
@@ -263,13 +264,15 @@ class Pipeline:
         seen = self.store.seen_items(user)
         if recent is not None:
             seen = np.union1d(seen, recent[recent >= 0])
-        ctx = RequestContext(seen=seen, exposure=self.exposure)
+        now = float(time.time() if timestamp is None else timestamp)
+        first_seen = self.features.item_first_ts  # read at call time: catalog growth replaces the array
+        ctx = RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now)
         if request is not None:
             ctx = RequestContext(
                 seen=seen, exclude_items=request.exclude_items, include_categories=request.include_categories,
                 exclude_categories=request.exclude_categories, segment=request.segment,
                 recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
-                promoted=request.promoted, exposure=self.exposure)
+                promoted=request.promoted, exposure=self.exposure, first_seen=first_seen, now=now)
         out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
         where = np.full(len(out), -1, dtype=np.int64)
         if len(out) and len(items):
@@ -314,7 +317,7 @@ class Pipeline:
         answers = []
         for b, r in enumerate(requests):
             it, sc, reasons, where = self._rules(int(users[b]), items[b], scores[b], int(r.k), r,
-                                                 recent[b] if recent is not None else None)
+                                                 recent[b] if recent is not None else None, int(ts[b]))
             if self.exposure is not None:
                 self.exposure.record(it)
             answers.append((it, sc, reasons, where))

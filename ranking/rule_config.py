@@ -15,6 +15,9 @@ boost              ids: [...], amount: >= 0, max_boost: >= 0   +min(amount, max_
 category_cap       max_per_category: int >= 0, per_items: int  per primary category, for every per_items
                    >= 0                                        items of the list (0: absolute)
 mmr                lambda_: 0..1                               1 = pure relevance, 0 = pure diversity
+fresh_slots        max_age_days: >= 0, slots: int >= 0         up to ``slots`` of the k places for items
+                                                               with no interaction yet or first seen at
+                                                               most max_age_days ago (after boost, mmr)
 backfill           source: popularity | content                top up to k (must be last)
 =================  ==========================================  ========================
 
@@ -77,6 +80,8 @@ RULES: dict[str, RuleSpec] = {
     "boost": RuleSpec(R.boost, {"ids": _IDS, "amount": Param("number", "0.1", 0.0),
                                 "max_boost": Param("number", "0.2", 0.0)}, "reorder"),
     "mmr": RuleSpec(R.mmr, {"lambda_": Param("number", "0.7", 0.0, 1.0)}, "reorder"),
+    "fresh_slots": RuleSpec(R.fresh_slots, {"max_age_days": Param("number", "7", 0.0),
+                                            "slots": Param("count", "1", 0)}, "reorder", takes_k=True),
     "backfill": RuleSpec(R.backfill, {"source": Param("choice", "popularity", choices=("popularity", "content"))},
                          "backfill"),
 }
@@ -149,6 +154,12 @@ def _check_order(rules: list[Rule], where: str) -> None:
     if "boost" in names and "mmr" in names and names.index("boost") > names.index("mmr"):
         raise RuleConfigError(f"rule 'boost' comes after 'mmr' in {where} and would undo its diversification "
                               f"(boost re-sorts by score); move boost before mmr.")
+    if "fresh_slots" in names:
+        at = names.index("fresh_slots")
+        late = [n for n in ("boost", "mmr", "category_cap") if n in names and names.index(n) > at]
+        if late:
+            raise RuleConfigError(f"rule 'fresh_slots' comes before {late} in {where}, which would move the fresh "
+                                  f"items out of their places again; move fresh_slots after them (before backfill).")
     for r in rules:
         if r.name == "exposure_cap" and r.params["max_share"] * r.params["window"] < 1:
             raise RuleConfigError(f"rule 'exposure_cap' in {where}: max_share * window = "
@@ -239,7 +250,7 @@ class RuleSet:
 
         Returns:
             (<=k,) items, their float32 scores, and a reason per item: ``ranked``, ``boosted``,
-            ``backfill:popularity`` or ``backfill:content``.
+            ``fresh`` (placed by ``fresh_slots``), ``backfill:popularity`` or ``backfill:content``.
 
         Raises:
             ValueError: k is not a positive int, or items/scores are malformed (shape, range, NaN).
@@ -257,7 +268,7 @@ class RuleSet:
         items, scores = R.sort_by_score(items, scores)
         first = np.unique(items, return_index=True)[1]  # duplicates: keep the best-scoring copy
         items, scores = R.request_filter(items[np.sort(first)], scores[np.sort(first)], catalog, ctx)
-        boosted, ranked, source = np.zeros(0, np.int64), None, None
+        boosted, fresh, ranked, source = np.zeros(0, np.int64), np.zeros(0, np.int64), None, None
         for j, r in enumerate(self.rules):
             if r.role == "backfill":
                 ranked = items[:k]
@@ -265,15 +276,19 @@ class RuleSet:
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx))
                 continue
             extra = {"k": k} if RULES[r.name].takes_k else {}
-            if r.name == "mmr" and all(later.role == "backfill" for later in self.rules[j + 1:]):
+            if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"
+                                       for later in self.rules[j + 1:]):
                 extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
+            head = items[:k]
             items, scores = r(items, scores, catalog, ctx, **extra)
+            if r.name == "fresh_slots":
+                fresh = np.union1d(fresh, np.setdiff1d(items[:k], head))  # moved into the list by the rule
             if (r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0
                     and (len(r.params["ids"]) or len(ctx.promoted))):
                 boosted = np.union1d(boosted, R.promoted_items(catalog, ctx, r.params["ids"]))
         items, scores = items[:k], scores[:k]
         is_ranked = np.ones(len(items), bool) if ranked is None else R.member(items, ranked)
-        is_boosted = R.member(items, boosted)
-        reasons = [("boosted" if b else "ranked") if rk else f"backfill:{source}"
-                   for rk, b in zip(is_ranked, is_boosted)]
+        is_boosted, is_fresh = R.member(items, boosted), R.member(items, fresh)
+        reasons = [("fresh" if f else "boosted" if b else "ranked") if rk else f"backfill:{source}"
+                   for rk, b, f in zip(is_ranked, is_boosted, is_fresh)]
         return items, scores, reasons

@@ -146,6 +146,8 @@ class RequestContext:
 
     Item lists take external string ids or int catalog indices; category lists take names or
     codes. ``exposure`` is the caller's tracker (None: nothing to cap, e.g. offline evaluation).
+    ``first_seen``: each catalog item's first interaction time (Unix s, -1 for none yet) and ``now``
+    the request's time, for :func:`fresh_slots` (None: no item counts as fresh).
     """
 
     seen: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -157,6 +159,8 @@ class RequestContext:
     promoted: Sequence = ()
     seed: int = 0
     exposure: ExposureTracker | None = None
+    first_seen: np.ndarray | None = None
+    now: float | None = None
 
 
 def member(values: np.ndarray, pool) -> np.ndarray:
@@ -307,6 +311,45 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
         taken[j] = True
         max_sim = np.maximum(max_sim, vec @ vec[j])
     order = np.concatenate([np.asarray(picks, dtype=np.int64), np.flatnonzero(~taken)])
+    return items[order], scores[order]
+
+
+def fresh_items(items: np.ndarray, ctx: RequestContext, max_age_days: float) -> np.ndarray:
+    """(C,) bool: items with no interaction yet, or whose first one is at most ``max_age_days`` before
+    the request (``ctx.first_seen``, ``ctx.now``); all False without them."""
+    if ctx.first_seen is None or ctx.now is None or not len(items):
+        return np.zeros(len(items), dtype=bool)
+    first = np.full(len(items), -1, dtype=np.int64)
+    known = items < len(ctx.first_seen)
+    first[known] = ctx.first_seen[items[known]]
+    return (first < 0) | (first >= ctx.now - max_age_days * 86400.0)
+
+
+def fresh_slots(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_age_days: float, slots: int,
+                k: int | None = None):
+    """Keep up to ``slots`` of the first ``k`` places for fresh items (:func:`fresh_items`): a new
+    item has no popularity or co-occurrence yet, so a ranker that trusts them places it low, and it
+    never gets the impressions that would teach it otherwise (exploration for cold items).
+
+    When fewer than ``slots`` of the first ``k`` are fresh, the best-scoring fresh items below them
+    take the last places of the ``k`` (ties to the lower item index); the items they displace follow
+    right after, in their order. Nothing is dropped and scores are unchanged; with no fresh item
+    below the first ``k`` the list is left as it is. A ``category_cap`` before it keeps only the best
+    few of each category among all candidates: a fresh item of a crowded category is gone by then.
+    """
+    n = len(items)
+    k = n if k is None else min(k, n)
+    if not slots or k == 0:
+        return items, scores
+    fresh = fresh_items(items, ctx, max_age_days)
+    need = min(slots, k) - int(fresh[:k].sum())
+    below = np.flatnonzero(fresh[k:]) + k
+    if need <= 0 or not len(below):
+        return items, scores
+    movers = below[np.lexsort((items[below], -scores[below].astype(np.float64)))][:need]
+    displaced = np.flatnonzero(~fresh[:k])[-len(movers):]  # the last non-fresh places of the head
+    rest = np.setdiff1d(np.arange(k, n), movers)
+    order = np.concatenate([np.setdiff1d(np.arange(k), displaced), movers, displaced, rest])
     return items[order], scores[order]
 
 

@@ -32,7 +32,7 @@ INPUTS = {
 OUTPUTS = {
     "item_ids": (np.object_, "BYTES", (-1,)),
     "scores": (np.float32, "FP32", (-1,)),
-    "reasons": (np.object_, "BYTES", (-1,)),  # ranked | boosted | backfill:popularity | backfill:content
+    "reasons": (np.object_, "BYTES", (-1,)),  # ranked | boosted | fresh | backfill:popularity | backfill:content
     "groups": (np.object_, "BYTES", (-1,)),  # signal group that drove each score
     "titles": (np.object_, "BYTES", (-1,)),  # display titles ("" when the catalog has none)
     "route": (np.object_, "BYTES", (1,)),  # known_user | cold_user

@@ -139,7 +139,7 @@ def evaluate_pipeline(pipe: Pipeline, data: Prepared, users: np.ndarray, ts: np.
         top = np.take_along_axis(items, order, 1)[:, :k]
         ranked.append(fill_short_lists(top, pipe.store.seen[u]))
         for b in range(len(u)):
-            it, _, _, _ = pipe.apply_rules(int(q[b]), items[b], scores[b], contrib[b], k)
+            it, _, _, _ = pipe.apply_rules(int(q[b]), items[b], scores[b], contrib[b], k, timestamp=int(t[b]))
             row = np.full(k, -1, dtype=np.int64)
             row[: len(it)] = it
             ruled.append(row)

@@ -74,6 +74,38 @@ def test_a_new_item_gets_the_offline_item_tower_embedding_and_is_retrieved(live,
     assert "new-1" not in pipe.recommend([Request("u-x", pipe.max_k, t + 1)])[0].item_ids  # seen now
 
 
+def test_a_fresh_slot_puts_a_new_item_in_the_answer_that_ranked_it_low(live, tiny_prepared):
+    from ranking.rule_config import RuleSet
+
+    pipe, catalog, _ = live
+    attrs = raw_item(tiny_prepared, str(pipe.store.items.ids[7]))
+    catalog.apply(records(("upsert_item", "new-1", attrs)))
+    new = int(pipe.store.items.lookup(["new-1"])[0])
+    t = int(pipe.store.last_ts.max()) + 60
+    users = np.arange(len(pipe.store.users))
+    queries = pipe.retriever.embed_requests(users, np.full(len(users), t))
+    fan = str(pipe.store.users.ids[int(np.argmax(queries @ pipe.retriever.item_embeddings[new]))])
+    assert "new-1" not in pipe.recommend([Request(fan, 10, t)])[0].item_ids  # a candidate, scored low: no popularity
+    # no category_cap: it keeps the best few of each category among all candidates, a new item of a
+    # crowded category (scored low) would be gone before any later rule
+    cfg = {"k": 10, "rules": [{"name": "exclude_seen"}, {"name": "mmr", "lambda_": 0.9},
+                              {"name": "fresh_slots", "max_age_days": 7, "slots": 1},
+                              {"name": "backfill", "source": "popularity"}]}
+    fresh = pipe.variant(rules=RuleSet.from_config(cfg, "test"))
+    plain = pipe.variant(rules=RuleSet.from_config({**cfg, "rules": cfg["rules"][:2] + cfg["rules"][3:]}, "test"))
+    # every other item first seen long ago (the tiny catalog is all recent): the new item is the one fresh item
+    pipe.features.item_first_ts[:new] = t - 365 * 86400
+    before = plain.recommend([Request(fan, 10, t)])[0]
+    answer = fresh.recommend([Request(fan, 10, t)])[0]
+    assert "new-1" not in before.item_ids
+    assert answer.item_ids[-1] == "new-1" and answer.reasons[-1] == "fresh"
+    assert answer.item_ids[:9] == before.item_ids[:9] and answer.reasons[:9] == before.reasons[:9]  # the tenth gave way
+    # once it has interactions older than max_age_days it is not fresh any more: the plain answer again
+    later = t + 30 * 86400
+    pipe.features.item_first_ts[new] = t
+    assert "new-1" not in fresh.recommend([Request(fan, 10, later)])[0].item_ids
+
+
 def test_an_update_re_embeds_the_item_and_replaces_its_vector(live, tiny_prepared):
     pipe, catalog, towers = live
     a, b = str(pipe.store.items.ids[3]), str(pipe.store.items.ids[11])

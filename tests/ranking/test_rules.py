@@ -169,6 +169,41 @@ def test_rule_set_on_a_toy_request(cat):
     assert short[0].tolist() == [0] and short[2] == ["ranked"]
 
 
+def test_fresh_slots_give_the_best_fresh_items_the_last_places(cat):
+    now = 1_000_000.0
+    first = np.array([10, 10, 10, 10, -1, now - 3 * 86400, 10, -1])  # 4 and 7 never seen, 5 first seen 3 days ago
+    ctx = R.RequestContext(first_seen=first, now=now)
+    assert R.fresh_items(ALL, ctx, 7).tolist() == [False] * 4 + [True, True, False, True]
+    assert R.fresh_items(ALL, ctx, 1).tolist() == [False] * 4 + [True, False, False, True]
+    # one slot of 3: the best fresh item below (4, score DESC[4]) takes the last place; 2 follows right after
+    items, scores = R.fresh_slots(ALL, DESC, cat, ctx, max_age_days=7, slots=1, k=3)
+    assert items.tolist() == [0, 1, 4, 2, 3, 5, 6, 7] and np.array_equal(scores, DESC[items])
+    items, _ = R.fresh_slots(ALL, DESC, cat, ctx, max_age_days=7, slots=2, k=3)
+    assert items.tolist() == [0, 4, 5, 1, 2, 3, 6, 7]
+    items, _ = R.fresh_slots(ALL, DESC, cat, ctx, max_age_days=1, slots=2, k=3)  # 5 is too old now: 7 instead
+    assert items.tolist() == [0, 4, 7, 1, 2, 3, 5, 6]
+    head_fresh = np.array([4, 0, 1, 2, 3, 5, 6, 7])  # a fresh item already in the first k: nothing moves
+    assert R.fresh_slots(head_fresh, DESC[head_fresh], cat, ctx, max_age_days=7, slots=1, k=3)[0].tolist() == \
+        head_fresh.tolist()
+    for quiet in (dict(slots=0, k=3, ctx=ctx), dict(slots=1, k=3, ctx=CTX), dict(slots=1, k=8, ctx=R.RequestContext(
+            first_seen=np.full(8, 10), now=now))):  # no slots, no first-seen times, nothing fresh
+        c = quiet.pop("ctx")
+        assert R.fresh_slots(ALL, DESC, cat, c, max_age_days=7, **quiet)[0].tolist() == ALL.tolist()
+
+
+def test_rule_set_marks_the_items_fresh_slots_placed(cat):
+    rs = RuleSet.from_config(rule_cfg({"name": "exclude_seen"}, {"name": "mmr", "lambda_": 1.0},
+                                      {"name": "fresh_slots", "max_age_days": 7, "slots": 1},
+                                      {"name": "backfill", "source": "popularity"}), WHERE)
+    first = np.array([10, 10, 10, 10, 10, 10, -1, 10])
+    ctx = R.RequestContext(seen=arr(0), first_seen=first, now=1e6)
+    items, scores, reasons = rs.apply(ALL, DESC, cat, ctx, 3)
+    assert items.tolist() == [1, 2, 6] and reasons == ["ranked", "ranked", "fresh"]
+    with pytest.raises(RuleConfigError, match="move fresh_slots after them"):
+        RuleSet.from_config(rule_cfg({"name": "fresh_slots", "max_age_days": 7, "slots": 1},
+                                     {"name": "mmr", "lambda_": 0.5}), WHERE)
+
+
 def test_backfill_respects_request_and_config_filters(cat):
     rs = RuleSet.from_config(rule_cfg({"name": "category_filter", "include": [], "exclude": ["drama"]},
                                       {"name": "backfill", "source": "popularity"}, k=3), WHERE)

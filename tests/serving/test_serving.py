@@ -259,7 +259,7 @@ def test_metrics_count_routes_errors_items_and_stage_latency(server, client, art
     assert delta("recsys_request_errors_total", code="invalid_argument") == 2
     assert metric(after, "recsys_request_errors_total", code="internal") == 0
     reasons = [r for a in answers for r in a.reasons]
-    for reason in ("ranked", "boosted", "backfill:popularity", "backfill:content"):
+    for reason in ("ranked", "boosted", "fresh", "backfill:popularity", "backfill:content"):
         assert delta("recsys_items_total", reason=reason) == reasons.count(reason), reason
     assert delta("recsys_returned_items_count") == 2 and delta("recsys_returned_items_sum") == 10
     for stage in ("user_tower", "retrieval", "features", "ranker", "rules", "total"):

@@ -71,7 +71,7 @@ from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, 
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 SIZE_BUCKETS = [0, 1, 5, 10, 20, 50, 100, 200]
-REASONS = ("ranked", "boosted", "backfill:popularity", "backfill:content")
+REASONS = ("ranked", "boosted", "fresh", "backfill:popularity", "backfill:content")
 
 
 class BlsModel:
