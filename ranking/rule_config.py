@@ -158,8 +158,8 @@ def _check_order(rules: list[Rule], where: str) -> None:
         at = names.index("fresh_slots")
         late = [n for n in ("boost", "mmr", "category_cap") if n in names and names.index(n) > at]
         if late:
-            raise RuleConfigError(f"rule 'fresh_slots' comes before {late} in {where}, which would move the fresh "
-                                  f"items out of their places again; move fresh_slots after them (before backfill).")
+            raise RuleConfigError(f"rule 'fresh_slots' comes before {late} in {where}, which would reorder or drop "
+                                  f"the items it placed; move fresh_slots after them (before backfill).")
     for r in rules:
         if r.name == "exposure_cap" and r.params["max_share"] * r.params["window"] < 1:
             raise RuleConfigError(f"rule 'exposure_cap' in {where}: max_share * window = "
