@@ -246,7 +246,7 @@ class EventLog:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _insert(self, kind: Table, n: int, values: list[tuple]) -> None:
-        conn = self._conns[n]
+        conn = self._conn(n)  # opened here when nothing read the segment yet (a new one, appends without a probe)
         sql = f"INSERT INTO {kind.table} ({', '.join(kind.columns)}) VALUES ({', '.join('?' * len(kind.columns))})"
         conn.execute("BEGIN IMMEDIATE")
         try:

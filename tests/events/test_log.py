@@ -77,6 +77,16 @@ def test_events_round_trip_keeps_types_order_and_filters_on_event_time(tmp_path)
     assert window["event_id"].tolist() == ["e3", "e2"]
 
 
+def test_new_ids_append_to_a_new_log_and_across_new_segments(tmp_path):
+    """The served path's appends (new_ids: no probe that would open the segment first): the first one
+    of a fresh log and the first one of every new segment are stored, none lost."""
+    with EventLog(tmp_path, max_segment_bytes=TINY) as log:
+        for i in range(60):
+            assert log.append_impressions([impression(i)], new_ids=True) == [True]
+        assert len(log._segments) > 1  # it rolled over to new segments on the way
+    assert read_log(tmp_path, "impressions")["request_id"].tolist() == [f"r{i}" for i in range(60)]
+
+
 def test_new_ids_skip_the_log_search_but_not_the_batch_dedupe(tmp_path, monkeypatch):
     with EventLog(tmp_path) as log:
         assert log.append_impressions([impression(1)]) == [True]
