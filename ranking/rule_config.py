@@ -17,7 +17,7 @@ category_cap       max_per_category: int >= 0, per_items: int  per primary categ
 mmr                lambda_: 0..1                               1 = pure relevance, 0 = pure diversity
 fresh_slots        max_age_days: >= 0, slots: int >= 0         up to ``slots`` of the k places for items
                                                                with no interaction yet or first seen at
-                                                               most max_age_days ago (after boost, mmr)
+                                                               most max_age_days ago (last but backfill)
 backfill           source: popularity | content                top up to k (must be last)
 =================  ==========================================  ========================
 
@@ -154,9 +154,8 @@ def _check_order(rules: list[Rule], where: str) -> None:
     if "boost" in names and "mmr" in names and names.index("boost") > names.index("mmr"):
         raise RuleConfigError(f"rule 'boost' comes after 'mmr' in {where} and would undo its diversification "
                               f"(boost re-sorts by score); move boost before mmr.")
-    if "fresh_slots" in names:
-        at = names.index("fresh_slots")
-        late = [n for n in ("boost", "mmr", "category_cap") if n in names and names.index(n) > at]
+    if "fresh_slots" in names:  # only backfill after it: a later filter would drop a placed item, a reorder move it
+        late = [n for n in names[names.index("fresh_slots") + 1:] if n != "backfill"]
         if late:
             raise RuleConfigError(f"rule 'fresh_slots' comes before {late} in {where}, which would reorder or drop "
                                   f"the items it placed; move fresh_slots after them (before backfill).")

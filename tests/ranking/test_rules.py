@@ -199,9 +199,9 @@ def test_rule_set_marks_the_items_fresh_slots_placed(cat):
     ctx = R.RequestContext(seen=arr(0), first_seen=first, now=1e6)
     items, scores, reasons = rs.apply(ALL, DESC, cat, ctx, 3)
     assert items.tolist() == [1, 2, 6] and reasons == ["ranked", "ranked", "fresh"]
-    with pytest.raises(RuleConfigError, match="move fresh_slots after them"):
-        RuleSet.from_config(rule_cfg({"name": "fresh_slots", "max_age_days": 7, "slots": 1},
-                                     {"name": "mmr", "lambda_": 0.5}), WHERE)
+    for later in ({"name": "mmr", "lambda_": 0.5}, {"name": "exclude_seen"}):  # a reorder, a filter
+        with pytest.raises(RuleConfigError, match="move fresh_slots after them"):
+            RuleSet.from_config(rule_cfg({"name": "fresh_slots", "max_age_days": 7, "slots": 1}, later), WHERE)
 
 
 def test_backfill_respects_request_and_config_filters(cat):

@@ -29,7 +29,7 @@ timings are arguments of :meth:`Pipeline.recommend`: nothing in the pipeline is 
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
 ``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
-``recsys_items_total{reason}`` (ranked, boosted, backfill:*), ``recsys_returned_items``,
+``recsys_items_total{reason}`` (ranked, boosted, fresh, backfill:*), ``recsys_returned_items``,
 ``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
 ``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
 
