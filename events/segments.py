@@ -44,9 +44,10 @@ def list_segments(directory: Path) -> list[int]:
 
 class SegmentListing:
     """:func:`list_segments` of one directory for a reader that looks every request: listed again only
-    when the directory changed (its mtime) or changed within the last ``QUIET_S`` (file times are
-    coarse: a segment renamed into place in the same tick as the last listing keeps the mtime, so a
-    recently changed directory is always listed). A missing directory lists nothing."""
+    when the directory changed (its mtime) since a listing taken at least ``QUIET_S`` after that
+    mtime. File times are coarse: a segment renamed into place in the same tick as a listing leaves
+    the mtime as it was, so a listing taken within ``QUIET_S`` of the mtime is not trusted (the next
+    call lists again, however much later it comes). A missing directory lists nothing."""
 
     QUIET_S = 1.0
 
@@ -61,8 +62,10 @@ class SegmentListing:
         except (FileNotFoundError, NotADirectoryError):
             self._mtime, self._segments = None, []
             return []
-        if mtime != self._mtime or time.time_ns() - mtime < self.QUIET_S * 1e9:
-            self._segments, self._mtime = list_segments(self.directory), mtime
+        if mtime != self._mtime:
+            now = time.time_ns()
+            self._segments = list_segments(self.directory)
+            self._mtime = mtime if now - mtime >= self.QUIET_S * 1e9 else None  # None: list again next call
         return self._segments
 
 

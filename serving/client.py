@@ -206,16 +206,19 @@ class RecommendClient:
 
     def infer(self, tensors: dict, user_id: str = "") -> Recommendations:
         """Send raw input tensors by name (any dtype/shape, for testing the server's checks)."""
+        outputs = self._outputs  # this call's: another thread may switch the client meanwhile
         try:
-            result = self._call(self.model, _inputs(tensors), self._outputs, count=len(self._outputs) > 1)
+            result = self._call(self.model, _inputs(tensors), outputs, count=len(outputs) > 1)
         except InferenceServerException as err:
-            if len(self._outputs) > 1 or f"unexpected inference output '{ANSWER}'" not in (err.message() or ""):
+            # Triton core's own message starts so; a model's error may quote a request's text, never first
+            unknown = (err.message() or "").strip().startswith(f"unexpected inference output '{ANSWER}'")
+            if len(outputs) > 1 or not unknown:
                 if err.status() == "StatusCode.INVALID_ARGUMENT":
                     self.rejections[rejection_kind(err)] += 1
                 raise
-            self._outputs = [grpcclient.InferRequestedOutput(name) for name in FIELDS]  # a server without it
-            result = self._call(self.model, _inputs(tensors), self._outputs)
-        return decode_response(user_id, {o.name(): result.as_numpy(o.name()) for o in self._outputs})
+            outputs = self._outputs = [grpcclient.InferRequestedOutput(name) for name in FIELDS]  # an older server
+            result = self._call(self.model, _inputs(tensors), outputs)
+        return decode_response(user_id, {o.name(): result.as_numpy(o.name()) for o in outputs})
 
     def _call(self, model: str, inputs: list, outputs: list, count: bool = True):
         """One inference with the retry policy; returns the result. ``count``: count a rejection in

@@ -98,3 +98,21 @@ def test_segment_listing_lists_again_only_when_the_directory_changed(tmp_path, m
     assert listing() == [1] and listing() == [1] and len(calls) == 3  # quiet and unchanged: the listing kept
     segments.segment_path(tmp_path / "log", 2).write_bytes(b"")  # a new segment: the mtime moves
     assert listing() == [1, 2] and len(calls) == 4
+
+
+def test_a_segment_added_in_the_tick_of_a_listing_is_seen_later(tmp_path):
+    """Coarse file times: a segment renamed into place in the same tick as a listing leaves the
+    directory's mtime as it was; the listing taken in that tick must not be kept."""
+    import events.segments as segments
+
+    d = tmp_path / "log"
+    d.mkdir()
+    segments.segment_path(d, 1).write_bytes(b"")
+    tick = time.time_ns() - 5 * 10**8  # the directory changed half a second ago (one coarse tick)
+    os.utime(d, ns=(tick, tick))
+    listing = segments.SegmentListing(d)
+    assert listing() == [1]
+    segments.segment_path(d, 2).write_bytes(b"")  # another process, in the same tick
+    os.utime(d, ns=(tick, tick))
+    time.sleep(0.6)  # the reader's next call comes after the quiet window
+    assert listing() == [1, 2]

@@ -187,6 +187,31 @@ def test_client_gives_up_after_its_retries_on_a_dead_port():
         assert client.retried == 2
 
 
+def test_client_falls_back_to_the_named_outputs_only_on_tritons_own_message(monkeypatch):
+    """A model error that quotes the request's text (a ranker name, say) must not switch the client to
+    the named outputs; Triton core's "unexpected inference output 'answer' ..." does, once."""
+    from serving.protocol import ANSWER, FIELDS
+
+    sent = []
+
+    def infer(model, inputs, outputs=None, client_timeout=None):
+        sent.append([o.name() for o in outputs])
+        raise InferenceServerException(reply.pop(0), status="StatusCode.INVALID_ARGUMENT")
+
+    with RecommendClient("127.0.0.1:1", retries=0) as client:
+        monkeypatch.setattr(client._client, "infer", infer)
+        reply = [f"ranker=\"unexpected inference output '{ANSWER}'\" is not served; known: ranker"]
+        with pytest.raises(InferenceServerException, match="is not served"):
+            client.recommend("u", 3)
+        assert sent == [[ANSWER]] and [o.name() for o in client._outputs] == [ANSWER]  # no second call, no switch
+        assert sum(client.rejections.values()) == 1
+        reply = [f"unexpected inference output '{ANSWER}' for model 'recommend'", "input 'k' ..."]
+        with pytest.raises(InferenceServerException, match="input 'k'"):
+            client.recommend("u", 3)
+        assert sent[1:] == [[ANSWER], list(FIELDS)] and [o.name() for o in client._outputs] == list(FIELDS)
+        assert sum(client.rejections.values()) == 2  # the probe is not a rejection; the real error is
+
+
 def test_client_backoff_doubles_up_to_its_cap(monkeypatch):
     from serving import client as client_module
     from serving.triton_server import free_ports
