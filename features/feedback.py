@@ -64,9 +64,11 @@ class LogCursor:
         return {"directory": self.directory, "segment": self.segment, "rowid": self.rowid}
 
 
-def read_log_events(events_dir: Path, after: LogCursor | None = None) -> tuple[pd.DataFrame, LogCursor]:
-    """Every event logged (after ``after``, when given), and the cursor of the last one read."""
-    tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None)
+def read_log_events(events_dir: Path, after: LogCursor | None = None,
+                    kind: str = "events") -> tuple[pd.DataFrame, LogCursor]:
+    """Every row of table ``kind`` logged in a log directory (after ``after``, when given), and the
+    cursor of the last one read."""
+    tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None, kind=kind)
     try:
         frame = tail.read_new()
     finally:
@@ -136,13 +138,7 @@ def read_log_catalog(path: str | os.PathLike, after: LogCursor | None = None) ->
     """The catalog records of a log path (after ``after``, when given), in log order (``op``,
     ``entity_id``, ``attributes`` as JSON text, ...; an empty frame when there are none), and the
     cursor of the last one read."""
-    directory = catalog_dir(path)
-    tail = EventTail(directory, after=(after.segment, after.rowid) if after else None, kind="catalog")
-    try:
-        frame = tail.read_new()
-    finally:
-        tail.close()
-    return frame, LogCursor(str(directory), tail.segment, tail.rowid)
+    return read_log_events(catalog_dir(path), after, kind="catalog")
 
 
 def _upsert_rows(table: pd.DataFrame, key: str, rows: dict[str, dict]) -> tuple[pd.DataFrame, int, int]:

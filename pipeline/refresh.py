@@ -297,28 +297,30 @@ def _unused(*args, **kwargs):
     raise RuntimeError("fold_catalog's pipeline answers no request")
 
 
+def _store_cursor(run_dir: str | Path, key: str, directory: Path):
+    """The log position the run's store recorded under ``key`` when it is of ``directory``, else None."""
+    from features.feedback import LogCursor
+
+    old = RunArtifacts(run_dir).manifest().get("artifacts", {}).get("store", {}).get(key)
+    return LogCursor(**old) if old and Path(old["directory"]).resolve() == Path(directory).resolve() else None
+
+
 def log_catalog(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict]:
     """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one: folding
     a record again is harmless), and the new cursor."""
-    from features.feedback import LogCursor, catalog_dir
+    from features.feedback import catalog_dir
 
-    art = RunArtifacts(run_dir)
-    old = art.manifest().get("artifacts", {}).get("store", {}).get("catalog_log")
-    after = LogCursor(**old) if old and Path(old["directory"]).resolve() == catalog_dir(log_path) else None
-    records, cursor = read_log_catalog(log_path, after)
+    records, cursor = read_log_catalog(log_path, _store_cursor(run_dir, "catalog_log", catalog_dir(log_path)))
     return records, cursor.as_dict()
 
 
 def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
     """Interaction rows logged after the run's store cursor (all, without one), the new cursor, counts."""
     from events.checks import INTERACTION_TYPES
-    from features.feedback import LogCursor, log_dirs, log_interactions, read_log_events
+    from features.feedback import log_dirs, log_interactions, read_log_events
 
-    art = RunArtifacts(run_dir)
     events_dir, _ = log_dirs(log_path)
-    old = art.manifest().get("artifacts", {}).get("store", {}).get("event_log")
-    after = LogCursor(**old) if old and Path(old["directory"]).resolve() == events_dir else None
-    events, cursor = read_log_events(events_dir, after)
+    events, cursor = read_log_events(events_dir, _store_cursor(run_dir, "event_log", events_dir))
     rows, counts = log_interactions(events, INTERACTION_TYPES)
     return rows, cursor.as_dict(), counts
 
