@@ -89,9 +89,13 @@ def _known_columns(rows, weights):
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps.
     (..., C): the last axis is the list (e.g. (B, C), or (S, B, C) for S scores at once)."""
-    n = np.maximum(ok.sum(-1, keepdims=True), 1)
-    mean = np.where(ok, v, 0).sum(-1, keepdims=True) / n
-    d = np.where(ok, v - mean, 0)
+    if ok.all():  # every place holds a candidate (the usual list): the same sums without the masks
+        n = v.shape[-1]
+        d = v - v.sum(-1, keepdims=True).astype(np.float64) / n  # float64, as the masked sum / count array
+    else:
+        n = np.maximum(ok.sum(-1, keepdims=True), 1)
+        mean = np.where(ok, v, 0).sum(-1, keepdims=True) / n
+        d = np.where(ok, v - mean, 0)
     std = np.sqrt((d**2).sum(-1, keepdims=True) / n)
     return np.where(std > 1e-12, d / np.maximum(std, 1e-12), 0).astype(np.float32)
 
@@ -239,7 +243,9 @@ class CandidateFeatures:
             if by_target.shape[0] * max(k, 1) <= PADDED_MAX_ENTRIES:
                 n = by_target.shape[0]
                 col = np.arange(k)[None, :] < lens[:, None]  # (N, K) real entries
-                neighbours, w = np.zeros((n, k), np.int64), np.zeros((n, k), np.float32)
+                # int32 indices when they fit: half the memory a request's (C, K) gather reads
+                index = np.int32 if n < np.iinfo(np.int32).max else np.int64
+                neighbours, w = np.zeros((n, k), index), np.zeros((n, k), np.float32)
                 neighbours[col], w[col] = by_target.indices, by_target.data  # row-major: CSR order
                 self._padded = (neighbours, w)
             self._padded_for = by_target

@@ -265,8 +265,11 @@ class RuleSet:
         if np.isnan(scores).any():
             raise ValueError(f"scores contain {int(np.isnan(scores).sum())} NaN value(s); fix the ranker output.")
         items, scores = R.sort_by_score(items, scores)
-        first = np.unique(items, return_index=True)[1]  # duplicates: keep the best-scoring copy
-        items, scores = R.request_filter(items[np.sort(first)], scores[np.sort(first)], catalog, ctx)
+        first = np.unique(items, return_index=True)[1]
+        if len(first) < len(items):  # duplicates: keep the best-scoring copy
+            first = np.sort(first)
+            items, scores = items[first], scores[first]
+        items, scores = R.request_filter(items, scores, catalog, ctx)
         boosted, fresh, ranked, source = np.zeros(0, np.int64), np.zeros(0, np.int64), None, None
         for j, r in enumerate(self.rules):
             if r.role == "backfill":

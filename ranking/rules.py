@@ -243,8 +243,10 @@ def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ma
     prim = catalog.primary[items[order]]  # best first
     by_cat = np.argsort(prim, kind="stable")
     grouped = prim[by_cat]
-    starts = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1] if len(grouped) else np.zeros(0, int)
-    rank = np.arange(len(grouped)) - np.repeat(starts, np.diff(np.r_[starts, len(grouped)]))
+    pos = np.arange(len(grouped))
+    new = np.ones(len(grouped), dtype=bool)
+    new[1:] = grouped[1:] != grouped[:-1]
+    rank = pos - np.maximum.accumulate(np.where(new, pos, 0))  # place within its category, best first
     ok = np.empty(len(items), dtype=bool)
     ok[order[by_cat]] = (grouped == 0) | (rank < max_per_category)
     return _keep(items, scores, ok)
@@ -299,18 +301,23 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
         return items, scores
     s = scores.astype(np.float64)
     rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
-    vec = catalog.vectors[items]  # (C, F)
     gain = lambda_ * rel
-    max_sim = np.zeros(len(items))
-    taken = np.zeros(len(items), dtype=bool)
-    picks = []
-    for _ in range(len(items) if horizon is None else min(horizon, len(items))):
-        value = np.where(taken, -np.inf, gain - (1.0 - lambda_) * max_sim)
+    steps = len(items) if horizon is None else min(horizon, len(items))
+    vec = catalog.vectors[items]  # (C, F)
+    # value_i = gain_i - (1 - lambda_) * max(0, sim to each taken item). gain - c * x falls as x
+    # grows (in floating point too), so value after a pick j is min(value, gain - c * sim(., j)):
+    # one product for all pairs, then two array calls a step (not four). (C, C) is 200 x 200 at most.
+    drop = gain[None, :] - (1.0 - lambda_) * (vec @ vec.T).astype(np.float64)  # (C, C), row j: after picking j
+    value = gain.copy()
+    picks = np.empty(steps, dtype=np.int64)
+    for step in range(steps):
         j = int(np.argmax(value))  # first maximum = best score, lower index (list is sorted)
-        picks.append(j)
-        taken[j] = True
-        max_sim = np.maximum(max_sim, vec @ vec[j])
-    order = np.concatenate([np.asarray(picks, dtype=np.int64), np.flatnonzero(~taken)])
+        picks[step] = j
+        np.minimum(value, drop[j], out=value)
+        value[j] = -np.inf
+    taken = np.zeros(len(items), dtype=bool)
+    taken[picks] = True
+    order = np.concatenate([picks, np.flatnonzero(~taken)])
     return items[order], scores[order]
 
 

@@ -126,6 +126,57 @@ def test_mmr_trades_relevance_for_diversity(cat):
     assert R.mmr(arr(2, 1, 0), arr(0.5, 0.5, 0.5, dtype=np.float32), cat, CTX, lambda_=0.5)[0].tolist() == [0, 1, 2]
 
 
+def _mmr_by_definition(items, scores, vectors, lambda_, horizon):
+    """MMR step by step as its docstring defines it (a reference for the vectorised rule)."""
+    order = np.lexsort((items, -scores.astype(np.float64)))
+    items, scores = items[order], scores[order]
+    s = scores.astype(np.float64)
+    rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
+    v = vectors[items]
+    picks, rest = [], list(range(len(items)))
+    for _ in range(min(horizon or len(items), len(items))):
+        def value(i):
+            sims = [0.0] + [float(v[i] @ v[j]) for j in picks]
+            return lambda_ * rel[i] - (1 - lambda_) * max(sims)
+        best = max(rest, key=lambda i: (value(i), -i))  # first maximum in the sorted list
+        picks.append(best)
+        rest.remove(best)
+    return items[picks + rest]
+
+
+@pytest.mark.parametrize("lambda_", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("horizon", [None, 5])
+def test_mmr_matches_its_definition_on_random_lists(lambda_, horizon):
+    rng = np.random.default_rng(7)
+    n = 60
+    vectors = rng.standard_normal((n, 8)).astype(np.float32)
+    cat = R.ItemCatalog(np.ones((n, 1), np.int64), ["<none>", "x"], vectors, np.ones(n), np.arange(n).astype(str))
+    for _ in range(20):
+        items = rng.choice(n, size=30, replace=False).astype(np.int64)
+        scores = rng.random(30).astype(np.float32)
+        got = R.mmr(items, scores, cat, CTX, lambda_=lambda_, horizon=horizon)[0]
+        assert got.tolist() == _mmr_by_definition(items, scores, cat.vectors, lambda_, horizon).tolist()
+
+
+def test_category_cap_matches_counting_on_random_lists():
+    rng = np.random.default_rng(3)
+    n = 50
+    cats = rng.integers(0, 4, size=(n, 1))
+    cat = R.ItemCatalog(cats, ["<none>", "a", "b", "c"], np.eye(n, 4), np.ones(n), np.arange(n).astype(str))
+    for cap in (0, 1, 2, 3):
+        for _ in range(20):
+            items = rng.choice(n, size=25, replace=False).astype(np.int64)
+            scores = rng.integers(0, 5, size=25).astype(np.float32)  # ties: the lower index ranks first
+            counts, keep = {}, []
+            for i in sorted(range(25), key=lambda j: (-scores[j], items[j])):
+                c = cat.primary[items[i]]
+                counts[c] = counts.get(c, 0) + 1
+                keep.append(c == 0 or counts[c] <= cap)
+            expected = items[np.sort(np.array(sorted(range(25), key=lambda j: (-scores[j], items[j])))[keep])]
+            got = R.category_cap(items, scores, cat, CTX, max_per_category=cap, per_items=0)[0]
+            assert got.tolist() == expected.tolist()
+
+
 def test_backfill_from_global_and_segment_popularity(cat):
     one, s = arr(0), arr(1.0, dtype=np.float32)
     items, scores = R.backfill(one, s, cat, R.RequestContext(seen=arr(5)), source="popularity", k=4)
