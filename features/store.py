@@ -164,7 +164,7 @@ class FeatureStore:
 
     def item_codes(self, items: np.ndarray) -> np.ndarray:
         """Catalog indices (-1 = none) -> item-id feature codes (0 = padding / unknown)."""
-        codes = self.item_table["item_id"][np.clip(items, 0, None)]
+        codes = self.item_table["item_id"][np.maximum(items, 0)]
         return np.where(items >= 0, codes, 0)
 
     def user_inputs(self, users: np.ndarray, timestamps: np.ndarray, recent: np.ndarray | None = None,

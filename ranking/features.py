@@ -157,11 +157,12 @@ class CandidateFeatures:
 
     def recent_counts(self, items: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Interactions with each item in [t - recent_days, t). (R,), (R,) -> (R,)"""
-        hi = (items << _SHIFT) | np.clip(timestamps, 0, (1 << _SHIFT) - 1)
-        lo = (items << _SHIFT) | np.clip(timestamps - self.recent_seconds, 0, (1 << _SHIFT) - 1)
-        counts = np.searchsorted(self.event_keys, hi) - np.searchsorted(self.event_keys, lo)
+        top = (1 << _SHIFT) - 1  # np.minimum / np.maximum, not np.clip: ~8 us less a call (the hot path)
+        hi = (items << _SHIFT) | np.minimum(np.maximum(timestamps, 0), top)
+        lo = (items << _SHIFT) | np.minimum(np.maximum(timestamps - self.recent_seconds, 0), top)
+        counts = self.event_keys.searchsorted(hi) - self.event_keys.searchsorted(lo)
         if len(self.live_keys):
-            counts = counts + np.searchsorted(self.live_keys, hi) - np.searchsorted(self.live_keys, lo)
+            counts = counts + self.live_keys.searchsorted(hi) - self.live_keys.searchsorted(lo)
         return counts
 
     def history_rows(self, users: np.ndarray, recent: np.ndarray | None = None,
@@ -202,7 +203,7 @@ class CandidateFeatures:
                 for b in range(rows.shape[0]):
                     s = scores[b].copy()
                     s[known.indices[known.indptr[b] : known.indptr[b + 1]]] = -np.inf  # the request's own items
-                    top = np.argsort(-s, kind="stable")[:n]
+                    top = (-s).argsort(kind="stable")[:n]
                     out[b, :n] = np.where(s[top] > 0, top, -1)
                 return out
             top = topk_excluding(scores, known, n)
@@ -266,7 +267,7 @@ class CandidateFeatures:
         request, no (B, N) product; EASE reads the batch's cached dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
         items = np.where(items < weights.shape[0], items, -1)  # an item added online: 0 until a refresh
-        safe = np.clip(items, 0, None)
+        safe = np.maximum(items, 0)
         if weights is self.cooc and self.cooc_padded is not None:  # small catalogs: (N, K) tables, 4 array ops
             neighbours, w = self.cooc_padded
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)
@@ -325,7 +326,7 @@ class CandidateFeatures:
         ``rows``: the requests' :meth:`history_rows`, ``user_x``: their ``store.user_inputs`` and
         ``cache``: the batch's products (:meth:`history_top`), when the caller already has them."""
         b, c = items.shape
-        flat = np.clip(items.ravel(), 0, None)
+        flat = np.maximum(items.ravel(), 0)
         ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
         rows = self.history_rows(users, recent) if rows is None else rows
         if user_x is None:
@@ -351,10 +352,10 @@ class CandidateFeatures:
                 x[name] = np.repeat(user_x[name], c, axis=0)
         for name in self.store.features.encoders["context"]:
             x[name] = np.repeat(user_x[name], c, axis=0)
-        last = np.repeat(np.where(users >= 0, self.store.last_ts[np.clip(users, 0, None)], -1), c)
-        x["since_last"] = np.where(last >= 0, np.log1p(np.clip(ts - last, 0, None) / 3600.0), -1.0).astype(np.float32)
+        last = np.repeat(np.where(users >= 0, self.store.last_ts[np.maximum(users, 0)], -1), c)
+        x["since_last"] = np.where(last >= 0, np.log1p(np.maximum(ts - last, 0) / 3600.0), -1.0).astype(np.float32)
         first = self.item_first_ts[flat]
-        x["item_age"] = np.where(first >= 0, np.log1p(np.clip(ts - first, 0, None) / 86400.0), -1.0).astype(np.float32)
+        x["item_age"] = np.where(first >= 0, np.log1p(np.maximum(ts - first, 0) / 86400.0), -1.0).astype(np.float32)
         x["pop_all"] = np.log1p(self.store.popularity[flat]).astype(np.float32)
         x["pop_recent"] = np.log1p(self.recent_counts(flat, ts)).astype(np.float32)
         return x
