@@ -71,6 +71,8 @@ class Sizes:
     lightning_batches: list[int]  # the product's default path: CPU DataLoader batches
     lightning_device_batches: list[int]  # the product with retrieval.batches_on_device=true
     device_batches: list[int]  # the same module in a bare loop: the towers' own ceiling
+    reference_batches: list[int]  # the bare loop with the loss before its rework (every op over B x B)
+    profile_steps: int  # the largest bare-loop batch: this many more steps under torch.profiler
     pytest_timeout_s: float
     deadline_s: float  # no part starts after this many seconds
 
@@ -84,7 +86,7 @@ FULL = Sizes(
     ranker_candidates=500, ranker_repeats=200, pipeline_requests=200,
     train_data=["data.loader.n_users=200000", "data.loader.n_items=1000000", "data.loader.n_interactions=10000000"],
     train_steps=60, train_warmup=10, lightning_batches=[512, 8192], lightning_device_batches=[8192, 32768],
-    device_batches=[32768],
+    device_batches=[8192, 32768, 65536], reference_batches=[32768], profile_steps=3,
     pytest_timeout_s=150, deadline_s=440)
 REHEARSAL = Sizes(
     retrieval_items=3000, retrieval_dim=16, retrieval_k=50, retrieval_repeats={1: 20, 256: 20},
@@ -97,6 +99,7 @@ REHEARSAL = Sizes(
     train_data=["data.loader.n_users=300", "data.loader.n_items=400", "data.loader.n_interactions=6000",
                 "data.loader.n_categories=8", "retrieval.history_len=20"],
     train_steps=3, train_warmup=1, lightning_batches=[128], lightning_device_batches=[128], device_batches=[128],
+    reference_batches=[128], profile_steps=1,
     pytest_timeout_s=120, deadline_s=600)
 
 
@@ -184,7 +187,10 @@ def part_train_throughput(c: Check) -> dict:
                  "model": OmegaConf.to_container(cfg.retrieval.model)}
     configs = [("lightning", b, gpu_parts.train_lightning, (c.work, False)) for b in s.lightning_batches]
     configs += [("lightning_on_device", b, gpu_parts.train_lightning, (c.work, True)) for b in s.lightning_device_batches]
-    configs += [("device_batches", b, gpu_parts.train_device_batches, ()) for b in s.device_batches]
+    configs += [("device_batches", b, gpu_parts.train_device_batches,
+                 ("product", s.profile_steps if b == max(s.device_batches) else 0)) for b in s.device_batches]
+    configs += [("device_batches_reference_loss", b, gpu_parts.train_device_batches, ("reference", 0))
+                for b in s.reference_batches]
     for path, b, fn, extra in configs:  # each batch size isolated: an out-of-memory loses only its row
         key = f"{path}/batch{b}"
         if c.elapsed() > s.deadline_s:

@@ -252,11 +252,21 @@ def train_lightning(data, rcfg, examples, batch_size: int, steps: int, warmup: i
 
 
 def train_device_batches(data, rcfg, examples, batch_size: int, steps: int, warmup: int,
-                         device: torch.device) -> dict:
+                         device: torch.device, loss: str = "product", profile_steps: int = 0) -> dict:
     """The same module and loss on batches built on the device (retrieval/device_batches.py),
-    bf16 autocast on a GPU as Lightning's bf16-mixed does: what the towers themselves can do."""
+    bf16 autocast on a GPU as Lightning's bf16-mixed does: what the towers themselves can do.
+
+    ``loss``: ``product`` (``retrieval.loss.sampled_softmax_loss``) or ``reference``
+    (``dense_reference_loss``, every step over (B, B) values: the loss before it was reworked).
+    ``profile_steps`` > 0: after the timed steps, that many more under ``torch.profiler``; the
+    result then lists the kernels (or CPU ops) that took the most time per step."""
+    from unittest import mock
+
+    from retrieval import loss as losses
     from retrieval.device_batches import DeviceExamples
 
+    if loss not in ("product", "reference"):
+        raise ValueError(f"loss={loss!r}; known: product, reference")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     dev = DeviceExamples(examples, device)
@@ -264,27 +274,59 @@ def train_device_batches(data, rcfg, examples, batch_size: int, steps: int, warm
     optimizer = module.configure_optimizers()
     order = torch.randperm(len(dev), device=device, generator=torch.Generator(device=device).manual_seed(0))
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    losses = []
-    with warnings.catch_warnings():
+    losses_seen = []
+
+    def step(i: int) -> None:
+        s = (i * batch_size) % max(len(dev) - batch_size, 1)
+        batch = dev.batch(order[s : s + batch_size])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            value = module.training_step(batch, i)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        losses_seen.append(value.detach())
+
+    def reference(user, item, idx, temperature, log_q=None, *extra):
+        return losses.dense_reference_loss(user, item, idx, temperature, log_q)
+
+    top = []
+    with warnings.catch_warnings(), mock.patch("retrieval.module.sampled_softmax_loss",
+                                               reference if loss == "reference" else losses.sampled_softmax_loss):
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
-        for step in range(steps):
-            if step == warmup:
+        for i in range(steps):
+            if i == warmup:
                 sync(device)
                 start = time.perf_counter()
-            s = (step * batch_size) % max(len(dev) - batch_size, 1)
-            batch = dev.batch(order[s : s + batch_size])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = module.training_step(batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.detach())
-    sync(device)
-    seconds = time.perf_counter() - start
-    losses = [float(v) for v in losses]
-    if not np.isfinite(losses).all():
-        raise RuntimeError(f"non-finite training loss at batch size {batch_size}: {losses}")
-    return {"batch_size": batch_size, "precision": "bf16-autocast" if bf16 else "fp32", "timed_steps": steps - warmup,
-            "samples_per_s": (steps - warmup) * batch_size / seconds, "peak_gpu_mb": peak_memory_mb(device),
-            "first_loss": losses[0], "last_loss": losses[-1]}
+            step(i)
+        sync(device)
+        seconds = time.perf_counter() - start
+        if profile_steps:
+            top = _profile(lambda: [step(steps + i) for i in range(profile_steps)], profile_steps, device)
+    values = [float(v) for v in losses_seen]
+    if not np.isfinite(values).all():
+        raise RuntimeError(f"non-finite training loss at batch size {batch_size}: {values}")
+    out = {"batch_size": batch_size, "loss": loss, "precision": "bf16-autocast" if bf16 else "fp32",
+           "timed_steps": steps - warmup, "samples_per_s": (steps - warmup) * batch_size / seconds,
+           "ms_per_step": 1e3 * seconds / (steps - warmup), "peak_gpu_mb": peak_memory_mb(device),
+           "first_loss": values[0], "last_loss": values[steps - 1]}
+    if top:
+        out["profile_top"] = top
+    return out
+
+
+def _profile(fn, steps: int, device: torch.device, n: int = 12) -> list[dict]:
+    """The ``n`` kernels (CPU ops on a CPU) with the most self time while ``fn`` runs ``steps``
+    training steps: name, ms per step, share of the profiled device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    rows = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+    total = sum(getattr(e, attr) for e in rows) or 1.0
+    rows.sort(key=lambda e: -getattr(e, attr))
+    return [{"name": e.key[:120], "ms_per_step": getattr(e, attr) / 1e3 / steps,
+             "share": getattr(e, attr) / total, "calls_per_step": e.count / steps} for e in rows[:n]]

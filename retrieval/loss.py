@@ -33,17 +33,53 @@ def sampled_softmax_loss(
     Returns:
         Mean cross-entropy, a scalar.
     """
-    logits = user @ item.T / temperature  # (B, B)
+    # The (B, B) logits are the cost at large batches (32768^2 = 1G values, every elementwise op a
+    # full pass forward and back; docs/gpu.md): the temperature is applied to the (B, D) users, and
+    # accidental hits are masked where they are (found by a sort), not through a (B, B) comparison.
+    scaled = user / temperature
+    logits = scaled @ item.T  # (B, B)
     if log_q is not None:
         logits = logits - log_q[None, :]
-    same = item_index[:, None] == item_index[None, :]
-    same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, _MASKED)
+    rows, cols = accidental_hits(item_index)
+    if len(rows):  # in place: the product's backward does not read its output
+        logits.index_put_((rows, cols), torch.tensor(_MASKED, dtype=logits.dtype, device=logits.device))
     if neg_item is not None:
-        neg = user @ neg_item.T / temperature  # (B, M)
+        neg = scaled @ neg_item.T  # (B, M)
         if neg_log_q is not None:
             neg = neg - neg_log_q[None, :]
         neg = neg.masked_fill(neg_index[None, :] == item_index[:, None], _MASKED)
         logits = torch.cat([logits, neg], dim=1)
     labels = torch.arange(user.shape[0], device=user.device)
     return F.cross_entropy(logits, labels)
+
+
+def accidental_hits(item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every pair of different rows holding the same item: (B,) -> (H,), (H,).
+    One sort, O(B log B + H), instead of a (B, B) comparison."""
+    s, order = torch.sort(item_index, stable=True)
+    _, group, counts = torch.unique_consecutive(s, return_inverse=True, return_counts=True)
+    size = counts[group]  # each sorted position's group size
+    first = (torch.cumsum(counts, 0) - counts)[group]  # and where its group starts
+    dup = torch.nonzero(size > 1).ravel()
+    if not len(dup):
+        empty = torch.zeros(0, dtype=torch.long, device=s.device)
+        return empty, empty
+    reps = size[dup]
+    at = torch.repeat_interleave(dup, reps)  # each member of a group, once per member of its group
+    k = torch.arange(len(at), device=s.device) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
+    other = first[at] + k
+    keep = other != at
+    return order[at[keep]], order[other[keep]]
+
+
+def dense_reference_loss(user: torch.Tensor, item: torch.Tensor, item_index: torch.Tensor, temperature: float,
+                         log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The in-batch loss as first written, every step over (B, B) values: the definition
+    :func:`sampled_softmax_loss` is tested against, and its before in bench/gpu_parts.py."""
+    logits = user @ item.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    same = item_index[:, None] == item_index[None, :]
+    same.fill_diagonal_(False)
+    labels = torch.arange(user.shape[0], device=user.device)
+    return F.cross_entropy(logits.masked_fill(same, _MASKED), labels)

@@ -64,6 +64,13 @@ def test_train_throughput_part_trains_both_paths(rehearsal):
     for key in ("lightning/batch128", "lightning_on_device/batch128", "device_batches/batch128"):
         assert r[key]["samples_per_s"] > 0 and r[key]["peak_gpu_mb"] is None  # CPU: no GPU memory
     assert np.isfinite([r["device_batches/batch128"]["first_loss"], r["device_batches/batch128"]["last_loss"]]).all()
+    # the loss before its rework, on the same batches from the same start: the same first loss
+    before, after = r["device_batches_reference_loss/batch128"], r["device_batches/batch128"]
+    assert before["loss"] == "reference" and after["loss"] == "product"
+    assert before["first_loss"] == pytest.approx(after["first_loss"], rel=1e-5)
+    top = after["profile_top"]  # the profiled steps: what takes the time, largest first
+    assert top and all(t["ms_per_step"] > 0 for t in top)
+    assert [t["ms_per_step"] for t in top] == sorted((t["ms_per_step"] for t in top), reverse=True)
 
 
 def test_pytest_gpu_part_reports_the_skips_on_a_cpu(tmp_path):

@@ -2,7 +2,9 @@ import math
 
 import torch
 
-from retrieval.loss import sampled_softmax_loss
+import pytest
+
+from retrieval.loss import accidental_hits, dense_reference_loss, sampled_softmax_loss
 
 
 def test_loss_matches_hand_computation():
@@ -45,3 +47,30 @@ def test_extra_negatives_mask_their_own_hits():
     loss = sampled_softmax_loss(u, i, torch.tensor([5]), 1.0, neg_item=neg, neg_index=torch.tensor([5, 9]))
     # the first extra negative is the positive itself -> masked; remaining logits [1, 0]
     assert abs(loss.item() + math.log(math.e / (math.e + 1))) < 1e-6
+
+
+@pytest.mark.parametrize("batch, n_items", [(1, 5), (7, 2), (64, 10), (300, 10**6)])
+def test_accidental_hits_are_the_pairs_a_dense_comparison_finds(batch, n_items):
+    idx = torch.randint(0, n_items, (batch,), generator=torch.Generator().manual_seed(batch))
+    rows, cols = accidental_hits(idx)
+    same = idx[:, None] == idx[None, :]
+    same.fill_diagonal_(False)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, torch.nonzero(same).tolist()))
+
+
+@pytest.mark.parametrize("with_log_q", [False, True])
+def test_loss_and_gradients_equal_the_dense_formulation(with_log_q):
+    """The loss avoids (B, B) passes (temperature on the users, hits masked by a sort) and must
+    give the loss and gradients of the plain formulation."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.nn.functional.normalize(torch.randn(200, 16, generator=g), dim=1).requires_grad_()
+    i = torch.nn.functional.normalize(torch.randn(200, 16, generator=g), dim=1).requires_grad_()
+    idx = torch.randint(0, 40, (200,), generator=g)  # many accidental hits
+    log_q = torch.log(torch.rand(200, generator=g) * 0.01 + 1e-6) if with_log_q else None
+    fast = sampled_softmax_loss(u, i, idx, 0.1, log_q)
+    fast_grads = torch.autograd.grad(fast, (u, i))
+    plain = dense_reference_loss(u, i, idx, 0.1, log_q)
+    plain_grads = torch.autograd.grad(plain, (u, i))
+    assert fast.item() == pytest.approx(plain.item(), rel=1e-5)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
