@@ -155,7 +155,8 @@ def rankers(art: Path, repo: Path, candidates: int, repeats: int, device: torch.
 
 def pipeline(art: Path, repo: Path, requests: int, device: torch.device) -> dict:
     """``recommend``'s code path without the server, concurrency 1: ONNX on CPU (the served
-    in-process default), torch on CPU and torch on ``device`` with the exact index there."""
+    in-process default), torch on CPU, and on a GPU: the ONNX models on the CPU with the exact index
+    on the GPU, and torch on ``device`` with the exact index there."""
     from inference.models import OnnxCallable, TorchModel
     from inference.spec import load_specs
     from pipeline.artifacts import RunArtifacts
@@ -173,6 +174,9 @@ def pipeline(art: Path, repo: Path, requests: int, device: torch.device) -> dict
         "torch_cpu": ("cpu", lambda: (None, None)),
     }
     if device.type != "cpu":
+        # what `recommend` runs in process on a GPU machine without onnxruntime's CUDA provider:
+        # the ONNX models on the CPU, the exact index on the GPU
+        variants[f"onnx_cpu_index_{device.type}"] = (device.type, variants["onnx_cpu"][1])
         variants[f"torch_{device.type}"] = (device.type, lambda: (
             TorchModel(art.load_towers(store).user_tower, device),
             TorchModel(art.load_ranker("ranker", store), device)))
@@ -198,6 +202,7 @@ def pipeline(art: Path, repo: Path, requests: int, device: torch.device) -> dict
     out["same_top10_as_onnx_cpu"] = {n: float(np.mean([a == b for a, b in zip(lists, ref)])) for n, lists in answers.items()}
     if f"torch_{device.type}" in out and device.type != "cpu":
         out["gpu_vs_onnx_cpu_p50"] = out["onnx_cpu"]["p50_ms"] / out[f"torch_{device.type}"]["p50_ms"]
+        out["gpu_index_vs_onnx_cpu_p50"] = out["onnx_cpu"]["p50_ms"] / out[f"onnx_cpu_index_{device.type}"]["p50_ms"]
     return out
 
 
