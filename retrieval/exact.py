@@ -24,11 +24,17 @@ log = logging.getLogger(__name__)
 MAX_SCORES = 64_000_000
 
 
-def resolve_device(use_gpu: bool) -> torch.device:
-    """``cuda`` when asked for and visible, else ``cpu`` (logged, not an error)."""
+def resolve_device(use_gpu: bool, n_items: int | None = None, gpu_min_items: int = 0) -> torch.device:
+    """``cuda`` when asked for and visible and the catalog has at least ``gpu_min_items`` items,
+    else ``cpu`` (logged, not an error). Below that size a query's fixed GPU cost (copies, launches,
+    a synchronisation: ~1 ms a request in recommend, docs/gpu.md) exceeds the CPU's whole search."""
     import torch
 
     if use_gpu and torch.cuda.is_available():
+        if n_items is not None and n_items < gpu_min_items:
+            log.info("catalog of %d items < index.gpu_min_items=%d: exact search stays on the CPU", n_items,
+                     gpu_min_items)
+            return torch.device("cpu")
         return torch.device("cuda")
     if use_gpu:
         log.info("no CUDA device visible: exact torch search runs on the CPU")

@@ -40,6 +40,8 @@ class IndexConfig:
     k_factor_rf: int | None = None  # refine (",RFlat"): re-rank k * k_factor_rf approximate hits exactly
     train_size: int = 200_000  # vectors sampled to train IVF / PQ
     use_gpu: bool = True  # only when faiss (or torch, for backend torch) sees a GPU
+    # ... and the catalog has this many items: below it the CPU answers one query sooner (docs/gpu.md)
+    gpu_min_items: int = 200_000
     backend: str = "faiss"  # faiss | torch (exact matrix product + top-k, retrieval/exact.py)
 
 
@@ -77,6 +79,9 @@ def _maybe_gpu(index: faiss.Index, cfg: IndexConfig) -> faiss.Index:
 
     if not cfg.use_gpu or not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
         return index
+    if index.ntotal < cfg.gpu_min_items:
+        log.info("catalog of %d items < index.gpu_min_items=%d: keeping the CPU index", index.ntotal, cfg.gpu_min_items)
+        return index
     if "HNSW" in cfg.factory:
         log.info("HNSW has no GPU implementation in faiss; keeping the CPU index")
         return index
@@ -91,7 +96,7 @@ def build_index(embeddings: np.ndarray, cfg: IndexConfig, seed: int = 0) -> fais
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"embeddings must be a non-empty (N, D) array, got shape {x.shape}")
     if cfg.backend == "torch":
-        return ExactIndex(x, resolve_device(cfg.use_gpu))
+        return ExactIndex(x, resolve_device(cfg.use_gpu, len(x), cfg.gpu_min_items))
     import faiss
 
     try:
@@ -173,7 +178,8 @@ def load_index(path: str | Path, use_gpu: bool | None = None) -> tuple[faiss.Ind
         cfg.use_gpu = use_gpu
     check_config(cfg)
     if cfg.backend == "torch":
-        return ExactIndex(np.load(path), resolve_device(cfg.use_gpu)), cfg
+        items = np.load(path)
+        return ExactIndex(items, resolve_device(cfg.use_gpu, len(items), cfg.gpu_min_items)), cfg
     import faiss
 
     index = faiss.read_index(str(path))

@@ -18,7 +18,9 @@ from retrieval.trainer import make_trainer
 from tests.conftest import TINY_DATA, compose_cfg
 from train import train
 
-GPU_DATA = [o for o in TINY_DATA if not o.startswith("trainer=")] + ["trainer=default", "index=exact_torch"]
+# gpu_min_items=0: the tiny catalog on the GPU all the same (served catalogs this small stay on the CPU)
+GPU_DATA = [o for o in TINY_DATA if not o.startswith("trainer=")] + ["trainer=default", "index=exact_torch",
+                                                                   "index.gpu_min_items=0"]
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,7 +45,7 @@ def test_exact_index_on_the_gpu_equals_the_cpu():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((50_000, 64)).astype(np.float32)
     q = rng.standard_normal((256, 64)).astype(np.float32)
-    gpu = build_index(x, IndexConfig(backend="torch", use_gpu=True))
+    gpu = build_index(x, IndexConfig(backend="torch", use_gpu=True, gpu_min_items=0))
     assert gpu.device.type == "cuda" and gpu.items.is_cuda
     s_gpu, i_gpu = search(gpu, q, 100)
     s_cpu, i_cpu = search(ExactIndex(x, "cpu"), q, 100)
@@ -79,7 +81,7 @@ def test_faiss_gpu_index_matches_cpu():
         pytest.skip("faiss without GPU support (faiss-cpu); install the [gpu] extra for faiss-gpu")
     x = np.random.default_rng(0).standard_normal((5000, 32)).astype(np.float32)
     cpu = build_index(x, IndexConfig(use_gpu=False))
-    gpu = build_index(x, IndexConfig(use_gpu=True))
+    gpu = build_index(x, IndexConfig(use_gpu=True, gpu_min_items=0))
     names, inner = [], gpu
     while inner is not None:  # the GPU index may sit inside the id map / replicas wrapper
         names.append(type(inner).__name__)

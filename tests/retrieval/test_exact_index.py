@@ -85,6 +85,26 @@ def test_no_gpu_visible_falls_back_to_cpu():
     assert resolve_device(True).type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_small_catalogs_stay_on_the_cpu_even_with_a_gpu(monkeypatch):
+    """On an H200 the GPU added ~1 ms to a request over 5,000 items (docs/gpu.md): below
+    index.gpu_min_items the exact index and FAISS keep the CPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(True, 5_000, 200_000).type == "cpu"
+    assert resolve_device(True, 1_000_000, 200_000).type == "cuda"
+    assert resolve_device(True).type == "cuda"  # no size given: the caller decides
+    faiss = pytest.importorskip("faiss")
+    moved = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", lambda ix: moved.append(ix) or ix, raising=False)
+    x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    build_index(x, IndexConfig(use_gpu=True))  # default threshold: 500 items stay on the CPU
+    assert moved == []
+    build_index(x, IndexConfig(use_gpu=True, gpu_min_items=100))
+    assert len(moved) == 1
+
+
 @pytest.mark.parametrize("cfg, message", [
     (IndexConfig(backend="annoy"), r"index.backend='annoy' is unknown; known: faiss, torch"),
     (IndexConfig(factory="IVF16,Flat", backend="torch"), r"takes index.factory=Flat, got 'IVF16,Flat'"),
