@@ -293,6 +293,8 @@ def train_device_batches(data, rcfg, examples, batch_size: int, steps: int, warm
         losses_seen.append(value.detach())
 
     def reference(user, item, idx, temperature, log_q=None, *extra):
+        if any(e is not None for e in extra):
+            raise ValueError("the reference loss has no extra negatives; run it with retrieval.uniform_negatives=0")
         return losses.dense_reference_loss(user, item, idx, temperature, log_q)
 
     top = []

@@ -89,7 +89,7 @@ def _known_columns(rows, weights):
 def list_standardise(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """(v - list mean) / list std over each row's real candidates; 0 for constant rows and gaps.
     (..., C): the last axis is the list (e.g. (B, C), or (S, B, C) for S scores at once)."""
-    if ok.all():  # every place holds a candidate (the usual list): the same sums without the masks
+    if v.shape[-1] and ok.all():  # every place holds a candidate (the usual list): the same sums without the masks
         n = v.shape[-1]
         d = v - v.sum(-1, keepdims=True).astype(np.float64) / n  # float64, as the masked sum / count array
     else:

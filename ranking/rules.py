@@ -21,6 +21,7 @@ import numpy as np
 from features.vocab import IdVocab
 
 Admit = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+MMR_PRODUCT_MAX = 256  # mmr: one (C, C) similarity product up to this many candidates, a row per pick above
 
 
 @dataclass(eq=False)
@@ -294,7 +295,8 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
 
     ``horizon``: only the first ``horizon`` places are chosen greedily, the rest follow in score
     order (:meth:`ranking.rule_config.RuleSet.apply` passes ``k`` when nothing after this rule can
-    drop an item, so the answer is the same at O(k x C) instead of O(C^2)).
+    drop an item, so the answer is the same at O(k x C) instead of O(C^2); lists longer than
+    ``MMR_PRODUCT_MAX`` compute one similarity row per pick).
     """
     items, scores = sort_by_score(items, scores)
     if len(items) < 2:
@@ -306,15 +308,18 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
     steps = len(items) if horizon is None else min(horizon, len(items))
     vec = catalog.vectors[items]  # (C, F)
     # value_i = gain_i - (1 - lambda_) * max(0, sim to each taken item). gain - c * x falls as x
-    # grows (in floating point too), so value after a pick j is min(value, gain - c * sim(., j)):
-    # one product for all pairs, then two array calls a step (not four). (C, C) is 200 x 200 at most.
-    drop = gain[None, :] - (1.0 - lambda_) * (vec @ vec.T).astype(np.float64)  # (C, C), row j: after picking j
+    # grows (in floating point too), so value after a pick j is min(value, gain - c * sim(., j)).
+    # Up to MMR_PRODUCT_MAX candidates one (C, C) product serves every step (two array calls a
+    # step, not four); above it each pick computes its own row (O(steps x C), not O(C^2)). The
+    # product rounds differently from row by row: a float32 near-tie may go the other way.
+    c = 1.0 - lambda_
+    drop = gain[None, :] - c * (vec @ vec.T).astype(np.float64) if len(items) <= MMR_PRODUCT_MAX else None
     value = gain.copy()
     picks = np.empty(steps, dtype=np.int64)
     for step in range(steps):
         j = int(value.argmax())  # first maximum = best score, lower index (list is sorted); the method, not np.argmax: ~5 us less
         picks[step] = j
-        np.minimum(value, drop[j], out=value)
+        np.minimum(value, drop[j] if drop is not None else gain - c * (vec @ vec[j]).astype(np.float64), out=value)
         value[j] = -np.inf
     taken = np.zeros(len(items), dtype=bool)
     taken[picks] = True

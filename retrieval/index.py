@@ -52,6 +52,9 @@ def check_config(cfg: IndexConfig) -> None:
     """Reject a backend / factory pair that cannot be built, naming the fix."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"index.backend={cfg.backend!r} is unknown; known: {', '.join(BACKENDS)} (configs/index)")
+    if isinstance(cfg.gpu_min_items, bool) or not isinstance(cfg.gpu_min_items, int) or cfg.gpu_min_items < 0:
+        raise ValueError(f"index.gpu_min_items={cfg.gpu_min_items!r} must be a whole number >= 0 (configs/index; "
+                         f"0: any catalog on the GPU when one is visible)")
     if cfg.backend == "torch" and cfg.factory != "Flat":
         raise ValueError(f"index.backend=torch is exact search and takes index.factory=Flat, got {cfg.factory!r}; "
                          f"use backend=faiss for approximate indexes")

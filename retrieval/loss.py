@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 _MASKED = -1e9
+DENSE_MASK_MAX_BATCH = 4096  # accidental hits by a (B, B) comparison up to this batch, by a sort above
 
 
 def sampled_softmax_loss(
@@ -40,9 +41,14 @@ def sampled_softmax_loss(
     logits = scaled @ item.T  # (B, B)
     if log_q is not None:
         logits = logits - log_q[None, :]
-    rows, cols = accidental_hits(item_index)
-    if len(rows):  # in place: the product's backward does not read its output
-        logits.index_put_((rows, cols), torch.tensor(_MASKED, dtype=logits.dtype, device=logits.device))
+    # in place: neither the product's nor the subtraction's backward reads its output
+    hits = accidental_hits(item_index) if len(item_index) > DENSE_MASK_MAX_BATCH else None
+    if hits is None:  # small batches: a (B, B) comparison costs less than the sort's host synchronisations
+        same = item_index[:, None] == item_index[None, :]
+        same.fill_diagonal_(False)
+        logits.masked_fill_(same, _MASKED)
+    elif len(hits[0]):
+        logits[hits] = _MASKED
     if neg_item is not None:
         neg = scaled @ neg_item.T  # (B, M)
         if neg_log_q is not None:
@@ -65,6 +71,11 @@ def accidental_hits(item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         empty = torch.zeros(0, dtype=torch.long, device=s.device)
         return empty, empty
     reps = size[dup]
+    if int((reps * reps).sum()) > len(s) * len(s) // 8:  # a few items fill the batch: the pairs outgrow a mask
+        same = item_index[:, None] == item_index[None, :]
+        same.fill_diagonal_(False)
+        rows, cols = same.nonzero(as_tuple=True)
+        return rows, cols
     at = torch.repeat_interleave(dup, reps)  # each member of a group, once per member of its group
     k = torch.arange(len(at), device=s.device) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
     other = first[at] + k

@@ -146,14 +146,15 @@ def _mmr_by_definition(items, scores, vectors, lambda_, horizon):
 
 @pytest.mark.parametrize("lambda_", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("horizon", [None, 5])
-def test_mmr_matches_its_definition_on_random_lists(lambda_, horizon):
+@pytest.mark.parametrize("size", [30, R.MMR_PRODUCT_MAX + 40])  # one similarity product / a row per pick
+def test_mmr_matches_its_definition_on_random_lists(lambda_, horizon, size):
     rng = np.random.default_rng(7)
-    n = 60
+    n = size * 2
     vectors = rng.standard_normal((n, 8)).astype(np.float32)
     cat = R.ItemCatalog(np.ones((n, 1), np.int64), ["<none>", "x"], vectors, np.ones(n), np.arange(n).astype(str))
-    for _ in range(20):
-        items = rng.choice(n, size=30, replace=False).astype(np.int64)
-        scores = rng.random(30).astype(np.float32)
+    for _ in range(20 if size < 100 else 2):
+        items = rng.choice(n, size=size, replace=False).astype(np.int64)
+        scores = rng.random(size).astype(np.float32)
         got = R.mmr(items, scores, cat, CTX, lambda_=lambda_, horizon=horizon)[0]
         assert got.tolist() == _mmr_by_definition(items, scores, cat.vectors, lambda_, horizon).tolist()
 

@@ -107,6 +107,8 @@ def test_small_catalogs_stay_on_the_cpu_even_with_a_gpu(monkeypatch):
 
 @pytest.mark.parametrize("cfg, message", [
     (IndexConfig(backend="annoy"), r"index.backend='annoy' is unknown; known: faiss, torch"),
+    (IndexConfig(gpu_min_items=-1), r"index.gpu_min_items=-1 must be a whole number >= 0"),
+    (IndexConfig(gpu_min_items=None), r"index.gpu_min_items=None must be a whole number >= 0"),
     (IndexConfig(factory="IVF16,Flat", backend="torch"), r"takes index.factory=Flat, got 'IVF16,Flat'"),
 ])
 def test_bad_backend_config_names_the_fix(items, cfg, message):

@@ -59,14 +59,15 @@ def test_accidental_hits_are_the_pairs_a_dense_comparison_finds(batch, n_items):
 
 
 @pytest.mark.parametrize("with_log_q", [False, True])
-def test_loss_and_gradients_equal_the_dense_formulation(with_log_q):
-    """The loss avoids (B, B) passes (temperature on the users, hits masked by a sort) and must
+@pytest.mark.parametrize("batch", [200, 5000])  # hits by a (B, B) comparison / by a sort (> DENSE_MASK_MAX_BATCH)
+def test_loss_and_gradients_equal_the_dense_formulation(with_log_q, batch):
+    """The loss avoids (B, B) passes (temperature on the users, hits masked in place) and must
     give the loss and gradients of the plain formulation."""
     g = torch.Generator().manual_seed(3)
-    u = torch.nn.functional.normalize(torch.randn(200, 16, generator=g), dim=1).requires_grad_()
-    i = torch.nn.functional.normalize(torch.randn(200, 16, generator=g), dim=1).requires_grad_()
-    idx = torch.randint(0, 40, (200,), generator=g)  # many accidental hits
-    log_q = torch.log(torch.rand(200, generator=g) * 0.01 + 1e-6) if with_log_q else None
+    u = torch.nn.functional.normalize(torch.randn(batch, 8, generator=g), dim=1).requires_grad_()
+    i = torch.nn.functional.normalize(torch.randn(batch, 8, generator=g), dim=1).requires_grad_()
+    idx = torch.randint(0, batch // 5, (batch,), generator=g)  # many accidental hits
+    log_q = torch.log(torch.rand(batch, generator=g) * 0.01 + 1e-6) if with_log_q else None
     fast = sampled_softmax_loss(u, i, idx, 0.1, log_q)
     fast_grads = torch.autograd.grad(fast, (u, i))
     plain = dense_reference_loss(u, i, idx, 0.1, log_q)
