@@ -298,3 +298,17 @@ def test_merge_gives_the_extra_source_its_share_of_slots():
     assert _merge(first, extra, 2, 4).tolist() == [5, 6, 7, 9]
     assert _merge(first, extra, 0, 4).tolist() == [5, 6, 7, 8]
     assert _merge(first, np.array([-1, -1]), 2, 4).tolist() == [5, 6, 7, 8]  # nothing extra: no gap
+
+
+def test_keys_between_counts_like_two_plain_binary_searches():
+    """Recent popularity searches all 2R bounds in sorted order (cache-friendlier on a large key
+    array); the counts must equal searchsorted(hi) - searchsorted(lo) per entry."""
+    from ranking.features import _keys_between
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 17, 3000):
+        keys = np.sort((rng.integers(0, 50, n) << 32) | rng.integers(0, 1000, n))
+        lo = (rng.integers(0, 55, 200) << 32) | rng.integers(0, 1000, 200)
+        hi = lo + rng.integers(0, 400, 200)
+        expected = np.searchsorted(keys, hi) - np.searchsorted(keys, lo)
+        np.testing.assert_array_equal(_keys_between(keys, lo, hi), expected)
