@@ -266,13 +266,12 @@ class Pipeline:
             seen = np.union1d(seen, recent[recent >= 0])
         now = float(time.time() if timestamp is None else timestamp)
         first_seen = self.features.item_first_ts  # read at call time: catalog growth replaces the array
-        ctx = RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now)
-        if request is not None:
-            ctx = RequestContext(
-                seen=seen, exclude_items=request.exclude_items, include_categories=request.include_categories,
-                exclude_categories=request.exclude_categories, segment=request.segment,
-                recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
-                promoted=request.promoted, exposure=self.exposure, first_seen=first_seen, now=now)
+        asked = {} if request is None else dict(
+            exclude_items=request.exclude_items, include_categories=request.include_categories,
+            exclude_categories=request.exclude_categories, segment=request.segment,
+            recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
+            promoted=request.promoted)
+        ctx = RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now, **asked)
         out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
         where = np.full(len(out), -1, dtype=np.int64)
         if len(out) and len(items):

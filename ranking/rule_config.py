@@ -281,9 +281,9 @@ class RuleSet:
             if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"
                                        for later in self.rules[j + 1:]):
                 extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
-            head = items[:k]
+            head = items[:k] if r.name == "fresh_slots" else None
             items, scores = r(items, scores, catalog, ctx, **extra)
-            if r.name == "fresh_slots":
+            if head is not None:
                 fresh = np.union1d(fresh, np.setdiff1d(items[:k], head))  # moved into the list by the rule
             if (r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0
                     and (len(r.params["ids"]) or len(ctx.promoted))):

@@ -36,7 +36,8 @@ def sampled_softmax_loss(
     """
     # The (B, B) logits are the cost at large batches (32768^2 = 1G values, every elementwise op a
     # full pass forward and back; docs/gpu.md): the temperature is applied to the (B, D) users, and
-    # accidental hits are masked where they are (found by a sort), not through a (B, B) comparison.
+    # above DENSE_MASK_MAX_BATCH accidental hits are masked where they are (found by a sort), not
+    # through a (B, B) comparison.
     scaled = user / temperature
     logits = scaled @ item.T  # (B, B)
     if log_q is not None:
@@ -44,9 +45,7 @@ def sampled_softmax_loss(
     # in place: neither the product's nor the subtraction's backward reads its output
     hits = accidental_hits(item_index) if len(item_index) > DENSE_MASK_MAX_BATCH else None
     if hits is None:  # small batches: a (B, B) comparison costs less than the sort's host synchronisations
-        same = item_index[:, None] == item_index[None, :]
-        same.fill_diagonal_(False)
-        logits.masked_fill_(same, _MASKED)
+        logits.masked_fill_(_hit_mask(item_index), _MASKED)
     elif len(hits[0]):
         logits[hits] = _MASKED
     if neg_item is not None:
@@ -72,15 +71,19 @@ def accidental_hits(item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         return empty, empty
     reps = size[dup]
     if int((reps * reps).sum()) > len(s) * len(s) // 8:  # a few items fill the batch: the pairs outgrow a mask
-        same = item_index[:, None] == item_index[None, :]
-        same.fill_diagonal_(False)
-        rows, cols = same.nonzero(as_tuple=True)
-        return rows, cols
+        return _hit_mask(item_index).nonzero(as_tuple=True)
     at = torch.repeat_interleave(dup, reps)  # each member of a group, once per member of its group
     k = torch.arange(len(at), device=s.device) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
     other = first[at] + k
     keep = other != at
     return order[at[keep]], order[other[keep]]
+
+
+def _hit_mask(item_index: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: row b's column j holds row b's positive item, j != b."""
+    same = item_index[:, None] == item_index[None, :]
+    same.fill_diagonal_(False)
+    return same
 
 
 def dense_reference_loss(user: torch.Tensor, item: torch.Tensor, item_index: torch.Tensor, temperature: float,
@@ -90,7 +93,5 @@ def dense_reference_loss(user: torch.Tensor, item: torch.Tensor, item_index: tor
     logits = user @ item.T / temperature
     if log_q is not None:
         logits = logits - log_q[None, :]
-    same = item_index[:, None] == item_index[None, :]
-    same.fill_diagonal_(False)
     labels = torch.arange(user.shape[0], device=user.device)
-    return F.cross_entropy(logits.masked_fill(same, _MASKED), labels)
+    return F.cross_entropy(logits.masked_fill(_hit_mask(item_index), _MASKED), labels)
