@@ -178,6 +178,8 @@ def _time(v) -> float:
 
 
 def _sequence(v) -> Sequence:
+    if type(v) is list:  # the common case (``recommend``'s impressions): no ABC checks, no copy
+        return v
     if isinstance(v, (str, bytes, Mapping)) or not isinstance(v, (Sequence, np.ndarray, pd.Series)):
         raise _FieldError(f"must be a list, got {v!r} ({type(v).__name__})")
     return list(v)
@@ -191,11 +193,24 @@ def _plain_number(v) -> bool:
     return type(v) is float and math.isfinite(v)
 
 
+def _all_of_type(values: list, kind: type) -> bool:
+    return set(map(type, values)) <= {kind}  # exact: a numpy float or a str subclass takes the checked path
+
+
+def _plain_texts(values: list) -> bool:
+    return _all_of_type(values, str) and "" not in values
+
+
+def _plain_numbers(values: list) -> bool:
+    return _all_of_type(values, float) and all(map(math.isfinite, values))
+
+
 def _each(rule, plain):
-    """A rule for a list whose elements pass ``rule``; ``plain`` is its fast path (exact types)."""
+    """A rule for a list whose elements pass ``rule``; ``plain`` is its fast path for a whole list
+    (exact types; map-based: no Python frame per element)."""
     def check(v) -> list:
         values = _sequence(v)
-        if all(plain(x) for x in values):
+        if plain(values):
             return values
         out = []
         for j, x in enumerate(values):
@@ -228,8 +243,10 @@ def _attributes(v) -> dict:
 _TEXT_RULES = ("id", "label", "text")
 _NUMBER_RULES = ("number", "time")
 _RULES = {"id": _id, "label": _label, "text": _text, "number": _number, "time": _time,
-          "id_list": _each(_id, _plain_text), "number_list": _each(_number, _plain_number),
-          "text_list": _each(_text, lambda x: type(x) is str), "attributes": _attributes}
+          "id_list": _each(_id, _plain_texts), "number_list": _each(_number, _plain_numbers),
+          "text_list": _each(_text, lambda values: _all_of_type(values, str)), "attributes": _attributes}
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per json.dumps call
+_COMPACT_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 
 def _check_row(kind: Table, i: int, row) -> tuple:
@@ -266,9 +283,9 @@ def _check_row(kind: Table, i: int, row) -> tuple:
                 raise ValueError(f"impression row {i}: field {field!r} has {n} values for {m} items; "
                                  "give one per item, or none")
         for field in ("items", "scores", "reasons"):
-            values[field] = json.dumps(values[field], separators=(",", ":"))
+            values[field] = _COMPACT(values[field])
     if kind.table == "catalog":
-        values["attributes"] = json.dumps(values["attributes"], separators=(",", ":"), sort_keys=True)
+        values["attributes"] = _COMPACT_SORTED(values["attributes"])
     return tuple(values.values())
 
 

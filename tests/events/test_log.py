@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from events.log import (
     log_stats,
     read_log,
 )
+from events.segments import list_segments, segment_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = 32 * 1024  # the smallest segment EventLog accepts: ~250 events
@@ -234,6 +236,30 @@ def test_an_old_segment_removed_by_hand_is_forgotten_not_recreated(tmp_path, cap
         assert "segment-000001.sqlite disappeared" in caplog.text
     assert not (tmp_path / "segment-000001.sqlite").exists()
     assert read_log(tmp_path)["event_id"].iloc[-1] == "e99_0"
+
+
+def test_segments_stay_near_their_bound_with_two_writers(tmp_path):
+    """Each writer decides to roll over from the sizes it saw at its own last append (no page-count
+    query per append): a sealed segment holds at most one batch per writer beyond the bound."""
+    def sealed_rows(directory):
+        rows = []
+        for n in list_segments(directory)[:-1]:
+            with closing(sqlite3.connect(segment_path(directory, n))) as conn:
+                rows.append(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return rows
+
+    with EventLog(tmp_path / "one", max_segment_bytes=TINY) as log:  # one row per append: the bound in rows
+        for k in range(600):
+            log.append_events([event(k)])
+    bound = sealed_rows(tmp_path / "one")[0]
+    batch = 20
+    with EventLog(tmp_path / "two", max_segment_bytes=TINY) as a, \
+            EventLog(tmp_path / "two", max_segment_bytes=TINY) as b:
+        for k in range(40):
+            (a if k % 2 else b).append_events([event(f"{k}_{j}") for j in range(batch)])
+    rows = sealed_rows(tmp_path / "two")
+    assert len(rows) >= 2 and all(bound - batch <= r <= bound + 2 * batch for r in rows), (bound, rows)
+    assert read_log(tmp_path / "two")["event_id"].is_unique and len(read_log(tmp_path / "two")) == 40 * batch
 
 
 def test_a_segment_nobody_announced_is_taken_not_overwritten(tmp_path):
