@@ -7,6 +7,8 @@ under ``--dir`` and times every call:
 - events, batch 1 and batch 100, ``durability="full"`` (an fsync of the WAL per commit) and
   ``"normal"`` (no fsync at commit);
 - impressions of 50 items, batch 1, full (the list served to one request);
+- impressions of 10 items, batch 1, normal, fresh ids (what ``recommend`` writes before each answer:
+  ``IMPRESSION_DURABILITY`` normal, ``new_ids=True``);
 - events, batch 1, full and normal, with 16 live segments (the id check probes every live
   segment; ``normal`` shows that CPU cost without the fsync's noise).
 
@@ -52,14 +54,14 @@ def _filesystem(path: Path) -> str:
     return kind
 
 
-def _rows(kind: str, prefix: str, start: int, n: int, now: float) -> list[dict]:
+def _rows(kind: str, prefix: str, start: int, n: int, now: float, items: int = ITEMS_PER_IMPRESSION) -> list[dict]:
     if kind == "events":
         return [{"event_id": f"{prefix}-{i}", "user_id": f"u{i % 1000}", "item_id": f"i{i % 5000}",
                  "timestamp": now, "type": "click"} for i in range(start, start + n)]
     return [{"request_id": f"{prefix}-{i}", "user_id": f"u{i % 1000}",
-             "items": [f"i{(i + p) % 5000}" for p in range(ITEMS_PER_IMPRESSION)],
-             "scores": [1.0 / (p + 1) for p in range(ITEMS_PER_IMPRESSION)],
-             "reasons": ["collaborative"] * ITEMS_PER_IMPRESSION, "route": "known", "ranker": "ranker",
+             "items": [f"i{(i + p) % 5000}" for p in range(items)],
+             "scores": [1.0 / (p + 1) for p in range(items)],
+             "reasons": ["collaborative"] * items, "route": "known", "ranker": "ranker",
              "model_version": "1", "timestamp": now} for i in range(start, start + n)]
 
 
@@ -73,18 +75,23 @@ def _prefill(directory: Path) -> None:
 
 
 def run_setting(directory: Path, kind: str, batch: int, durability: str, seconds: float,
-                prefill: bool = False) -> dict:
-    """Append batches of unique rows for ``seconds``; latency of every call."""
+                prefill: bool = False, items: int = ITEMS_PER_IMPRESSION, new_ids: bool = False) -> dict:
+    """Append batches of unique rows for ``seconds``; latency of every call (``items`` per impression;
+    ``new_ids``: impressions appended as ``recommend`` does, without the id search)."""
     if prefill:
         _prefill(directory)
     latencies, i = [], 0
     with EventLog(directory, durability=durability) as log:
-        append = log.append_events if kind == "events" else log.append_impressions
+        if kind == "events":
+            append = log.append_events
+        else:
+            def append(rows):
+                return log.append_impressions(rows, new_ids=new_ids)
         for w in range(20):  # warm-up: connections, page cache
-            append(_rows(kind, "warmup", w * batch, batch, time.time()))
+            append(_rows(kind, "warmup", w * batch, batch, time.time(), items))
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            rows = _rows(kind, "bench", i, batch, time.time())
+            rows = _rows(kind, "bench", i, batch, time.time(), items)
             t = time.perf_counter()
             stored = append(rows)
             latencies.append(time.perf_counter() - t)
@@ -93,7 +100,8 @@ def run_setting(directory: Path, kind: str, batch: int, durability: str, seconds
         wall = time.perf_counter() - start
         segments = log.stats()["segments"]
     ms = np.asarray(latencies) * 1e3
-    return {"kind": kind, "batch": batch, "durability": durability, "live_segments": segments,
+    return {"kind": kind, "items": items, "new_ids": new_ids, "batch": batch, "durability": durability,
+            "live_segments": segments,
             "calls": len(latencies), "rows": i, "seconds": round(wall, 2),
             "appends_per_s": len(latencies) / wall, "rows_per_s": i / wall,
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
@@ -104,21 +112,23 @@ def table(results: list[dict]) -> str:
     lines = ["| rows | batch | durability | live segments | appends/s | rows/s | p50 ms | p95 ms | p99 ms |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        what = "events" if r["kind"] == "events" else f"impressions ({ITEMS_PER_IMPRESSION} items)"
+        what = "events" if r["kind"] == "events" else (f"impressions ({r['items']} items"
+                                                       + (", fresh ids)" if r["new_ids"] else ")"))
         lines.append(f"| {what} | {r['batch']} | {r['durability']} | {r['live_segments']} | "
                      f"{r['appends_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['p50_ms']:.3f} | "
                      f"{r['p95_ms']:.3f} | {r['p99_ms']:.3f} |")
     return "\n".join(lines)
 
 
-SETTINGS = [  # (name, kind, batch, durability, prefill)
-    ("events-full-b1", "events", 1, "full", False),
-    ("events-full-b100", "events", 100, "full", False),
-    ("events-normal-b1", "events", 1, "normal", False),
-    ("events-normal-b100", "events", 100, "normal", False),
-    ("impressions-full-b1", "impressions", 1, "full", False),
-    ("events-full-b1-16seg", "events", 1, "full", True),
-    ("events-normal-b1-16seg", "events", 1, "normal", True),
+SETTINGS = [  # (name, kind, batch, durability, prefill, items per impression, new_ids)
+    ("events-full-b1", "events", 1, "full", False, 0, False),
+    ("events-full-b100", "events", 100, "full", False, 0, False),
+    ("events-normal-b1", "events", 1, "normal", False, 0, False),
+    ("events-normal-b100", "events", 100, "normal", False, 0, False),
+    ("impressions-full-b1", "impressions", 1, "full", False, ITEMS_PER_IMPRESSION, False),
+    ("impressions-served", "impressions", 1, "normal", False, 10, True),
+    ("events-full-b1-16seg", "events", 1, "full", True, 0, False),
+    ("events-normal-b1-16seg", "events", 1, "normal", True, 0, False),
 ]
 
 
@@ -141,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{_filesystem(args.dir)} at {args.dir}, SQLite {sqlite3.sqlite_version}, "
           f"Python {platform.python_version()}, {args.seconds:g} s per setting", flush=True)
     results = []
-    for name, kind, batch, durability, prefill in SETTINGS:
+    for name, kind, batch, durability, prefill, items, new_ids in SETTINGS:
         if args.only and name not in args.only:
             continue
         directory = args.dir / f"event_log_bench-{name}"
         shutil.rmtree(directory, ignore_errors=True)
-        results.append(run_setting(directory, kind, batch, durability, args.seconds, prefill))
+        results.append(run_setting(directory, kind, batch, durability, args.seconds, prefill, items, new_ids))
         results[-1]["bytes"] = log_stats(directory)["bytes"]
         print(f"{name}: {results[-1]['appends_per_s']:,.0f} appends/s, p50 {results[-1]['p50_ms']:.3f} ms",
               flush=True)
