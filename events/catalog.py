@@ -32,15 +32,28 @@ ITEM_OPS = ("upsert_item", "block", "unblock")
 MAX_ID_LENGTH = 256  # as events and request ids
 MAX_VALUE_LENGTH = 1000  # characters of one attribute value
 MAX_ATTRIBUTES = 64  # attributes of one record
-REASONS = ("missing_id", "id_too_long", "unknown_op", "malformed_attributes", "too_many_attributes",
+REASONS = ("bad_encoding", "missing_id", "id_too_long", "unknown_op", "malformed_attributes", "too_many_attributes",
            "unknown_attribute", "bad_value", "value_too_long", "unexpected_attributes", "unknown_item",
            "duplicate_in_batch")
 NUMERIC = "numeric"
 
 
-def _text(v) -> str | None:
+class _Undecodable(ValueError):
+    """Bytes that are not UTF-8 (rejected as ``bad_encoding``, never replaced: two distinct ids would
+    become one string)."""
+
+
+def _decode(v):
     if isinstance(v, bytes):
-        v = v.decode("utf-8", errors="replace")
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Undecodable from None
+    return v
+
+
+def _text(v) -> str | None:
+    v = _decode(v)
     if v is None or (isinstance(v, float) and v != v):
         return None
     v = str(v).strip()
@@ -49,8 +62,7 @@ def _text(v) -> str | None:
 
 def _attributes(raw) -> dict | None:
     """A record's attributes: a mapping, JSON text of an object, or nothing (-> {}); None if malformed."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    raw = _decode(raw)
     if raw is None or (isinstance(raw, float) and raw != raw) or (isinstance(raw, str) and not raw.strip()):
         return {}
     if isinstance(raw, str):
@@ -61,8 +73,9 @@ def _attributes(raw) -> dict | None:
     return dict(raw) if isinstance(raw, Mapping) else None
 
 
-def _value(v, kind: str, sep: str) -> tuple[object, str | None]:
-    """(the stored value, None) or (None, the reason) for one attribute value of a column of ``kind``."""
+def _value(v, kind: str, sep: str, bounds: tuple[float, float] | None = None) -> tuple[object, str | None]:
+    """(the stored value, None) or (None, the reason) for one attribute value of a column of ``kind``
+    (``bounds``: the (low, high) a numeric column accepts, from the schema)."""
     if v is None:
         return None, None  # explicitly missing: encoded as missing (out of vocabulary / 0)
     if kind == NUMERIC:
@@ -72,7 +85,9 @@ def _value(v, kind: str, sep: str) -> tuple[object, str | None]:
             x = float(v)
         except (TypeError, ValueError):
             return None, "bad_value"
-        return (x, None) if math.isfinite(x) else (None, "bad_value")
+        if not math.isfinite(x) or (bounds is not None and not bounds[0] <= x <= bounds[1]):
+            return None, "bad_value"
+        return x, None
     if isinstance(v, (list, tuple)):  # a multi-valued column given as a list
         if not all(isinstance(t, str) for t in v):
             return None, "bad_value"
@@ -92,8 +107,9 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         ids: the item id (item ops) or user id (``upsert_user``) per record.
         attributes: per record a mapping (or JSON text of an object) of attribute name -> value; None
             when no record carries attributes.
-        schema: ``{"user": {name: (kind, sep)}, "item": {name: (kind, sep)}}``: the attribute columns
-            a record may name (kinds of :mod:`features.encoders`; ``numeric`` values must be finite numbers).
+        schema: ``{"user": {name: (kind, sep, range)}, "item": {...}}``: the attribute columns a record
+            may name (kinds of :mod:`features.encoders`; ``numeric`` values must be finite numbers within
+            ``range`` when it is not None: :func:`pipeline.catalog.catalog_schema`).
         known_items: the catalog's item vocabulary (``lookup(ids) -> indices``, -1 unknown): a block
             or unblock must name an item of the catalog or one upserted earlier in the batch.
         now: the server's clock (Unix s), the records' ``timestamp``.
@@ -109,14 +125,26 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
     if len(ids) != n or (attributes is not None and len(attributes) != n):
         raise ValueError(f"every catalog input must hold one value per record; got op={n}, id={len(ids)}, "
                          f"attributes={None if attributes is None else len(attributes)}")
-    ids_text = [_text(v) for v in ids]
+    ids_text, undecodable = [], set()
+    for j, v in enumerate(ids):
+        try:
+            ids_text.append(_text(v))
+        except _Undecodable:
+            ids_text.append(None)
+            undecodable.add(j)
     unknown = [v is not None and known_items.lookup([v])[0] < 0 for v in ids_text] if n else []
     added, seen, accepted, status = set(), set(), [], []
     for j in range(n):
-        op, entity = (_text(ops[j]) or "").lower(), ids_text[j]
-        attrs = _attributes(attributes[j]) if attributes is not None else {}
+        try:
+            op = (_text(ops[j]) or "").lower()
+            attrs = _attributes(attributes[j]) if attributes is not None else {}
+        except _Undecodable:
+            undecodable.add(j)
+        entity = ids_text[j]
         reason, values = None, {}
-        if op not in OPS:
+        if j in undecodable:
+            reason = "bad_encoding"
+        elif op not in OPS:
             reason = "unknown_op"
         elif entity is None:
             reason = "missing_id"

@@ -19,17 +19,24 @@ MAX_ID_LENGTH = 256  # the same bound as request ids (pipeline.pipeline.MAX_ID_L
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EVENT_TYPES = (*INTERACTION_TYPES, "impression")
 COLUMNS = ("event_id", "user_id", "item_id", "timestamp", "type", "weight")
-REASONS = ("missing_event_id", "missing_user_id", "missing_item_id", "id_too_long", "bad_timestamp",
+REASONS = ("bad_encoding", "missing_event_id", "missing_user_id", "missing_item_id", "id_too_long", "bad_timestamp",
            "unknown_type", "bad_weight", "unknown_item", "duplicate_in_batch")
 MAX_FUTURE_S = 86_400  # an event stamped more than a day after the server's clock is a client bug
 
 
-def _text(values) -> np.ndarray:
-    """Strings (bytes decoded, stripped) with missing / blank / NaN entries as None."""
+def _text(values, undecodable: np.ndarray | None = None) -> np.ndarray:
+    """Strings (bytes decoded, stripped) with missing / blank / NaN entries as None; bytes that are not
+    UTF-8 are None too, and marked in ``undecodable`` (never replaced: two distinct ids would become
+    one string)."""
     out = np.empty(len(values), dtype=object)
     for j, v in enumerate(values):
         if isinstance(v, bytes):
-            v = v.decode("utf-8", errors="replace")
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                if undecodable is not None:
+                    undecodable[j] = True
+                v = None
         if v is None or (isinstance(v, float) and v != v):
             out[j] = None
         else:
@@ -76,7 +83,9 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
     def reject(mask, why: str) -> None:
         reason[np.asarray(mask, dtype=bool) & (reason == "ok")] = why
 
-    ev = {c: _text(columns[c]) for c in ("event_id", "user_id", "item_id", "type")}
+    undecodable = np.zeros(n, dtype=bool)
+    ev = {c: _text(columns[c], undecodable) for c in ("event_id", "user_id", "item_id", "type")}
+    reject(undecodable, "bad_encoding")
     for col in ("event_id", "user_id", "item_id"):
         present = np.array([v is not None for v in ev[col]], dtype=bool)
         reject(~present, f"missing_{col}")

@@ -4,7 +4,10 @@ Kinds (``data.features.<entity>.<name>.kind``):
 - ``categorical``: one value -> int64 index; 0 is out-of-vocabulary / missing.
 - ``multi_categorical``: ``sep``-joined values -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
 - ``text``: lower-cased word tokens -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
-- ``numeric``: float standardised with train mean/std (optional ``log1p``); missing -> 0.
+- ``numeric``: float standardised with train mean/std (optional ``log1p``); missing -> 0. The
+  encoding is kept within the training range widened by its own width (at least one std) on each
+  side (:meth:`FeatureEncoder.value_range`): a catalog record or a request attribute beyond it is
+  refused, a table value beyond it is clipped (an absurd number once reached the towers as inf).
 - ``context``: derived from a timestamp: ``hour`` (1..24) or ``day_of_week`` (1..7); 0 unknown.
 
 Unknown values never raise: they map to the out-of-vocabulary slot.
@@ -13,6 +16,7 @@ Unknown values never raise: they map to the out-of-vocabulary slot.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -27,6 +31,7 @@ KINDS = ("categorical", "multi_categorical", "text", "numeric", "context")
 CONTEXT_FIELDS = ("hour", "day_of_week")
 PAD, OOV = 0, 1
 SMALL_BATCH = 32  # up to this many values, categorical lookups go through a dict (no pandas index per call)
+UNBOUNDED_Z = 1e6  # numeric encoders fit before the range was kept: clipped here (finite in float32 through the towers)
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
@@ -95,6 +100,26 @@ class FeatureEncoder:
             return 25 if self.spec.source == "hour" else 8
         return 0
 
+    def z_bounds(self) -> tuple[float, float]:
+        """A numeric feature's encoded range: the training values' (``lo``, ``hi``) widened by their
+        width, at least 1 (one std), on each side; +-UNBOUNDED_Z for an encoder fit without them."""
+        if "lo" not in self.state:
+            return -UNBOUNDED_Z, UNBOUNDED_Z
+        lo, hi = self.state["lo"], self.state["hi"]
+        width = max(hi - lo, 1.0)
+        return lo - width, hi + width
+
+    def value_range(self) -> tuple[float, float] | None:
+        """The raw values a numeric feature accepts from a catalog record or a request attribute
+        (those encoded within :meth:`z_bounds`); None when unbounded (an older encoder)."""
+        if self.spec.kind != "numeric" or "lo" not in self.state:
+            return None
+        lo, hi = (z * self.state["std"] + self.state["mean"] for z in self.z_bounds())
+        if self.spec.log1p:  # x = log1p(max(raw, 0)): any raw value at or below 0 encodes as 0
+            lo = -math.inf if lo <= 0 else math.expm1(lo)
+            hi = math.expm1(hi) if hi < 700 else math.inf
+        return lo, hi
+
     def fit(self, values: pd.Series) -> "FeatureEncoder":
         k = self.spec.kind
         if k == "categorical":
@@ -112,7 +137,10 @@ class FeatureEncoder:
             x = x[np.isfinite(x)]
             mean = float(x.mean()) if len(x) else 0.0
             std = float(x.std()) if len(x) > 1 else 1.0
-            self.state = {"mean": mean, "std": std if std > 1e-12 else 1.0}
+            std = std if std > 1e-12 else 1.0
+            z = (x - mean) / std
+            self.state = {"mean": mean, "std": std, "lo": float(z.min()) if len(z) else 0.0,
+                          "hi": float(z.max()) if len(z) else 0.0}
         self._lookup = {v: i for i, v in enumerate(self.state.get("vocab", []))}
         return self
 
@@ -138,7 +166,8 @@ class FeatureEncoder:
             if self.spec.log1p:
                 x = np.log1p(np.clip(x, 0, None))
             z = (x - self.state["mean"]) / self.state["std"]
-            return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+            lo, hi = self.z_bounds()
+            return np.where(np.isfinite(z), np.clip(z, lo, hi), 0.0).astype(np.float32)
         return context_from_timestamp(values.to_numpy(), self.spec.source)
 
 
@@ -200,6 +229,18 @@ class FeatureSet:
         for s in self.specs[group]:
             col = table["timestamp"] if group == "context" else table[s.source]
             out[s.name] = self.encoders[group][s.name].transform(col)
+        return out
+
+    def numeric_ranges(self, group: str) -> dict[str, tuple[float, float] | None]:
+        """Per source column of ``group`` read by a numeric feature, the raw values accepted from a
+        catalog record or a request (the intersection over its numeric features; None: unbounded)."""
+        out: dict[str, tuple[float, float] | None] = {}
+        for s in self.specs[group]:
+            if s.kind != "numeric":
+                continue
+            r = self.encoders[group][s.name].value_range()
+            old = out.get(s.source)
+            out[s.source] = r if old is None else old if r is None else (max(old[0], r[0]), min(old[1], r[1]))
         return out
 
     def cardinalities(self, group: str) -> dict[str, int]:

@@ -47,11 +47,16 @@ log = logging.getLogger(__name__)
 
 def catalog_schema(features: FeatureSet) -> dict[str, dict[str, tuple]]:
     """The attribute columns a catalog record may name, with their kinds: every user / item feature's
-    source column but the id, and ``title`` for items (the display title, a feature or not)."""
-    user = {s.source: (s.kind, s.sep) for s in features.specs["user"] if s.source != "user_id"}
-    item = {s.source: (s.kind, s.sep) for s in features.specs["item"] if s.source != "item_id"}
-    item.setdefault(TITLE, ("text", "|"))
-    return {"user": user, "item": item}
+    source column but the id, and ``title`` for items (the display title, a feature or not). Each is
+    ``(kind, sep, range)``: ``range`` the (low, high) a numeric column accepts
+    (:meth:`features.encoders.FeatureSet.numeric_ranges`), None otherwise or when unbounded."""
+    schema = {}
+    for group, id_column in (("user", "user_id"), ("item", "item_id")):
+        ranges = features.numeric_ranges(group)
+        schema[group] = {s.source: (s.kind, s.sep, ranges.get(s.source) if s.kind == "numeric" else None)
+                         for s in features.specs[group] if s.source != id_column}
+    schema["item"].setdefault(TITLE, ("text", "|", None))
+    return schema
 
 
 class _Growable:

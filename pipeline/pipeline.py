@@ -7,6 +7,7 @@ numpy out): PyTorch modules offline, onnxruntime sessions or Triton calls online
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -75,6 +76,22 @@ def validate_request(r: Request, max_k: int) -> None:
         for v in getattr(r, name):
             if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH:
                 raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+
+
+def _check_number(name: str, value, bounds: tuple[float, float] | None) -> None:
+    """A request's value of a numeric user attribute: a finite number within ``bounds`` (the range the
+    feature accepts, :meth:`features.encoders.FeatureEncoder.value_range`), or None (missing)."""
+    if value is None:
+        return
+    try:
+        x = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or (bounds is not None and not bounds[0] <= x <= bounds[1]):
+        where = "" if bounds is None else f" in [{bounds[0]:g}, {bounds[1]:g}]"
+        example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:.0f})"
+                   if bounds is not None and all(map(math.isfinite, bounds)) else "")
+        raise RequestError(f"user attribute {name!r} is {value!r}; send a number{where}{example}, or leave it out")
 
 
 def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.ndarray:
@@ -358,6 +375,11 @@ class Pipeline:
         unknown = {k for r in requests for k in r.attributes} - cols
         if unknown:
             raise RequestError(f"unknown user attribute(s) {sorted(unknown)}; known: {sorted(cols - {'user_id'})}")
+        ranges = self.store.features.numeric_ranges("user") if any(r.attributes for r in requests) else {}
+        for r in requests:  # the stored ones were checked by the catalog model
+            for name, value in r.attributes.items():
+                if name in ranges:
+                    _check_number(name, value, ranges[name])
         given = [self.store.request_attributes(r.user_id, r.attributes) for r in requests]  # + stored (upsert_user)
         if not any(given):
             return None

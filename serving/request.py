@@ -30,6 +30,8 @@ def _check_tensor(name: str, value: np.ndarray) -> np.ndarray:
 
 
 def _decode(name: str, values: np.ndarray) -> list[str]:
+    """The input's strings, decoded and stripped of surrounding whitespace (as the ``events`` and
+    ``catalog`` models store ids: a request for " 9 " is user 9's)."""
     out = []
     for v in values.ravel():
         if isinstance(v, bytes):
@@ -40,7 +42,7 @@ def _decode(name: str, values: np.ndarray) -> list[str]:
                 v = v.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise RequestError(f"input '{name}' holds bytes that are not UTF-8 ({err.reason})") from None
-        out.append(str(v))
+        out.append(str(v).strip())
     return out
 
 
@@ -80,7 +82,9 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
             raise RequestError(f"input 'attributes' holds {entry!r}; send name=value entries (e.g. age=25)")
         if name.strip() == "user_id":
             raise RequestError("input 'attributes' names user_id; the user is the 'user_id' input")
-        attributes[name.strip()] = value
+        if name.strip() in attributes:
+            raise RequestError(f"input 'attributes' names {name.strip()!r} twice; send each attribute once")
+        attributes[name.strip()] = value.strip()
     request = Request(user_id=_decode("user_id", got["user_id"])[0], k=int(got["k"][0]), timestamp=timestamp,
                       segment=_decode("segment", got["segment"])[0] if "segment" in got else None,
                       attributes=attributes,

@@ -28,11 +28,12 @@ def test_each_bad_event_gets_its_reason_and_the_rest_is_kept():
         ("e1", "u2", "b", NOW, "click", None),           # duplicate_in_batch
         ("e14", "u2", "b", int(NOW), "PURCHASE", 2.5),   # ok (type case-insensitive)
         ("e15", "u3", "c", NOW, "impression", None),     # ok (logged, not an interaction)
+        ("e16", b"u\xff", "a", NOW, "view", None),       # bad_encoding (not UTF-8: never replaced)
     ], columns=["event_id", "user_id", "item_id", "timestamp", "type", "weight"])
     accepted, reasons = check_events(batch, ITEMS, NOW)
     assert reasons == ["ok", "missing_event_id", "missing_user_id", "missing_item_id", "id_too_long",
                        "bad_timestamp", "bad_timestamp", "bad_timestamp", "unknown_type", "bad_weight", "bad_weight",
-                       "unknown_item", "duplicate_in_batch", "ok", "ok"]
+                       "unknown_item", "duplicate_in_batch", "ok", "ok", "bad_encoding"]
     assert set(reasons) - {"ok"} == set(REASONS)
     assert accepted["event_id"].tolist() == ["e1", "e14", "e15"] and accepted["position"].tolist() == [0, 13, 14]
     assert accepted["type"].tolist() == ["view", "purchase", "impression"]
@@ -42,6 +43,16 @@ def test_each_bad_event_gets_its_reason_and_the_rest_is_kept():
     assert again == reasons and [r["event_id"] for r in rows] == ["e1", "e14", "e15"]
     assert rows[1] == {"event_id": "e14", "user_id": "u2", "item_id": "b", "timestamp": float(int(NOW)), "type": "purchase",
                        "weight": 2.5, "position": 13}
+
+
+def test_ids_that_are_not_utf8_are_rejected_not_merged():
+    """errors="replace" once turned b"e\\xff" and b"e\\xfe" into the same id: the second was then
+    acknowledged as a duplicate and never stored."""
+    table = {"event_id": np.array([b"e\xff", b"e\xfe", b"ok"], object), "user_id": np.array([b"u", b"v", b"w"], object),
+             "item_id": np.array([b"a", b"\xc3(", b"a"], object), "timestamp": np.array([NOW] * 3),
+             "type": np.array([b"view", b"view", b"vi\xffew"], object)}
+    accepted, reasons = check_events(table, ITEMS, NOW)
+    assert reasons == ["bad_encoding"] * 3 and accepted.empty
 
 
 def test_arrays_from_the_wire_are_accepted():

@@ -45,6 +45,31 @@ def test_fit_on_train_only_and_unknowns_go_to_oov(tmp_path):
     assert fs.cardinalities("item")["item_id"] == 3  # two known ids + OOV
 
 
+def test_numeric_values_stay_within_the_widened_training_range():
+    """An absurd number (a catalog record, a request attribute) once went through as inf; the encoding
+    is now clipped to the training range widened by its width, and that range is what records and
+    requests may send."""
+    users, items, train = _tables()
+    fs = FeatureSet.from_config(BLOCK, WHERE).fit(users, items, train)
+    enc = fs.encoders["user"]["age"]
+    assert enc.z_bounds() == (-3.0, 3.0)  # train ages 20, 40 -> z -1, 1, widened by 2 each side
+    assert enc.value_range() == (0.0, 60.0)
+    assert fs.numeric_ranges("user") == {"age": (0.0, 60.0)} and fs.numeric_ranges("item") == {}
+    z = fs.transform("user", pd.DataFrame({"user_id": ["u"] * 5, "age": [60.0, 61.0, 1e308, -3e38, np.inf]}))["age"]
+    np.testing.assert_allclose(z, [3.0, 3.0, 3.0, -3.0, 0.0])  # inf: missing, as NaN
+    assert np.isfinite(z).all() and z.dtype == np.float32
+    logged = FeatureSet.from_config({"user": {"spend": {"kind": "numeric", "log1p": True}}}, WHERE)
+    logged.fit(pd.DataFrame({"user_id": ["u1", "u2"], "spend": [0.0, np.e - 1]}), items,
+               pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [0, 1]}))
+    lo, hi = logged.encoders["user"]["spend"].value_range()  # log1p: x in [0, 1] -> widened to [-1, 2]
+    assert lo == -np.inf and hi == pytest.approx(np.exp(2) - 1)
+    old = FeatureSet.from_config(BLOCK, WHERE).fit(users, items, train)  # fit before the range was kept
+    for e in old.encoders["user"].values():
+        e.state = {k: v for k, v in e.state.items() if k not in ("lo", "hi")}
+    assert old.encoders["user"]["age"].value_range() is None and old.numeric_ranges("user") == {"age": None}
+    assert np.isfinite(old.transform("user", pd.DataFrame({"user_id": ["u"], "age": [1e308]}))["age"]).all()
+
+
 def test_save_load_round_trip(tmp_path):
     users, items, train = _tables()
     fs = FeatureSet.from_config(BLOCK, WHERE).fit(users, items, train)

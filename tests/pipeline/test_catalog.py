@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from events.catalog import check_catalog
+from events.catalog import REASONS, check_catalog
 from inference.models import TorchModel
 from pipeline.artifacts import RunArtifacts, load_pipeline
 from pipeline.catalog import OnlineCatalog, catalog_schema
 from pipeline.online import OnlineState
-from pipeline.pipeline import Request
+from pipeline.pipeline import Request, RequestError
 from retrieval.towers import item_embeddings
 
 
@@ -192,16 +192,37 @@ def test_bad_records_each_get_their_reason(live):
             ("block", "fresh", None),                                        # ok: upserted earlier in the batch
             ("upsert_user", "u-9", '{"age": 30, "country": "FR"}'),          # ok
             ("upsert_user", "u-8", '{"genres": "x"}'),                       # unknown_attribute (an item column)
-            ("upsert_item", "z", '{"' + "k" * 10 + '": 1, ' + ", ".join(f'"a{j}": 1' for j in range(70)) + "}")]
+            ("upsert_item", "z", '{"' + "k" * 10 + '": 1, ' + ", ".join(f'"a{j}": 1' for j in range(70)) + "}"),
+            ("upsert_item", b"x\xff", "{}"),                                # bad_encoding (id)
+            ("upsert_item", b"x\xfe", "{}"),                                # bad_encoding (not merged with the one above)
+            ("upsert_item", "w", b'{"title": "caf\xe9"}'),                  # bad_encoding (Latin-1 attributes)
+            ("upsert_item", "v", '{"price": 1e308}'),                        # bad_value: beyond the widened range
+            ("upsert_user", "u-7", '{"age": -1e30}')]                        # bad_value
     ops, ids, attrs = zip(*rows)
     accepted, status = check_catalog(ops, ids, attrs, schema, pipe.store.items, 1.7e9)
     assert status == ["ok", "missing_id", "id_too_long", "unknown_op", "malformed_attributes", "unknown_attribute",
                       "bad_value", "value_too_long", "unexpected_attributes", "unknown_item", "duplicate_in_batch",
-                      "ok", "ok", "unknown_attribute", "too_many_attributes"]
+                      "ok", "ok", "unknown_attribute", "too_many_attributes",
+                      "bad_encoding", "bad_encoding", "bad_encoding", "bad_value", "bad_value"]
+    assert set(status) - {"ok"} == set(REASONS)
     assert [r["position"] for r in accepted] == [0, 11, 12]
     assert accepted[0]["attributes"] == {"category": "3", "price": 9.5} and accepted[2]["attributes"]["age"] == 30.0
     with pytest.raises(ValueError, match="one value per record"):
         check_catalog(["block"], [], None, schema, pipe.store.items, 1.7e9)
+
+
+def test_numeric_request_attributes_are_numbers_in_the_features_range(live):
+    """A request's numeric attribute that is not a number, or is beyond what the feature accepts, is a
+    RequestError naming it (it was read as missing, or reached the user tower as inf)."""
+    pipe, _, _ = live
+    t = int(pipe.store.last_ts.max()) + 60
+    lo, hi = pipe.store.features.numeric_ranges("user")["age"]
+    for bad in ("abc", "", "nan", "inf", "1e308", str(hi * 2 + 1), True):
+        with pytest.raises(RequestError, match=r"user attribute 'age' is .*; send a number in \["):
+            pipe.recommend([Request("walk-in", 5, t, attributes={"age": bad})])
+    ok = pipe.recommend([Request("walk-in", 5, t, attributes={"age": str(hi)})])[0]
+    assert ok.route == "cold_user" and len(ok.item_ids) == 5
+    assert pipe.recommend([Request("walk-in", 5, t, attributes={"age": None})])[0].item_ids  # None: missing
 
 
 def test_a_block_flag_per_item_is_required():

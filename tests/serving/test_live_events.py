@@ -11,14 +11,16 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.grpc as grpcclient
 
 from events.log import read_log
 from export.repository import export_if_needed
 from pipeline.artifacts import RunArtifacts
-from serving.client import RecommendClient
+from serving.client import RecommendClient, _inputs
 from serving.event_log import ENV
 from serving.health import metric_sum, scrape
 from serving.metric_buffer import FLUSH_S
+from serving.protocol import EVENTS_MODEL, encode_events
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -81,8 +83,14 @@ def test_a_bad_event_is_rejected_alone_with_its_reason(served):
         assert client.send_events(batch) == ["ok", "unknown_item", "bad_timestamp", "unknown_type", "missing_user_id",
                                              "duplicate_in_batch", "ok"]
         assert client.recommend("u-e", 5, t).route == "cold_user"  # an impression is logged, not "seen"
+        # ids that are not UTF-8: refused, never replaced (two of them once became one id: the second was lost)
+        raw = encode_events(pd.DataFrame([event(16, "u-f", item, t), event(17, "u-g", item, t)]))
+        raw["event_id"] = np.array([b"ev-\xff", b"ev-\xfe"], dtype=object)
+        result = client._call(EVENTS_MODEL, _inputs(raw), [grpcclient.InferRequestedOutput("status")])
+        assert [v.decode() for v in result.as_numpy("status").ravel()] == ["bad_encoding", "bad_encoding"]
     logged = read_log(log_dir / "events", "events")
     assert {"ev-10", "ev-15"} <= set(logged["event_id"]) and "ev-11" not in set(logged["event_id"])
+    assert not any("\ufffd" in e for e in logged["event_id"])
 
 
 def test_every_answer_is_logged_as_an_impression(served):
@@ -180,8 +188,9 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
             assert client.recommend(fan, 5, t + 1, include_categories=[unknown]).item_ids == []
         # bad records, each with its reason, the rest kept
         assert client.upsert_items([{"item_id": "x1", "colour": "red"}, {"item_id": "x2", "price": "cheap"},
+                                    {"item_id": "x3", "price": 1e308},  # beyond the range: once an inf embedding
                                     {"item_id": "launch-2", "genres": "no-such-genre", "price": 3}]) == [
-            "unknown_attribute", "bad_value", "ok"]
+            "unknown_attribute", "bad_value", "bad_value", "ok"]
         assert set(client.recommend("cold-visitor", 5, t, include_categories=[unknown]).item_ids) == {"launch-1", "launch-2"}
         # stored user attributes: an unknown user's answer equals the same request with them given
         segment = store.features.encoders["user"]["segment"].state["vocab"][0]

@@ -121,6 +121,11 @@ def test_encode_then_parse_gives_the_request():
     assert full.attributes == {"age": "25", "occupation": "a=b"}  # split at the first "="
 
 
+def test_string_inputs_are_stripped_as_the_events_model_stores_ids():
+    r = parse_request(encode_request(" 9 ", 3, exclude_items=["\ti1 "], attributes={"age": " 25 "}), MAX_K)
+    assert (r.user_id, r.exclude_items, r.attributes) == ("9", ["i1"], {"age": "25"})
+
+
 def test_unicode_ids_round_trip():
     assert parse_request(encode_request("ユーザー", 3), MAX_K).user_id == "ユーザー"
 
@@ -157,6 +162,8 @@ def with_(**changes):
     (with_(attributes=np.array([b"=25"], object)), r"input 'attributes' holds '=25'"),
     (with_(attributes=np.array([b"user_id=7"], object)), r"input 'attributes' names user_id"),
     (with_(attributes=np.array([b"a=1"] * 1001, object)), r"input 'attributes' has 1001 entries; at most 1000"),
+    (with_(attributes=np.array([b"age=25", b" age =30"], object)), r"input 'attributes' names 'age' twice"),
+    (with_(exclude_items=np.array([b"  "], object)), r"exclude_items holds ''; every entry must be a non-empty"),
     (with_(segment=np.array([b"a", b"b"], object)), r"input 'segment' has shape \[2\]; send shape \[1\]"),
     (with_(recent_items=np.array([b"x" * 300], object)), r"recent_items holds 'xxx.*at most 256 characters"),
     (with_(exclude_items=np.array([b"i"] * (MAX_LIST_LEN + 1), object)), r"'exclude_items' has 1001 entries"),
