@@ -20,6 +20,9 @@ Examples:
   recsys-log read --dir logs/catalog --kind catalog
   recsys-log stats --dir logs/events
 
+--dir may also name the folder a server was given (``--event-log DIR``, or ``<repository>/event_log``):
+it holds events/, impressions/ and catalog/, and the one of --kind is read (stats: each of them).
+
 Exit status: 0, or 2 on bad input (a missing directory, an unknown kind or file type, a bad
 time), with one line on stderr.
 """
@@ -38,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from events.log import KINDS, arrow_schema, log_stats, read_log
+from events.segments import list_segments
 
 OUT_FORMATS = (".parquet", ".csv")
 
@@ -108,13 +112,29 @@ def _write(df: pd.DataFrame, out: Path, kind: str, explode: bool) -> None:
         df.assign(**{c: df[c].map(json.dumps) for c in lists}).to_csv(out, index=False)
 
 
+def _served_layout(directory: Path) -> list[str]:
+    """The kinds' subfolders of a served log folder (events/, impressions/, catalog/) when
+    ``directory`` itself holds no segment; [] otherwise."""
+    if not directory.is_dir() or list_segments(directory):
+        return []
+    return [k for k in KINDS if (directory / k).is_dir() and list_segments(directory / k)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
+        served = _served_layout(args.dir)
         if args.command == "stats":
-            print(json.dumps(log_stats(args.dir), indent=2))
+            stats = {k: log_stats(args.dir / k) for k in served} if served else log_stats(args.dir)
+            if served:
+                print(f"recsys-log: {args.dir} is a served log folder: stats of {', '.join(served)}", file=sys.stderr)
+            print(json.dumps(stats, indent=2))
             return 0
+        if args.kind in served:
+            print(f"recsys-log: reading {args.dir / args.kind} (the {args.kind} of the served log folder {args.dir})",
+                  file=sys.stderr)
+            args.dir = args.dir / args.kind
         if args.explode and args.kind != "impressions":
             raise ValueError("--explode applies to --kind impressions only")
         if args.out is not None and args.out.suffix not in OUT_FORMATS:

@@ -65,6 +65,25 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     OmegaConf.set_struct(cfg, False)
     cfg.paths.root_dir = str(workspace_root())
     cfg.paths.output_dir = str(run_dir)
-    if cfg.get("export") is None:
-        cfg.export = OmegaConf.load(DEFAULTS)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    # Every export key of this code (a run saved by an older one may lack some), then the overrides
+    # onto keys that exist: a typo such as export.repositry=/x must not export into the default place.
+    cfg.export = OmegaConf.merge(OmegaConf.load(DEFAULTS), cfg.get("export") or {})
+    given = OmegaConf.from_dotlist(overrides)
+    unknown = [key for key in _leaf_keys(given) if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING]
+    if unknown:
+        known = ", ".join(f"export.{k}" for k in _leaf_keys(cfg.export))
+        raise ValueError(f"unknown config key(s) {unknown} in the overrides; known export keys: {known} "
+                         "(configs/export/default.yaml); other keys are those of the run's config")
+    return OmegaConf.merge(cfg, given)
+
+
+_MISSING = object()
+
+
+def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted paths of a config's leaves (a mapping's keys, recursively)."""
+    out = []
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        out += _leaf_keys(value, path + ".") if isinstance(value, DictConfig) and len(value) else [path]
+    return out

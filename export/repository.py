@@ -20,6 +20,7 @@ model on real candidate lists (score difference, top-10 agreement) and the figur
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -38,7 +39,7 @@ from export.spec import ModelSpec, item_tower_spec, ranker_spec, user_tower_spec
 from export.triton_config import onnx_model_config
 from features.store import FeatureStore
 from inference.models import TorchModel
-from pipeline.artifacts import RANKERS, RunArtifacts
+from pipeline.artifacts import MANIFEST, RANKERS, RunArtifacts
 from pipeline.pipeline import retrieve_candidates
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     int8 = bool(ecfg.int8.enabled)
     rankers = served_rankers(models, int8)
     check_default_ranker(str(ecfg.ranker), rankers)
+    run_state = manifest_digest(art.dir)  # what the run held when its export started
     (repo / "export.json").unlink(missing_ok=True)  # a failed export must not look complete
     copy_template(repo)
     real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))
@@ -182,7 +184,7 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
         "default": ecfg.ranker, "rankers": rankers, "inference": recommend_inference(ecfg)}))
     (repo / "export.json").write_text(json.dumps({
         "run_dir": str(Path(out_dir).resolve()), "artifacts": str(art.dir.resolve()), "flavour": ecfg.flavour,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
+        "run_manifest_sha256": run_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
         "ranker": ecfg.ranker, "rankers": rankers, "parity_max_abs_diff": parity, "int8": quality}, indent=2))
     seal_repository(repo, specs, code_bounds(store), out_dir, TEMPLATE_FILES)  # input bounds + checksums, last
     log.info("Triton model repository (%s flavour): %s; recommend ranks with %s by default (known: %s)",
@@ -247,13 +249,22 @@ def write_serving_files(repo: Path, art: RunArtifacts, specs: list[ModelSpec], m
     (version / "retrieval.json").write_text(json.dumps({"max_k": max_k}))
 
 
+def manifest_digest(artifacts_dir: Path) -> str | None:
+    """SHA-256 of a run's artifacts/manifest.json (every artifact write, a refresh's included, changes
+    it); None without one."""
+    path = Path(artifacts_dir) / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
 def is_exported(repo: Path, run_dir: Path, flavour: str) -> bool:
-    """True when ``repo`` holds a complete ``flavour`` export of ``run_dir`` (per its export.json)."""
+    """True when ``repo`` holds a complete ``flavour`` export of ``run_dir`` (per its export.json) as
+    the run is now: a run refreshed in place since (``recsys-refresh``) needs a new export."""
     manifest = Path(repo) / "export.json"
     if not manifest.exists() or any(not (Path(repo) / f).exists() for f in GENERATED):
         return False
     m = json.loads(manifest.read_text())
-    return m.get("run_dir") == str(Path(run_dir).resolve()) and m.get("flavour") == flavour
+    return (m.get("run_dir") == str(Path(run_dir).resolve()) and m.get("flavour") == flavour
+            and m.get("run_manifest_sha256") == manifest_digest(Path(run_dir) / "artifacts"))
 
 
 def same_choices(repo: Path, ecfg: DictConfig) -> bool:

@@ -21,14 +21,18 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
     Args:
         path: the file.
         what: which table it is (``interactions``, ``items``, ``users``, ``requests``).
-        setting: the config key or command-line flag that names the file, for the error hint;
-            ``data.loader.<what>`` when None.
+        setting: how the user names the file, for the error hint: a config key (``set key=<path>``),
+            a flag such as ``--requests`` (``pass --requests <path>``) or an argument's name such as
+            ``FILE`` (``give FILE as <path>``); ``data.loader.<what>`` when None.
         dtype: column types for a CSV (e.g. ids as ``str``, so "0042" stays "0042"); parquet keeps its own.
     """
     p = Path(path).expanduser()
     if not p.exists():
-        hint = setting or f"data.loader.{what}"
-        raise DataError(f"{what} file {p} does not exist; set {hint}=<path to a .csv or .parquet file>.")
+        setting = setting or f"data.loader.{what}"
+        wanted = "<path to a .csv or .parquet file>"
+        hint = (f"pass {setting} {wanted}" if setting.startswith("-") else f"give {setting} as {wanted}"
+                if setting.isupper() else f"set {setting}={wanted}")
+        raise DataError(f"{what} file {p} does not exist; {hint}.")
     if p.stat().st_size == 0:
         raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.")
     suffix = p.suffix.lower()

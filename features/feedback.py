@@ -40,12 +40,13 @@ log = logging.getLogger(__name__)
 KEY = ("user_id", "item_id", "timestamp")
 
 
-def log_dirs(path: str | os.PathLike) -> tuple[Path, Path | None]:
+def log_dirs(path: str | os.PathLike, setting: str = "events=<dir>") -> tuple[Path, Path | None]:
     """(events, impressions) folders of a log path: a served log root holding ``events/`` (and
-    ``impressions/``), or one log directory that holds both tables (``EventLog(DIR)``)."""
+    ``impressions/``), or one log directory that holds both tables (``EventLog(DIR)``). ``setting``:
+    how the caller's user names the path (train.py's key, or a command's flag), for the error."""
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
-        raise DataError(f"event log {p} does not exist (events=<dir>: the served --event-log DIR, or one "
+        raise DataError(f"event log {p} does not exist ({setting}: the served --event-log DIR, or one "
                         "EventLog directory)")
     if (p / "events").is_dir():
         return p / "events", (p / "impressions") if (p / "impressions").is_dir() else None

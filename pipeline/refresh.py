@@ -157,12 +157,23 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     """
     start = time.perf_counter()
     art = RunArtifacts(run_dir).check(("store", "ranker_features", "item_embeddings", "interactions"))
-    if out_dir is not None:
-        out = RunArtifacts(out_dir)
-        if out.dir.exists():
-            raise DataError(f"--out-dir {out.run_dir} exists; choose a new directory (or omit it to refresh in place)")
-        shutil.copytree(art.dir, out.dir)
-        art = out
+    if out_dir is None:
+        return _refresh(art, interactions, rebuild, rebuild_share, cursor, catalog, catalog_cursor, start)
+    out = RunArtifacts(out_dir)
+    if out.dir.exists():
+        raise DataError(f"--out-dir {out.run_dir} exists; choose a new directory (or omit it to refresh in place)")
+    made = out.dir if out.run_dir.exists() else out.run_dir  # what a failure removes: only what this call made
+    shutil.copytree(art.dir, out.dir)
+    try:
+        return _refresh(out, interactions, rebuild, rebuild_share, cursor, catalog, catalog_cursor, start)
+    except BaseException:
+        shutil.rmtree(made, ignore_errors=True)  # no half-refreshed copy, and a retry with the same --out-dir works
+        raise
+
+
+def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None, rebuild_share: float,
+             cursor: dict | None, catalog: pd.DataFrame | None, catalog_cursor: dict | None, start: float) -> dict:
+    """:func:`refresh` on the run's artifacts ``art`` (the run's own, or the copy at ``out_dir``)."""
     m = art.manifest()
     known = pd.read_parquet(art.path("interactions"))
     folded = {} if catalog is None else {"read": int(len(catalog))}
@@ -319,7 +330,7 @@ def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame,
     from events.checks import INTERACTION_TYPES
     from features.feedback import log_dirs, log_interactions, read_log_events
 
-    events_dir, _ = log_dirs(log_path)
+    events_dir, _ = log_dirs(log_path, "--events DIR")
     events, cursor = read_log_events(events_dir, _store_cursor(run_dir, "event_log", events_dir))
     rows, counts = log_interactions(events, INTERACTION_TYPES)
     return rows, cursor.as_dict(), counts
@@ -341,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-share", type=float, default=REBUILD_SHARE,
                     help=f"see --rebuild (default: {REBUILD_SHARE})")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.rebuild_share <= 1.0:
+        ap.error(f"--rebuild-share {args.rebuild_share:g}: a share of the interactions, in [0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cursor, log_report, catalog, catalog_cursor = None, {}, None, None
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, cursor, log_report = log_events(args.run_dir, args.events)
             catalog, catalog_cursor = log_catalog(args.run_dir, args.events)
         else:
-            rows = read_table(args.interactions, "interactions")
+            rows = read_table(args.interactions, "interactions", "--interactions")
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
                          catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})

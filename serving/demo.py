@@ -25,12 +25,13 @@ from serving.client import RecommendClient
 from serving.metric_buffer import FLUSH_S
 from serving.triton_server import TritonServer
 
-def latest_run(outputs: Path) -> Path:
-    """The newest run directory under ``outputs`` with a complete set of pipeline artifacts."""
-    runs = sorted((p.parent.parent for p in outputs.glob("*/artifacts/manifest.json") if _servable(p.parent)),
-                  key=lambda p: p.stat().st_mtime)
+def latest_run(*outputs: Path) -> Path:
+    """The newest run directory under any of ``outputs`` with a complete set of pipeline artifacts."""
+    runs = sorted({p.parent.parent.resolve() for out in outputs for p in out.glob("*/artifacts/manifest.json")
+                   if _servable(p.parent)}, key=lambda p: p.stat().st_mtime)
     if not runs:
-        raise FileNotFoundError(f"no trained run under {outputs}; run `python train.py` first or pass --run-dir")
+        raise FileNotFoundError(f"no trained run under {' or '.join(map(str, dict.fromkeys(outputs)))}; "
+                                "run `python train.py` first or pass --run-dir")
     return runs[-1]
 
 
@@ -68,12 +69,19 @@ def product_metrics(url: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     p = argparse.ArgumentParser(prog="recsys-demo", description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, default=None, help="trained run (default: newest under outputs/)")
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="trained run (default: the newest under ./outputs/, or under the source checkout's "
+                        "outputs/ for an editable install)")
     p.add_argument("overrides", nargs="*", help="export overrides, e.g. export.repository=/tmp/repo")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")
-    run_dir = (args.run_dir or latest_run(workspace_root() / "outputs")).resolve()
-    cfg = run_config(run_dir, args.overrides)
+    try:
+        run_dir = (args.run_dir or latest_run(Path.cwd() / "outputs", workspace_root() / "outputs")).resolve()
+        RunArtifacts(run_dir).check()
+        cfg = run_config(run_dir, args.overrides)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if cfg.export.flavour != "wheel":
         print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        table = read_table(args.file, "events", "the FILE argument",
+        table = read_table(args.file, "events", "FILE",
                            dtype={c: str for c in ("event_id", "user_id", "item_id", "type")})
         with RecommendClient(args.url, timeout=args.timeout) as client:
             status = client.send_events(table, args.batch_size)

@@ -36,10 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Start a supervised Triton Inference Server on 127.0.0.1, print its ports and "
                     "ready models, and stop it cleanly (drained) on Ctrl-C or SIGTERM.",
         epilog="Ports bind 127.0.0.1 only. The server log goes to a file; its path is printed.")
-    parser.add_argument("--model-repository", default="triton_repo",
+    parser.add_argument("--model-repository", type=Path, default=None,
                         help="Triton model repository (one folder per model with config.pbtxt "
-                             "and a version folder), as written by the export step "
-                             "(default: %(default)s)")
+                             "and a version folder), as written by the export step (default: "
+                             "triton_repo where the export writes it: the source checkout for an "
+                             "editable install, else the current directory)")
     parser.add_argument("--grpc-port", type=int, default=8001,
                         help="gRPC port, 0 picks a free one (default: %(default)s)")
     parser.add_argument("--http-port", type=int, default=8000,
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --redis: {err}", file=sys.stderr)
             return 2
     try:
+        if args.model_repository is None:
+            from export.config import workspace_root  # here: a given repository needs no Hydra import
+
+            args.model_repository = workspace_root() / "triton_repo"
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
                               http_port=args.http_port or None, metrics_port=args.metrics_port or None,
                               model_control_mode=args.model_control_mode, binary=args.binary,

@@ -1,7 +1,8 @@
 """Launch a real Triton Inference Server as a child process.
 
 On a CPU machine without Docker the server is the `tritonserver` (2.51.0, python backend only)
-shipped in the nvidia-pytriton wheel; see shared/notes/triton.md. `TritonServer` builds a private
+shipped in the nvidia-pytriton wheel (the only pip route to a server; it has no native onnxruntime
+backend: docs/serving.md). `TritonServer` builds a private
 backend directory of symlinks in a user cache dir (never in site-packages or the repo), runs the
 binary bound to 127.0.0.1, polls gRPC readiness and stops it by its own PID.
 
@@ -54,7 +55,7 @@ from serving.security import SecurityOptions
 
 _HOST = "127.0.0.1"
 _CONTROL_MODES = ("none", "poll", "explicit")
-_INSTALL_HINT = "pip install nvidia-pytriton==0.7.0 (see shared/notes/triton.md)"
+_INSTALL_HINT = "pip install nvidia-pytriton==0.7.0 (a dependency in pyproject.toml: reinstall the package; docs/serving.md)"
 
 
 def wheel_tritonserver_root() -> Path:

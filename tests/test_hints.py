@@ -120,12 +120,33 @@ def test_batch_requests_hint_flag_is_accepted(tmp_path, tiny_run, capsys):
     assert main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "nope.csv"), "--out", str(out),
                  "--no-progress"]) == 2
     message = capsys.readouterr().err
-    flag = re.search(r"set (--[\w-]+)=", message).group(1)
+    flag = re.search(r"pass (--[\w-]+) <path", message).group(1)
     assert flag == "--requests"
     requests = tmp_path / "req.csv"
     pd.DataFrame({"user_id": ["u1", "nobody"]}).to_csv(requests, index=False)
     assert main(["--run-dir", str(tiny_run), flag, str(requests), "--out", str(out), "--no-progress"]) == 0
     assert set(pd.read_csv(out)["user_id"].astype(str)) == {"u1", "nobody"}
+
+
+def test_refresh_hints_name_its_own_flags(tmp_path, tiny_run, capsys):
+    """recsys-refresh once answered a missing file with train.py's data.loader.interactions=<path>."""
+    from pipeline.refresh import main
+
+    assert main(["--run-dir", str(tiny_run), "--interactions", str(tmp_path / "nope.csv")]) == 2
+    flag = re.search(r"pass (--[\w-]+) <path", capsys.readouterr().err).group(1)
+    assert flag == "--interactions"
+    assert main(["--run-dir", str(tiny_run), "--events", str(tmp_path / "nolog")]) == 2
+    assert "(--events DIR: the served --event-log DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--run-dir", str(tiny_run), "--events", str(tmp_path), "--rebuild-share", "7"])
+    assert "--rebuild-share 7: a share of the interactions, in [0, 1]" in capsys.readouterr().err
+
+
+def test_event_file_hint_names_the_argument(tmp_path, capsys):
+    from serving.events_cli import main
+
+    assert main(["send", str(tmp_path / "nope.csv")]) == 2
+    assert "give FILE as <path to a .csv or .parquet file>" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -144,7 +165,7 @@ def test_cli_without_server_says_how_to_start_one(capsys):
     assert f"no server at 127.0.0.1:{port}" in message and "StatusCode" not in message
     command = re.search(r"`recsys-serve ([^`]+)`", message).group(1).split()
     args = parse_args(command)  # the suggested command line is one recsys-serve accepts
-    assert args.grpc_port == port and args.model_repository == "triton_repo"
+    assert args.grpc_port == port and str(args.model_repository) == "triton_repo"
 
 
 @pytest.mark.parametrize("module, name", [("serving.cli", "recsys-recommend"), ("serving.serve", "recsys-serve"),

@@ -503,6 +503,24 @@ def test_cli_stats_prints_json(filled_log, capsys):
     assert stats["dropped_segments"] == 0 and stats["bytes"] > 0 and stats["last_event_at"] > 0
 
 
+def test_cli_takes_the_served_log_folder(tmp_path, capsys):
+    """A server's --event-log folder holds events/, impressions/ and catalog/: reading it once printed
+    0 rows (and all-zero stats) with exit 0."""
+    with EventLog(tmp_path / "events") as log:
+        log.append_events([event(1), event(2)])
+    with EventLog(tmp_path / "impressions") as log:
+        log.append_impressions([impression(1)])
+    assert cli_main(["read", "--dir", str(tmp_path), "--kind", "events"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("2 rows\n") and f"reading {tmp_path / 'events'}" in err
+    assert cli_main(["read", "--dir", str(tmp_path), "--kind", "catalog"]) == 0  # none written: the folder as it is
+    assert capsys.readouterr().out == "0 rows\n"
+    assert cli_main(["stats", "--dir", str(tmp_path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert set(stats) == {"events", "impressions"} and stats["events"]["events"] == 2
+    assert stats["impressions"]["impressions"] == 1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["stats", "--dir", "{missing}"], "recsys-log: error: event log directory {missing} does not exist"),
     (["read", "--dir", "{missing}", "--kind", "events"],

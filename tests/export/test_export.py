@@ -13,12 +13,13 @@ from tritonclient.grpc import model_config_pb2
 
 from tests.conftest import TINY_DATA, compose_cfg
 from export.__main__ import main as export_main
-from export.config import DEFAULTS, recommend_inference
+from export.config import DEFAULTS, recommend_inference, run_config
 from export.onnx_export import example_inputs, run_torch
 from inference.models import OnnxCallable, onnx_session, run_onnx
 from export.spec import ranker_spec
 from inference.spec import ModelSpec, from_batch, to_batch
-from export.repository import code_bounds, export_if_needed, is_exported, load_models, parity_inputs, run_export
+from export.repository import (GENERATED, code_bounds, export_if_needed, is_exported, load_models, manifest_digest,
+                               parity_inputs, run_export)
 from export.triton_config import onnx_model_config
 from features.store import FeatureStore
 from ranking.features import GROUPS, input_groups
@@ -146,6 +147,7 @@ def test_manifest_titles_and_serving_files(repo, tiny_run):
     assert manifest["run_dir"] == str(tiny_run.resolve()) and manifest["flavour"] == "wheel"
     assert all(d < 1e-4 for d in manifest["parity_max_abs_diff"].values())
     assert is_exported(repo, tiny_run, "wheel") and not is_exported(repo, tiny_run, "stock")
+    assert manifest["run_manifest_sha256"] == manifest_digest(tiny_run / "artifacts")
     titles = RunArtifacts(repo / "recommend" / "1" / "artifacts").titles()
     items = json.loads((tiny_run / "artifacts" / "store" / "items.json").read_text())
     assert set(titles) == set(items) and any(titles.values())
@@ -219,6 +221,31 @@ def test_export_of_an_incomplete_run_names_what_is_missing(tmp_path, capsys):
         run_export(export_cfg(tmp_path, tmp_path / "repo"), tmp_path / "run")
     assert export_main(["--run-dir", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_run_changed_since_its_export_is_not_exported(tiny_run, tmp_path):
+    """A run refreshed in place (recsys-refresh rewrites the store and its manifest) was once taken as
+    exported: the demo and the benchmark then served the old copy. The run's manifest digest decides."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    repo = tmp_path / "repo"  # a repository as far as is_exported reads it: export.json and the generated files
+    for f in GENERATED:
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        (repo / f).touch()
+    (repo / "export.json").write_text(json.dumps({"run_dir": str(run.resolve()), "flavour": "wheel",
+                                                  "run_manifest_sha256": manifest_digest(run / "artifacts")}))
+    assert is_exported(repo, run, "wheel")
+    RunArtifacts(run).note("refreshed", {"rows": 1})  # as an in-place refresh's writes do
+    assert not is_exported(repo, run, "wheel")
+
+
+def test_a_misspelt_override_is_refused_not_ignored(tiny_run, capsys):
+    """export.repositry=/x was once accepted as a new key: the export then went to the default repository."""
+    assert export_main(["--run-dir", str(tiny_run), "export.repositry=/nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key(s) ['export.repositry']" in err and "export.repository" in err
+    cfg = run_config(tiny_run, ["export.flavour=stock", "export.int8.enabled=false"])
+    assert cfg.export.flavour == "stock" and cfg.export.int8.enabled is False
 
 
 def test_wrapper_rejects_a_module_with_other_outputs(models):

@@ -68,6 +68,11 @@ def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),
                          "--out-dir", str(tmp_path / "x")]) == 2
     assert "lack column(s) ['user_id', 'item_id', 'timestamp']" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # a failed refresh leaves no copy that would block its retry
+    (tmp_path / "mine").mkdir()  # a folder the user made: kept, only the artifacts copied into it go
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),
+                         "--out-dir", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "artifacts").exists()
     with pytest.raises(DataError, match="exists; choose a new directory"):
         refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "timestamp": [1]}),
                 tiny_deployed_run)
@@ -273,7 +278,8 @@ def test_a_catalog_record_that_cannot_be_applied_is_a_clear_error_and_writes_not
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(root), "--out-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "catalog records could not be folded" in err and "rename_item" in err
-    assert RunArtifacts(out).manifest()["artifacts"] == before  # the copy as it was: nothing written
+    assert not out.exists()  # the copy is gone (a retry with the same --out-dir works) ...
+    assert RunArtifacts(tiny_deployed_run).manifest()["artifacts"] == before  # ... and the run is as it was
 
 
 def test_a_fold_that_fails_while_writing_leaves_the_run_as_it_was(tiny_deployed_run, tiny_prepared, tmp_path,
