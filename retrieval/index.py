@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     import faiss
 
 log = logging.getLogger(__name__)
+# faiss logs its loader's probe at INFO on every import (four lines, one of them "Could not load
+# library with AVX2 support", printed by every command that logs at INFO). It is noise: faiss-cpu
+# 1.15 is one library with dynamic dispatch (`faiss.get_compile_options()`: "OPTIMIZE DD AVX2").
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 @dataclass
