@@ -70,7 +70,23 @@ def _attributes(raw) -> dict | None:
             raw = json.loads(raw)
         except ValueError:
             return None
-    return dict(raw) if isinstance(raw, Mapping) else None
+    if not isinstance(raw, Mapping):
+        return None
+    if not all(map(_utf8, raw.keys())) or not all(map(_utf8, raw.values())):
+        raise _Undecodable  # e.g. JSON's "\udc80": a lone surrogate, which no UTF-8 output can carry
+    return dict(raw)
+
+
+def _utf8(v) -> bool:
+    """Whether a text value (or each text of a list) can be written as UTF-8 (no lone surrogate)."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    elif isinstance(v, (list, tuple)):
+        return all(map(_utf8, v))
+    return True
 
 
 def _value(v, kind: str, sep: str, bounds: tuple[float, float] | None = None) -> tuple[object, str | None]:

@@ -20,8 +20,9 @@ Examples:
   recsys-log read --dir logs/catalog --kind catalog
   recsys-log stats --dir logs/events
 
---dir may also name the folder a server was given (``--event-log DIR``, or ``<repository>/event_log``):
-it holds events/, impressions/ and catalog/, and the one of --kind is read (stats: each of them).
+--dir may also name a server's log folder (``--event-log DIR``; by default event_log/ next to the
+model repository, e.g. event_log/ beside triton_repo/): it holds events/, impressions/ and catalog/,
+and the one of --kind is read (stats: each of them).
 
 Exit status: 0, or 2 on bad input (a missing directory, an unknown kind or file type, a bad
 time), with one line on stderr.

@@ -69,21 +69,29 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     # onto keys that exist: a typo such as export.repositry=/x must not export into the default place.
     cfg.export = OmegaConf.merge(OmegaConf.load(DEFAULTS), cfg.get("export") or {})
     given = OmegaConf.from_dotlist(overrides)
-    unknown = [key for key in _leaf_keys(given) if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING]
+    tree = OmegaConf.to_container(cfg, resolve=False)  # keys as written: "???" and interpolations kept
+    unknown = [key for key in _leaf_keys(OmegaConf.to_container(given)) if not _has_key(tree, key)]
     if unknown:
-        known = ", ".join(f"export.{k}" for k in _leaf_keys(cfg.export))
+        known = ", ".join(f"export.{k}" for k in _leaf_keys(tree["export"]))
         raise ValueError(f"unknown config key(s) {unknown} in the overrides; known export keys: {known} "
                          "(configs/export/default.yaml); other keys are those of the run's config")
     return OmegaConf.merge(cfg, given)
 
 
-_MISSING = object()
-
-
-def _leaf_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Dotted paths of a config's leaves (a mapping's keys, recursively)."""
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of a nested dict's leaves."""
     out = []
-    for key, value in cfg.items():
+    for key, value in tree.items():
         path = f"{prefix}{key}"
-        out += _leaf_keys(value, path + ".") if isinstance(value, DictConfig) and len(value) else [path]
+        out += _leaf_keys(value, path + ".") if isinstance(value, dict) and value else [path]
     return out
+
+
+def _has_key(tree: dict, dotted: str) -> bool:
+    """Whether the nested dict holds the dotted key (whatever its value: None, "???", an interpolation)."""
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

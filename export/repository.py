@@ -250,10 +250,14 @@ def write_serving_files(repo: Path, art: RunArtifacts, specs: list[ModelSpec], m
 
 
 def manifest_digest(artifacts_dir: Path) -> str | None:
-    """SHA-256 of a run's artifacts/manifest.json (every artifact write, a refresh's included, changes
-    it); None without one."""
+    """SHA-256 of the ``artifacts`` entries of a run's manifest (every artifact write, a refresh's
+    included, changes them; run-level notes such as ``exported_to`` or the finish stamp do not); None
+    without a manifest."""
     path = Path(artifacts_dir) / MANIFEST
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    if not path.exists():
+        return None
+    entries = json.loads(path.read_text()).get("artifacts", {})
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def is_exported(repo: Path, run_dir: Path, flavour: str) -> bool:

@@ -5,9 +5,10 @@ Kinds (``data.features.<entity>.<name>.kind``):
 - ``multi_categorical``: ``sep``-joined values -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
 - ``text``: lower-cased word tokens -> (max_len,) int64; 0 pad, 1 out-of-vocabulary.
 - ``numeric``: float standardised with train mean/std (optional ``log1p``); missing -> 0. The
-  encoding is kept within the training range widened by its own width (at least one std) on each
-  side (:meth:`FeatureEncoder.value_range`): a catalog record or a request attribute beyond it is
-  refused, a table value beyond it is clipped (an absurd number once reached the towers as inf).
+  encoding is clipped to the training range widened by its own width (at least one std) on each
+  side (:meth:`FeatureEncoder.z_bounds`); a catalog record or a request attribute more than
+  ``UNBOUNDED_Z`` standard deviations from the training mean is refused
+  (:meth:`FeatureEncoder.value_range`: an absurd number once reached the towers as inf).
 - ``context``: derived from a timestamp: ``hour`` (1..24) or ``day_of_week`` (1..7); 0 unknown.
 
 Unknown values never raise: they map to the out-of-vocabulary slot.
@@ -31,7 +32,7 @@ KINDS = ("categorical", "multi_categorical", "text", "numeric", "context")
 CONTEXT_FIELDS = ("hour", "day_of_week")
 PAD, OOV = 0, 1
 SMALL_BATCH = 32  # up to this many values, categorical lookups go through a dict (no pandas index per call)
-UNBOUNDED_Z = 1e6  # numeric encoders fit before the range was kept: clipped here (finite in float32 through the towers)
+UNBOUNDED_Z = 1e6  # std from the mean: a numeric value beyond is refused from a record or request (absurd, not new)
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
@@ -101,8 +102,9 @@ class FeatureEncoder:
         return 0
 
     def z_bounds(self) -> tuple[float, float]:
-        """A numeric feature's encoded range: the training values' (``lo``, ``hi``) widened by their
-        width, at least 1 (one std), on each side; +-UNBOUNDED_Z for an encoder fit without them."""
+        """A numeric feature's encoded range, where ``transform`` clips: the training values' (``lo``,
+        ``hi``) widened by their width, at least 1 (one std), on each side; +-UNBOUNDED_Z without them
+        (an encoder fit before they were kept, or a column with no number in training)."""
         if "lo" not in self.state:
             return -UNBOUNDED_Z, UNBOUNDED_Z
         lo, hi = self.state["lo"], self.state["hi"]
@@ -110,11 +112,12 @@ class FeatureEncoder:
         return lo - width, hi + width
 
     def value_range(self) -> tuple[float, float] | None:
-        """The raw values a numeric feature accepts from a catalog record or a request attribute
-        (those encoded within :meth:`z_bounds`); None when unbounded (an older encoder)."""
-        if self.spec.kind != "numeric" or "lo" not in self.state:
+        """The raw values a numeric feature accepts from a catalog record or a request attribute: within
+        ``UNBOUNDED_Z`` standard deviations of the training mean (a new item priced above every
+        training one is fine: its encoding is clipped; 1e308 is not); None for other kinds."""
+        if self.spec.kind != "numeric":
             return None
-        lo, hi = (z * self.state["std"] + self.state["mean"] for z in self.z_bounds())
+        lo, hi = (z * self.state["std"] + self.state["mean"] for z in (-UNBOUNDED_Z, UNBOUNDED_Z))
         if self.spec.log1p:  # x = log1p(max(raw, 0)): any raw value at or below 0 encodes as 0
             lo = -math.inf if lo <= 0 else math.expm1(lo)
             hi = math.expm1(hi) if hi < 700 else math.inf
@@ -139,8 +142,9 @@ class FeatureEncoder:
             std = float(x.std()) if len(x) > 1 else 1.0
             std = std if std > 1e-12 else 1.0
             z = (x - mean) / std
-            self.state = {"mean": mean, "std": std, "lo": float(z.min()) if len(z) else 0.0,
-                          "hi": float(z.max()) if len(z) else 0.0}
+            self.state = {"mean": mean, "std": std}
+            if len(z):  # the training range (encoded), for the clip in transform
+                self.state.update(lo=float(z.min()), hi=float(z.max()))
         self._lookup = {v: i for i, v in enumerate(self.state.get("vocab", []))}
         return self
 
@@ -231,16 +235,17 @@ class FeatureSet:
             out[s.name] = self.encoders[group][s.name].transform(col)
         return out
 
-    def numeric_ranges(self, group: str) -> dict[str, tuple[float, float] | None]:
+    def numeric_ranges(self, group: str) -> dict[str, tuple[float, float]]:
         """Per source column of ``group`` read by a numeric feature, the raw values accepted from a
-        catalog record or a request (the intersection over its numeric features; None: unbounded)."""
-        out: dict[str, tuple[float, float] | None] = {}
+        catalog record or a request (:meth:`FeatureEncoder.value_range`; the intersection when
+        several numeric features read the column)."""
+        out: dict[str, tuple[float, float]] = {}
         for s in self.specs[group]:
             if s.kind != "numeric":
                 continue
             r = self.encoders[group][s.name].value_range()
             old = out.get(s.source)
-            out[s.source] = r if old is None else old if r is None else (max(old[0], r[0]), min(old[1], r[1]))
+            out[s.source] = r if old is None else (max(old[0], r[0]), min(old[1], r[1]))
         return out
 
     def cardinalities(self, group: str) -> dict[str, int]:

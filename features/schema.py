@@ -80,7 +80,7 @@ def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
         if not np.all(np.mod(s.to_numpy(), 1) == 0):
             raise DataError(f"{source}: {table}.{col} holds non-integer numbers; ids must be strings or integers.")
         s = s.astype(np.int64)
-    out = s.astype(str)
+    out = s.astype(str).str.strip()  # as events, catalog records and requests read ids: " 9 " is user 9
     if (out.str.len() == 0).any():
         raise DataError(f"{source}: {table}.{col} has empty id(s); every row needs a non-empty id.")
     return out

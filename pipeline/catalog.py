@@ -49,7 +49,7 @@ def catalog_schema(features: FeatureSet) -> dict[str, dict[str, tuple]]:
     """The attribute columns a catalog record may name, with their kinds: every user / item feature's
     source column but the id, and ``title`` for items (the display title, a feature or not). Each is
     ``(kind, sep, range)``: ``range`` the (low, high) a numeric column accepts
-    (:meth:`features.encoders.FeatureSet.numeric_ranges`), None otherwise or when unbounded."""
+    (:meth:`features.encoders.FeatureSet.numeric_ranges`), None for other kinds."""
     schema = {}
     for group, id_column in (("user", "user_id"), ("item", "item_id")):
         ranges = features.numeric_ranges(group)

@@ -79,8 +79,9 @@ def validate_request(r: Request, max_k: int) -> None:
 
 
 def _check_number(name: str, value, bounds: tuple[float, float] | None) -> None:
-    """A request's value of a numeric user attribute: a finite number within ``bounds`` (the range the
-    feature accepts, :meth:`features.encoders.FeatureEncoder.value_range`), or None (missing)."""
+    """A request's value of a numeric user attribute: a finite number within ``bounds`` (what the
+    feature accepts, :meth:`features.encoders.FeatureEncoder.value_range`: not absurdly far from the
+    training mean), or None (missing)."""
     if value is None:
         return
     try:
@@ -89,7 +90,7 @@ def _check_number(name: str, value, bounds: tuple[float, float] | None) -> None:
         x = math.nan
     if not math.isfinite(x) or (bounds is not None and not bounds[0] <= x <= bounds[1]):
         where = "" if bounds is None else f" in [{bounds[0]:g}, {bounds[1]:g}]"
-        example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:.0f})"
+        example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:g}, the training mean)"
                    if bounds is not None and all(map(math.isfinite, bounds)) else "")
         raise RequestError(f"user attribute {name!r} is {value!r}; send a number{where}{example}, or leave it out")
 

@@ -163,8 +163,8 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     if out.dir.exists():
         raise DataError(f"--out-dir {out.run_dir} exists; choose a new directory (or omit it to refresh in place)")
     made = out.dir if out.run_dir.exists() else out.run_dir  # what a failure removes: only what this call made
-    shutil.copytree(art.dir, out.dir)
     try:
+        shutil.copytree(art.dir, out.dir)  # (a copy that fails half way, e.g. a full disk, is removed too)
         return _refresh(out, interactions, rebuild, rebuild_share, cursor, catalog, catalog_cursor, start)
     except BaseException:
         shutil.rmtree(made, ignore_errors=True)  # no half-refreshed copy, and a retry with the same --out-dir works

@@ -89,7 +89,8 @@ def _strings(values) -> np.ndarray:
 def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude_items=(), include_categories=(),
                    exclude_categories=(), recent_items=(), ranker: str | None = None, promoted=(),
                    segment: str | None = None, attributes: dict | None = None) -> dict[str, np.ndarray]:
-    """Request tensors by input name; absent optional inputs are left out."""
+    """Request tensors by input name; absent optional inputs are left out, and so are attributes whose
+    value is None or NaN (missing: the server would read "age=None" as a value, and refuse it)."""
     tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
     if timestamp is not None:
         tensors["timestamp"] = np.array([timestamp], dtype=np.float64)
@@ -101,8 +102,9 @@ def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude
             tensors[name] = _strings(values)
     if segment is not None:
         tensors["segment"] = _strings([segment])
-    if attributes:
-        tensors["attributes"] = _strings([f"{name}={value}" for name, value in attributes.items()])
+    given = [f"{name}={value}" for name, value in (attributes or {}).items() if _json_value(value) is not None]
+    if given:
+        tensors["attributes"] = _strings(given)
     return tensors
 
 

@@ -29,9 +29,13 @@ def _check_tensor(name: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
+ID_INPUTS = ("user_id", "exclude_items", "recent_items", "promoted", "ranker")  # stripped, as every id is
+
+
 def _decode(name: str, values: np.ndarray) -> list[str]:
-    """The input's strings, decoded and stripped of surrounding whitespace (as the ``events`` and
-    ``catalog`` models store ids: a request for " 9 " is user 9's)."""
+    """The input's strings, decoded; ids (:data:`ID_INPUTS`) stripped of surrounding whitespace, as
+    training, ``events`` and ``catalog`` store them (a request for " 9 " is user 9's). Category names,
+    the segment and attribute values are taken as sent (a category token may hold a space)."""
     out = []
     for v in values.ravel():
         if isinstance(v, bytes):
@@ -42,7 +46,7 @@ def _decode(name: str, values: np.ndarray) -> list[str]:
                 v = v.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise RequestError(f"input '{name}' holds bytes that are not UTF-8 ({err.reason})") from None
-        out.append(str(v).strip())
+        out.append(str(v).strip() if name in ID_INPUTS else str(v))
     return out
 
 
@@ -84,7 +88,7 @@ def parse_request(tensors: dict[str, np.ndarray | None], max_k: int) -> Request:
             raise RequestError("input 'attributes' names user_id; the user is the 'user_id' input")
         if name.strip() in attributes:
             raise RequestError(f"input 'attributes' names {name.strip()!r} twice; send each attribute once")
-        attributes[name.strip()] = value.strip()
+        attributes[name.strip()] = value
     request = Request(user_id=_decode("user_id", got["user_id"])[0], k=int(got["k"][0]), timestamp=timestamp,
                       segment=_decode("segment", got["segment"])[0] if "segment" in got else None,
                       attributes=attributes,

@@ -29,6 +29,18 @@ from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
 
 
+def default_repository() -> Path:
+    """``./triton_repo`` when it exists (``train.py``'s export writes under the directory it runs in),
+    else where ``recsys-export`` writes (``export.config.workspace_root``: the source checkout for an
+    editable install, the current directory otherwise)."""
+    here = Path("triton_repo")
+    if here.is_dir():
+        return here
+    from export.config import workspace_root  # here: a given repository needs no Hydra import
+
+    return workspace_root() / "triton_repo"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see `--help`)."""
     parser = argparse.ArgumentParser(
@@ -39,8 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-repository", type=Path, default=None,
                         help="Triton model repository (one folder per model with config.pbtxt "
                              "and a version folder), as written by the export step (default: "
-                             "triton_repo where the export writes it: the source checkout for an "
-                             "editable install, else the current directory)")
+                             "./triton_repo when it exists, where train.py's export writes it; else the "
+                             "one recsys-export writes: the source checkout's for an editable install)")
     parser.add_argument("--grpc-port", type=int, default=8001,
                         help="gRPC port, 0 picks a free one (default: %(default)s)")
     parser.add_argument("--http-port", type=int, default=8000,
@@ -126,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         if args.model_repository is None:
-            from export.config import workspace_root  # here: a given repository needs no Hydra import
-
-            args.model_repository = workspace_root() / "triton_repo"
+            args.model_repository = default_repository()
+            print(f"model repository: {args.model_repository}", flush=True)
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
                               http_port=args.http_port or None, metrics_port=args.metrics_port or None,
                               model_control_mode=args.model_control_mode, binary=args.binary,

@@ -235,7 +235,11 @@ def test_a_run_changed_since_its_export_is_not_exported(tiny_run, tmp_path):
     (repo / "export.json").write_text(json.dumps({"run_dir": str(run.resolve()), "flavour": "wheel",
                                                   "run_manifest_sha256": manifest_digest(run / "artifacts")}))
     assert is_exported(repo, run, "wheel")
-    RunArtifacts(run).note("refreshed", {"rows": 1})  # as an in-place refresh's writes do
+    art = RunArtifacts(run)
+    art.note("exported_to", str(repo))  # what train.py's export stage and its finish stamp write after the export
+    art.finish()
+    assert is_exported(repo, run, "wheel")  # (once made make run export twice)
+    art.record("store", art.manifest()["artifacts"]["store"]["saw"], refreshed_with={"new": 1})  # as a refresh writes
     assert not is_exported(repo, run, "wheel")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.encoders import FeatureSet, context_from_timestamp
+from features.encoders import UNBOUNDED_Z, FeatureSet, context_from_timestamp
 from features.schema import DataError
 
 WHERE = "configs/data/test.yaml"
@@ -45,28 +45,31 @@ def test_fit_on_train_only_and_unknowns_go_to_oov(tmp_path):
     assert fs.cardinalities("item")["item_id"] == 3  # two known ids + OOV
 
 
-def test_numeric_values_stay_within_the_widened_training_range():
-    """An absurd number (a catalog record, a request attribute) once went through as inf; the encoding
-    is now clipped to the training range widened by its width, and that range is what records and
-    requests may send."""
+def test_numeric_values_are_clipped_to_the_widened_training_range_and_absurd_ones_refused():
+    """An absurd number (a catalog record, a request attribute) once went through as inf. The encoding
+    is clipped to the training range widened by its width; records and requests may send any number
+    within UNBOUNDED_Z standard deviations of the mean (a new item above every training one is fine)."""
     users, items, train = _tables()
     fs = FeatureSet.from_config(BLOCK, WHERE).fit(users, items, train)
     enc = fs.encoders["user"]["age"]
     assert enc.z_bounds() == (-3.0, 3.0)  # train ages 20, 40 -> z -1, 1, widened by 2 each side
-    assert enc.value_range() == (0.0, 60.0)
-    assert fs.numeric_ranges("user") == {"age": (0.0, 60.0)} and fs.numeric_ranges("item") == {}
+    assert enc.value_range() == (30.0 - 10.0 * UNBOUNDED_Z, 30.0 + 10.0 * UNBOUNDED_Z)  # mean 30, std 10
+    assert fs.numeric_ranges("user") == {"age": enc.value_range()} and fs.numeric_ranges("item") == {}
     z = fs.transform("user", pd.DataFrame({"user_id": ["u"] * 5, "age": [60.0, 61.0, 1e308, -3e38, np.inf]}))["age"]
     np.testing.assert_allclose(z, [3.0, 3.0, 3.0, -3.0, 0.0])  # inf: missing, as NaN
     assert np.isfinite(z).all() and z.dtype == np.float32
     logged = FeatureSet.from_config({"user": {"spend": {"kind": "numeric", "log1p": True}}}, WHERE)
     logged.fit(pd.DataFrame({"user_id": ["u1", "u2"], "spend": [0.0, np.e - 1]}), items,
                pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [0, 1]}))
-    lo, hi = logged.encoders["user"]["spend"].value_range()  # log1p: x in [0, 1] -> widened to [-1, 2]
-    assert lo == -np.inf and hi == pytest.approx(np.exp(2) - 1)
+    assert logged.encoders["user"]["spend"].value_range() == (-np.inf, np.inf)  # log1p: nothing is absurd
+    empty = FeatureSet.from_config(BLOCK, WHERE).fit(users.assign(age=np.nan), items, train)  # no number in training
+    e = empty.encoders["user"]["age"]
+    assert "lo" not in e.state and e.z_bounds() == (-UNBOUNDED_Z, UNBOUNDED_Z)
+    assert e.value_range() == (-UNBOUNDED_Z, UNBOUNDED_Z)  # mean 0, std 1: ordinary values are accepted
     old = FeatureSet.from_config(BLOCK, WHERE).fit(users, items, train)  # fit before the range was kept
     for e in old.encoders["user"].values():
         e.state = {k: v for k, v in e.state.items() if k not in ("lo", "hi")}
-    assert old.encoders["user"]["age"].value_range() is None and old.numeric_ranges("user") == {"age": None}
+    assert old.encoders["user"]["age"].z_bounds() == (-UNBOUNDED_Z, UNBOUNDED_Z)
     assert np.isfinite(old.transform("user", pd.DataFrame({"user_id": ["u"], "age": [1e308]}))["age"]).all()
 
 

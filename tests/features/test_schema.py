@@ -37,6 +37,13 @@ def test_missing_ids_and_empty_ids():
         validate_interactions(_inter(user_id=["1", None]))
     with pytest.raises(DataError, match="empty id"):
         validate_interactions(_inter(item_id=["a", ""]))
+    with pytest.raises(DataError, match="empty id"):
+        validate_interactions(_inter(item_id=["a", "  "]))
+
+
+def test_ids_are_stripped_as_events_and_requests_read_them():
+    df = validate_interactions(_inter(user_id=[" 1", "1 "], item_id=["a\t", "b"]))
+    assert df["user_id"].tolist() == ["1", "1"] and df["item_id"].tolist() == ["a", "b"]
 
 
 def test_bad_weight():

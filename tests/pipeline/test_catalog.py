@@ -196,15 +196,18 @@ def test_bad_records_each_get_their_reason(live):
             ("upsert_item", b"x\xff", "{}"),                                # bad_encoding (id)
             ("upsert_item", b"x\xfe", "{}"),                                # bad_encoding (not merged with the one above)
             ("upsert_item", "w", b'{"title": "caf\xe9"}'),                  # bad_encoding (Latin-1 attributes)
-            ("upsert_item", "v", '{"price": 1e308}'),                        # bad_value: beyond the widened range
+            ("upsert_item", "s", '{"title": "\\udc80"}'),                   # bad_encoding (a lone surrogate in JSON)
+            ("upsert_item", "v", '{"quality": 1e308}'),                      # bad_value: absurd (10^6 std away)
             ("upsert_user", "u-7", '{"age": -1e30}')]                        # bad_value
     ops, ids, attrs = zip(*rows)
     accepted, status = check_catalog(ops, ids, attrs, schema, pipe.store.items, 1.7e9)
     assert status == ["ok", "missing_id", "id_too_long", "unknown_op", "malformed_attributes", "unknown_attribute",
                       "bad_value", "value_too_long", "unexpected_attributes", "unknown_item", "duplicate_in_batch",
                       "ok", "ok", "unknown_attribute", "too_many_attributes",
-                      "bad_encoding", "bad_encoding", "bad_encoding", "bad_value", "bad_value"]
+                      "bad_encoding", "bad_encoding", "bad_encoding", "bad_encoding", "bad_value", "bad_value"]
     assert set(status) - {"ok"} == set(REASONS)
+    # a log1p column takes any finite number (its log is clipped to the widened training range)
+    assert check_catalog(["upsert_item"], ["p"], ['{"price": 1e308}'], schema, pipe.store.items, 1.7e9)[1] == ["ok"]
     assert [r["position"] for r in accepted] == [0, 11, 12]
     assert accepted[0]["attributes"] == {"category": "3", "price": 9.5} and accepted[2]["attributes"]["age"] == 30.0
     with pytest.raises(ValueError, match="one value per record"):

@@ -188,7 +188,7 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
             assert client.recommend(fan, 5, t + 1, include_categories=[unknown]).item_ids == []
         # bad records, each with its reason, the rest kept
         assert client.upsert_items([{"item_id": "x1", "colour": "red"}, {"item_id": "x2", "price": "cheap"},
-                                    {"item_id": "x3", "price": 1e308},  # beyond the range: once an inf embedding
+                                    {"item_id": "x3", "quality": 1e308},  # absurd: once an inf embedding
                                     {"item_id": "launch-2", "genres": "no-such-genre", "price": 3}]) == [
             "unknown_attribute", "bad_value", "bad_value", "ok"]
         assert set(client.recommend("cold-visitor", 5, t, include_categories=[unknown]).item_ids) == {"launch-1", "launch-2"}

@@ -121,9 +121,18 @@ def test_encode_then_parse_gives_the_request():
     assert full.attributes == {"age": "25", "occupation": "a=b"}  # split at the first "="
 
 
-def test_string_inputs_are_stripped_as_the_events_model_stores_ids():
-    r = parse_request(encode_request(" 9 ", 3, exclude_items=["\ti1 "], attributes={"age": " 25 "}), MAX_K)
-    assert (r.user_id, r.exclude_items, r.attributes) == ("9", ["i1"], {"age": "25"})
+def test_missing_attribute_values_are_left_out_not_sent_as_text():
+    """{"age": None} once went out as "age=None", which the server refuses as not a number."""
+    r = parse_request(encode_request("new", 3, attributes={"age": None, "gender": float("nan"), "occupation": "x"}), MAX_K)
+    assert r.attributes == {"occupation": "x"}
+    assert "attributes" not in encode_request("new", 3, attributes={"age": None})
+
+
+def test_ids_are_stripped_as_training_and_the_events_model_store_them():
+    r = parse_request(encode_request(" 9 ", 3, exclude_items=["\ti1 "], recent_items=[" i2"], promoted=["i3 "],
+                                     include_categories=[" Comedy"], attributes={"age": " 25 "}), MAX_K)
+    assert (r.user_id, r.exclude_items, r.recent_items, r.promoted) == ("9", ["i1"], ["i2"], ["i3"])
+    assert r.include_categories == [" Comedy"] and r.attributes == {"age": " 25 "}  # as sent: a token may hold a space
 
 
 def test_unicode_ids_round_trip():
