@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
         feedback = merge_event_log(cfg, dataset, art)
         dataset = feedback.dataset
     data = prepare(cfg, dataset)
+    cutoffs = [("eval.ks", cfg.eval.ks)] + ([("retrieval.eval_ks", cfg.retrieval.get("eval_ks") or [])]
+                                            if "retrieval" in stages else [])
+    for key, ks in cutoffs:
+        if ks and max(ks) > data.n_items:
+            raise DataError(f"the catalog has {data.n_items} items, fewer than the largest cut-off of {key}="
+                            f"{list(ks)}; set {key} to cut-offs <= {data.n_items} (e.g. {key}=[10]).")
     if feedback is not None:
         data.exposure_negatives = feedback.negatives
     titles = data.titles()
@@ -144,7 +151,12 @@ def main(cfg: DictConfig) -> float | None:
 
     OmegaConf.set_struct(cfg, False)
     cfg.overrides = list(HydraConfig.get().overrides.task)
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except DataError as err:  # bad data or data settings: the message names the fix; no traceback
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(_summary_table(metrics))
     return selection_metric(cfg, metrics)  # what a Hydra sweeper (Optuna) optimises
 

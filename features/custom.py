@@ -44,6 +44,9 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             df = pd.read_csv(p, sep=sep, dtype=dtype)
         except pd.errors.EmptyDataError as e:
             raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.") from e
+        except UnicodeDecodeError as e:
+            raise DataError(f"{what} file {p} is not UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
+                            f"{e.start}); save it as UTF-8.") from None
     else:
         raise DataError(f"{what} file {p} has unsupported extension {suffix!r}; use .csv, .tsv or .parquet.")
     return df
@@ -59,6 +62,10 @@ def _rename(df: pd.DataFrame, columns: dict[str, str], table: str, path: str) ->
                 f"{table} file {path} has no column {theirs!r} (needed as {contract_name!r}); "
                 f"found {list(df.columns)}. Set data.loader.columns.{contract_name}=<your column name>."
             )
+        renamed = {columns.get(c, c) if columns else c for c in _CONTRACT[table]}  # columns that get a contract name
+        if theirs != contract_name and contract_name in df.columns and contract_name not in renamed:
+            raise DataError(f"{table} file {path} maps {theirs!r} to {contract_name!r} but already has a column "
+                            f"{contract_name!r}; drop or rename that column, or map {contract_name!r} itself.")
         mapping[theirs] = contract_name
     return df.rename(columns=mapping)
 
@@ -81,9 +88,18 @@ def load_tables(
     """
     if not interactions:
         raise DataError("data=custom needs data.loader.interactions=<path to a .csv or .parquet file>.")
-    inter = _rename(read_table(interactions, "interactions"), columns or {}, "interactions", interactions)
-    if columns and columns.get("weight") and columns["weight"] in inter.columns:
+    columns = columns or {}
+    user_col, item_col = columns.get("user_id", "user_id"), columns.get("item_id", "item_id")
+    # ids as text: "0042" stays "0042" (and does not merge with "42"), "1E5" stays "1E5"
+    inter = _rename(read_table(interactions, "interactions", dtype={user_col: str, item_col: str}), columns,
+                    "interactions", interactions)
+    if columns.get("weight"):
+        if columns["weight"] not in inter.columns:
+            raise DataError(f"interactions file {interactions} has no column {columns['weight']!r} (mapped as "
+                            f"'weight' by data.loader.columns.weight); found {list(inter.columns)}.")
         inter = inter.rename(columns={columns["weight"]: "weight"})
-    item_df = _rename(read_table(items, "items"), columns or {}, "items", items) if items else pd.DataFrame({"item_id": pd.Series([], dtype=str)})
-    user_df = _rename(read_table(users, "users"), columns or {}, "users", users) if users else pd.DataFrame({"user_id": pd.Series([], dtype=str)})
+    item_df = (_rename(read_table(items, "items", dtype={item_col: str}), columns, "items", items) if items
+               else pd.DataFrame({"item_id": pd.Series([], dtype=str)}))
+    user_df = (_rename(read_table(users, "users", dtype={user_col: str}), columns, "users", users) if users
+               else pd.DataFrame({"user_id": pd.Series([], dtype=str)}))
     return Dataset(name, inter, item_df, user_df, meta={"source": "custom", "files": [interactions, items, users]})

@@ -10,12 +10,17 @@ External ids are strings everywhere a user can see them; dense integer indices a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+log = logging.getLogger(__name__)
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, as requests (serving/request.py)
 
 
 class DataError(ValueError):
@@ -41,6 +46,9 @@ class Dataset:
             # An interaction with an item that has no row is kept: the item gets a row of
             # missing attributes, so no data is silently dropped.
             extra = pd.DataFrame({"item_id": self.interactions.loc[unknown_items, "item_id"].unique()})
+            if len(self.items):
+                log.warning("%s: %d interacted item(s) have no row in the items table (e.g. %r); they are added "
+                            "with missing attributes", self.name, len(extra), extra["item_id"].iloc[0])
             self.items = pd.concat([self.items, extra], ignore_index=True)
         unknown_users = ~fast_isin(self.interactions["user_id"], self.users["user_id"])
         if unknown_users.any():
@@ -100,6 +108,10 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
         }
     )
     ts = df["timestamp"]
+    if ts.isna().any():  # before any conversion: a datetime's NaT would become -2**63
+        raise DataError(f"{source}: interactions.timestamp has {int(ts.isna().sum())} missing value(s).")
+    if pd.api.types.is_bool_dtype(ts):
+        raise DataError(f"{source}: interactions.timestamp holds booleans; it must be Unix seconds.")
     if pd.api.types.is_datetime64_any_dtype(ts):
         if getattr(ts.dt, "tz", None) is not None:
             ts = ts.dt.tz_convert(None)
@@ -116,18 +128,43 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
         ts = conv
     if ts.isna().any():
         raise DataError(f"{source}: interactions.timestamp has {int(ts.isna().sum())} missing value(s).")
-    if not np.all(np.isfinite(ts.to_numpy(dtype=np.float64))):
+    seconds = ts.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(seconds)):
         raise DataError(f"{source}: interactions.timestamp has non-finite values.")
+    if (seconds < 0).any():  # -1 means "none" in the feature tables
+        raise DataError(f"{source}: interactions.timestamp has {int((seconds < 0).sum())} negative value(s) "
+                        f"(e.g. {seconds[seconds < 0][0]:g}); it must be Unix seconds >= 0.")
+    if (seconds > MAX_TIMESTAMP).any():
+        raise DataError(f"{source}: interactions.timestamp has {int((seconds > MAX_TIMESTAMP).sum())} value(s) after "
+                        f"the year 9999 (e.g. {seconds[seconds > MAX_TIMESTAMP][0]:g}); milliseconds? Divide by 1000: "
+                        "timestamps are Unix seconds.")
     out["timestamp"] = ts.astype(np.int64).to_numpy()
+    if len(out) > 1 and out["timestamp"].nunique() == 1:
+        log.warning("%s: every interaction has the same timestamp (%d): temporal splits and the recency features "
+                    "cannot tell them apart", source, out["timestamp"].iloc[0])
     if "weight" in df.columns:
         w = pd.to_numeric(df["weight"], errors="coerce")
         if w.isna().any() or not np.all(np.isfinite(w.to_numpy(dtype=np.float64))):
             raise DataError(f"{source}: interactions.weight must be finite numbers; found missing or non-numeric values.")
         out["weight"] = w.astype(np.float32).to_numpy()
+        if (w <= 0).any():
+            log.warning("%s: %d interaction(s) have weight <= 0; every interaction counts as a positive (implicit "
+                        "feedback: weight does not weigh training): drop dislikes first", source, int((w <= 0).sum()))
     for c in df.columns:
         if c not in out.columns:
             out[c] = df[c].to_numpy()
-    return out.reset_index(drop=True)
+    out = out.reset_index(drop=True)
+    dup = out.duplicated(["user_id", "item_id", "timestamp"])
+    if dup.any():  # the same event twice: as the event log dedupes it
+        log.warning("%s: dropped %d duplicate interaction(s) (the same user, item and timestamp as an earlier "
+                    "row; the first is kept)", source, int(dup.sum()))
+        out = out[~dup.to_numpy()].reset_index(drop=True)
+    repeats = int(out.duplicated(["user_id", "item_id"]).sum())
+    if repeats:
+        log.warning("%s: %d interaction(s) repeat a (user, item) pair at another time; kept. A repeat that a split "
+                    "puts in valid or test cannot be recommended (seen items are excluded), which lowers the "
+                    "metrics: keep one row per pair if repeats are not what you want to predict", source, repeats)
+    return out
 
 
 def validate_entity_table(df: pd.DataFrame, key: str, table: str, source: str = "dataset") -> pd.DataFrame:

@@ -138,4 +138,9 @@ def make_split(
         test = _ordered(pd.concat([test, cold_rows], ignore_index=True))
     if len(train) == 0:
         raise DataError(f"split {method!r} left no training interactions; lower test_share/valid_share or use more data.")
+    for part, rows, share in (("valid", valid, "valid_share"), ("test", test, "test_share")):
+        if len(rows) == 0 and (float(valid_share if part == "valid" else test_share) > 0 or method == "random_user"):
+            raise DataError(f"split {method!r} left no {part} interactions ({len(df):,} interactions, "
+                            f"{df['user_id'].nunique():,} users; a user with too few interactions keeps them all in "
+                            f"train); use more data, or raise split.{share if method != 'random_user' else 'ratios'}.")
     return Split(method, train, valid, test, cold)

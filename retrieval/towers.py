@@ -59,6 +59,9 @@ class FeatureEmbedder(nn.Module):
         parts = [self.tables[n](x[n]) for n in self.index_names]  # each (B, D)
         parts += [masked_mean(self.tables[n](x[n]), x[n]) for n in self.token_names]
         parts += [x[n].unsqueeze(-1).to(torch.float32) for n in self.numeric_names]  # each (B, 1)
+        if not parts:  # a group with no feature (e.g. a dataset with no item attributes): (B, 0)
+            ref = next(iter(x.values()))
+            return ref.new_zeros((ref.shape[0], 0), dtype=torch.float32)
         return torch.cat(parts, dim=-1)
 
 

@@ -119,3 +119,24 @@ def test_precision_auto_picks_bf16_only_on_a_bf16_gpu(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
         assert resolve_precision("auto") == expected
     assert resolve_precision("16-mixed") == "16-mixed"  # an explicit choice is kept as it is
+
+
+def test_data_errors_after_loading_are_one_line_and_cut_offs_fit_the_catalog(tmp_path):
+    """A DataError raised after the data loaded (the split, the cut-offs) came as a traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    (tmp_path / "one.csv").write_text("user_id,item_id,timestamp\n1,1,1\n")
+    out = subprocess.run([sys.executable, "train.py", "data=custom", f"data.loader.interactions={tmp_path}/one.csv",
+                          "stage=baselines", "logger=none", f"hydra.run.dir={tmp_path}/run"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "error: split 'temporal_user' left no valid interactions" in out.stderr
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"user_id": rng.integers(0, 30, 600), "item_id": rng.integers(0, 20, 600),
+                  "timestamp": rng.integers(1, 10**6, 600)}).to_csv(tmp_path / "few.csv", index=False)
+    cfg = compose_cfg(tmp_path, ["data=custom", "stage=baselines", f"data.loader.interactions={tmp_path}/few.csv"])
+    with pytest.raises(DataError, match=r"the catalog has 20 items, fewer than the largest cut-off of eval.ks"):
+        train(cfg)

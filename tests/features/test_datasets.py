@@ -109,3 +109,24 @@ def test_custom_bad_files(tmp_path):
     pd.DataFrame({"item_id": ["a", "a"]}).to_csv(tmp_path / "dup.csv", index=False)
     with pytest.raises(DataError, match="duplicate item_id"):
         load_tables(str(tmp_path / "ok.csv"), items=str(tmp_path / "dup.csv"))
+
+
+def test_custom_ids_stay_text_and_bad_files_are_named(tmp_path):
+    """CSV ids were read as numbers: "0042" merged with "42" and "1E5" became "100000"."""
+    path = tmp_path / "inter.csv"
+    path.write_text("user_id,item_id,timestamp\n0042,1E5,10\n42,007,20\n0042,7,30\n")
+    ds = load_tables(str(path))
+    assert sorted(ds.interactions["user_id"].unique()) == ["0042", "42"]
+    assert sorted(ds.interactions["item_id"].unique()) == ["007", "1E5", "7"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"user_id,item_id,timestamp\ncaf\xe9,1,10\n")
+    with pytest.raises(DataError, match=r"is not UTF-8 \(byte b'\\xe9' at offset \d+\); save it as UTF-8"):
+        load_tables(str(latin))
+    both = tmp_path / "both.csv"
+    both.write_text("user_id,customer,item_id,timestamp\nu1,c1,1,10\n")
+    with pytest.raises(DataError, match="maps 'customer' to 'user_id' but already has a column 'user_id'"):
+        load_tables(str(both), columns={"user_id": "customer"})
+    swapped = load_tables(str(both), columns={"user_id": "item_id", "item_id": "user_id"})  # a swap is fine
+    assert swapped.interactions["user_id"].tolist() == ["1"]
+    with pytest.raises(DataError, match="no column 'score' \\(mapped as 'weight'"):
+        load_tables(str(path), columns={"weight": "score"})

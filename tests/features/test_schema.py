@@ -66,3 +66,31 @@ def test_interactions_with_unlisted_items_and_users_are_kept():
     assert sorted(ds.items["item_id"]) == ["a", "b"]
     assert sorted(ds.users["user_id"]) == ["1", "2"]
     assert len(ds.interactions) == 2
+
+
+def test_timestamps_that_are_not_unix_seconds_stop_with_the_fix():
+    nat = _inter(timestamp=pd.to_datetime(["2020-01-01", None]))
+    with pytest.raises(DataError, match="timestamp has 1 missing value"):  # NaT once became -2**63
+        validate_interactions(nat)
+    with pytest.raises(DataError, match="holds booleans"):
+        validate_interactions(_inter(timestamp=[True, False]))
+    with pytest.raises(DataError, match=r"1 negative value\(s\) \(e.g. -5\)"):
+        validate_interactions(_inter(timestamp=[10, -5]))
+    with pytest.raises(DataError, match="after the year 9999 .*milliseconds\\? Divide by 1000"):
+        validate_interactions(_inter(timestamp=[1_600_000_000_000, 1_600_000_001_000]))
+    with pytest.raises(DataError, match="after the year 9999"):
+        validate_interactions(_inter(timestamp=[1e20, 10]))  # once overflowed to -2**63
+
+
+def test_duplicates_are_dropped_and_repeats_and_weights_counted(caplog):
+    df = pd.DataFrame({"user_id": ["1", "1", "1", "2"], "item_id": ["a", "a", "a", "b"],
+                       "timestamp": [10, 10, 20, 10], "weight": [1.0, 1.0, -1.0, 0.0]})
+    with caplog.at_level("WARNING", logger="features.schema"):
+        out = validate_interactions(df)
+    assert out["timestamp"].tolist() == [10, 20, 10]  # the exact duplicate is gone, the repeat kept
+    text = caplog.text
+    assert "dropped 1 duplicate interaction(s)" in text and "1 interaction(s) repeat a (user, item) pair" in text
+    assert "2 interaction(s) have weight <= 0" in text
+    with caplog.at_level("WARNING", logger="features.schema"):
+        validate_interactions(_inter(timestamp=[5, 5]))
+    assert "every interaction has the same timestamp (5)" in caplog.text

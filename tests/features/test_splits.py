@@ -71,3 +71,10 @@ def test_bad_split_config():
         make_split(df, "temporal_user", 1.5, 0.1, [0.8, 0.1, 0.1], 0.0, 0)
     with pytest.raises(DataError, match="three non-negative numbers"):
         make_split(df, "random_user", 0.2, 0.1, [0.8, 0.2], 0.0, 0)
+
+
+def test_a_split_with_an_empty_part_stops_with_the_fix():
+    """Users with one or two interactions each left valid empty: evaluation then failed with a traceback."""
+    df = validate_interactions(pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"], "timestamp": [1, 2]}))
+    with pytest.raises(DataError, match=r"left no valid interactions \(2 interactions, 2 users; .*raise split.valid_share"):
+        make_split(df, "temporal_user", 0.2, 0.1, [0.8, 0.1, 0.1], 0.0, 0)

@@ -170,3 +170,13 @@ def test_validation_scores_in_chunks_like_all_at_once(tiny_prepared, monkeypatch
         runs.append(np.concatenate(module._topk))
     assert runs[0].shape == (len(users), 10)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_a_feature_group_with_no_feature_embeds_to_zero_width():
+    """A custom dataset with no user / item attributes crashed stage=ranking in torch.cat([])."""
+    import torch
+
+    from retrieval.towers import FeatureEmbedder
+
+    out = FeatureEmbedder([], {}, 8)({"anything": torch.zeros(5, 3, dtype=torch.long)})
+    assert out.shape == (5, 0) and out.dtype == torch.float32
