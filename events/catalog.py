@@ -89,21 +89,26 @@ def _utf8(v) -> bool:
     return True
 
 
+def number_within(v, bounds: tuple[float, float] | None) -> float | None:
+    """``v`` as a finite float within ``bounds`` (low, high; None: any finite number), else None. A
+    bool is not a number here. The check of a numeric attribute, for catalog records and requests."""
+    if isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) and (bounds is None or bounds[0] <= x <= bounds[1]) else None
+
+
 def _value(v, kind: str, sep: str, bounds: tuple[float, float] | None = None) -> tuple[object, str | None]:
     """(the stored value, None) or (None, the reason) for one attribute value of a column of ``kind``
     (``bounds``: the (low, high) a numeric column accepts, from the schema)."""
     if v is None:
         return None, None  # explicitly missing: encoded as missing (out of vocabulary / 0)
     if kind == NUMERIC:
-        if isinstance(v, bool):
-            return None, "bad_value"
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            return None, "bad_value"
-        if not math.isfinite(x) or (bounds is not None and not bounds[0] <= x <= bounds[1]):
-            return None, "bad_value"
-        return x, None
+        x = number_within(v, bounds)
+        return (None, "bad_value") if x is None else (x, None)
     if isinstance(v, (list, tuple)):  # a multi-valued column given as a list
         if not all(isinstance(t, str) for t in v):
             return None, "bad_value"

@@ -126,8 +126,6 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
                 f"not numeric (e.g. {example!r}). Convert them to Unix seconds first."
             )
         ts = conv
-    if ts.isna().any():
-        raise DataError(f"{source}: interactions.timestamp has {int(ts.isna().sum())} missing value(s).")
     seconds = ts.to_numpy(dtype=np.float64)
     if not np.all(np.isfinite(seconds)):
         raise DataError(f"{source}: interactions.timestamp has non-finite values.")

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from events.catalog import number_within
 from pipeline.settings import PipelineSettings
 from ranking.features import GROUPS, CandidateFeatures
 from ranking.rule_config import RuleSet
@@ -78,21 +79,16 @@ def validate_request(r: Request, max_k: int) -> None:
                 raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
 
 
-def _check_number(name: str, value, bounds: tuple[float, float] | None) -> None:
+def _check_number(name: str, value, bounds: tuple[float, float]) -> None:
     """A request's value of a numeric user attribute: a finite number within ``bounds`` (what the
     feature accepts, :meth:`features.encoders.FeatureEncoder.value_range`: not absurdly far from the
-    training mean), or None (missing)."""
-    if value is None:
+    training mean; the catalog model's check, :func:`events.catalog.number_within`), or None (missing)."""
+    if value is None or number_within(value, bounds) is not None:
         return
-    try:
-        x = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    if not math.isfinite(x) or (bounds is not None and not bounds[0] <= x <= bounds[1]):
-        where = "" if bounds is None else f" in [{bounds[0]:g}, {bounds[1]:g}]"
-        example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:g}, the training mean)"
-                   if bounds is not None and all(map(math.isfinite, bounds)) else "")
-        raise RequestError(f"user attribute {name!r} is {value!r}; send a number{where}{example}, or leave it out")
+    example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:g}, the training mean)"
+               if all(map(math.isfinite, bounds)) else "")
+    raise RequestError(f"user attribute {name!r} is {value!r}; send a number in [{bounds[0]:g}, {bounds[1]:g}]"
+                       f"{example}, or leave it out")
 
 
 def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.ndarray:
