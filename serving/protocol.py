@@ -119,14 +119,19 @@ def encode_answer(values: dict) -> np.ndarray:
     return np.array([json.dumps(values, allow_nan=False).encode("utf-8")], dtype=np.object_)
 
 
+def decode_answer(user_id: str, text: str | bytes) -> Recommendations:
+    """The ``answer`` output's JSON text -> :class:`Recommendations`."""
+    v = json.loads(text)
+    return Recommendations(user_id=user_id, route=v["route"], item_ids=v["item_ids"],
+                           scores=[float("nan") if s is None else float(s) for s in v["scores"]],
+                           reasons=v["reasons"], groups=v["groups"],
+                           titles=v["titles"], ranker=v["ranker"], request_id=v["request_id"])
+
+
 def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendations:
     """Response tensors by output name (``answer`` alone, or the named ones) -> :class:`Recommendations`."""
     if outputs.get(ANSWER) is not None:
-        v = json.loads(outputs[ANSWER].ravel()[0])
-        return Recommendations(user_id=user_id, route=v["route"], item_ids=v["item_ids"],
-                               scores=[float("nan") if s is None else float(s) for s in v["scores"]],
-                               reasons=v["reasons"], groups=v["groups"],
-                               titles=v["titles"], ranker=v["ranker"], request_id=v["request_id"])
+        return decode_answer(user_id, outputs[ANSWER].ravel()[0])
     return Recommendations(user_id=user_id, route=_text(outputs["route"])[0], item_ids=_text(outputs["item_ids"]),
                            scores=[float(s) for s in np.asarray(outputs["scores"]).ravel()],
                            reasons=_text(outputs["reasons"]), groups=_text(outputs["groups"]),
