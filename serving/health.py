@@ -49,6 +49,8 @@ def supervisor_metrics(supervisor) -> str:
                                ("probe_failures_total", s.probe_failures, "Liveness probes that failed"),
                                ("reloads_total", s.reloads, "Model reloads through explicit model control"),
                                ("restarts_total", s.restarts, "Server restarts"),
+                               ("restart_failures_total", s.restart_failures,
+                                "Restarts given up after three failed starts (the next probe tries again)"),
                                ("ready", int(supervisor.ready), "1 while the last probe answered"),
                                ("last_outage_seconds", s.last_outage_s, "First failed probe to recovery")):
         kind = "counter" if name.endswith("_total") else "gauge"
@@ -70,8 +72,8 @@ class HealthServer:
             def do_GET(self):  # noqa: N802 - http.server's name
                 if self.path == "/ready":
                     code, body = (200, "ready\n") if sup.ready else (503, "not ready\n")
-                elif self.path == "/live":
-                    code, body = 200, "live\n"
+                elif self.path == "/live":  # the supervisor's own loop: nothing heals once it is gone
+                    code, body = (200, "live\n") if sup.watching else (503, "supervisor not watching\n")
                 elif self.path == "/metrics":
                     code, body = 200, supervisor_metrics(sup)
                 else:

@@ -105,21 +105,26 @@ class MetricBuffer:
         self._families.append(fam)
         return fam
 
-    def counters(self, name: str, description: str, label: str, values: Sequence[str]) -> dict[str, _Counter]:
+    # ``const``: labels every series of the metric carries, e.g. ``{"instance": ...}`` for a state each
+    # model instance holds on its own (Triton keeps one series per name and labels for all instances of
+    # a model: without the label, one instance's value hides another's).
+    def counters(self, name: str, description: str, label: str, values: Sequence[str],
+                 const: dict[str, str] | None = None) -> dict[str, _Counter]:
         fam = self._make(name, description, self._family.COUNTER)
-        out = {v: _Counter(self, fam.Metric(labels={label: v})) for v in values}
+        out = {v: _Counter(self, fam.Metric(labels={**(const or {}), label: v})) for v in values}
         self._metrics += out.values()
         return out
 
-    def counter(self, name: str, description: str) -> _Counter:
+    def counter(self, name: str, description: str, const: dict[str, str] | None = None) -> _Counter:
         fam = self._make(name, description, self._family.COUNTER)
-        out = _Counter(self, fam.Metric(labels={}))
+        out = _Counter(self, fam.Metric(labels=dict(const or {})))
         self._metrics.append(out)
         return out
 
-    def gauges(self, name: str, description: str, label: str, values: Sequence[str]) -> dict[str, _Gauge]:
+    def gauges(self, name: str, description: str, label: str, values: Sequence[str],
+               const: dict[str, str] | None = None) -> dict[str, _Gauge]:
         fam = self._make(name, description, self._family.GAUGE)
-        out = {v: _Gauge(self, fam.Metric(labels={label: v})) for v in values}
+        out = {v: _Gauge(self, fam.Metric(labels={**(const or {}), label: v})) for v in values}
         self._metrics += out.values()
         return out
 

@@ -172,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
               f"  models  {', '.join(server.ready_models()) or '(none ready)'}\n"
               f"  log     {server.log_path}\n"
               "Ctrl-C to stop.", flush=True)
-        while supervisor is not None or server.is_running():
+        while supervisor.watching if supervisor is not None else server.is_running():
             time.sleep(0.5)
-        print(f"error: tritonserver exited unexpectedly; log {server.log_path}:\n"
-              f"{server.log_tail(20)}", file=sys.stderr)
+        if supervisor is None:
+            print(f"error: tritonserver exited unexpectedly; log {server.log_path}:\n"
+                  f"{server.log_tail(20)}", file=sys.stderr)
+        else:  # nothing heals the server any more: stop rather than serve unwatched
+            print(f"error: the supervisor stopped watching the server; its last events: "
+                  f"{[f'{e.kind} {e.detail}' for e in supervisor.events[-3:]]}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt as why:
         print(f"\n{str(why) or 'SIGINT'} received: readiness off, draining, stopping tritonserver", flush=True)

@@ -58,7 +58,8 @@ class Event:
     """One thing the supervisor saw or did (kept in :attr:`Supervisor.events`)."""
 
     at: float  # time.monotonic()
-    kind: str  # probe_failed | degraded | reloaded | reload_failed | restarted | restart_failed | crashed | recovered
+    kind: str  # probe_failed | degraded | reloaded | reload_failed | restarted | restart_failed | crashed |
+    #            recovered | log_not_kept | heal_failed
     detail: str = ""
 
 
@@ -70,6 +71,7 @@ class SupervisorStats:
     probe_failures: int = 0
     reloads: int = 0
     restarts: int = 0
+    restart_failures: int = 0  # restarts given up after every attempt failed (the next probe tries again)
     crashes: Counter = field(default_factory=Counter)  # by exit status / signal name
     last_outage_s: float = 0.0
 
@@ -127,6 +129,8 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
         self._instances: int | None = None  # of the probed model, from its config
+        self._kept_logs = 0  # <log>.crash-N copies made
+        self._gave_up = False  # the last restart failed: the server down now is one this supervisor stopped
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -253,7 +257,15 @@ class Supervisor:
             self._event("probe_failed" if failed else "degraded", problem)
             if self._stopping.is_set():
                 return
-            self.heal()
+            try:
+                self.heal()
+            except Exception as err:  # noqa: BLE001 - the watch goes on: the next probe heals again
+                self._event("heal_failed", f"{type(err).__name__}: {err}")
+
+    @property
+    def watching(self) -> bool:
+        """Whether the probe loop runs (False before start, after stop, or if it died)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def heal(self) -> None:
         """Reload the model if the server still runs, else (or if that fails) restart the server."""
@@ -283,25 +295,38 @@ class Supervisor:
     def restart(self) -> None:
         """Stop what is left of the server, keep its log, start it again on the same ports."""
         code = self.server._process.poll() if self.server._process else None
-        if code is not None:  # it died on its own: record how
+        # it died on its own: record how (not a server this supervisor stopped itself after a failed start)
+        if code is not None and not self._gave_up:
             why = f"signal {-code}" if code < 0 else f"exit {code}"
             self.stats.crashes[why] += 1
             self._event("crashed", f"{why}; {crash_evidence(self.server.log_tail(400))}")
         self.server.stop(timeout=5.0)
-        kept = self.server.log_path.with_name(
-            f"{self.server.log_path.name}.crash-{self.stats.restarts + 1}")
-        shutil.copy2(self.server.log_path, kept)
+        kept = self._keep_log()
         for attempt in range(3):
             try:
                 self._launch()
                 break
-            except (RuntimeError, TimeoutError) as err:
-                self._event("restart_failed", f"attempt {attempt + 1}: {err}")
+            except (OSError, RuntimeError, TimeoutError) as err:
+                self._event("restart_failed", f"attempt {attempt + 1}: {type(err).__name__}: {err}")
                 time.sleep(min(2.0 ** attempt, 5.0))
         else:
+            self.stats.restart_failures += 1
+            self._gave_up = True
             return  # the next probe fails and tries again
+        self._gave_up = False
         self.stats.restarts += 1
         self._event("restarted", f"PID {self.server.pid}; previous log {kept}")
+
+    def _keep_log(self) -> Path | None:
+        """Copy the server's log to ``<log>.crash-N`` (N counts the copies: none is overwritten)."""
+        self._kept_logs += 1
+        kept = self.server.log_path.with_name(f"{self.server.log_path.name}.crash-{self._kept_logs}")
+        try:
+            shutil.copy2(self.server.log_path, kept)
+        except OSError as err:  # a full or vanished /tmp must not stop the restart
+            self._event("log_not_kept", f"{kept}: {type(err).__name__}: {err}")
+            return None
+        return kept
 
 
 def outage(events: list[Event], since: float) -> float | None:

@@ -2,6 +2,7 @@
 optional model loading, client retries, the supervisor's health endpoint."""
 
 import json
+import threading
 import urllib.error
 import urllib.request
 
@@ -12,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from inference.input_checks import BOUNDS_FILE, InputChecker, write_input_bounds
 from inference.integrity import MANIFEST, ArtifactError, verify_files, write_manifest
 from serving.client import RecommendClient, retryable
-from serving.health import HealthServer, metric_sum, parse_metrics
+from serving.health import HealthServer, metric_sum, parse_metrics, supervisor_metrics
 from serving.optional_models import load_optional
 from serving.security import ADMIN_HEADER, SecurityOptions
 from serving.supervisor import Supervisor, crash_evidence
@@ -248,6 +249,86 @@ def test_health_endpoint_serves_readiness_and_counters(tmp_path):
             "--disable-auto-complete-config"} <= set(supervisor.server.command())
     with pytest.raises(ValueError, match="interval=0 and timeout=1 must be > 0"):
         Supervisor(TritonServer(tmp_path), interval=0, timeout=1)
+
+
+class ExitedServer:
+    """What ``Supervisor.restart`` touches of a TritonServer: a process that has exited (``exit_code``),
+    its log, and starts that fail ``fail_starts`` times before one succeeds."""
+
+    def __init__(self, log_path, exit_code: int, fail_starts: int):
+        self.log_path, self.exit_code, self.fail_starts, self.starts = log_path, exit_code, fail_starts, 0
+        self.model_control_mode, self.extra_args, self.pid = "none", [], 4242
+        self._process = type("P", (), {"poll": lambda _: self.exit_code})()
+        log_path.write_text("Signal (11) received.\n")
+
+    def start(self):
+        self.starts += 1
+        self.exit_code = None  # running
+        return self
+
+    def wait_ready(self, timeout):
+        if self.starts <= self.fail_starts:
+            raise RuntimeError("tritonserver exited during startup")
+
+    def ready_models(self):
+        return ["recommend"]
+
+    def stop(self, timeout=None):
+        if self.exit_code is None:
+            self.exit_code = -15  # SIGTERM, sent by the supervisor
+        return self.exit_code
+
+    def log_tail(self, n):
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def test_a_failed_restart_is_counted_apart_from_crashes_and_no_crash_log_is_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr("serving.supervisor.time.sleep", lambda s: None)
+    server = ExitedServer(tmp_path / "tritonserver.log", exit_code=-11, fail_starts=3)
+    sup = Supervisor(server)
+    sup.restart()  # crashed on its own, then three failed starts
+    assert sup.stats.crashes == {"signal 11": 1} and sup.stats.restart_failures == 1 and sup.stats.restarts == 0
+    assert [e.kind for e in sup.events].count("restart_failed") == 3
+    server.log_path.write_text("the failed starts' log\n")
+    sup.restart()  # the next probe: the server down now is the one the supervisor stopped, not a crash
+    assert sup.stats.crashes == {"signal 11": 1} and sup.stats.restarts == 1 and sup.stats.restart_failures == 1
+    server.exit_code = -9  # a real crash of the restarted server
+    server.log_path.write_text("Signal (9) received.\n")
+    sup.restart()
+    assert sup.stats.crashes == {"signal 11": 1, "signal 9": 1} and sup.stats.restarts == 2
+    kept = [tmp_path / f"tritonserver.log.crash-{n}" for n in (1, 2, 3)]
+    assert [k.read_text() for k in kept] == ["Signal (11) received.\n", "the failed starts' log\n",
+                                              "Signal (9) received.\n"]
+    text = supervisor_metrics(sup)
+    assert "recsys_supervisor_restart_failures_total 1" in text and "recsys_supervisor_restarts_total 2" in text
+
+
+def test_a_log_that_cannot_be_kept_does_not_stop_the_restart(tmp_path, monkeypatch):
+    server = ExitedServer(tmp_path / "tritonserver.log", exit_code=-11, fail_starts=0)
+    sup = Supervisor(server)
+    server.log_path.unlink()  # e.g. /tmp cleaned under a long-running server
+    sup.restart()
+    assert sup.stats.restarts == 1 and any(e.kind == "log_not_kept" for e in sup.events)
+
+
+def test_live_says_503_once_the_supervisor_stops_watching(tmp_path):
+    sup = Supervisor(TritonServer(tmp_path))
+    health = HealthServer(sup).start()
+    stop = threading.Event()
+    try:
+        with pytest.raises(urllib.error.HTTPError, match="503"):
+            urllib.request.urlopen(health.url + "/live", timeout=5)  # not started
+        sup._thread = threading.Thread(target=stop.wait, daemon=True)
+        sup._thread.start()
+        assert urllib.request.urlopen(health.url + "/live", timeout=5).status == 200
+        stop.set()
+        sup._thread.join(5)
+        with pytest.raises(urllib.error.HTTPError, match="503") as err:
+            urllib.request.urlopen(health.url + "/live", timeout=5)
+        assert err.value.read() == b"supervisor not watching\n"
+    finally:
+        stop.set()
+        health.stop()
 
 
 def test_crash_evidence_keeps_error_and_signal_lines():

@@ -68,7 +68,11 @@ def test_an_event_changes_the_next_answer_of_every_instance(served):
     assert metric_sum(metrics, "recsys_events_total", outcome="ok") == 2
     assert metric_sum(metrics, "recsys_events_total", outcome="duplicate") == 1
     assert metric_sum(metrics, "recsys_events_applied_total") == 4  # 2 events x 2 instances
-    assert 0 <= metric_sum(metrics, "recsys_freshness_seconds", of="event") < 600
+    # one series per instance (each holds its own state): a stuck instance is not hidden by the other
+    applied = {dict(lab)["instance"]: v for (n, lab), v in metrics.items() if n == "recsys_events_applied_total"}
+    assert len(applied) == 2 and set(applied.values()) == {2.0}, applied
+    ages = [v for (n, lab), v in metrics.items() if n == "recsys_freshness_seconds" and ("of", "event") in lab]
+    assert len(ages) == 2 and all(0 <= v < 600 for v in ages), ages
 
 
 def test_a_bad_event_is_rejected_alone_with_its_reason(served):
@@ -218,6 +222,36 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
     metrics = scrape(server.metrics_url)
     assert metric_sum(metrics, "recsys_catalog_records_total", op="upsert_item", outcome="ok") == 3
     assert metric_sum(metrics, "recsys_catalog_applied_total", change="new_items") == 4  # 2 items x 2 instances
+
+
+def test_events_that_cannot_be_applied_are_counted_and_answers_go_on(served):
+    """An unreadable segment in the events log (a disk error, a bad copy): every instance answers from
+    the state it has, counts each answer given without the news, and recovers once it is gone."""
+    server, log_dir, art = served
+    bad = log_dir / "events" / "segment-999999.sqlite"
+    bad.write_bytes(b"not a database" * 512)
+    user = str(art.load_store().users.ids[2])
+    failed = lambda: metric_sum(scrape(server.metrics_url), "recsys_live_apply_failures_total")  # noqa: E731
+    try:
+        time.sleep(FLUSH_S + 0.5)
+        before = failed()
+        with RecommendClient(server.grpc_url) as client:
+            assert all(len(client.recommend(user, 5).item_ids) == 5 for _ in range(6))
+            time.sleep(FLUSH_S + 0.5)
+            metrics = scrape(server.metrics_url)
+            per_instance = [v for (n, lab), v in metrics.items() if n == "recsys_live_apply_failures_total"]
+            assert failed() - before == 6 and len(per_instance) == 2 and min(per_instance) > 0, per_instance
+            assert "live events not applied" in server.log_path.read_text()
+            bad.unlink()
+            client.recommend(user, 5)
+            client.recommend(user, 5)
+            time.sleep(FLUSH_S + 0.5)
+            after = failed()
+            assert all(len(client.recommend(user, 5).item_ids) == 5 for _ in range(4))
+            time.sleep(FLUSH_S + 0.5)
+            assert failed() == after  # recovered: no answer without the news any more
+    finally:
+        bad.unlink(missing_ok=True)
 
 
 def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):

@@ -102,6 +102,7 @@ class TritonPythonModel:
         root = version.parent.parent  # checksums.json: every file this model reads, before reading any
         verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/", "item_tower/"])
         specs = load_specs(version / "specs.json")
+        self.instance = args.get("model_instance_name", "")  # the `instance` label of its live-state metrics
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
         self.default_ranker, user_tower = served["default"], params["USER_TOWER_MODEL"]
@@ -176,7 +177,7 @@ class TritonPythonModel:
                                            "instance read them (away longer than REDIS_MAXLEN)",
                                            pb_utils.MetricFamily.COUNTER)
             self.families += [family, missed]
-            self.redis_up = family.Metric(labels={"role": "recommend"})
+            self.redis_up = family.Metric(labels={"role": "recommend", "instance": self.instance})
             self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
             self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
                                   on_change=changed)
@@ -185,6 +186,12 @@ class TritonPythonModel:
             self._catch_up()
 
     def _catch_up(self) -> None:
+        try:
+            self._apply_new()
+        finally:  # also when applying failed: the ages keep growing and show it
+            self._report_state()
+
+    def _apply_new(self) -> None:
         new = self.tail.read_new_columns()  # numpy columns: no pandas on the answer path
         # Catalog records after the events: an event is accepted only once its item's record was
         # logged, so every item an event read here names is in this catalog read (or an earlier one).
@@ -213,6 +220,8 @@ class TritonPythonModel:
                 raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
+
+    def _report_state(self) -> None:
         if self.redis_up is not None and self.tail.up != self.shown_up:
             self.shown_up = self.tail.up
             self.redis_up.set(1.0 if self.shown_up else 0.0)
@@ -238,14 +247,18 @@ class TritonPythonModel:
         self.stage = m.histograms("recsys_stage_seconds", "Latency of each pipeline stage in seconds", "stage", STAGES,
                                   LATENCY_BUCKETS)
         self.empty = m.counters("recsys_empty_answers_total", "Answers with no item, by why", "reason", EMPTY_REASONS)
-        self.applied = m.counter("recsys_events_applied_total", "Logged events applied to this instance's state")
+        inst = {"instance": self.instance}  # state each instance holds on its own: one series each
+        self.applied = m.counter("recsys_events_applied_total", "Logged events applied to this instance's state", inst)
+        self.apply_failures = m.counter(
+            "recsys_live_apply_failures_total", "Answers given without applying the newly logged events or catalog "
+            "records (they are retried before the next answer)", inst)
         self.impressions_lost = m.counter("recsys_impressions_lost_total", "Answers whose impression could not be logged")
         self.freshness = m.gauges("recsys_freshness_seconds",
-                                  "Age of the newest applied event, the served snapshot and the model", "of",
-                                  ("event", "snapshot", "model"))
+                                  "Age of the newest applied event (-1: none applied since start), the served "
+                                  "snapshot and the model", "of", ("event", "snapshot", "model"), inst)
         self.catalog_applied = m.counters("recsys_catalog_applied_total",
                                           "Catalog changes applied to this instance, by kind", "change",
-                                          ("new_items", "updated_items", "blocked", "unblocked", "users"))
+                                          ("new_items", "updated_items", "blocked", "unblocked", "users"), inst)
         self.last_event_at = None
         # Set once at load: direct, not buffered.
         self.families = [kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE)]
@@ -280,6 +293,7 @@ class TritonPythonModel:
         try:
             self._catch_up()
         except Exception as err:  # noqa: BLE001 - answer from the state as it is; say so
+            self.apply_failures.increment(1)
             self.logger.log_error(f"recommend: live events not applied: {type(err).__name__}: {err}")
         for request in requests:
             try:
