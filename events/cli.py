@@ -15,14 +15,15 @@ a zone).
 
 Examples:
   recsys-log read --dir logs/events --kind events --since 2024-01-01 --out events.parquet
-  recsys-log read --dir logs/events --kind impressions --explode --out positions.csv
-  recsys-log read --dir logs/events --kind impressions --head 5
+  recsys-log read --dir logs/impressions --kind impressions --explode --out positions.csv
+  recsys-log read --dir logs --kind impressions --head 5
   recsys-log read --dir logs/catalog --kind catalog
   recsys-log stats --dir logs/events
 
 --dir may also name a server's log folder (``--event-log DIR``; by default event_log/ next to the
 model repository, e.g. event_log/ beside triton_repo/): it holds events/, impressions/ and catalog/,
-and the one of --kind is read (stats: each of them).
+and the one of --kind is read (stats: each of them). A kind's folder of that layout given with another
+--kind (e.g. --dir logs/events --kind impressions) reads its sibling of that kind (logs/impressions).
 
 Exit status: 0, or 2 on bad input (a missing directory, an unknown kind or file type, a bad
 time), with one line on stderr.
@@ -121,6 +122,16 @@ def _served_layout(directory: Path) -> list[str]:
     return [k for k in KINDS if (directory / k).is_dir() and list_segments(directory / k)]
 
 
+def _sibling(directory: Path, kind: str) -> Path | None:
+    """The ``kind`` folder next to ``directory`` when ``directory`` is another kind's folder of a
+    served log folder and that sibling holds segments (``logs/events`` with ``--kind impressions``)."""
+    if directory.name in KINDS and directory.name != kind:
+        other = directory.parent / kind
+        if other.is_dir() and list_segments(other):
+            return other
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -136,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recsys-log: reading {args.dir / args.kind} (the {args.kind} of the served log folder {args.dir})",
                   file=sys.stderr)
             args.dir = args.dir / args.kind
+        elif args.command == "read" and (other := _sibling(args.dir, args.kind)) is not None:
+            print(f"recsys-log: {args.dir} holds {args.dir.name}; reading the {args.kind} next to it, {other}",
+                  file=sys.stderr)
+            args.dir = other
         if args.explode and args.kind != "impressions":
             raise ValueError("--explode applies to --kind impressions only")
         if args.out is not None and args.out.suffix not in OUT_FORMATS:

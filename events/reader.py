@@ -18,6 +18,15 @@ from events.segments import (has_table, list_segments, open_readonly, require_di
                              segment_path)
 
 
+def log_size(directory: str | os.PathLike) -> dict:
+    """``bytes``, ``segments`` and ``dropped_segments`` of a log directory from the file system alone
+    (no segment opened: cheap enough for a metrics thread); zeros when the directory does not exist yet."""
+    directory = Path(directory)
+    segments = list_segments(directory) if directory.is_dir() else []
+    return {"bytes": sum(segment_bytes(directory, n) for n in segments), "segments": len(segments),
+            "dropped_segments": segments[0] - 1 if segments else 0}
+
+
 def log_stats(directory: str | os.PathLike) -> dict:
     """Telemetry of a log directory, for the metrics endpoint and ``recsys-log stats``.
 

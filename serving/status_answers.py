@@ -11,17 +11,23 @@ import numpy as np
 
 
 def answer_each(pb_utils, requests: list, answer: Callable[[object], np.ndarray], name: str,
-                output: str = "status") -> list:
+                output: str = "status", failed: Callable[[str], None] | None = None) -> list:
     """``answer(request)`` -> the ``output`` tensor of its response; ``ValueError`` is the client's
-    mistake (INVALID_ARGUMENT, its message prefixed with ``name``), any other exception ours."""
+    mistake (INVALID_ARGUMENT, its message prefixed with ``name``), any other exception ours.
+    ``failed(code)`` is called once per request answered with an error (``invalid_argument`` or
+    ``internal``): Triton counts a python model's error responses as successes, so the model counts them."""
     responses = []
     for request in requests:
         try:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(output, answer(request))]))
         except ValueError as err:
+            if failed is not None:
+                failed("invalid_argument")
             responses.append(pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"{name}: {err}", pb_utils.TritonError.INVALID_ARG)))
         except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
+            if failed is not None:
+                failed("internal")
             pb_utils.Logger.log_error(f"{name} failed: {type(err).__name__}: {err}")
             responses.append(pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))

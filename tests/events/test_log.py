@@ -519,6 +519,12 @@ def test_cli_takes_the_served_log_folder(tmp_path, capsys):
     stats = json.loads(capsys.readouterr().out)
     assert set(stats) == {"events", "impressions"} and stats["events"]["events"] == 2
     assert stats["impressions"]["impressions"] == 1
+    # the events folder asked for impressions (the old docs' example) reads the impressions beside it
+    assert cli_main(["read", "--dir", str(tmp_path / "events"), "--kind", "impressions"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("1 rows\n") and f"reading the impressions next to it, {tmp_path / 'impressions'}" in err
+    assert cli_main(["read", "--dir", str(tmp_path / "impressions"), "--kind", "catalog"]) == 0  # no catalog/: as is
+    assert capsys.readouterr().out == "0 rows\n"
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from events.log import read_log
 from export.repository import export_if_needed
@@ -92,6 +93,13 @@ def test_a_bad_event_is_rejected_alone_with_its_reason(served):
         raw["event_id"] = np.array([b"ev-\xff", b"ev-\xfe"], dtype=object)
         result = client._call(EVENTS_MODEL, _inputs(raw), [grpcclient.InferRequestedOutput("status")])
         assert [v.decode() for v in result.as_numpy("status").ravel()] == ["bad_encoding", "bad_encoding"]
+        # a whole request refused (one value missing): counted by the model (Triton counts it a success)
+        raw["user_id"] = raw["user_id"][:1]
+        with pytest.raises(InferenceServerException, match="one value per event"):
+            client._call(EVENTS_MODEL, _inputs(raw), [grpcclient.InferRequestedOutput("status")])
+    metrics = scrape(server.metrics_url)
+    assert metric_sum(metrics, "recsys_events_request_errors_total", code="invalid_argument") == 1
+    assert metric_sum(metrics, "recsys_events_request_errors_total", code="internal") == 0
     logged = read_log(log_dir / "events", "events")
     assert {"ev-10", "ev-15"} <= set(logged["event_id"]) and "ev-11" not in set(logged["event_id"])
     assert not any("\ufffd" in e for e in logged["event_id"])
@@ -107,6 +115,14 @@ def test_every_answer_is_logged_as_an_impression(served):
         assert row["items"] == a.item_ids and row["user_id"] == a.user_id and row["route"] == a.route
         assert row["ranker"] == a.ranker and "@" in row["model_version"]
         np.testing.assert_allclose(row["scores"], a.scores, rtol=1e-6)
+    # every log's size is exported, impressions too, with no event traffic (a thread looks every 5 s)
+    deadline, sizes = time.monotonic() + 15, {}
+    while time.monotonic() < deadline and not sizes.get("impressions"):
+        sizes = {dict(lab)["log"]: v for (n, lab), v in scrape(server.metrics_url).items()
+                 if n == "recsys_event_log_bytes"}
+        time.sleep(0.5)
+    assert set(sizes) == {"events", "impressions", "catalog"} and sizes["impressions"] > 0 and sizes["events"] > 0
+    assert metric_sum(scrape(server.metrics_url), "recsys_event_log_dropped_segments") == 0
 
 
 def test_attributes_segment_and_promoted_items_travel_over_grpc(served):

@@ -9,7 +9,9 @@ one transaction, and only then does the call return. ``recommend`` applies them 
 answer (``pipeline.catalog``). The model follows the same log for the items added since the
 export (by this server or another sharing the log), so a block of one of them is accepted.
 
-Counters: ``recsys_catalog_records_total{op, outcome}`` (ok or the rejection reason).
+Counters: ``recsys_catalog_records_total{op, outcome}`` (ok or the rejection reason),
+``recsys_catalog_request_errors_total{code}`` (whole requests answered with an error: ``invalid_argument``
+or ``internal``).
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class TritonPythonModel:
         self.log = EventLog(directory)
         family = pb_utils.MetricFamily("recsys_catalog_records_total", "Catalog records received, by op and outcome",
                                        pb_utils.MetricFamily.COUNTER)
-        self.families = [family]
+        errors = pb_utils.MetricFamily("recsys_catalog_request_errors_total", "catalog requests answered with an "
+                                       "error, by gRPC code", pb_utils.MetricFamily.COUNTER)
+        self.families = [family, errors]
         self.counts = {(op, o): family.Metric(labels={"op": op, "outcome": o}) for op in (*OPS, "other") for o in OUTCOMES}
+        self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
 
     def _answer(self, request) -> np.ndarray:
         table = {}
@@ -76,7 +81,8 @@ class TritonPythonModel:
         return np.array([s.encode() for s in status], dtype=np.object_)
 
     def execute(self, requests: list) -> list:
-        return answer_each(pb_utils, requests, self._answer, "catalog")
+        return answer_each(pb_utils, requests, self._answer, "catalog",
+                           failed=lambda code: self.errors[code].increment(1))
 
     def finalize(self) -> None:
         self.items.close()

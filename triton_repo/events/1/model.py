@@ -15,7 +15,10 @@ the local log, wait there (``recsys_redis_backlog_events``), and a background th
 when Redis is back; one log line per outage.
 
 Counters: ``recsys_events_total{outcome}`` (ok, duplicate, or the rejection reason),
-``recsys_event_log_bytes``, and with Redis ``recsys_redis_up{role="events"}`` (1 / 0),
+``recsys_events_request_errors_total{code}`` (whole requests answered with an error:
+``invalid_argument``, or ``internal``: e.g. the log's disk full), ``recsys_event_log_bytes{log}`` and
+``recsys_event_log_dropped_segments{log}`` for the ``events``, ``impressions`` and ``catalog`` logs
+(looked at every ``LOG_STATS_S`` seconds, 5 by default, by a thread: with no traffic too), and with Redis ``recsys_redis_up{role="events"}`` (1 / 0),
 ``recsys_redis_backlog_events`` and ``recsys_redis_published_total``.
 """
 
@@ -30,6 +33,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from events.log import EventLog
+from events.reader import log_size
 from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
@@ -53,14 +57,26 @@ class TritonPythonModel:
         self.items = CatalogItems(IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json"),
                                   catalog_log_dir(repo, params.get("EVENT_LOG", "event_log")))
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
-        events_dir = event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))[0]
+        events_dir, impressions_dir = event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))
         self.log = EventLog(events_dir)
         kind = pb_utils.MetricFamily
         self.families = [kind("recsys_events_total", "Events received, by outcome", kind.COUNTER),
-                         kind("recsys_event_log_bytes", "Size of the durable event log", kind.GAUGE)]
+                         kind("recsys_event_log_bytes", "Size of each durable log (segments and WALs)", kind.GAUGE),
+                         kind("recsys_event_log_dropped_segments", "Oldest segments of each log deleted by its "
+                              "size bound (their rows are gone from retraining)", kind.GAUGE),
+                         kind("recsys_events_request_errors_total", "events requests answered with an error, by "
+                              "gRPC code", kind.COUNTER)]
         self.outcomes = {o: self.families[0].Metric(labels={"outcome": o}) for o in OUTCOMES}
-        self.log_bytes = self.families[1].Metric(labels={})
-        self.sized_at = 0.0
+        self.errors = {c: self.families[3].Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
+        self.logs = {"events": events_dir, "impressions": impressions_dir,
+                     "catalog": catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))}
+        self.sizes = {name: (self.families[1].Metric(labels={"log": name}),
+                             self.families[2].Metric(labels={"log": name})) for name in self.logs}
+        self.stats_every = float(params.get("LOG_STATS_S", "5"))
+        self.stopping = threading.Event()
+        self._show_sizes()
+        self.sizer = threading.Thread(target=self._size_loop, name="log-sizes", daemon=True)
+        self.sizer.start()
         self.bus = None
         redis = redis_settings(params)
         if redis is not None:
@@ -131,15 +147,27 @@ class TritonPythonModel:
                     pb_utils.Logger.log_error(f"events: publishing to Redis failed: {type(err).__name__}: {err}")
         for outcome in set(status):
             self.outcomes[outcome].increment(status.count(outcome))
-        if time.monotonic() - self.sized_at >= 1.0:  # the log size at most once a second (0.5 ms a look)
-            self.log_bytes.set(self.log.stats()["bytes"])
-            self.sized_at = time.monotonic()
         return np.array([s.encode() for s in status], dtype=np.object_)
 
+    def _show_sizes(self) -> None:
+        for name, directory in self.logs.items():
+            size = log_size(directory)
+            self.sizes[name][0].set(float(size["bytes"]))
+            self.sizes[name][1].set(float(size["dropped_segments"]))
+
+    def _size_loop(self) -> None:
+        while not self.stopping.wait(self.stats_every):
+            try:
+                self._show_sizes()
+            except Exception as err:  # noqa: BLE001 - a failed look is logged; the next one tries again
+                pb_utils.Logger.log_warn(f"events: log sizes not read: {type(err).__name__}: {err}")
+
     def execute(self, requests: list) -> list:
-        return answer_each(pb_utils, requests, self._answer, "events")
+        return answer_each(pb_utils, requests, self._answer, "events", failed=lambda code: self.errors[code].increment(1))
 
     def finalize(self) -> None:
+        self.stopping.set()
+        self.sizer.join(timeout=5)
         self.items.close()
         if self.bus is not None:
             self.bus.close()
