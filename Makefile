@@ -15,7 +15,7 @@ REDIS_PORT ?= 6390
 REDIS_DIR  ?= .cache/redis
 REDIS_ABS  := $(abspath $(REDIS_DIR))
 
-.PHONY: run test reliability venv baselines clean-venv rehearsal-numpy2 wheel-check redis-install redis-start redis-stop
+.PHONY: run test reliability venv baselines clean-venv rehearsal-numpy2 wheel-check redis-install redis-start redis-stop prometheus-install
 
 venv: $(STAMP)
 
@@ -34,12 +34,20 @@ run: $(STAMP)
 	$(PY) train.py retrieval.refit.mode=none $(ARGS)
 	$(PY) -m serving.demo
 
-test: $(STAMP) redis-install
+test: $(STAMP) redis-install prometheus-install
 	$(PY) -m pytest -q -m "not reliability" $(ARGS)
 
 # Debian's redis-server (the Redis tests start their own on a free port); installed once, as root.
 redis-install:
 	@command -v redis-server >/dev/null || apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
+
+# Debian's prometheus (promtool checks ops/prometheus/alerts.yml; tests/serving/test_alerts.py starts its
+# own prometheus on a free 127.0.0.1 port). RUNLEVEL=1: the package's init script must not start a
+# system-wide one on :9090 while installing.
+prometheus-install:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+		RUNLEVEL=1 apt-get install -y --no-install-recommends prometheus || \
+		(apt-get update && RUNLEVEL=1 apt-get install -y --no-install-recommends prometheus)
 
 # One redis-server on 127.0.0.1:$(REDIS_PORT), data and append-only file in $(REDIS_DIR) (a restart keeps
 # the stream and the event-id keys); serve with: python -m serving.serve --redis redis://127.0.0.1:$(REDIS_PORT)/0

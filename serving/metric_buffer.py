@@ -105,7 +105,7 @@ class MetricBuffer:
         self._families.append(fam)
         return fam
 
-    # ``const``: labels every series of the metric carries, e.g. ``{"instance": ...}`` for a state each
+    # ``const``: labels every series of the metric carries, e.g. ``{"model_instance": ...}`` for a state each
     # model instance holds on its own (Triton keeps one series per name and labels for all instances of
     # a model: without the label, one instance's value hides another's).
     def counters(self, name: str, description: str, label: str, values: Sequence[str],

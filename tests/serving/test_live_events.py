@@ -70,7 +70,7 @@ def test_an_event_changes_the_next_answer_of_every_instance(served):
     assert metric_sum(metrics, "recsys_events_total", outcome="duplicate") == 1
     assert metric_sum(metrics, "recsys_events_applied_total") == 4  # 2 events x 2 instances
     # one series per instance (each holds its own state): a stuck instance is not hidden by the other
-    applied = {dict(lab)["instance"]: v for (n, lab), v in metrics.items() if n == "recsys_events_applied_total"}
+    applied = {dict(lab)["model_instance"]: v for (n, lab), v in metrics.items() if n == "recsys_events_applied_total"}
     assert len(applied) == 2 and set(applied.values()) == {2.0}, applied
     ages = [v for (n, lab), v in metrics.items() if n == "recsys_freshness_seconds" and ("of", "event") in lab]
     assert len(ages) == 2 and all(0 <= v < 600 for v in ages), ages

@@ -102,7 +102,7 @@ class TritonPythonModel:
         root = version.parent.parent  # checksums.json: every file this model reads, before reading any
         verify_files(root, ["recommend/", f"{params['USER_TOWER_MODEL']}/", "item_tower/"])
         specs = load_specs(version / "specs.json")
-        self.instance = args.get("model_instance_name", "")  # the `instance` label of its live-state metrics
+        self.instance = args.get("model_instance_name", "")  # the `model_instance` label of its live-state metrics (Prometheus owns `instance`)
         self._metrics()
         served = json.loads((version / "rankers.json").read_text())
         self.default_ranker, user_tower = served["default"], params["USER_TOWER_MODEL"]
@@ -133,8 +133,9 @@ class TritonPythonModel:
             served["rankers"], [self.default_ranker], ranker)
         for name, why in skipped.items():
             pb_utils.Logger.log_error(f"recommend: optional ranker {name} skipped: {why}")
+        for name in served["rankers"]:  # 0 for each loaded one: the series exists before any failure
             self.families.append(self.skipped.Metric(labels={"model": name}))  # kept alive with its family
-            self.families[-1].set(1)
+            self.families[-1].set(1 if name in skipped else 0)
         art = RunArtifacts(version / "artifacts")
         self.pipeline = art.load_pipeline(user_encoder=model(user_tower), rankers=rankers,
                                           default_ranker=self.default_ranker)
@@ -177,7 +178,7 @@ class TritonPythonModel:
                                            "instance read them (away longer than REDIS_MAXLEN)",
                                            pb_utils.MetricFamily.COUNTER)
             self.families += [family, missed]
-            self.redis_up = family.Metric(labels={"role": "recommend", "instance": self.instance})
+            self.redis_up = family.Metric(labels={"role": "recommend", "model_instance": self.instance})
             self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
             self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
                                   on_change=changed)
@@ -247,7 +248,7 @@ class TritonPythonModel:
         self.stage = m.histograms("recsys_stage_seconds", "Latency of each pipeline stage in seconds", "stage", STAGES,
                                   LATENCY_BUCKETS)
         self.empty = m.counters("recsys_empty_answers_total", "Answers with no item, by why", "reason", EMPTY_REASONS)
-        inst = {"instance": self.instance}  # state each instance holds on its own: one series each
+        inst = {"model_instance": self.instance}  # state each instance holds on its own: one series each
         self.applied = m.counter("recsys_events_applied_total", "Logged events applied to this instance's state", inst)
         self.apply_failures = m.counter(
             "recsys_live_apply_failures_total", "Answers given without applying the newly logged events or catalog "
