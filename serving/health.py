@@ -52,7 +52,7 @@ def supervisor_metrics(supervisor) -> str:
                                ("restart_failures_total", s.restart_failures,
                                 "Restarts given up after three failed starts (the next probe tries again)"),
                                ("ready", int(supervisor.ready), "1 while the last probe answered"),
-                               ("last_outage_seconds", s.last_outage_s, "First failed probe to recovery")):
+                               ("last_outage_seconds", s.last_outage_s, "First failed probe or lost model instance to recovery, seconds")):
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# HELP recsys_supervisor_{name} {help_}", f"# TYPE recsys_supervisor_{name} {kind}",
                   f"recsys_supervisor_{name} {value}"]

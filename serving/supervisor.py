@@ -16,7 +16,7 @@ INTERNAL "Stub process ... is not healthy"; a stub frozen for ~2 s (SIGSTOP/SIGC
    log is kept as ``<log>.crash-<n>`` with its exit signal); dead or wedged stub -> reload the model
    through the model-repository API (with the admin token) and probe again; still failing ->
    restart the server;
-4. on :meth:`stop` flips readiness off, waits until Triton reports no pending or executing
+4. on :meth:`stop` flips readiness off, waits until Triton reports no pending (queued)
    request (``drain_timeout``), then SIGTERMs the server. Triton's own exit wait is cut to
    ``exit_timeout`` (``--exit-timeout-secs``; its default, 30 s, is spent in full when a version
    retired by a forced reload never unloads, which 2.51 does after a stub was killed or frozen):
@@ -172,7 +172,8 @@ class Supervisor:
         return self.server.stop(timeout=self.exit_timeout + 5.0)
 
     def drain(self, timeout: float) -> bool:
-        """Wait until Triton reports no pending or executing request (True) or ``timeout`` passes."""
+        """Wait until Triton reports no pending request (True) or ``timeout`` passes. Requests already
+        executing are not in that count: Triton's own ``--exit-timeout-secs`` lets them finish."""
         deadline = time.monotonic() + timeout
         while self.server.is_running() and time.monotonic() < deadline:
             if self.in_flight() <= 0:  # -1: no metrics endpoint answering, nothing to wait for
@@ -181,7 +182,8 @@ class Supervisor:
         return not self.server.is_running() or self.in_flight() <= 0
 
     def in_flight(self) -> int:
-        """Requests queued or executing in the server (Triton's pending count + executing ones), -1 if unknown."""
+        """Requests queued in the server (Triton's ``nv_inference_pending_request_count``: it drops a
+        request when its execution starts), -1 if unknown."""
         try:
             metrics = scrape(self.server.metrics_url, timeout=1.0)
         except OSError:
