@@ -33,11 +33,17 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
         hint = (f"pass {setting} {wanted}" if setting.startswith("-") else f"give {setting} as {wanted}"
                 if setting.isupper() else f"set {setting}={wanted}")
         raise DataError(f"{what} file {p} does not exist; {hint}.")
+    if p.is_dir():
+        raise DataError(f"{what} file {p} is a directory; name the .csv or .parquet file in it.")
     if p.stat().st_size == 0:
         raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.")
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(p)
+        try:
+            df = pd.read_parquet(p)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: truncated, not parquet
+            raise DataError(f"{what} file {p} is not a readable parquet file ({type(e).__name__}: "
+                            f"{str(e)[:200]}); write it again.") from None
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else ","
         try:

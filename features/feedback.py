@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from events.reader import read_log
+from events.log import LOCK_NAME
+from events.segments import list_segments
 from events.tail import EventTail
 from features.schema import DataError, Dataset
 
@@ -50,6 +53,13 @@ def log_dirs(path: str | os.PathLike, setting: str = "events=<dir>") -> tuple[Pa
                         "EventLog directory)")
     if (p / "events").is_dir():
         return p / "events", (p / "impressions") if (p / "impressions").is_dir() else None
+    if not list_segments(p) and not (p / LOCK_NAME).is_file():
+        # not a log (an EventLog made one, even with nothing appended): read as an empty log, it would
+        # move the run's log cursor here and the served tail would skip what the real log holds
+        inside = sorted(c.name for c in p.iterdir())[:5]
+        raise DataError(f"{p} holds no event log (no events/ folder, no segment-*.sqlite, no {LOCK_NAME}; it "
+                        f"holds {inside or 'nothing'}); {setting}: the served --event-log DIR, or one EventLog "
+                        "directory")
     return p, p
 
 
@@ -72,6 +82,9 @@ def read_log_events(events_dir: Path, after: LogCursor | None = None,
     tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None, kind=kind)
     try:
         frame = tail.read_new()
+    except sqlite3.DatabaseError as e:  # a segment that is not SQLite (a bad copy, a disk error)
+        raise DataError(f"event log {events_dir}: a segment could not be read ({e}); move the damaged "
+                        "segment-*.sqlite file away or restore it, then run again") from None
     finally:
         tail.close()
     return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid)

@@ -20,9 +20,12 @@ incomplete instead of half-loaded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import pickle
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from features.schema import DataError
 from features.store import FeatureStore
 from inference.models import TorchModel
 from pipeline.pipeline import Pipeline
@@ -95,6 +99,23 @@ def make_catalog(store: FeatureStore, item_embeddings: np.ndarray, category_feat
     return ItemCatalog(np.zeros((n, 1), np.int64), ["<none>"], item_embeddings, store.popularity, store.items.ids)
 
 
+# What reading a damaged artifact raises (np.load of a truncated .npz: BadZipFile; torch.load of an
+# emptied file: EOFError / UnpicklingError; faiss: RuntimeError; JSON and parquet: ValueError).
+UNREADABLE = (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def _reads(artifact):
+    """A loader of ``RunArtifacts`` whose read failures name the artifact (``artifact``: its name, or a
+    function of the loader's arguments giving it)."""
+    def wrap(method):
+        @functools.wraps(method)
+        def inner(self, *args, **kwargs):
+            with self.reading(artifact(*args, **kwargs) if callable(artifact) else artifact):
+                return method(self, *args, **kwargs)
+        return inner
+    return wrap
+
+
 class RunArtifacts:
     """The ``artifacts/`` folder of one run.
 
@@ -115,7 +136,22 @@ class RunArtifacts:
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
             return {}
-        return json.loads(self.manifest_path.read_text())
+        with self.reading(MANIFEST):
+            return json.loads(self.manifest_path.read_text())
+
+    @contextlib.contextmanager
+    def reading(self, name: str) -> Iterator[None]:
+        """Turn a failure to read artifact ``name`` (truncated, emptied, not the format) into a
+        :class:`DataError` naming its file and the fix, instead of the reader's own traceback."""
+        try:
+            yield
+        except DataError:
+            raise
+        except UNREADABLE as e:
+            where = self.dir / FILES[name] if name in FILES else self.dir / name
+            raise DataError(f"run {self.run_dir}: artifact {name} ({where}) could not be read: {type(e).__name__}: "
+                            f"{str(e)[:300]}. The run is damaged or was copied half-way: restore the run "
+                            "directory, or train it again.") from e
 
     def _write_manifest(self, m: dict) -> None:
         tmp = self.manifest_path.with_suffix(".tmp")
@@ -185,33 +221,41 @@ class RunArtifacts:
                                     "(stage=all or stage=ranking) and pass its output directory.")
         return self
 
+    @_reads("settings")
     def load_settings(self) -> PipelineSettings:
         return PipelineSettings.load(self.path("settings"))
 
+    @_reads("store")
     def load_store(self) -> FeatureStore:
         return FeatureStore.load(self.path("store"))
 
+    @_reads("item_embeddings")
     def load_item_embeddings(self, mmap: bool = False) -> np.ndarray:
         return np.load(self.path("item_embeddings"), mmap_mode="r" if mmap else None)
 
+    @_reads("index")
     def load_index(self):
         return load_index(self.path("index"))[0]
 
+    @_reads("index")
     def index_settings(self) -> dict:
         """The index's build / search parameters (``retrieval.index.IndexConfig`` as saved)."""
         index = self.path("index")
         return json.loads(index.with_name(index.name + ".json").read_text())
 
+    @_reads("two_tower")
     def load_towers(self, store: FeatureStore):
         from retrieval.towers import load_two_tower  # torch: only offline readers load the PyTorch models
 
         return load_two_tower(self.path("two_tower"), store.features)
 
+    @_reads(lambda name, store: RANKERS[name])
     def load_ranker(self, name: str, store: FeatureStore):
         from ranking.model import load_ranker
 
         return load_ranker(self.path(RANKERS[name]), store.features)
 
+    @_reads("rules")
     def load_rules(self) -> RuleSet:
         path = self.path("rules")
         return RuleSet.from_config(OmegaConf.to_container(OmegaConf.load(path)), str(path))
@@ -220,12 +264,15 @@ class RunArtifacts:
         """Triton names of the rankers this run has, teacher first."""
         return [n for n, a in RANKERS.items() if self.has(a)]
 
+    @_reads("store")
     def item_ids(self) -> list[str]:
         return json.loads((self.path("store") / "items.json").read_text())
 
+    @_reads("store")
     def user_ids(self) -> list[str]:
         return json.loads((self.path("store") / "users.json").read_text())
 
+    @_reads("item_titles")
     def titles(self) -> dict[str, str]:
         """Item id -> display title ({} when the catalog has no titles)."""
         p = self.path("item_titles")
@@ -253,7 +300,8 @@ class RunArtifacts:
         retriever = Retriever(user_encoder, self.load_index(), store, emb)
         rules = self.load_rules()
         catalog = make_catalog(store, emb, settings.category_feature)
-        features = CandidateFeatures.load(self.path("ranker_features"), store)
+        with self.reading("ranker_features"):
+            features = CandidateFeatures.load(self.path("ranker_features"), store)
         return Pipeline(retriever, rankers, default_ranker, features, rules, catalog, settings,
                         rules.make_tracker(len(catalog)))
 

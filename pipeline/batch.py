@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,28 +23,48 @@ import pandas as pd
 from tqdm import tqdm
 
 from features.custom import read_table
-from features.schema import DataError
+from features.schema import MAX_TIMESTAMP, DataError, _as_str_ids
 from pipeline.artifacts import load_pipeline
-from pipeline.pipeline import Pipeline, Request
+from pipeline.pipeline import MAX_ID_LENGTH, Pipeline, Request, RequestError
 
 log = logging.getLogger(__name__)
 
 
 def read_requests(path: str | Path) -> pd.DataFrame:
-    """Load and check a requests table: a ``user_id`` column, optional numeric ``timestamp``."""
-    df = read_table(path, "requests", setting="--requests")
+    """Load and check a requests table: a ``user_id`` column (ids stripped, as every other reader of
+    ids: " 9 " is user 9), optional ``timestamp`` (Unix seconds in 0..9999-12-31; missing: now).
+    Every row is checked here, before the run loads: a bad row names its row number (the header is
+    line 1) instead of failing the whole job halfway."""
+    df = read_table(path, "requests", setting="--requests", dtype={"user_id": str})  # "0042" stays "0042"
     if "user_id" not in df.columns:
         raise DataError(f"requests file {path} has no 'user_id' column; found {list(df.columns)}. "
                         f"Add a user_id column (one request per row).")
     if len(df) == 0:
         raise DataError(f"requests file {path} has no rows.")
     if df["user_id"].isna().any():
-        raise DataError(f"requests file {path}: {int(df['user_id'].isna().sum())} row(s) have no user_id.")
+        raise DataError(f"requests file {path}: {int(df['user_id'].isna().sum())} row(s) have no user_id "
+                        f"(first: line {int(np.flatnonzero(df['user_id'].isna().to_numpy())[0]) + 2}).")
+    try:
+        users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
+    except DataError as e:
+        empty = df["user_id"].astype(str).str.strip().str.len() == 0
+        where = f" (first: line {int(np.flatnonzero(empty.to_numpy())[0]) + 2})" if empty.any() else ""
+        raise DataError(f"{e}{where}") from None
+    long = users.str.len() > MAX_ID_LENGTH
+    if long.any():
+        raise DataError(f"requests file {path}: line {int(np.flatnonzero(long.to_numpy())[0]) + 2}: user_id is "
+                        f"{int(users[long].iloc[0].__len__())} characters long; at most {MAX_ID_LENGTH} are allowed.")
+    df = df.assign(user_id=users)
     if "timestamp" in df.columns:
         ts = pd.to_numeric(df["timestamp"], errors="coerce")
         bad = ts.isna() & df["timestamp"].notna()
         if bad.any():
             raise DataError(f"requests file {path}: timestamp {df['timestamp'][bad].iloc[0]!r} is not Unix seconds.")
+        out = ts.notna() & ~((ts >= 0) & (ts <= MAX_TIMESTAMP))  # inf, negative, past the year 9999
+        if out.any():
+            line = int(np.flatnonzero(out.to_numpy())[0]) + 2
+            raise DataError(f"requests file {path}: line {line}: timestamp {ts[out].iloc[0]!r} is outside Unix "
+                            f"seconds 0..{MAX_TIMESTAMP} (milliseconds? divide by 1000; leave it empty for now).")
         df = df.assign(timestamp=ts)
     return df
 
@@ -64,14 +86,32 @@ def recommend_table(pipe: Pipeline, requests: pd.DataFrame, k: int, batch_size: 
     return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "reason", "group", "route"])
 
 
-def write_table(df: pd.DataFrame, path: str | Path) -> None:
+def check_output(path: str | Path) -> Path:
+    """The output path, checked before any work: a .csv / .parquet file in an existing folder."""
     p = Path(path)
-    if p.suffix.lower() in (".parquet", ".pq"):
-        df.to_parquet(p, index=False)
-    elif p.suffix.lower() == ".csv":
-        df.to_csv(p, index=False)
-    else:
-        raise DataError(f"output {p} must end in .csv or .parquet.")
+    if p.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise DataError(f"--out {p} must end in .csv or .parquet.")
+    if p.is_dir():
+        raise DataError(f"--out {p} is a directory; name a file in it, e.g. {p / ('recs' + p.suffix)}.")
+    if not p.parent.is_dir():
+        raise DataError(f"--out {p}: folder {p.parent} does not exist; create it first.")
+    return p
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` whole or not at all: to a temporary file next to ``path``, then renamed over it."""
+    p = check_output(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    os.close(fd)
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,13 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.k <= 0:
             raise DataError(f"--k={args.k} must be a positive integer.")
-        if Path(args.out).suffix.lower() not in (".csv", ".parquet", ".pq"):
-            raise DataError(f"--out {args.out} must end in .csv or .parquet.")
+        check_output(args.out)
         requests = read_requests(args.requests)
         pipe = load_pipeline(args.run_dir)
         out = recommend_table(pipe, requests, args.k, progress=not args.no_progress)
         write_table(out, args.out)
-    except (DataError, FileNotFoundError) as e:
+    except (DataError, FileNotFoundError, RequestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log.info("wrote %d rows for %d requests to %s", len(out), len(requests), args.out)

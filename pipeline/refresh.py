@@ -60,7 +60,7 @@ import pandas as pd
 
 from features.custom import read_table
 from features.feedback import read_log_catalog
-from features.schema import DataError
+from features.schema import MAX_TIMESTAMP, DataError
 from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
@@ -121,8 +121,13 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
                         "user_id, item_id and timestamp (Unix seconds).")
     df = new[list(COLUMNS)].copy()
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    bad = df["user_id"].isna() | df["item_id"].isna() | ts.isna() | ~np.isfinite(ts.fillna(0))
-    df = df[~bad].assign(user_id=lambda d: d["user_id"].astype(str), item_id=lambda d: d["item_id"].astype(str),
+    # ids stripped as every other reader of ids (" 9 " is user 9); a blank id, a missing or
+    # non-finite timestamp, or one outside Unix seconds 0..9999-12-31 is malformed (never cast to -2^63)
+    user_col = df["user_id"].where(df["user_id"].isna(), df["user_id"].astype(str).str.strip())
+    item_col = df["item_id"].where(df["item_id"].isna(), df["item_id"].astype(str).str.strip())
+    bad = (user_col.isna() | item_col.isna() | (user_col.astype(str).str.len() == 0)
+           | (item_col.astype(str).str.len() == 0) | ts.isna() | ~((ts >= 0) & (ts <= MAX_TIMESTAMP)))
+    df = df[~bad].assign(user_id=user_col[~bad].astype(str), item_id=item_col[~bad].astype(str),
                          timestamp=ts[~bad].astype(np.int64))
     unknown = items.lookup(df["item_id"].to_numpy()) < 0
     df = df[~unknown]
@@ -160,6 +165,8 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
     if out_dir is None:
         return _refresh(art, interactions, rebuild, rebuild_share, cursor, catalog, catalog_cursor, start)
     out = RunArtifacts(out_dir)
+    if out.run_dir.exists() and not out.run_dir.is_dir():
+        raise DataError(f"--out-dir {out.run_dir} is a file; choose a new directory (or omit it to refresh in place)")
     if out.dir.exists():
         raise DataError(f"--out-dir {out.run_dir} exists; choose a new directory (or omit it to refresh in place)")
     made = out.dir if out.run_dir.exists() else out.run_dir  # what a failure removes: only what this call made
@@ -175,7 +182,8 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
              cursor: dict | None, catalog: pd.DataFrame | None, catalog_cursor: dict | None, start: float) -> dict:
     """:func:`refresh` on the run's artifacts ``art`` (the run's own, or the copy at ``out_dir``)."""
     m = art.manifest()
-    known = pd.read_parquet(art.path("interactions"))
+    with art.reading("interactions"):
+        known = pd.read_parquet(art.path("interactions"))
     folded = {} if catalog is None else {"read": int(len(catalog))}
     if catalog is not None and len(catalog):  # before the interactions: they may name items added online
         folded.update(fold_catalog(art, catalog))
@@ -195,7 +203,8 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
                                              store.history_len, ease_content)
         cooc_saw, report["late"] = len(history), 0
     else:
-        features = CandidateFeatures.load(art.path("ranker_features"), store)
+        with art.reading("ranker_features"):
+            features = CandidateFeatures.load(art.path("ranker_features"), store)
         online = OnlineState.over(store, features)
         counts = online.apply(new)
         report["new_users"], report["late"] = counts["new_users"], counts["late"]
@@ -361,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
             rows, cursor, log_report = log_events(args.run_dir, args.events)
             catalog, catalog_cursor = log_catalog(args.run_dir, args.events)
         else:
-            rows = read_table(args.interactions, "interactions", "--interactions")
+            rows = read_table(args.interactions, "interactions", "--interactions",  # "0042" stays "0042"
+                              dtype={"user_id": str, "item_id": str})
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
                          catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})

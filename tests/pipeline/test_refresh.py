@@ -80,6 +80,50 @@ def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
         refresh(tmp_path / "nowhere", pd.DataFrame())
 
 
+def test_refresh_strips_ids_and_counts_impossible_timestamps_as_malformed(tiny_deployed_run, tmp_path):
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, item = str(log["user_id"].iloc[0]), str(art.item_ids()[3])
+    t = int(log["timestamp"].max()) + 3600
+    new = pd.DataFrame({"user_id": [f"  {user} ", user, user, user, "   "],
+                        "item_id": [f" {item}", item, item, item, item],
+                        "timestamp": [t, 1e19, -5, float("inf"), t + 1]})
+    report = refresh(tiny_deployed_run, new, tmp_path / "fresh")
+    # " u " is user u (no second user), " i" is item i (not unknown); 1e19 / -5 / inf / a blank id: malformed
+    assert report == {**report, "received": 5, "accepted": 1, "malformed": 4, "unknown_items": 0, "new_users": 0}
+    stored = pd.read_parquet(RunArtifacts(tmp_path / "fresh").path("interactions"))
+    assert stored["timestamp"].min() >= 0 and (stored["user_id"] == user).sum() == (log["user_id"] == user).sum() + 1
+
+
+def test_refresh_refuses_a_folder_that_is_not_an_event_log_and_keeps_its_cursor(tiny_deployed_run, tmp_path, capsys):
+    from events.log import EventLog
+
+    art = RunArtifacts(tiny_deployed_run)
+    t = int(pd.read_parquet(art.path("interactions"))["timestamp"].max()) + 3600
+    with EventLog(tmp_path / "logs" / "host1", durability="normal") as elog:
+        elog.append_events([{"event_id": "e1", "user_id": "x", "item_id": str(art.item_ids()[0]),
+                             "timestamp": float(t), "type": "click"}])
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a log")
+    for wrong in (tmp_path / "logs", tmp_path / "notes"):  # one level too high; a folder of other files
+        assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(wrong), "--out-dir",
+                             str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "holds no event log" in err and "--events DIR" in err, err
+        assert not (tmp_path / "out").exists()
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "segment-000001.sqlite").write_bytes(b"not a database" * 100)
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(junk), "--out-dir",
+                         str(tmp_path / "out")]) == 2
+    assert "a segment could not be read" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("mine")
+    (tmp_path / "rows.csv").write_text(f"user_id,item_id,timestamp\nx,{art.item_ids()[0]},{t}\n")
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "rows.csv"),
+                         "--out-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_deploy_retrains_the_ranker_on_both_windows(tiny_deployed_run):
     m = RunArtifacts(tiny_deployed_run).manifest()["artifacts"]
     ranker, towers = m["ranker"], m["two_tower"]

@@ -222,6 +222,58 @@ def test_batch_command_bad_input(tiny_run, tmp_path, capsys):
         recommend_table(load_pipeline(tiny_run), read_requests(tmp_path / "ok.csv"), 500)
 
 
+def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(tiny_run, tmp_path, capsys):
+    user = str(load_pipeline(tiny_run).store.users.ids[0])
+    (tmp_path / "padded.csv").write_text(f"user_id,timestamp\n  {user}  ,1700000000\n")
+    out = tmp_path / "o.csv"
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "padded.csv"), "--k", "3",
+                       "--out", str(out), "--no-progress"]) == 0
+    got = pd.read_csv(out, dtype={"user_id": str})
+    assert set(got.user_id) == {user} and set(got.route) == {"known_user"}  # " u3 " is u3, not a cold stranger
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.csv")] == []  # no temporary file left
+    rows = {"inf": "1e400", "overflow": "1e19", "negative": "-5", "spaces": None, "long": None}
+    for name, ts in rows.items():
+        uid = {"spaces": "   ", "long": "u" * 300}.get(name, user)
+        (tmp_path / f"{name}.csv").write_text(f"user_id,timestamp\n{user},1700000000\n{uid},{ts or 1700000000}\n")
+        assert batch_main(["--run-dir", str(tmp_path / "not-loaded"), "--requests", str(tmp_path / f"{name}.csv"),
+                           "--out", str(out)]) == 2, name  # refused before the run is even looked at
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, err
+        assert ("line 3" in err) or ("empty id" in err), err
+    (tmp_path / "outdir.csv").mkdir()
+    for bad_out, message in ((tmp_path / "missing" / "o.csv", "folder"), (tmp_path / "outdir.csv", "is a directory")):
+        assert batch_main(["--run-dir", str(tmp_path / "not-loaded"), "--requests", str(tmp_path / "padded.csv"),
+                           "--out", str(bad_out)]) == 2  # checked before the run is looked at
+        assert message in capsys.readouterr().err
+    (tmp_path / "dir.csv").mkdir()
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "dir.csv"), "--out", str(out)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 not really")
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "torn.parquet"), "--out", str(out)]) == 2
+    assert "not a readable parquet file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("artifact, damage", [("item_embeddings", "truncate"), ("ranker", "empty"),
+                                              ("index", "empty"), ("settings", "empty"), ("manifest", "garble")])
+def test_a_damaged_artifact_is_named_with_the_fix(tiny_run, tmp_path, capsys, artifact, damage):
+    import shutil
+
+    from pipeline.artifacts import MANIFEST, RunArtifacts
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    art = RunArtifacts(run)
+    path = art.manifest_path if artifact == "manifest" else art.path(artifact)
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garble": data[:-7]}[damage])
+    pd.DataFrame({"user_id": ["1"]}).to_csv(tmp_path / "ok.csv", index=False)
+    assert batch_main(["--run-dir", str(run), "--requests", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "o.csv"),
+                       "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    name = MANIFEST if artifact == "manifest" else artifact
+    assert f"artifact {name} (" in err and "restore the run directory, or train it again" in err, err
+
+
 def test_ranking_stage_metrics(tiny_run):
     import json
 
