@@ -42,8 +42,9 @@ redis-install:
 	@command -v redis-server >/dev/null || apt-get install -y redis-server || (apt-get update && apt-get install -y redis-server)
 
 # Debian's prometheus (promtool checks ops/prometheus/alerts.yml; tests/serving/test_alerts.py starts its
-# own prometheus on a free 127.0.0.1 port). RUNLEVEL=1: the package's init script must not start a
-# system-wide one on :9090 while installing.
+# own prometheus on a free 127.0.0.1 port). RUNLEVEL=1 keeps invoke-rc.d from starting the package's
+# system-wide one on :9090 on machines without systemd (these and CI); on a systemd host the package
+# starts its service as any Debian install does: `systemctl disable --now prometheus` if unwanted.
 prometheus-install:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
 		RUNLEVEL=1 apt-get install -y --no-install-recommends prometheus || \

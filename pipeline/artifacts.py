@@ -150,7 +150,7 @@ class RunArtifacts:
         except UNREADABLE as e:
             where = self.dir / FILES[name] if name in FILES else self.dir / name
             raise DataError(f"run {self.run_dir}: artifact {name} ({where}) could not be read: {type(e).__name__}: "
-                            f"{str(e)[:300]}. The run is damaged or was copied half-way: restore the run "
+                            f"{str(e)[:600]}. If the file is damaged or was copied half-way, restore the run "
                             "directory, or train it again.") from e
 
     def _write_manifest(self, m: dict) -> None:

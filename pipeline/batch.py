@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +100,7 @@ def check_output(path: str | Path) -> Path:
 def write_table(df: pd.DataFrame, path: str | Path) -> None:
     """Write ``df`` whole or not at all: to a temporary file next to ``path``, then renamed over it."""
     p = check_output(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    os.close(fd)
+    tmp = str(p.with_name(f".{p.name}.{os.getpid()}.tmp"))  # opened as any new file: the usual mode
     try:
         if p.suffix.lower() in (".parquet", ".pq"):
             df.to_parquet(tmp, index=False)

@@ -94,18 +94,23 @@ def _bytes_content(array: np.ndarray) -> bytes:
 
 
 def _inputs(tensors: dict) -> list:
-    """Request inputs from named arrays (object / bytes arrays as BYTES, numbers in their own type);
-    an array of another kind goes through tritonclient's ``InferInput``, which names what is wrong."""
+    """Request inputs from named arrays (object arrays as BYTES, numbers in their own type); numpy
+    byte-string and big-endian arrays go through tritonclient's ``InferInput``; a dtype Triton has no
+    type for is refused here."""
     inputs = []
     for name, array in tensors.items():
         if not isinstance(array, np.ndarray):
             raise TypeError(f"input '{name}' must be a numpy array, got {type(array).__name__}")
         if array.dtype == np.object_:
             inputs.append(_RawInput(name, "BYTES", array.shape, _bytes_content(array)))
-        elif array.dtype.kind in "iufb" and array.dtype.byteorder in "=|<":
-            inputs.append(_RawInput(name, np_to_triton_dtype(array.dtype), array.shape, array.tobytes()))
+            continue
+        datatype = np_to_triton_dtype(array.dtype)
+        if datatype is None:
+            raise TypeError(f"input '{name}' has dtype {array.dtype}, which Triton has no type for")
+        if array.dtype.kind in "iufb" and array.dtype.byteorder in "=|<":
+            inputs.append(_RawInput(name, datatype, array.shape, array.tobytes()))
         else:
-            inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            inp = grpcclient.InferInput(name, list(array.shape), datatype)
             inputs.append(inp.set_data_from_numpy(array))
     return inputs
 

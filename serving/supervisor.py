@@ -141,6 +141,7 @@ class Supervisor:
             TimeoutError: not ready within ``startup_timeout``.
         """
         self._launch()
+        self._gave_up = False
         self.ready = self.probe() is None
         self._thread = threading.Thread(target=self._watch, name="triton-supervisor", daemon=True)
         self._thread.start()
@@ -308,7 +309,7 @@ class Supervisor:
             try:
                 self._launch()
                 break
-            except (OSError, RuntimeError, TimeoutError) as err:
+            except Exception as err:  # noqa: BLE001 - e.g. the server dying between ready and the model check
                 self._event("restart_failed", f"attempt {attempt + 1}: {type(err).__name__}: {err}")
                 time.sleep(min(2.0 ** attempt, 5.0))
         else:
@@ -320,9 +321,13 @@ class Supervisor:
         self._event("restarted", f"PID {self.server.pid}; previous log {kept}")
 
     def _keep_log(self) -> Path | None:
-        """Copy the server's log to ``<log>.crash-N`` (N counts the copies: none is overwritten)."""
-        self._kept_logs += 1
-        kept = self.server.log_path.with_name(f"{self.server.log_path.name}.crash-{self._kept_logs}")
+        """Copy the server's log to ``<log>.crash-N``, N after every copy already there (an earlier
+        ``recsys-serve`` with the same ``--log-file`` included): none is overwritten."""
+        log_path = self.server.log_path
+        taken = [int(m.group(1)) for p in log_path.parent.glob(f"{log_path.name}.crash-*")
+                 if (m := re.fullmatch(rf"{re.escape(log_path.name)}\.crash-(\d+)", p.name))]
+        self._kept_logs = max([self._kept_logs, *taken]) + 1
+        kept = log_path.with_name(f"{log_path.name}.crash-{self._kept_logs}")
         try:
             shutil.copy2(self.server.log_path, kept)
         except OSError as err:  # a full or vanished /tmp must not stop the restart

@@ -112,17 +112,23 @@ CASES = {
          [("4m", []), ("6m", [{"model": "ranker"}])]),
     ],
     "RecsysLiveEventsNotApplied": [
-        ({'recsys_live_apply_failures_total{model_instance="recommend_0_0"}': "0+3x40",
-          'recsys_live_apply_failures_total{model_instance="recommend_0_1"}': "0x40"},
-         [("1m", []), ("4m", [{"model_instance": "recommend_0_0"}])]),
+        ({f'recsys_live_apply_failures_total{{{TRI}, model_instance="recommend_0_0"}}': "0+3x40",
+          f'recsys_live_apply_failures_total{{{TRI}, model_instance="recommend_0_1"}}': "0x40"},
+         [("1m", []), ("4m", [{"instance": "127.0.0.1:8002", "model_instance": "recommend_0_0"}])]),
+        ({'recsys_live_apply_failures_total{model_instance="recommend_0_0"}': "0x20 1x40"},  # one, recovered
+         [("5m30s", []), ("6m", []), ("8m", [])]),
     ],
     "RecsysEventsNotReachingAnswers": [
-        ({'recsys_freshness_seconds{of="event", model_instance="recommend_0_0"}': "30x100",
-          'recsys_freshness_seconds{of="event", model_instance="recommend_0_1"}': "30+15x100",  # stuck: only ages
-          'recsys_events_total{outcome="ok"}': "0+10x100"},
-         [("8m", []), ("16m", [{"model_instance": "recommend_0_1"}])]),
-        ({'recsys_freshness_seconds{of="event", model_instance="recommend_0_0"}': "30+15x100",  # no events: quiet
-          'recsys_events_total{outcome="ok"}': "7x100"}, [("16m", [])]),
+        ({f'recsys_freshness_seconds{{{TRI}, of="event", model_instance="recommend_0_0"}}': "30x100",
+          f'recsys_freshness_seconds{{{TRI}, of="event", model_instance="recommend_0_1"}}': "30+15x100",  # stuck
+          f'recsys_events_total{{{TRI}, outcome="ok"}}': "0+10x100"},
+         [("8m", []), ("16m", [{"instance": "127.0.0.1:8002", "model_instance": "recommend_0_1"}])]),
+        ({f'recsys_freshness_seconds{{{TRI}, of="event", model_instance="recommend_0_0"}}': "30+15x100",  # no events
+          f'recsys_events_total{{{TRI}, outcome="ok"}}': "7x100"}, [("16m", [])]),
+        # another host's events do not page this host's instances (without Redis each applies its own)
+        ({'recsys_freshness_seconds{job="recsys-triton", instance="b:8002", of="event", model_instance="r"}': "30+15x100",
+          f'recsys_events_total{{{TRI}, outcome="ok"}}': "0+10x100",
+          'recsys_events_total{job="recsys-triton", instance="b:8002", outcome="ok"}': "7x100"}, [("16m", [])]),
     ],
     "RecsysIngestFailing": [
         ({'recsys_events_request_errors_total{code="internal"}': "0x20 1x40"},  # no catalog model loaded

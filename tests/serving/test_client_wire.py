@@ -64,6 +64,8 @@ def test_other_arrays_still_go_through_tritonclient_and_its_errors():
     (inp,) = _inputs({"s": np.array([b"ab", b"c"])})  # numpy bytes_ dtype: tritonclient's own path
     assert isinstance(inp, grpcclient.InferInput)
     assert request_bytes([inp]) == request_bytes(reference_inputs({"s": np.array([b"ab", b"c"])}))
+    with pytest.raises(TypeError, match="input 'x' has dtype float128, which Triton has no type for"):
+        _inputs({"x": np.array([1.5], dtype=np.longdouble)})  # never sent (its 16-byte elements would be)
     with pytest.raises(TypeError, match="input 's' must be a numpy array, got list"):
         _inputs({"s": [1, 2]})
 

@@ -303,6 +303,30 @@ def test_a_failed_restart_is_counted_apart_from_crashes_and_no_crash_log_is_over
     assert "recsys_supervisor_restart_failures_total 1" in text and "recsys_supervisor_restarts_total 2" in text
 
 
+def test_any_failed_start_counts_as_an_attempt_and_kept_logs_continue_earlier_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr("serving.supervisor.time.sleep", lambda s: None)
+    server = ExitedServer(tmp_path / "tritonserver.log", exit_code=-11, fail_starts=0)
+    (tmp_path / "tritonserver.log.crash-4").write_text("an earlier recsys-serve's crash\n")
+    calls = {"n": 0}
+
+    def dies_between_ready_and_index():  # the server exits right after READY: the client call fails
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            server.stop()
+            raise InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+        return ["recommend"]
+
+    server.ready_models = dies_between_ready_and_index
+    sup = Supervisor(server)
+    sup.restart()
+    assert [e.kind for e in sup.events].count("restart_failed") == 3 and sup.stats.restart_failures == 1
+    sup.restart()  # the server down now is the one the supervisor stopped: no second crash
+    assert sup.stats.crashes == {"signal 11": 1} and sup.stats.restarts == 1
+    assert (tmp_path / "tritonserver.log.crash-4").read_text() == "an earlier recsys-serve's crash\n"
+    assert sorted(p.name for p in tmp_path.glob("tritonserver.log.crash-*")) == [
+        "tritonserver.log.crash-4", "tritonserver.log.crash-5", "tritonserver.log.crash-6"]
+
+
 def test_a_log_that_cannot_be_kept_does_not_stop_the_restart(tmp_path, monkeypatch):
     server = ExitedServer(tmp_path / "tritonserver.log", exit_code=-11, fail_starts=0)
     sup = Supervisor(server)

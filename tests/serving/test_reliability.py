@@ -364,7 +364,9 @@ def test_a_broken_optional_ranker_is_skipped_and_the_default_serves(damaged):
                 client.recommend("someone", 5, timestamp=TS, ranker="ranker_int8")
             assert err.value.status() == INVALID
         metrics = scrape(server.metrics_url)
-        assert metric_sum(metrics, "recsys_models_skipped", model="ranker_int8") == 1
+        skipped = [v for (n, lab), v in metrics.items() if n == "recsys_models_skipped" and ("model", "ranker_int8") in lab]
+        assert skipped and all(v == 1 for v in skipped), skipped  # one series per instance, each 1
+        assert metric_sum(metrics, "recsys_models_skipped", model="ranker") == 0
     log = (d / "optional.log").read_text()
     assert "optional ranker ranker_int8 skipped: ArtifactError" in log and "model.onnx is missing" in log
 

@@ -72,7 +72,7 @@ class TritonPythonModel:
                      "catalog": catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))}
         self.sizes = {name: (self.families[1].Metric(labels={"log": name}),
                              self.families[2].Metric(labels={"log": name})) for name in self.logs}
-        self.stats_every = float(params.get("LOG_STATS_S", "5"))
+        self.stats_every = max(float(params.get("LOG_STATS_S", "5")), 0.5)  # 0 would spin the thread
         self.stopping = threading.Event()
         self._show_sizes()
         self.sizer = threading.Thread(target=self._size_loop, name="log-sizes", daemon=True)

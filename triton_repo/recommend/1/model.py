@@ -134,7 +134,8 @@ class TritonPythonModel:
         for name, why in skipped.items():
             pb_utils.Logger.log_error(f"recommend: optional ranker {name} skipped: {why}")
         for name in served["rankers"]:  # 0 for each loaded one: the series exists before any failure
-            self.families.append(self.skipped.Metric(labels={"model": name}))  # kept alive with its family
+            # per instance: one that loaded a ranker must not overwrite another's 1 (each loads its own)
+            self.families.append(self.skipped.Metric(labels={"model": name, "model_instance": self.instance}))
             self.families[-1].set(1 if name in skipped else 0)
         art = RunArtifacts(version / "artifacts")
         self.pipeline = art.load_pipeline(user_encoder=model(user_tower), rankers=rankers,
@@ -230,7 +231,9 @@ class TritonPythonModel:
             self.redis_missed.increment(self.tail.missed - self.shown_missed)
             self.shown_missed = self.tail.missed
         now = time.time()  # buffered gauges: sent once a second (serving/metric_buffer.py)
-        self.freshness["event"].set(now - self.last_event_at if self.last_event_at else -1.0)
+        # with none applied yet: the age of this instance's state (its start), so a tail stuck from the
+        # start shows too (RecsysEventsNotReachingAnswers)
+        self.freshness["event"].set(now - (self.last_event_at or self.started_at))
         self.freshness["snapshot"].set(now - self.snapshot_at if self.snapshot_at else -1.0)
         self.freshness["model"].set(now - self.model_at if self.model_at else -1.0)
 
@@ -255,12 +258,12 @@ class TritonPythonModel:
             "records (they are retried before the next answer)", inst)
         self.impressions_lost = m.counter("recsys_impressions_lost_total", "Answers whose impression could not be logged")
         self.freshness = m.gauges("recsys_freshness_seconds",
-                                  "Age of the newest applied event (-1: none applied since start), the served "
-                                  "snapshot and the model", "of", ("event", "snapshot", "model"), inst)
+                                  "Age of the newest applied event (of the instance's start while none is), "
+                                  "the served snapshot and the model", "of", ("event", "snapshot", "model"), inst)
         self.catalog_applied = m.counters("recsys_catalog_applied_total",
                                           "Catalog changes applied to this instance, by kind", "change",
                                           ("new_items", "updated_items", "blocked", "unblocked", "users"), inst)
-        self.last_event_at = None
+        self.last_event_at, self.started_at = None, time.time()
         # Set once at load: direct, not buffered.
         self.families = [kind("recsys_models_skipped", "Optional rankers that failed to load (1 = skipped)", kind.GAUGE)]
         self.skipped = self.families[0]
