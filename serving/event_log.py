@@ -29,6 +29,8 @@ from events.tail import EventTail
 
 ENV = "RECSYS_EVENT_LOG"
 REDIS_ENV = "RECSYS_REDIS_URL"
+MAX_BYTES_ENV = "RECSYS_LOG_MAX_BYTES"
+DEFAULT_MAX_BYTES = 1 << 30  # per log folder (events/, impressions/, catalog/): events.log.EventLog's default
 # One family, two models (the help text must match for Triton to share it): recsys_redis_up{role}.
 REDIS_UP_HELP = "1 when this model reached Redis at its last try, 0 when not (role: events | recommend)"
 
@@ -60,6 +62,23 @@ def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: 
 def catalog_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:
     """The catalog records' folder of the log for a model repository."""
     return event_log_dir(repository, parameter) / "catalog"
+
+
+def max_log_bytes(params: dict[str, str]) -> int:
+    """The size bound of each served log folder, bytes: ``RECSYS_LOG_MAX_BYTES`` in the server's
+    environment wins (``recsys-serve --log-max-gib`` sets it), else the models' ``LOG_MAX_BYTES``
+    parameter, else 1 GiB. Past it a writer deletes that folder's oldest segments
+    (``recsys_event_log_dropped_segments``)."""
+    raw = os.environ.get(MAX_BYTES_ENV) or params.get("LOG_MAX_BYTES") or str(DEFAULT_MAX_BYTES)
+    try:
+        value = int(float(raw))
+    except ValueError:
+        raise ValueError(f"log size bound {raw!r} ({MAX_BYTES_ENV} / LOG_MAX_BYTES): expected bytes, e.g. "
+                         f"{DEFAULT_MAX_BYTES}") from None
+    if value < 64 << 20:
+        raise ValueError(f"log size bound {value} bytes ({MAX_BYTES_ENV} / LOG_MAX_BYTES): at least 64 MiB "
+                         "(one segment)")
+    return value
 
 
 def redis_settings(params: dict[str, str]) -> dict | None:

@@ -104,5 +104,6 @@ class TritonPythonModel:
                     responses[i] = self._respond(self._run([arrays])[0])
                 except Exception as err:  # noqa: BLE001 - every request must get an answer
                     self.rejections["internal"].increment(1)
+                    pb_utils.Logger.log_error(f"{self.name} failed: {type(err).__name__}: {err}")
                     responses[i] = _error(f"{self.name}: {type(err).__name__}: {err}")
         return responses

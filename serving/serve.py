@@ -16,6 +16,7 @@ off) and secure (serving/security.py: gRPC only, control and shared-memory APIs 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 from serving.health import HealthServer
-from serving.event_log import ENV, REDIS_ENV
+from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
@@ -96,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="directory of the durable event / impression log shared by `events` and every "
                              "`recommend` instance (default: the models' EVENT_LOG parameter, `event_log` next "
                              "to the model repository); sets RECSYS_EVENT_LOG for the server")
+    parser.add_argument("--log-max-gib", type=float, default=None, metavar="GIB",
+                        help="size bound of each log folder (events/, impressions/, catalog/) in GiB: past it the "
+                             "oldest segments are deleted (recsys_event_log_dropped_segments); sets "
+                             "RECSYS_LOG_MAX_BYTES for the server (default: the models' LOG_MAX_BYTES parameter, "
+                             "else 1)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="share the live events with the servers of other hosts through Redis "
                              "(redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0; `make redis-start` runs one): "
@@ -126,8 +132,15 @@ def security_options(args: argparse.Namespace) -> SecurityOptions:
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; returns the process exit status."""
     args = parse_args(argv)
+    # the supervisor's events (probe_failed, reloaded, restarted ... previous log <path>, recovered)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.event_log:
         os.environ[ENV] = str(Path(args.event_log).expanduser().resolve())  # the stubs inherit it
+    if args.log_max_gib is not None:
+        if not args.log_max_gib * 1024 >= 64:  # NaN too
+            print(f"error: --log-max-gib {args.log_max_gib:g}: at least 0.0625 (one 64 MiB segment)", file=sys.stderr)
+            return 2
+        os.environ[MAX_BYTES_ENV] = str(int(args.log_max_gib * (1 << 30)))
     if args.redis is not None:
         from events.redis_bus import check_url  # pandas: only when asked for
 

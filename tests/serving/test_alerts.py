@@ -99,6 +99,16 @@ CASES = {
           'recsys_stage_seconds_bucket{stage="rules", le="0.01"}': "0x80",  # another stage: not this alert
           'recsys_stage_seconds_bucket{stage="rules", le="+Inf"}': "0+100x80"}, [("17m", [])]),
     ],
+    "RecsysSlowServedAnswers": [
+        ({f'nv_inference_request_duration_us{{{TRI}, model="recommend", version="1"}}': "0+3000000x80",  # 150 ms
+          f'nv_inference_request_success{{{TRI}, model="recommend", version="1"}}': "0+20x80",
+          f'nv_inference_request_duration_us{{{TRI}, model="ranker", version="1"}}': "0+9000000x80"},
+         [("8m", []), ("17m", [{"instance": "127.0.0.1:8002"}])]),
+        ({f'nv_inference_request_duration_us{{{TRI}, model="recommend", version="1"}}': "0+200000x80",  # 10 ms
+          f'nv_inference_request_success{{{TRI}, model="recommend", version="1"}}': "0+20x80"}, [("17m", [])]),
+        ({f'nv_inference_request_duration_us{{{TRI}, model="recommend", version="1"}}': "5x80",  # no traffic
+          f'nv_inference_request_success{{{TRI}, model="recommend", version="1"}}': "1x80"}, [("17m", [])]),
+    ],
     "RecsysImpressionsLost": [
         ({"recsys_impressions_lost_total": "0x20 3x40"}, [("4m", []), ("6m", [{}]), ("17m", [])]),
     ],
@@ -145,7 +155,7 @@ CASES = {
     "RecsysRedisDown": [
         ({'recsys_redis_up{role="events"}': "1x20",
           'recsys_redis_up{role="recommend", model_instance="recommend_0_0"}': "1x4 0x16"},
-         [("1m", []), ("2m", []), ("3m30s", [{}])]),
+         [("1m", []), ("2m", []), ("3m30s", [{"role": "recommend", "model_instance": "recommend_0_0"}])]),
     ],
 }
 
@@ -281,8 +291,8 @@ def test_prometheus_loads_the_rules_and_every_metric_they_read_exists(watched):
     for rule in prom.wait(evaluated):
         assert rule["health"] == "ok", rule
     exprs = " ".join(r["expr"] for r in rules().values())
-    names = sorted(set(re.findall(r"\brecsys_[a-z_]+", exprs)))
-    assert len(names) >= 15, names
+    names = sorted(set(re.findall(r"\b(?:recsys|nv_inference)_[a-z_]+", exprs)))
+    assert len(names) >= 18, names
 
     def missing() -> list[str]:
         return [n for n in names if n not in CONDITIONAL and not prom.api("query", query=f"count({n})")["result"]]

@@ -371,3 +371,21 @@ def test_rejections_are_told_apart(message, kind):
     from serving.client import rejection_kind
 
     assert rejection_kind(InferenceServerException(message, status="StatusCode.INVALID_ARGUMENT")) == kind
+
+
+def test_log_size_bound_from_the_environment_the_parameter_or_the_default(monkeypatch, capsys):
+    from serving.event_log import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, max_log_bytes
+    from serving.serve import main as serve_main
+
+    monkeypatch.delenv(MAX_BYTES_ENV, raising=False)
+    assert max_log_bytes({}) == DEFAULT_MAX_BYTES == 1 << 30
+    assert max_log_bytes({"LOG_MAX_BYTES": "2147483648"}) == 2 << 30
+    monkeypatch.setenv(MAX_BYTES_ENV, str(4 << 30))  # recsys-serve --log-max-gib 4: wins over the parameter
+    assert max_log_bytes({"LOG_MAX_BYTES": "2147483648"}) == 4 << 30
+    for bad, message in (("lots", "expected bytes"), ("1000", "at least 64 MiB")):
+        monkeypatch.setenv(MAX_BYTES_ENV, bad)
+        with pytest.raises(ValueError, match=message):
+            max_log_bytes({})
+    monkeypatch.delenv(MAX_BYTES_ENV)
+    assert serve_main(["--log-max-gib", "0.01"]) == 2  # refused before anything starts
+    assert "--log-max-gib 0.01: at least 0.0625" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from features.encoders import FeatureSet
 from features.vocab import IdVocab
 from inference.integrity import verify_files
 from pipeline.catalog import catalog_schema
-from serving.event_log import catalog_log_dir
+from serving.event_log import catalog_log_dir, max_log_bytes
 from serving.protocol import CATALOG_INPUTS
 from serving.status_answers import answer_each
 
@@ -50,7 +50,7 @@ class TritonPythonModel:
         directory = catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))
         self.items = CatalogItems(IdVocab.load(store / "items.json"), directory)
         self.max_records = int(params.get("MAX_RECORDS", "100000"))
-        self.log = EventLog(directory)
+        self.log = EventLog(directory, max_total_bytes=max_log_bytes(params))
         family = pb_utils.MetricFamily("recsys_catalog_records_total", "Catalog records received, by op and outcome",
                                        pb_utils.MetricFamily.COUNTER)
         errors = pb_utils.MetricFamily("recsys_catalog_request_errors_total", "catalog requests answered with an "

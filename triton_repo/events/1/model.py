@@ -38,7 +38,7 @@ from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings
+from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, max_log_bytes, redis_settings
 from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
@@ -58,7 +58,7 @@ class TritonPythonModel:
                                   catalog_log_dir(repo, params.get("EVENT_LOG", "event_log")))
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
         events_dir, impressions_dir = event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))
-        self.log = EventLog(events_dir)
+        self.log = EventLog(events_dir, max_total_bytes=max_log_bytes(params))
         kind = pb_utils.MetricFamily
         self.families = [kind("recsys_events_total", "Events received, by outcome", kind.COUNTER),
                          kind("recsys_event_log_bytes", "Size of each durable log (segments and WALs)", kind.GAUGE),

@@ -64,7 +64,8 @@ from pipeline.catalog import OnlineCatalog
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, redis_settings, snapshot_tail
+from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, event_log_dirs, max_log_bytes, redis_settings,
+                               snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
@@ -150,6 +151,7 @@ class TritonPythonModel:
             Path(args["model_repository"]).parent / "item_tower" / "1" / "model.onnx", specs["item_tower"],
             int(params.get("ORT_THREADS", "1")), args.get("model_instance_kind") == "GPU"), self.titles)
         self.catalog_tail = EventTail(catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), kind="catalog")
+        self.log_max_bytes = max_log_bytes(params)
         self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")), redis_settings(params))
 
     def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path, redis: dict | None) -> None:
@@ -164,7 +166,8 @@ class TritonPythonModel:
         self._pending = self._pending_catalog = None
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
-        self.event_log = EventLog(impressions_dir, durability=self.impression_durability)
+        self.event_log = EventLog(impressions_dir, durability=self.impression_durability,
+                                  max_total_bytes=self.log_max_bytes)
         self.redis_up, self.shown_up = None, None
         if redis is None:
             self.tail = snapshot_tail(events_dir, artifacts.get("store", {}), self.snapshot_at)  # after its log cursor
