@@ -88,7 +88,7 @@ from events.segments import (
 __all__ = [
     "CATALOG_COLUMNS", "CATALOG_DTYPES", "CATALOG_REQUIRED", "DURABILITY", "EVENT_COLUMNS", "EVENT_DTYPES", "EVENT_REQUIRED", "EXPLODED_IMPRESSION_COLUMNS",
     "EXPLODED_IMPRESSION_DTYPES", "GiB", "IMPRESSION_COLUMNS", "IMPRESSION_DTYPES", "IMPRESSION_REQUIRED",
-    "KINDS", "LOCK_NAME", "MIN_SEGMENT_BYTES", "MiB", "EventLog", "arrow_schema", "log_stats", "read_log",
+    "DEFAULT_SEGMENT_BYTES", "DEFAULT_TOTAL_BYTES", "KINDS", "LOCK_NAME", "MIN_SEGMENT_BYTES", "MiB", "EventLog", "arrow_schema", "log_stats", "read_log",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ log = logging.getLogger(__name__)
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}  # EventLog(durability=...) -> PRAGMA synchronous
 MiB = 1 << 20
 GiB = 1 << 30
+DEFAULT_SEGMENT_BYTES = 64 * MiB  # EventLog(max_segment_bytes=...)
+DEFAULT_TOTAL_BYTES = 1 * GiB  # EventLog(max_total_bytes=...): per log directory
 LOCK_NAME = "log.lock"
 _MAX_SQL_VARS = 500  # ids per "IN (...)" probe
 
@@ -116,8 +118,8 @@ class EventLog:
             power cut) or ``"normal"`` (``synchronous=NORMAL``: survives a killed process only).
     """
 
-    def __init__(self, directory: str | os.PathLike, max_segment_bytes: int = 64 * MiB,
-                 max_total_bytes: int = 1 * GiB, durability: str = "full") -> None:
+    def __init__(self, directory: str | os.PathLike, max_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 max_total_bytes: int = DEFAULT_TOTAL_BYTES, durability: str = "full") -> None:
         if durability not in DURABILITY:
             raise ValueError(f"unknown durability {durability!r}; known: {', '.join(DURABILITY)}")
         if not isinstance(max_segment_bytes, int) or max_segment_bytes < MIN_SEGMENT_BYTES:

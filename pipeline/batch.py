@@ -29,6 +29,11 @@ from pipeline.pipeline import MAX_ID_LENGTH, Pipeline, Request, RequestError
 log = logging.getLogger(__name__)
 
 
+def _first_line(rows: pd.Series) -> int:
+    """The file line of the first True row (the header is line 1)."""
+    return int(np.flatnonzero(rows.to_numpy())[0]) + 2
+
+
 def read_requests(path: str | Path) -> pd.DataFrame:
     """Load and check a requests table: a ``user_id`` column (ids stripped, as every other reader of
     ids: " 9 " is user 9), optional ``timestamp`` (Unix seconds in 0..9999-12-31; missing: now).
@@ -40,19 +45,19 @@ def read_requests(path: str | Path) -> pd.DataFrame:
                         f"Add a user_id column (one request per row).")
     if len(df) == 0:
         raise DataError(f"requests file {path} has no rows.")
-    if df["user_id"].isna().any():
-        raise DataError(f"requests file {path}: {int(df['user_id'].isna().sum())} row(s) have no user_id "
-                        f"(first: line {int(np.flatnonzero(df['user_id'].isna().to_numpy())[0]) + 2}).")
-    try:
-        users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
-    except DataError as e:
-        empty = df["user_id"].astype(str).str.strip().str.len() == 0
-        where = f" (first: line {int(np.flatnonzero(empty.to_numpy())[0]) + 2})" if empty.any() else ""
-        raise DataError(f"{e}{where}") from None
+    missing = df["user_id"].isna()
+    if missing.any():
+        raise DataError(f"requests file {path}: {int(missing.sum())} row(s) have no user_id "
+                        f"(first: line {_first_line(missing)}).")
+    empty = df["user_id"].astype(str).str.strip().str.len() == 0
+    if empty.any():
+        raise DataError(f"requests file {path}: requests.user_id has empty id(s); every row needs a non-empty id "
+                        f"(first: line {_first_line(empty)})")
+    users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
     long = users.str.len() > MAX_ID_LENGTH
     if long.any():
-        raise DataError(f"requests file {path}: line {int(np.flatnonzero(long.to_numpy())[0]) + 2}: user_id is "
-                        f"{int(users[long].iloc[0].__len__())} characters long; at most {MAX_ID_LENGTH} are allowed.")
+        raise DataError(f"requests file {path}: line {_first_line(long)}: user_id is {len(users[long].iloc[0])} "
+                        f"characters long; at most {MAX_ID_LENGTH} are allowed.")
     df = df.assign(user_id=users)
     if "timestamp" in df.columns:
         ts = pd.to_numeric(df["timestamp"], errors="coerce")
@@ -61,8 +66,7 @@ def read_requests(path: str | Path) -> pd.DataFrame:
             raise DataError(f"requests file {path}: timestamp {df['timestamp'][bad].iloc[0]!r} is not Unix seconds.")
         out = ts.notna() & ~((ts >= 0) & (ts <= MAX_TIMESTAMP))  # inf, negative, past the year 9999
         if out.any():
-            line = int(np.flatnonzero(out.to_numpy())[0]) + 2
-            raise DataError(f"requests file {path}: line {line}: timestamp {ts[out].iloc[0]!r} is outside Unix "
+            raise DataError(f"requests file {path}: line {_first_line(out)}: timestamp {ts[out].iloc[0]!r} is outside Unix "
                             f"seconds 0..{MAX_TIMESTAMP} (milliseconds? divide by 1000; leave it empty for now).")
         df = df.assign(timestamp=ts)
     return df

@@ -25,12 +25,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from events.log import DEFAULT_SEGMENT_BYTES, DEFAULT_TOTAL_BYTES
 from events.tail import EventTail
 
 ENV = "RECSYS_EVENT_LOG"
 REDIS_ENV = "RECSYS_REDIS_URL"
 MAX_BYTES_ENV = "RECSYS_LOG_MAX_BYTES"
-DEFAULT_MAX_BYTES = 1 << 30  # per log folder (events/, impressions/, catalog/): events.log.EventLog's default
 # One family, two models (the help text must match for Triton to share it): recsys_redis_up{role}.
 REDIS_UP_HELP = "1 when this model reached Redis at its last try, 0 when not (role: events | recommend)"
 
@@ -69,15 +69,15 @@ def max_log_bytes(params: dict[str, str]) -> int:
     environment wins (``recsys-serve --log-max-gib`` sets it), else the models' ``LOG_MAX_BYTES``
     parameter, else 1 GiB. Past it a writer deletes that folder's oldest segments
     (``recsys_event_log_dropped_segments``)."""
-    raw = os.environ.get(MAX_BYTES_ENV) or params.get("LOG_MAX_BYTES") or str(DEFAULT_MAX_BYTES)
+    raw = os.environ.get(MAX_BYTES_ENV) or params.get("LOG_MAX_BYTES") or str(DEFAULT_TOTAL_BYTES)
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, NaN, inf
         raise ValueError(f"log size bound {raw!r} ({MAX_BYTES_ENV} / LOG_MAX_BYTES): expected bytes, e.g. "
-                         f"{DEFAULT_MAX_BYTES}") from None
-    if value < 64 << 20:
-        raise ValueError(f"log size bound {value} bytes ({MAX_BYTES_ENV} / LOG_MAX_BYTES): at least 64 MiB "
-                         "(one segment)")
+                         f"{DEFAULT_TOTAL_BYTES}") from None
+    if value < DEFAULT_SEGMENT_BYTES:  # EventLog refuses less than one segment
+        raise ValueError(f"log size bound {value} bytes ({MAX_BYTES_ENV} / LOG_MAX_BYTES): at least "
+                         f"{DEFAULT_SEGMENT_BYTES >> 20} MiB (one segment)")
     return value
 
 

@@ -23,8 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from events.log import DEFAULT_SEGMENT_BYTES, GiB
 from serving.health import HealthServer
-from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV
+from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV, max_log_bytes
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
@@ -137,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.event_log:
         os.environ[ENV] = str(Path(args.event_log).expanduser().resolve())  # the stubs inherit it
     if args.log_max_gib is not None:
-        if not args.log_max_gib * 1024 >= 64:  # NaN too
-            print(f"error: --log-max-gib {args.log_max_gib:g}: at least 0.0625 (one 64 MiB segment)", file=sys.stderr)
+        os.environ[MAX_BYTES_ENV] = repr(args.log_max_gib * GiB)
+        try:
+            max_log_bytes({})  # the models' own check of the bound, before anything starts
+        except ValueError:
+            os.environ.pop(MAX_BYTES_ENV)
+            print(f"error: --log-max-gib {args.log_max_gib:g}: at least {DEFAULT_SEGMENT_BYTES / GiB:g} (one "
+                  f"{DEFAULT_SEGMENT_BYTES >> 20} MiB segment)", file=sys.stderr)
             return 2
-        os.environ[MAX_BYTES_ENV] = str(int(args.log_max_gib * (1 << 30)))
     if args.redis is not None:
         from events.redis_bus import check_url  # pandas: only when asked for
 

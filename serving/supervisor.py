@@ -329,7 +329,7 @@ class Supervisor:
         self._kept_logs = max([self._kept_logs, *taken]) + 1
         kept = log_path.with_name(f"{log_path.name}.crash-{self._kept_logs}")
         try:
-            shutil.copy2(self.server.log_path, kept)
+            shutil.copy2(log_path, kept)
         except OSError as err:  # a full or vanished /tmp must not stop the restart
             self._event("log_not_kept", f"{kept}: {type(err).__name__}: {err}")
             return None

@@ -374,7 +374,8 @@ def test_rejections_are_told_apart(message, kind):
 
 
 def test_log_size_bound_from_the_environment_the_parameter_or_the_default(monkeypatch, capsys):
-    from serving.event_log import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, max_log_bytes
+    from events.log import DEFAULT_TOTAL_BYTES as DEFAULT_MAX_BYTES
+    from serving.event_log import MAX_BYTES_ENV, max_log_bytes
     from serving.serve import main as serve_main
 
     monkeypatch.delenv(MAX_BYTES_ENV, raising=False)
