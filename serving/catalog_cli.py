@@ -1,6 +1,6 @@
 """``recsys-catalog``: change the served catalog over gRPC (new items, attributes, blocks, user attributes).
 
-    recsys-catalog upsert-items items.csv [--url 127.0.0.1:8001] [--batch-size 10000]
+    recsys-catalog upsert-items items.csv [--url 127.0.0.1:8001 [--url HOST:PORT ...]] [--batch-size 10000]
     recsys-catalog upsert-users users.parquet
     recsys-catalog block ITEM [ITEM ...]
     recsys-catalog unblock ITEM [ITEM ...]
@@ -15,6 +15,12 @@ once (removal is a block), ``unblock`` restores them. Every record is answered o
 ``unknown_item``, ...). The command prints the count of each outcome and the first rejected rows;
 it exits 0, or 1 with ``--fail-on-rejected`` when any record was rejected, 2 on a bad file or an
 unreachable server.
+
+Several hosts: the catalog log is shared by the servers of one host (its log folder), not through
+Redis (which carries the events only), so a change must reach every host: give ``--url`` once per
+host. The records go to each in turn; a host that cannot be reached is reported by name, the others
+still get them, and the command exits 2 (send again to that host: upserts, blocks and unblocks are
+safe to repeat).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address (default: 127.0.0.1:8001)")
+    common.add_argument("--url", action="append", default=None,
+                        help="a server's gRPC address; repeat it for every host (default: 127.0.0.1:8001)")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
     common.add_argument("--fail-on-rejected", action="store_true", help="exit 1 when any record was rejected")
     for name, what in (("upsert-items", "item_id"), ("upsert-users", "user_id")):
@@ -46,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p = sub.add_parser(name, parents=[common], help=f"{name} items by id")
         p.add_argument("items", nargs="+", help="item ids")
     args = parser.parse_args(argv)
+    args.url = list(dict.fromkeys(args.url or ["127.0.0.1:8001"]))  # each host once, in the given order
     if not 1 <= getattr(args, "batch_size", 1) <= 100_000:
         parser.error(f"--batch-size={args.batch_size} must be in 1..100000")
     return args
@@ -64,22 +72,38 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r.to_dict() for _, r in table.iterrows()]
         else:
             rows = [{"item_id": i} for i in args.items]
-        with RecommendClient(args.url, timeout=args.timeout) as client:
-            if args.command == "upsert-items":
-                status = client.upsert_items(table, args.batch_size)
-            elif args.command == "upsert-users":
-                status = client.upsert_users(table, args.batch_size)
-            else:
-                status = getattr(client, args.command)(args.items)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except InferenceServerException as err:
-        print(f"error: the server at {args.url} did not take the records: {err.status()}: {err.message()}",
-              file=sys.stderr)
+    code, failed = 0, []
+    for url in args.url:
+        if len(args.url) > 1:
+            print(f"{url}:")
+        try:
+            with RecommendClient(url, timeout=args.timeout) as client:
+                if args.command == "upsert-items":
+                    status = client.upsert_items(table, args.batch_size)
+                elif args.command == "upsert-users":
+                    status = client.upsert_users(table, args.batch_size)
+                else:
+                    status = getattr(client, args.command)(args.items)
+        except ValueError as err:  # e.g. a record the client cannot encode: the same for every host
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except InferenceServerException as err:
+            print(f"error: the server at {url} did not take the records: {err.status()}: {err.message()}",
+                  file=sys.stderr)
+            failed.append(url)
+            continue
+        rejected = report_statuses(status, "records", ("ok",), lambda i: rows[i])
+        if rejected and args.fail_on_rejected:
+            code = 1
+    if failed:
+        if len(args.url) > 1:
+            print(f"error: not sent to {len(failed)} of {len(args.url)} hosts: {' '.join(failed)} (send again to "
+                  "those: repeating a catalog change is safe)", file=sys.stderr)
         return 2
-    rejected = report_statuses(status, "records", ("ok",), lambda i: rows[i])
-    return 1 if rejected and args.fail_on_rejected else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from events.log import read_log
+from events.log import EventLog, read_log
 from export.repository import export_if_needed
 from pipeline.artifacts import RunArtifacts
 from serving.client import RecommendClient, _inputs
@@ -240,6 +240,24 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
     assert metric_sum(metrics, "recsys_catalog_applied_total", change="new_items") == 4  # 2 items x 2 instances
 
 
+def test_the_catalog_command_sends_to_every_host_and_names_the_one_it_could_not_reach(served, capsys):
+    """recsys-catalog --url A --url B: the catalog is per host (Redis carries the events only), so the
+    command sends each change to every host given; an unreachable one is named, the others still get
+    it, and the exit code is 2."""
+    from serving.catalog_cli import main
+
+    server, log_dir, art = served
+    item = str(art.load_store().items.ids[11])
+    dead = "127.0.0.1:1"  # nothing listens there
+    assert main(["block", item, "--url", dead, "--url", server.grpc_url, "--timeout", "5"]) == 2
+    out, err = capsys.readouterr()
+    assert f"{server.grpc_url}:" in out and "1 records: ok=1" in out
+    assert dead in err and "not sent to 1 of 2 hosts" in err
+    logged = read_log(log_dir / "catalog", "catalog")
+    assert ((logged["op"] == "block") & (logged["entity_id"] == item)).sum() == 1
+    assert main(["unblock", item, "--url", server.grpc_url]) == 0
+
+
 def test_events_that_cannot_be_applied_are_counted_and_answers_go_on(served):
     """An unreadable segment in the events log (a disk error, a bad copy): every instance answers from
     the state it has, counts each answer given without the news, and recovers once it is gone."""
@@ -268,6 +286,29 @@ def test_events_that_cannot_be_applied_are_counted_and_answers_go_on(served):
             assert failed() == after  # recovered: no answer without the news any more
     finally:
         bad.unlink(missing_ok=True)
+
+
+def test_a_logged_event_on_an_item_this_host_lacks_is_counted_not_silently_dropped(served):
+    """An event in the log whose item this server's catalog does not hold (written by a host that has
+    the item, the case of Redis without the catalog shared): each instance answers on, counts it under
+    recsys_events_skipped_total{reason="unknown_item"} and says so in the log."""
+    server, log_dir, art = served
+    store = art.load_store()
+    user = str(store.users.ids[4])
+    skipped = lambda: metric_sum(scrape(server.metrics_url), "recsys_events_skipped_total",  # noqa: E731
+                                 reason="unknown_item")
+    time.sleep(FLUSH_S + 0.5)
+    before = skipped()
+    with EventLog(log_dir / "events") as other_host:
+        t = float(store.last_ts.max()) + 7200
+        assert other_host.append_events([event("elsewhere", user, "only-on-host-b", t),
+                                         event("here", user, str(store.items.ids[1]), t)]) == [True, True]
+    with RecommendClient(server.grpc_url) as client:
+        for _ in range(4):  # both instances read the log
+            assert len(client.recommend(user, 5).item_ids) == 5
+    time.sleep(FLUSH_S + 0.5)
+    assert skipped() - before == 2  # one event, two instances
+    assert "not in this instance's catalog" in server.log_path.read_text()
 
 
 def test_acknowledged_events_and_impressions_survive_a_killed_server(served, tmp_path):

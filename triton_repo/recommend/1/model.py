@@ -39,6 +39,8 @@ or, with Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``), from the share
 (:class:`events.redis_bus.RedisTail`, the same interface), so instances on every host see the same
 events. Redis down: the answers come from the state as it is, ``recsys_redis_up{role="recommend"}``
 says 0, one log line per outage, and the instance catches up from its last stream id when Redis is back.
+Catalog records come from the host's log only: an event on an item this host does not have (upserted
+on another) is skipped and counted, ``recsys_events_skipped_total{reason="unknown_item"}``.
 """
 
 from __future__ import annotations
@@ -225,6 +227,20 @@ class TritonPythonModel:
                 raise
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
+            if counts["unknown_items"]:
+                self._skipped(counts["unknown_items"])
+
+    def _skipped(self, n: int) -> None:
+        """Count logged events whose item this instance's catalog lacks (an item upserted on another
+        host: with Redis only the events travel, docs/events.md); a log line at most once a minute."""
+        self.events_skipped["unknown_item"].increment(n)
+        self._skipped_since_log += n
+        now = time.monotonic()
+        if now - self._skip_logged_at >= 60.0:
+            self.logger.log_warn(f"recommend: {self._skipped_since_log} logged event(s) not applied since the last "
+                                 "such line: their item is not in this instance's catalog (upserted on another host? "
+                                 "send catalog changes to every host, docs/events.md)")
+            self._skipped_since_log, self._skip_logged_at = 0, now
 
     def _report_state(self) -> None:
         if self.redis_up is not None and self.tail.up != self.shown_up:
@@ -259,6 +275,10 @@ class TritonPythonModel:
         self.apply_failures = m.counter(
             "recsys_live_apply_failures_total", "Answers given without applying the newly logged events or catalog "
             "records (they are retried before the next answer)", inst)
+        self.events_skipped = m.counters(
+            "recsys_events_skipped_total", "Logged events this instance did not apply, by why (unknown_item: the "
+            "item is not in its catalog)", "reason", ("unknown_item",), inst)
+        self._skipped_since_log, self._skip_logged_at = 0, -math.inf
         self.impressions_lost = m.counter("recsys_impressions_lost_total", "Answers whose impression could not be logged")
         self.freshness = m.gauges("recsys_freshness_seconds",
                                   "Age of the newest applied event (of the instance's start while none is), "
