@@ -226,13 +226,15 @@ class RuleSet:
         cap = next((r for r in self.rules if r.name == "exposure_cap"), None)
         return None if cap is None else R.ExposureTracker(n_items, cap.params["window"])
 
-    def _admit(self, catalog, ctx) -> R.Admit:
-        """Request filters + configured filters and caps, for backfill candidates."""
+    def _admit(self, catalog, ctx, k: int) -> R.Admit:
+        """Request filters + configured filters and caps, for backfill candidates; a cap sized by the
+        list length gets the same ``k`` as in the chain (else it would be the absolute cap, and drop
+        ranked items the chain kept from the whole list)."""
         def admit(items, scores):
             items, scores = R.request_filter(items, scores, catalog, ctx)
             for r in self.rules:
                 if r.role in ("filter", "cap"):
-                    items, scores = r(items, scores, catalog, ctx)
+                    items, scores = r(items, scores, catalog, ctx, **({"k": k} if RULES[r.name].takes_k else {}))
             return items, scores
         return admit
 
@@ -275,7 +277,7 @@ class RuleSet:
             if r.role == "backfill":
                 ranked = items[:k]
                 source = R.backfill_source(catalog, ctx, r.params["source"])[0]
-                items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx))
+                items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx, k))
                 continue
             extra = {"k": k} if RULES[r.name].takes_k else {}
             if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"

@@ -266,6 +266,18 @@ def test_backfill_respects_request_and_config_filters(cat):
     assert rs.apply(*empty, cat, ctx, 3)[0].tolist() == [0, 7, 2]
 
 
+def test_backfill_keeps_the_ranked_items_a_per_k_cap_kept_and_a_longer_list_is_never_shorter(cat):
+    """The backfill's admission runs the caps with the request's k, as the chain does: with a cap of
+    1 per category per 2 items, k = 4 keeps two comedies; an absolute cap of 1 would drop a ranked one."""
+    rs = RuleSet.from_config(rule_cfg({"name": "category_cap", "max_per_category": 1, "per_items": 2},
+                                      {"name": "backfill", "source": "popularity"}), WHERE)
+    comedy = R.RequestContext(include_categories=["comedy"])  # 0, 1, 2 (primary comedy) and 7 (horror)
+    items, _, reasons = rs.apply(ALL, DESC, cat, comedy, 4)
+    assert items.tolist() == [0, 1, 7] and reasons == ["ranked"] * 3  # 2 is the third comedy: capped
+    lengths = [len(rs.apply(ALL, DESC, cat, CTX, k)[0]) for k in range(1, 9)]
+    assert lengths == sorted(lengths) and lengths[-1] == 8, lengths
+
+
 def test_rule_sets_are_deterministic(cat):
     rs = RuleSet.load(ROOT / "configs/rules/diverse.yaml")
     rng = np.random.default_rng(0)
