@@ -302,7 +302,7 @@ class Pipeline:
         return np.asarray(explainer(rows), np.float32).reshape(len(rows), len(GROUPS))
 
     def recommend(self, requests: list[Request], ranker: str | None = None,
-                  on_stage: StageCallback | None = None) -> list[Recommendation]:
+                  on_stage: StageCallback | None = None, record: bool = True) -> list[Recommendation]:
         """Answer a batch of requests (validated first; a bad one raises :class:`RequestError`).
 
         Args:
@@ -310,6 +310,7 @@ class Pipeline:
             ranker: which of ``rankers`` scores it (None: the default).
             on_stage: called with (stage, seconds) for each step of :data:`STAGES`; ``rules`` includes
                 the contributions of the returned items when the ranker scores alone.
+            record: add the answers to the exposure-cap window (False: a health probe, shown to nobody).
         """
         start = time.perf_counter()
         self.ranker(ranker)  # an unknown ranker is a bad request, before any work
@@ -331,7 +332,7 @@ class Pipeline:
         for b, r in enumerate(requests):
             it, sc, reasons, where = self._rules(int(users[b]), items[b], scores[b], int(r.k), r,
                                                  recent[b] if recent is not None else None, int(ts[b]))
-            if self.exposure is not None:
+            if record and self.exposure is not None:
                 self.exposure.record(it)
             answers.append((it, sc, reasons, where))
         c = items.shape[1]

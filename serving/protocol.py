@@ -18,6 +18,11 @@ MODEL = "recommend"
 ANSWER = "answer"  # the output holding the whole answer (see OUTPUTS)
 LIST_INPUTS = ("exclude_items", "include_categories", "exclude_categories", "recent_items", "promoted")
 MAX_LIST_LEN = 1000  # entries per list input
+# The supervisor's liveness probe (serving/supervisor.py): answered through the whole pipeline like any
+# request, but not recorded: no impression, not in the exposure-cap window, counted under
+# recsys_requests_total{route="probe"} (an idle server probed once a second would otherwise cap its
+# most popular items out of every cold answer, and fill the impression log).
+PROBE_USER = "__liveness_probe__"
 
 # name -> (numpy dtype, Triton datatype, dims, optional)
 INPUTS = {

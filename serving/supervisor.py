@@ -23,8 +23,10 @@ INTERNAL "Stub process ... is not healthy"; a stub frozen for ~2 s (SIGSTOP/SIGC
    the drain has already waited for the requests.
 
 Readiness for a load balancer is :attr:`ready` (served over HTTP by :mod:`serving.health`), not
-Triton's ``/v2/health/ready``. Each probe is one cold-user request, so it shows in
-``recsys_requests_total{route="cold_user"}`` and adds one impression to the exposure-cap window.
+Triton's ``/v2/health/ready``. Each probe is one cold-user request through the whole pipeline under
+the reserved id ``serving.protocol.PROBE_USER``: ``recommend`` counts it in
+``recsys_requests_total{route="probe"}`` and records nothing of it (no impression, not in the
+exposure-cap window).
 """
 
 from __future__ import annotations
@@ -44,11 +46,10 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.health import scrape
-from serving.protocol import MODEL, encode_request
+from serving.protocol import MODEL, PROBE_USER, encode_request
 from serving.triton_server import TritonServer
 
 log = logging.getLogger(__name__)
-PROBE_USER = "__liveness_probe__"
 SUPERVISED_FLAGS = ("--model-control-mode=explicit", "--load-model=*", "--exit-on-error=false",
                     "--strict-readiness=false")
 

@@ -83,3 +83,15 @@ def test_recommend_takes_the_ranker_and_stage_timing_as_arguments(tiny_run):
     assert set(pipe.rankers) == {"ranker"} and pipe.default_ranker == "ranker"
     with pytest.raises(TypeError, match="unknown pipeline part"):
         pipe.variant(ranker=None)
+
+
+def test_an_unrecorded_answer_leaves_the_exposure_window_as_it_was(tiny_run):
+    """record=False (the supervisor's liveness probe): the same answer, nothing added to the exposure-cap
+    window; a recorded answer adds its items."""
+    pipe = load_pipeline(tiny_run)
+    assert pipe.exposure is not None  # the default rules cap exposure
+    before = pipe.exposure.counts.copy()
+    probe = pipe.recommend([Request("__liveness_probe__", 5, 1_700_000_000)], record=False)[0]
+    assert len(probe.item_ids) == 5 and (pipe.exposure.counts == before).all()
+    shown = pipe.recommend([Request("__liveness_probe__", 5, 1_700_000_000)])[0]
+    assert shown.item_ids == probe.item_ids and pipe.exposure.counts.sum() == before.sum() + 5

@@ -21,7 +21,7 @@ from serving.client import RecommendClient, _inputs
 from serving.event_log import ENV
 from serving.health import metric_sum, scrape
 from serving.metric_buffer import FLUSH_S
-from serving.protocol import EVENTS_MODEL, encode_events
+from serving.protocol import EVENTS_MODEL, PROBE_USER, encode_events
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -123,6 +123,22 @@ def test_every_answer_is_logged_as_an_impression(served):
         time.sleep(0.5)
     assert set(sizes) == {"events", "impressions", "catalog"} and sizes["impressions"] > 0 and sizes["events"] > 0
     assert metric_sum(scrape(server.metrics_url), "recsys_event_log_dropped_segments") == 0
+
+
+def test_the_liveness_probe_is_answered_and_recorded_nowhere(served):
+    """The supervisor's probe id: a full answer, counted under route="probe", no impression logged
+    (and, tests/pipeline/test_artifacts.py, nothing added to the exposure-cap window)."""
+    server, log_dir, _ = served
+    before = set(read_log(log_dir / "impressions", "impressions")["request_id"])
+    probes = lambda: metric_sum(scrape(server.metrics_url), "recsys_requests_total", route="probe")  # noqa: E731
+    time.sleep(FLUSH_S + 0.5)
+    counted = probes()
+    with RecommendClient(server.grpc_url) as client:
+        answers = [client.recommend(PROBE_USER, 1) for _ in range(4)]
+    assert all(len(a.item_ids) == 1 and a.route == "cold_user" and a.request_id == "" for a in answers)
+    assert set(read_log(log_dir / "impressions", "impressions")["request_id"]) == before
+    time.sleep(FLUSH_S + 0.5)
+    assert probes() - counted == 4
 
 
 def test_attributes_segment_and_promoted_items_travel_over_grpc(served):

@@ -28,7 +28,8 @@ ranker. The ``ranker`` output says which one scored the answer. The ranker choic
 timings are arguments of :meth:`Pipeline.recommend`: nothing in the pipeline is replaced from here.
 
 Product metrics on Triton's Prometheus endpoint (besides Triton's own per-model ones):
-``recsys_requests_total{route}``, ``recsys_request_errors_total{code}``,
+``recsys_requests_total{route}`` (known_user, cold_user, probe: the supervisor's liveness probe, which
+is answered but recorded nowhere: no impression, no exposure), ``recsys_request_errors_total{code}``,
 ``recsys_items_total{reason}`` (ranked, boosted, fresh, backfill:*), ``recsys_returned_items``,
 ``recsys_stage_seconds{stage}`` (user_tower, retrieval, features, ranker, rules, total),
 ``recsys_empty_answers_total{reason}`` and ``recsys_models_skipped{model}`` (docs/reliability.md).
@@ -70,6 +71,7 @@ from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, event_log_dirs, m
                                snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
+from serving.protocol import PROBE_USER
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -261,7 +263,8 @@ class TritonPythonModel:
         # metric call is a round trip to the server, ~40 us; there were about ten per answer).
         kind = pb_utils.MetricFamily
         m = self.metrics = MetricBuffer(kind)
-        self.requests = m.counters("recsys_requests_total", "Answered recommend requests by route", "route", ROUTES)
+        self.requests = m.counters("recsys_requests_total", "Answered recommend requests by route (probe: the "
+                                   "supervisor's liveness probe)", "route", (*ROUTES, "probe"))
         self.errors = m.counters("recsys_request_errors_total", "Failed recommend requests by gRPC code", "code",
                                  ("invalid_argument", "internal"))
         self.items = m.counters("recsys_items_total", "Returned items by why they are there (backfill = fallback)",
@@ -299,6 +302,10 @@ class TritonPythonModel:
         arrays = {t.name(): t.as_numpy() for t in request.inputs()}  # the ones sent, in one call
         parsed = parse_request(arrays, self.pipeline.max_k)
         ranker = requested_ranker(arrays, self.rankers, self.default_ranker)
+        if parsed.user_id == PROBE_USER:  # a health probe: the whole pipeline, shown to nobody, recorded nowhere
+            rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe, record=False)[0]
+            self.requests["probe"].increment(1)
+            return encode_recommendation(rec, self.titles, ranker, "", request.requested_output_names())
         rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe)[0]
         request_id = uuid.uuid4().hex
         self._shown.append({"request_id": request_id, "user_id": parsed.user_id, "items": rec.item_ids,
