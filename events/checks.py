@@ -97,7 +97,8 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
     reject(~np.isin(kinds, EVENT_TYPES), "unknown_type")
     raw = columns.get("weight", np.full(n, None, dtype=object))
     weight = _numbers(raw)
-    given = np.array([v is not None and not (isinstance(v, float) and v != v) for v in raw], dtype=bool)
+    # missing: None or NaN of any float type (the wire's FP32 tensor gives numpy floats)
+    given = np.array([v is not None and not (isinstance(v, (float, np.floating)) and v != v) for v in raw], dtype=bool)
     with np.errstate(invalid="ignore"):
         reject(given & (~np.isfinite(weight) | (weight < 0)), "bad_weight")
     weight = np.where(given, weight, 1.0)

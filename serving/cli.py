@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -72,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"error: {err.message()} ({err.status()})", file=sys.stderr)
         return 2 if err.status() == "StatusCode.INVALID_ARGUMENT" else 1
-    print(json.dumps(asdict(answer), indent=1) if args.json else format_answer(answer))
+    except ValueError as err:  # refused before sending (e.g. a k the wire cannot carry)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        print(json.dumps(asdict(answer), indent=1) if args.json else format_answer(answer))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `recsys-recommend ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -8,6 +8,7 @@ torch. The server side turns these tensors into a :class:`pipeline.pipeline.Requ
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude
                    segment: str | None = None, attributes: dict | None = None) -> dict[str, np.ndarray]:
     """Request tensors by input name; absent optional inputs are left out, and so are attributes whose
     value is None or NaN (missing: the server would read "age=None" as a value, and refuse it)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 < k <= np.iinfo(np.int32).max:
+        raise ValueError(f"k={k!r} must be a whole number in 1..{np.iinfo(np.int32).max} (the server's own bound "
+                         "is smaller: it says which)")  # int32 on the wire: a larger k would wrap around
     tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
     if timestamp is not None:
         tensors["timestamp"] = np.array([timestamp], dtype=np.float64)
@@ -145,8 +149,36 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
                            request_id=_text(outputs["request_id"])[0] if outputs.get("request_id") is not None else "")
 
 
+def _event_text(v):
+    """One id / type cell: missing as "" (the server answers missing_*), bytes as they are (UTF-8 or the
+    server's bad_encoding, never ``"b'..'"``), anything else as its text."""
+    if v is None or (isinstance(v, (float, np.floating)) and v != v):
+        return ""
+    return v if isinstance(v, bytes) else str(v)
+
+
+def _event_number(v, not_a_number: float) -> float:
+    """One timestamp / weight cell: missing as NaN, a date-time as Unix seconds (naive = UTC), a number
+    or numeric text as its value, anything else as ``not_a_number`` (a value the server rejects for
+    that row: one bad cell is that event's rejection, not the whole file's)."""
+    if v is None or (isinstance(v, (float, np.floating, datetime.datetime)) and v != v):  # NaN, NaT
+        return np.nan
+    if isinstance(v, datetime.datetime):  # pandas' Timestamp too
+        return (v if v.tzinfo is not None else v.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    if isinstance(v, np.datetime64):
+        return np.nan if np.isnat(v) else float((v - np.datetime64(0, "s")) / np.timedelta64(1, "s"))
+    if isinstance(v, (bool, np.bool_)):
+        return not_a_number
+    try:
+        return float(v.decode("utf-8") if isinstance(v, bytes) else v)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return not_a_number
+
+
 def encode_events(events) -> dict[str, np.ndarray]:
-    """Event tensors by input name from a DataFrame or a dict of equal-length sequences."""
+    """Event tensors by input name from a DataFrame or a dict of equal-length sequences. A cell that is
+    not a number (``"abc"``, a list) goes as a value the server rejects for its row: a timestamp as
+    NaN (``bad_timestamp``), a weight as -inf (``bad_weight``; NaN would read as "not given")."""
     columns = {name: list(events[name]) for name in EVENT_INPUTS if name in events}
     tensors = {}
     for name, (dtype, _, _, optional) in EVENT_INPUTS.items():
@@ -156,9 +188,10 @@ def encode_events(events) -> dict[str, np.ndarray]:
             continue
         values = columns[name]
         if dtype == np.object_:
-            tensors[name] = _strings(["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in values])
+            tensors[name] = _strings([_event_text(v) for v in values])
         else:
-            tensors[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64).astype(dtype)
+            bad = np.nan if name == "timestamp" else -np.inf
+            tensors[name] = np.array([_event_number(v, bad) for v in values], dtype=np.float64).astype(dtype)
     return tensors
 
 

@@ -99,6 +99,38 @@ def test_events_encode_from_a_frame_with_optional_weight():
         encode_events({"event_id": ["e"], "user_id": ["u"], "item_id": ["a"], "timestamp": [1]})
 
 
+def test_one_bad_event_cell_is_that_events_rejection_and_a_missing_weight_is_not_a_bad_one():
+    """Cells as files give them: a date-time is Unix seconds, text that is not a number is rejected for
+    its row (timestamp NaN -> bad_timestamp, weight -inf -> bad_weight: NaN would mean "not given"),
+    bytes ids stay bytes (UTF-8, never "b'3'"), and the FP32 NaN of a missing weight is not given."""
+    import datetime
+
+    import pandas as pd
+
+    from events.checks import check_events
+
+    t = encode_events(pd.DataFrame({
+        "event_id": ["a", "b", "c", "d", "e"], "user_id": ["u"] * 5, "item_id": [b"3", "3", "3", "3", "3"],
+        "timestamp": [1.7e9, "abc", pd.Timestamp("2024-01-01"), np.datetime64("NaT"),
+                      datetime.datetime(2024, 1, 1, 1, tzinfo=datetime.timezone.utc)],
+        "type": ["click"] * 5, "weight": [None, 1, "heavy", 2.0, np.nan]}))
+    assert t["item_id"].tolist() == [b"3"] * 5
+    assert t["timestamp"][[0, 2, 4]].tolist() == [1.7e9, 1704067200.0, 1704070800.0]
+    assert np.isnan(t["timestamp"][[1, 3]]).all() and t["weight"][2] == -np.inf
+
+    class Items:
+        def lookup(self, ids):
+            return np.array([0 if i == "3" else -1 for i in ids])
+
+    _, status = check_events(t, Items(), 1.8e9)
+    assert status == ["ok", "bad_timestamp", "bad_weight", "bad_timestamp", "ok"]
+
+
+def test_k_beyond_the_wire_type_is_refused_by_the_client_not_wrapped():
+    with pytest.raises(ValueError, match="k=4294967297 must be a whole number in 1..2147483647"):
+        encode_request("u", 2**32 + 1)
+
+
 def test_committed_retrieval_config_parses():
     cfg = committed_config("retrieval")
     assert [t.name for t in cfg.input] == ["query", "k"]
