@@ -7,8 +7,9 @@
 the run's store already holds (the manifest's ``event_log`` cursor; all of it otherwise), maps the
 interaction events to rows (``features.feedback``: impressions are not interactions) and records
 the new position, so the served ``recommend`` tails the log from exactly there. A refresh from an
-``--interactions`` table drops the cursor (the served tail falls back to "stored after the store
-was written").
+``--interactions`` table keeps the cursors the store recorded (it read nothing of the log; a
+dropped cursor would make the served tail start at the store's write time and skip the events
+logged since the cursor).
 
 ``--events`` also folds in the log's catalog records first (items added or changed online with
 ``recsys-catalog``; :func:`fold_catalog`), with the code every served ``recommend`` applies them
@@ -40,7 +41,10 @@ What happens to each kind of new row (counted in the returned report, never a cr
 - an item not in the catalog: dropped (``unknown_items``): the catalog changes with a new export, or
   online (``recsys-catalog``), which ``--events`` folds in first;
 - a row equal to a known one (user, item, timestamp): dropped (``duplicates``);
-- a row with a missing user, item or timestamp, or a non-numeric timestamp: dropped (``malformed``);
+- a row with a missing, blank or over-long (> 256 characters) user or item id, a missing or non-numeric
+  timestamp, or one more than a day after now: dropped (``malformed``); float ids that are whole
+  numbers are read as integers (196.0 is "196"); a table whose every row is malformed is refused
+  (exit 2, nothing written: e.g. timestamps in milliseconds);
 - a row older than the models' training data: kept as history (``before_training``).
 """
 
@@ -58,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from events.checks import MAX_FUTURE_S, MAX_ID_LENGTH
 from features.custom import read_table
 from features.feedback import read_log_catalog
 from features.schema import MAX_TIMESTAMP, DataError
@@ -93,16 +98,34 @@ def build_served_state(base, history: pd.DataFrame, item_embeddings: np.ndarray,
 REBUILD_SHARE = 0.05  # rebuild the co-occurrence tables once they would miss more than this share
 
 
+STAGING = ".refresh"  # suffix of an artifact save_served_state is writing: swapped in once all three are written
+
+
 def save_served_state(art: RunArtifacts, store: FeatureStore, features: CandidateFeatures, history: pd.DataFrame,
                       **info) -> None:
-    """Write the store, the ranker features and the interactions they saw, each recorded in the manifest."""
+    """Write the store, the ranker features and the interactions they saw, each recorded in the manifest.
+
+    All or nothing: each is written next to its artifact first, and only when all three are complete
+    are they moved over the old ones (renames). A write that fails (a full disk, a folder in the way)
+    leaves the run as it was, so the same refresh can simply run again (never half applied, where a
+    retry would count the rows already in the store a second time)."""
     saw = data_seen(history)
-    with art.writing("store", saw=saw, **info) as path:
-        store.save(path)
-    with art.writing("ranker_features", saw=saw, **info) as path:
-        features.save(path)
-    with art.writing("interactions", saw=saw, **info) as path:
-        history[list(COLUMNS)].to_parquet(path, index=False)
+    art.dir.mkdir(parents=True, exist_ok=True)
+    writers = {"store": store.save, "ranker_features": features.save,
+               "interactions": lambda p: history[list(COLUMNS)].to_parquet(p, index=False)}
+    staged: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = art.path(name).with_name(art.path(name).name + STAGING)
+            _remove(staged[name])  # left by a save that failed
+            write(staged[name])
+    except BaseException:
+        for tmp in staged.values():
+            _remove(tmp)
+        raise
+    for name, tmp in staged.items():
+        _swap_in(tmp, art.path(name))
+        art.record(name, saw, **info)
 
 
 def _row_keys(frame: pd.DataFrame) -> np.ndarray:
@@ -110,6 +133,18 @@ def _row_keys(frame: pd.DataFrame) -> np.ndarray:
     keyed = pd.DataFrame({"user_id": frame["user_id"].astype(str), "item_id": frame["item_id"].astype(str),
                           "timestamp": frame["timestamp"].astype(np.int64)})
     return pd.util.hash_pandas_object(keyed, index=False).to_numpy()
+
+
+def _id_text(col: pd.Series) -> pd.Series:
+    """Ids as every reader of ids takes them: stripped text (" 9 " is 9), a float column's whole numbers
+    as integers (a parquet 196.0 is user "196", never "196.0"); NaN where missing, blank, longer than
+    the 256 characters a request may name, or a float that is not a whole number."""
+    if pd.api.types.is_float_dtype(col):
+        v = col.to_numpy(dtype=np.float64)
+        whole = np.isfinite(v) & (np.mod(v, 1) == 0) & (np.abs(v) < 2**63)
+        return pd.Series(np.where(whole, v, 0).astype(np.int64).astype(str), index=col.index).where(whole)
+    text = col.where(col.isna(), col.astype(str).str.strip())
+    return text.where(text.isna() | ((text.str.len() > 0) & (text.str.len() <= MAX_ID_LENGTH)))
 
 
 def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVocab,
@@ -121,12 +156,12 @@ def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVoca
                         "user_id, item_id and timestamp (Unix seconds).")
     df = new[list(COLUMNS)].copy()
     ts = pd.to_numeric(df["timestamp"], errors="coerce")
-    # ids stripped as every other reader of ids (" 9 " is user 9); a blank id, a missing or
-    # non-finite timestamp, or one outside Unix seconds 0..9999-12-31 is malformed (never cast to -2^63)
-    user_col = df["user_id"].where(df["user_id"].isna(), df["user_id"].astype(str).str.strip())
-    item_col = df["item_id"].where(df["item_id"].isna(), df["item_id"].astype(str).str.strip())
-    bad = (user_col.isna() | item_col.isna() | (user_col.astype(str).str.len() == 0)
-           | (item_col.astype(str).str.len() == 0) | ts.isna() | ~((ts >= 0) & (ts <= MAX_TIMESTAMP)))
+    # a missing or non-finite timestamp, one outside Unix seconds 0..9999-12-31 (never cast to -2^63),
+    # or one more than a day after now (the events' rule: it would pin the user's newest history slot
+    # and make every real interaction after it "late") is malformed, and so is an id _id_text refuses
+    user_col, item_col = _id_text(df["user_id"]), _id_text(df["item_id"])
+    horizon = time.time() + MAX_FUTURE_S
+    bad = (user_col.isna() | item_col.isna() | ts.isna() | ~((ts >= 0) & (ts <= min(MAX_TIMESTAMP, horizon))))
     df = df[~bad].assign(user_id=user_col[~bad].astype(str), item_id=item_col[~bad].astype(str),
                          timestamp=ts[~bad].astype(np.int64))
     unknown = items.lookup(df["item_id"].to_numpy()) < 0
@@ -190,6 +225,17 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
     store = art.load_store()
     trained_from = m["artifacts"]["two_tower"]["saw"].get("first_timestamp") if "two_tower" in m["artifacts"] else None
     new, report = clean_new_interactions(interactions, known, store.items, trained_from)
+    if report["received"] and report["malformed"] == report["received"]:  # a systematic fault, not bad rows
+        ts = pd.to_numeric(interactions["timestamp"], errors="coerce")
+        hint = ("; the timestamps look like milliseconds: divide by 1000" if ts.notna().any()
+                and float(ts.median()) > time.time() + MAX_FUTURE_S else "")
+        raise DataError(f"none of the {report['received']} new rows can be used: each has a missing, blank or "
+                        f"over-long id, or a timestamp that is not Unix seconds from 1970 to a day from now{hint}. "
+                        "Nothing was written.")
+    # an --interactions refresh moves no log cursor: the ones the store recorded stay (without them a
+    # served tail would start at this write and skip the logged events not yet folded in)
+    prior = m["artifacts"].get("store", {})
+    cursor, catalog_cursor = cursor or prior.get("event_log"), catalog_cursor or prior.get("catalog_log")
     history = pd.concat([known, new], ignore_index=True)
     ranking_cfg = m["config"]["ranking"]
     features_info = m["artifacts"]["ranker_features"]
@@ -378,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a folder where a file goes: the served state was left as it was
+        print(f"error: {e}; none of the new interactions was written (the store, ranker features and "
+              "history are written aside and swapped in together): fix that and run the same command again",
+              file=sys.stderr)
+        return 1
     print(" ".join(f"{k}={v}" for k, v in report.items()))
     return 0
 

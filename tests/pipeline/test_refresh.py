@@ -95,6 +95,61 @@ def test_refresh_strips_ids_and_counts_impossible_timestamps_as_malformed(tiny_d
     assert stored["timestamp"].min() >= 0 and (stored["user_id"] == user).sum() == (log["user_id"] == user).sum() + 1
 
 
+def test_refresh_reads_float_ids_as_integers_and_refuses_future_and_over_long_rows(tiny_deployed_run, tmp_path):
+    """A parquet float id 196.0 is "196" (as training and batch read it), never a new user "196.0"; a
+    timestamp more than a day ahead (it would pin the user's newest history slot) and an id longer than
+    a request may name are malformed; a table whose every row is malformed is refused, nothing written."""
+    import time
+
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    item = str(art.item_ids()[3])
+    t = int(log["timestamp"].max()) + 3600
+    new = pd.DataFrame({"user_id": [196.0, 196.0, 196.5], "item_id": [item] * 3,  # a float column, as parquet has it
+                        "timestamp": [t, time.time() + 2 * 86_400, t + 1]})
+    report = refresh(tiny_deployed_run, new, tmp_path / "fresh")
+    assert report == {**report, "received": 3, "accepted": 1, "malformed": 2, "unknown_items": 0, "new_users": 1}
+    stored = pd.read_parquet(RunArtifacts(tmp_path / "fresh").path("interactions"))
+    assert (stored["user_id"] == "196").sum() == 1 and not stored["user_id"].isin(["196.0", "196.5"]).any()
+    long_id = pd.DataFrame({"user_id": ["u" * 300, "u" * 256], "item_id": [item] * 2, "timestamp": [t, t]})
+    assert refresh(tmp_path / "fresh", long_id)["malformed"] == 1  # 256 characters: the most a request names
+    rows = len(pd.read_parquet(RunArtifacts(tmp_path / "fresh").path("interactions")))
+    with pytest.raises(DataError, match="none of the 2 new rows can be used.*look like milliseconds"):
+        refresh(tmp_path / "fresh", pd.DataFrame({"user_id": ["196"] * 2, "item_id": [item] * 2,
+                                                  "timestamp": [t * 1000, t * 1000 + 1]}))
+    assert len(pd.read_parquet(RunArtifacts(tmp_path / "fresh").path("interactions"))) == rows
+
+
+def test_a_refresh_that_fails_while_writing_leaves_the_run_as_it_was_and_can_run_again(tiny_deployed_run, tmp_path,
+                                                                                        monkeypatch):
+    """The three artifacts are written aside and swapped in together: a failed write (a full disk) changes
+    nothing, so running the same refresh again counts its rows once."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_deployed_run, run)
+    art = RunArtifacts(run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, t = str(log["user_id"].iloc[0]), int(log["timestamp"].max()) + 3600
+    new = pd.DataFrame({"user_id": [user] * 3, "item_id": [str(i) for i in art.item_ids()[:3]],
+                        "timestamp": [t, t + 1, t + 2]})
+    before = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    real = pd.DataFrame.to_parquet
+
+    def full_disk(self, path, *a, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        refresh(run, new)
+    after = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    assert after == before  # the store and ranker features were written aside, then removed
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
+    assert refresh(run, new)["accepted"] == 3
+    keys = len(art.load_pipeline().features.event_keys)
+    assert refresh(run, new)["accepted"] == 0  # the same rows again: duplicates, nothing counted twice
+    assert len(art.load_pipeline().features.event_keys) == keys
+
+
 def test_refresh_refuses_a_folder_that_is_not_an_event_log_and_keeps_its_cursor(tiny_deployed_run, tmp_path, capsys):
     from events.log import EventLog
 
@@ -225,9 +280,10 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     out = capsys.readouterr().out
     assert "log_read=1" in out and "accepted=1" in out
     assert RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 4
-    # a refresh from a table (not the log) drops the cursor: the served tail falls back to the store's write time
+    # a refresh from a table (not the log) keeps the cursor: the served tail still starts after the last
+    # event folded in (from the store's write time it would skip the events logged in between)
     refresh(tmp_path / "r1", pd.DataFrame({"user_id": [user], "item_id": [items[4]], "timestamp": [t + 10]}))
-    assert "event_log" not in RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
+    assert RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 4
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
