@@ -90,8 +90,11 @@ def require_directory(directory: Path) -> None:
 
 
 def check_version(conn: sqlite3.Connection, path: Path) -> int:
-    """The segment's schema version; ValueError for one this code cannot read."""
+    """The segment's schema version; ValueError for one this code cannot read, sqlite3.DatabaseError for
+    a file with no schema at all (empty or cut short: damaged, as a file that is not SQLite)."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and not has_table(conn, "events"):
+        raise sqlite3.DatabaseError(f"{path}: no log schema in it (an empty or cut-short file)")
     if version not in READABLE_VERSIONS:
         raise ValueError(f"{path}: segment schema version {version}, this code knows {READABLE_VERSIONS}; "
                          "read it with the version of events.log that wrote it")

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from events.checks import MAX_FUTURE_S
 from events.reader import read_log
 from events.log import LOCK_NAME
 from events.segments import list_segments
@@ -104,7 +105,7 @@ def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None
         (``user_id``, ``item_id``, ``timestamp`` int64, ``weight`` float32; one row per (user,
         item, second), the largest weight kept), and counts: ``read``, ``not_interactions``
         (impressions, unconfigured types), ``malformed`` (missing id, non-finite timestamp or
-        weight), ``unknown_items``, ``repeated`` (same user, item and second within the log), ``kept``.
+        weight, a timestamp more than a day after the server logged it), ``unknown_items``, ``repeated`` (same user, item and second within the log), ``kept``.
     """
     types = set(types) - {"impression"}
     report = {"read": int(len(events))}
@@ -117,6 +118,9 @@ def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None
     ids_ok = df["user_id"].notna().to_numpy() & df["item_id"].notna().to_numpy()
     ids_ok &= (df["user_id"].astype(str).str.len() > 0).to_numpy() & (df["item_id"].astype(str).str.len() > 0).to_numpy()
     ok = ids_ok & np.isfinite(ts) & (ts >= 0) & np.isfinite(w)
+    if "received_at" in df.columns:  # the ingest rule, against the clock of the server that logged it
+        with np.errstate(invalid="ignore"):
+            ok &= ts <= pd.to_numeric(df["received_at"], errors="coerce").to_numpy(dtype=np.float64) + MAX_FUTURE_S
     report["malformed"] = int((~ok).sum())
     out = pd.DataFrame({"user_id": df["user_id"].astype(str).to_numpy()[ok],
                         "item_id": df["item_id"].astype(str).to_numpy()[ok],

@@ -125,6 +125,9 @@ def test_malformed_rows_are_counted_not_fatal():
     rows, report = log_interactions(events, TYPES, pd.Series(["a", "b"]))
     assert report == {"read": 4, "not_interactions": 0, "malformed": 3, "unknown_items": 0, "repeated": 0, "kept": 1}
     assert rows["item_id"].tolist() == ["a"] and rows["timestamp"].dtype == np.int64
+    # stamped more than a day after the server logged it (the ingest rule): malformed, not the user's newest
+    ahead = events.iloc[:1].assign(timestamp=86_400.0 + 2, received_at=1.0)
+    assert log_interactions(ahead, TYPES, pd.Series(["a", "b"]))[1]["malformed"] == 1
 
 
 def test_a_binary_dataset_stays_binary_and_bad_paths_are_clear(tmp_path):

@@ -168,10 +168,11 @@ def test_refresh_refuses_a_folder_that_is_not_an_event_log_and_keeps_its_cursor(
         assert not (tmp_path / "out").exists()
     junk = tmp_path / "junk"
     junk.mkdir()
-    (junk / "segment-000001.sqlite").write_bytes(b"not a database" * 100)
-    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(junk), "--out-dir",
-                         str(tmp_path / "out")]) == 2
-    assert "a segment could not be read" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    for damage in (b"not a database" * 100, b""):  # garbage; an empty (cut-short) file: the same advice
+        (junk / "segment-000001.sqlite").write_bytes(damage)
+        assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(junk), "--out-dir",
+                             str(tmp_path / "out")]) == 2
+        assert "a segment could not be read" in capsys.readouterr().err and not (tmp_path / "out").exists()
     (tmp_path / "afile").write_text("mine")
     (tmp_path / "rows.csv").write_text(f"user_id,item_id,timestamp\nx,{art.item_ids()[0]},{t}\n")
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "rows.csv"),
