@@ -6,6 +6,7 @@ Configured with ``data=custom`` and overrides such as
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,11 @@ import pandas as pd
 from features.schema import DataError, Dataset
 
 _CONTRACT = {"interactions": ["user_id", "item_id", "timestamp"], "items": ["item_id"], "users": ["user_id"]}
+
+
+# What pandas reads as missing by default (its documented list), kept for the columns that are not text.
+NA_WORDS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+            "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
 def read_table(path: str | Path, what: str, setting: str | None = None, dtype: dict | None = None) -> pd.DataFrame:
@@ -47,9 +53,24 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else ","
         try:
-            df = pd.read_csv(p, sep=sep, dtype=dtype)
+            header = pd.read_csv(p, sep=sep, nrows=0).columns
+            # text columns (``dtype`` str: ids) keep "NA", "None", "null" as the text they are (a user "NA",
+            # a title "None"); only an empty cell is missing there. Other columns: pandas' usual NA words.
+            text = set(header) if dtype is str else {c for c, t in (dtype or {}).items() if t is str}
+            na = {c: [""] if c in text else list(NA_WORDS) for c in header}
+            # index_col=False: a row with an extra field is an error (pandas' warning raised), never a
+            # table shifted onto its first column, nor the field dropped
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                df = pd.read_csv(p, sep=sep, dtype=dtype, keep_default_na=False, na_values=na, index_col=False)
+        except pd.errors.ParserWarning:
+            raise DataError(f"{what} file {p} has a row with more fields than its header "
+                            f"({len(header)}: {', '.join(map(str, header))}); quote fields that hold the separator.") from None
         except pd.errors.EmptyDataError as e:
             raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.") from e
+        except pd.errors.ParserError as e:  # a row with more fields than the header, an unclosed quote
+            raise DataError(f"{what} file {p} is not a well-formed {'TSV' if sep == chr(9) else 'CSV'} file: "
+                            f"{str(e).strip()[:300]}") from None
         except UnicodeDecodeError as e:
             raise DataError(f"{what} file {p} is not UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
                             f"{e.start}); save it as UTF-8.") from None

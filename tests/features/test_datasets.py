@@ -5,7 +5,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from features.custom import load_tables
+from features.custom import load_tables, read_table
 from features.movielens import GENRES, RECBOLE_PREFIX, RECBOLE_WHEEL, load_movielens
 from features.schema import DataError
 
@@ -130,3 +130,20 @@ def test_custom_ids_stay_text_and_bad_files_are_named(tmp_path):
     assert swapped.interactions["user_id"].tolist() == ["1"]
     with pytest.raises(DataError, match="no column 'score' \\(mapped as 'weight'"):
         load_tables(str(path), columns={"weight": "score"})
+
+
+def test_ids_named_like_missing_words_stay_ids_and_malformed_csv_is_named(tmp_path):
+    """A user "NA" or an item "None" is an id (only an empty cell is missing there); a row with more
+    fields than the header or an unclosed quote is a clear error, never a table shifted onto its first
+    column (pandas took the extra field's row as an index) nor a raw parser traceback."""
+    path = tmp_path / "inter.csv"
+    path.write_text("user_id,item_id,timestamp\nNA,None,10\nnull,7,NA\n")
+    rows = read_table(path, "interactions", dtype={"user_id": str, "item_id": str})
+    assert rows["user_id"].tolist() == ["NA", "null"] and rows["item_id"].tolist() == ["None", "7"]
+    assert rows["timestamp"].isna().tolist() == [False, True]  # not a text column: "NA" is missing
+    for text, why in (("user_id,item_id,timestamp\nu,1,5,extra\nu,2,6\n", "more fields than its header"),
+                      ("user_id,item_id,timestamp\nu,1,5\nu,2,6,x\n", "Expected 3 fields in line 3, saw 4"),
+                      ('user_id,item_id\n"u,1\n', "EOF inside string")):
+        path.write_text(text)
+        with pytest.raises(DataError, match=why):
+            read_table(path, "interactions")
