@@ -129,13 +129,16 @@ def _answer_text(result) -> bytes | None:
 
 
 def _records(table, id_column: str) -> list[dict]:
-    """A DataFrame or a list of dicts -> one dict per row (the id column required)."""
+    """A DataFrame or a list of dicts -> one dict per row (the id column required; a row whose id cell is
+    empty goes with an empty id, which the server answers ``missing_id`` for that record alone)."""
+    has_column = id_column in table.columns if hasattr(table, "columns") else None
     rows = table.to_dict("records") if hasattr(table, "to_dict") else [dict(r) for r in table]
     # an empty cell (None / NaN) is "not given": a known entity keeps that attribute
     rows = [{k: v for k, v in r.items() if not (v is None or (isinstance(v, float) and v != v))} for r in rows]
-    missing = [j for j, r in enumerate(rows) if id_column not in r]
-    if missing:
-        raise ValueError(f"rows {missing[:5]} lack '{id_column}'; every row names its {id_column}")
+    if not (has_column if has_column is not None else any(id_column in r for r in rows)) and rows:
+        raise ValueError(f"the records have no '{id_column}'; every row names its {id_column}")
+    for r in rows:
+        r.setdefault(id_column, None)
     return rows
 
 

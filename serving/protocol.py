@@ -150,8 +150,9 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
 
 
 def _event_text(v):
-    """One id / type cell: missing as "" (the server answers missing_*), bytes as they are (UTF-8 or the
-    server's bad_encoding, never ``"b'..'"``), anything else as its text."""
+    """One id / type cell (of an event or a catalog record): missing as "" (the server answers
+    missing_*), bytes as they are (UTF-8 or the server's bad_encoding, never ``"b'..'"``), anything else
+    as its text."""
     if v is None or (isinstance(v, (float, np.floating)) and v != v):
         return ""
     return v if isinstance(v, bytes) else str(v)
@@ -217,7 +218,7 @@ def encode_catalog(ops, ids, attributes=None) -> dict[str, np.ndarray]:
         raise ValueError(f"one op, one id and one attribute mapping per record; got {len(ops)}, {len(ids)}, "
                          f"{None if attributes is None else len(attributes)}")
     tensors = {"op": _strings([str(o) for o in ops]),
-               "id": _strings(["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in ids])}
+               "id": _strings([_event_text(v) for v in ids])}
     if attributes is not None:
         tensors["attributes"] = _strings([json.dumps({k: _json_value(v) for k, v in (a or {}).items()})
                                           for a in attributes])

@@ -248,3 +248,24 @@ def test_empty_answer_encodes():
     out = encode_recommendation(Recommendation("u", "cold_user", [], [], [], []), {})
     assert out["item_ids"].shape == (0,) and out["scores"].dtype == np.float32
     assert decode_response("u", out).item_ids == []
+
+
+def test_a_catalog_row_without_an_id_is_that_records_rejection_not_the_files():
+    """An empty id cell goes as an empty id (the server answers missing_id for it alone); a table with no
+    id column at all is refused before sending; bytes ids stay bytes."""
+    import pandas as pd
+
+    from events.catalog import check_catalog
+    from serving.client import _records
+
+    rows = _records(pd.DataFrame({"item_id": ["a", None, b"c"], "price": [1.0, 2.0, None]}), "item_id")
+    t = encode_catalog(["block"] * 3, [r.pop("item_id") for r in rows])
+    assert t["id"].tolist() == [b"a", b"", b"c"]
+
+    class Items:
+        def lookup(self, ids):
+            return np.array([0 if i in ("a", "c") else -1 for i in ids])
+
+    assert check_catalog(t["op"], t["id"], None, {"item": {}, "user": {}}, Items(), 0.0)[1] == ["ok", "missing_id", "ok"]
+    with pytest.raises(ValueError, match="the records have no 'item_id'"):
+        _records(pd.DataFrame({"price": [1.0]}), "item_id")
