@@ -16,6 +16,7 @@ off) and secure (serving/security.py: gRPC only, control and shared-memory APIs 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -41,6 +42,24 @@ def default_repository() -> Path:
     from export.config import workspace_root  # here: a given repository needs no Hydra import
 
     return workspace_root() / "triton_repo"
+
+
+def stale_models(repository: Path) -> list[str]:
+    """The models of an exported repository whose ``1/model.py`` differs from this installation's committed
+    one (the package's ``triton_repo`` templates): exported by another version of the code, they would run
+    their old code against this version's library."""
+    spec = importlib.util.find_spec("triton_repo")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    templates = Path(next(iter(spec.submodule_search_locations)))
+    if templates.resolve() == repository.resolve():  # serving the checkout's own repository
+        return []
+    stale = []
+    for template in sorted(templates.glob("*/1/model.py")):
+        exported = repository / template.relative_to(templates)
+        if exported.is_file() and exported.read_bytes() != template.read_bytes():
+            stale.append(template.parent.parent.name)
+    return stale
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "oldest segments are deleted (recsys_event_log_dropped_segments); sets "
                              "RECSYS_LOG_MAX_BYTES for the server (default: the models' LOG_MAX_BYTES parameter, "
                              "else 1)")
+    parser.add_argument("--allow-stale-code", action="store_true",
+                        help="serve a repository whose models' model.py differ from this installation's (exported "
+                             "by another version of the code; refused by default: export again)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="share the live events with the servers of other hosts through Redis "
                              "(redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0; `make redis-start` runs one): "
@@ -158,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_repository is None:
             args.model_repository = default_repository()
             print(f"model repository: {args.model_repository}", flush=True)
+        stale = stale_models(Path(args.model_repository)) if Path(args.model_repository).is_dir() else []
+        if stale and not args.allow_stale_code:
+            raise ValueError(f"{args.model_repository}: the model code of {', '.join(stale)} differs from this "
+                             "installation's (exported by another version of the code, it would run its old code "
+                             "against this version's library); export again (recsys-export --run-dir <run>) or "
+                             "pass --allow-stale-code")
+        if stale:
+            print(f"warning: serving older model code for {', '.join(stale)} (--allow-stale-code)", file=sys.stderr)
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
                               http_port=args.http_port or None, metrics_port=args.metrics_port or None,
                               model_control_mode=args.model_control_mode, binary=args.binary,

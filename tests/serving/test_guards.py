@@ -5,6 +5,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from serving.optional_models import load_optional
 from serving.security import ADMIN_HEADER, SecurityOptions
 from serving.supervisor import Supervisor, crash_evidence
 from serving.triton_server import TritonServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 REBUILD = r"python -m export --run-dir .*/run"
 
@@ -390,3 +393,22 @@ def test_log_size_bound_from_the_environment_the_parameter_or_the_default(monkey
     monkeypatch.delenv(MAX_BYTES_ENV)
     assert serve_main(["--log-max-gib", "0.01"]) == 2  # refused before anything starts
     assert "--log-max-gib 0.01: at least 0.0625" in capsys.readouterr().err
+
+
+def test_a_repository_exported_by_other_code_is_refused_unless_allowed(tmp_path, capsys):
+    """recsys-serve compares each exported 1/model.py with this installation's: a stale one would run its
+    old code against this version's library (metrics without their labels, log bounds ignored)."""
+    from serving.serve import main as serve_main
+    from serving.serve import stale_models
+
+    repo = tmp_path / "repo"
+    for name in ("recommend", "events"):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(
+            (ROOT / "triton_repo" / name / "1" / "model.py").read_text())
+    assert stale_models(repo) == []
+    (repo / "events" / "1" / "model.py").write_text("# an older events model\n")
+    assert stale_models(repo) == ["events"]
+    assert serve_main(["--model-repository", str(repo), "--grpc-port", "0", "--health-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "the model code of events differs from this installation's" in err and "--allow-stale-code" in err
