@@ -42,6 +42,12 @@ def typed_frame(data: dict[str, np.ndarray], columns: list[str], dtypes: dict[st
                          else pd.array(data[name], dtype=dtypes[name]) for name in columns}, columns=columns)
 
 
+class CursorPastEnd(ValueError):
+    """The cursor lies past the end of the log (its segment ends before its row, or every live segment
+    is older than it): the log was recreated or replaced since the cursor was taken. Segment numbers and
+    rowids only grow, so reading on would skip every new row until they pass the old cursor."""
+
+
 class EventTail:
     """Reads the rows of one table appended to a log directory after a cursor.
 
@@ -82,7 +88,12 @@ class EventTail:
         serving path applies, without pandas (~3 ms less per answer that finds news)."""
         name, columns = self.table.table, self._columns
         rows = []
-        for n in self._listing():
+        listed = self._listing()
+        if self.segment and listed and max(listed) < self.segment:
+            raise CursorPastEnd(f"{self.directory}: the cursor (segment {self.segment}, row {self.rowid}) is past the "
+                                f"newest segment ({max(listed)}): this is not the log it was taken from "
+                                "(recreated or replaced?)")
+        for n in listed:
             if n < self.segment:
                 continue
             conn = self._open(n)
@@ -94,7 +105,11 @@ class EventTail:
             if name == "catalog" and not has_table(conn, name):  # a version-1 segment: none there
                 continue
             last = conn.execute(f"SELECT max(rowid) FROM {name}").fetchone()[0] or 0
-            if last <= after:
+            if last < after:
+                raise CursorPastEnd(f"{self.directory}: the cursor (segment {n}, row {after}) is past the end of "
+                                    f"that segment (row {last}): this is not the log it was taken from "
+                                    "(recreated or replaced?)")
+            if last == after:
                 continue
             sql = f"SELECT {', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
             params: list = [after, last]

@@ -37,7 +37,7 @@ from events.checks import MAX_FUTURE_S
 from events.reader import read_log
 from events.log import LOCK_NAME
 from events.segments import list_segments
-from events.tail import EventTail
+from events.tail import CursorPastEnd, EventTail
 from features.schema import DataError, Dataset
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,9 @@ def read_log_events(events_dir: Path, after: LogCursor | None = None,
     except sqlite3.DatabaseError as e:  # a segment that is not SQLite (a bad copy, a disk error)
         raise DataError(f"event log {events_dir}: a segment could not be read ({e}); move the damaged "
                         "segment-*.sqlite file away or restore it, then run again") from None
+    except CursorPastEnd as e:  # the log was recreated since the run read it: nothing new would ever be read
+        raise DataError(f"event log {e}. Read it whole with recsys-refresh --events DIR --from-start (rows "
+                        "already in the run's history are dropped as duplicates)") from None
     finally:
         tail.close()
     return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid)

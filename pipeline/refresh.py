@@ -371,22 +371,25 @@ def _store_cursor(run_dir: str | Path, key: str, directory: Path):
     return LogCursor(**old) if old and Path(old["directory"]).resolve() == Path(directory).resolve() else None
 
 
-def log_catalog(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one: folding
-    a record again is harmless), and the new cursor."""
+def log_catalog(run_dir: str | Path, log_path: str | Path, from_start: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one, or with
+    ``from_start``: folding a record again is harmless), and the new cursor."""
     from features.feedback import catalog_dir
 
-    records, cursor = read_log_catalog(log_path, _store_cursor(run_dir, "catalog_log", catalog_dir(log_path)))
+    after = None if from_start else _store_cursor(run_dir, "catalog_log", catalog_dir(log_path))
+    records, cursor = read_log_catalog(log_path, after)
     return records, cursor.as_dict()
 
 
-def log_events(run_dir: str | Path, log_path: str | Path) -> tuple[pd.DataFrame, dict, dict]:
-    """Interaction rows logged after the run's store cursor (all, without one), the new cursor, counts."""
+def log_events(run_dir: str | Path, log_path: str | Path, from_start: bool = False) -> tuple[pd.DataFrame, dict, dict]:
+    """Interaction rows logged after the run's store cursor (all, without one or with ``from_start``:
+    the rows already in the history are then dropped as duplicates), the new cursor, counts."""
     from events.checks import INTERACTION_TYPES
     from features.feedback import log_dirs, log_interactions, read_log_events
 
     events_dir, _ = log_dirs(log_path, "--events DIR")
-    events, cursor = read_log_events(events_dir, _store_cursor(run_dir, "event_log", events_dir))
+    after = None if from_start else _store_cursor(run_dir, "event_log", events_dir)
+    events, cursor = read_log_events(events_dir, after)
     rows, counts = log_interactions(events, INTERACTION_TYPES)
     return rows, cursor.as_dict(), counts
 
@@ -400,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("--events", help="an event log directory (the served --event-log DIR): its interaction events "
                                       "after the run's log cursor, and its catalog records (items added online) "
                                       "folded in first")
+    ap.add_argument("--from-start", action="store_true",
+                    help="with --events: read the whole log, not only after the run's cursor (for a log recreated or "
+                         "replaced since: rows already in the history are dropped as duplicates)")
     ap.add_argument("--out-dir", default=None, help="write the refreshed run here (default: refresh in place)")
     ap.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=None,
                     help="rebuild the co-occurrence / EASE tables too (--no-rebuild: keep them; default: rebuild "
@@ -407,14 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rebuild-share", type=float, default=REBUILD_SHARE,
                     help=f"see --rebuild (default: {REBUILD_SHARE})")
     args = ap.parse_args(argv)
+    if args.from_start and not args.events:
+        ap.error("--from-start reads an event log from its start: give --events DIR")
     if not 0.0 <= args.rebuild_share <= 1.0:
         ap.error(f"--rebuild-share {args.rebuild_share:g}: a share of the interactions, in [0, 1]")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cursor, log_report, catalog, catalog_cursor = None, {}, None, None
         if args.events:
-            rows, cursor, log_report = log_events(args.run_dir, args.events)
-            catalog, catalog_cursor = log_catalog(args.run_dir, args.events)
+            rows, cursor, log_report = log_events(args.run_dir, args.events, args.from_start)
+            catalog, catalog_cursor = log_catalog(args.run_dir, args.events, args.from_start)
         else:
             rows = read_table(args.interactions, "interactions", "--interactions",  # "0042" stays "0042"
                               dtype={"user_id": str, "item_id": str})

@@ -289,6 +289,41 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_log_recreated_at_the_same_path_is_refused_not_silently_skipped(tiny_deployed_run, tmp_path, capsys):
+    """A run's cursor past the end of the log (the log recreated since: segment numbers and rowids only
+    grow) used to read nothing until new rows passed it; now it is an error, and --from-start reads the
+    log whole (rows already in the history dropped as duplicates)."""
+    import shutil
+
+    from events.log import EventLog
+    from events.tail import CursorPastEnd, EventTail
+
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, items = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()[:8]]
+    t = int(log["timestamp"].max()) + 3600
+
+    def ev(i):
+        return {"event_id": f"e{i}", "user_id": user, "item_id": items[i], "timestamp": float(t + i), "type": "click"}
+
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
+        elog.append_events([ev(i) for i in range(5)])
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "log"),
+                         "--out-dir", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "log")
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:  # a new log: rows 1..3
+        elog.append_events([ev(i) for i in (5, 6, 7)])
+    with pytest.raises(CursorPastEnd, match="past the end of that segment"):
+        EventTail(tmp_path / "log" / "events", after=(1, 5)).read_new()
+    assert refresh_main(["--run-dir", str(tmp_path / "r"), "--events", str(tmp_path / "log")]) == 2
+    err = capsys.readouterr().err
+    assert "is not the log it was taken from" in err and "--from-start" in err
+    assert refresh_main(["--run-dir", str(tmp_path / "r"), "--events", str(tmp_path / "log"), "--from-start"]) == 0
+    assert "accepted=3" in capsys.readouterr().out
+    assert RunArtifacts(tmp_path / "r").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 3
+
+
 def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, tiny_prepared, tmp_path, capsys):
     """Items added online (the log's catalog records) join the run's catalog before the events are read,
     so the events on them are kept, and a rebuild of the co-occurrence tables counts them."""
