@@ -25,6 +25,7 @@ from pipeline.artifacts import RunArtifacts
 from ranking.distill import DistillGateError
 from stages.backtest import run_backtest
 from stages.baselines import run_baselines
+from stages.config_checks import check_values
 from stages.deploy import run_deploy
 from stages.distill import run_distill
 from stages.export import run_export
@@ -63,6 +64,7 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
     ``dataset``: the tables to use instead of loading ``cfg.data`` (the backtest's data before its cut).
     """
     stages = _stages(cfg.stage)
+    check_values(cfg)  # a bad number fails here, not minutes into a stage
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("output dir: %s", out_dir)

@@ -1,0 +1,92 @@
+"""The composed run config's numbers, checked before any stage runs.
+
+Hydra checks the config's shape (an unknown key or group fails at composition), not its values: a
+``retrieval.temperature=-1`` trained a useless model for minutes, a ``trainer.max_epochs=abc`` failed
+deep inside Lightning after the baselines, an ``index.nprobe=abc`` only once the towers were trained.
+:func:`check_values` reads each knob below (absent keys and ``null`` are skipped: a config group may
+leave one out) and raises one :class:`features.schema.DataError` naming every bad value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+
+from features.schema import DataError
+
+
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "count": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
+    "count0": ("a whole number >= 0", lambda v: _whole(v) and v >= 0),
+    "positive": ("a number > 0", lambda v: _real(v) and v > 0),
+    "nonneg": ("a number >= 0", lambda v: _real(v) and v >= 0),
+    "dropout": ("a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1),
+    "share": ("a number in [0, 1]", lambda v: _real(v) and 0 <= v <= 1),
+}
+
+CHECKS: dict[str, str] = {
+    **dict.fromkeys((
+        "retrieval.model.emb_dim", "retrieval.model.out_dim", "retrieval.history_len", "retrieval.batch_size",
+        "retrieval.val_users", "retrieval.eval_batch_size", "index.nprobe", "index.ef_search", "index.train_size",
+        "ranking.model.emb_dim", "ranking.model.group_dim", "ranking.cooc.k_neighbors", "ranking.cooc.ease_max_items",
+        "ranking.max_epochs", "ranking.lists_per_batch", "distill.model.emb_dim", "distill.model.group_dim",
+        "distill.max_epochs", "distill.lists_per_batch", "trainer.max_epochs", "pipeline.n_candidates",
+        "pipeline.max_k", "rules.k", "eval.batch_size", "baselines.itemknn.model.k_neighbors", "export.opset",
+        "export.parity_rows", "export.instances", "export.ort_threads"), "count"),
+    **dict.fromkeys((
+        "retrieval.uniform_negatives", "retrieval.early_stopping.patience", "ranking.patience", "distill.patience",
+        "ranking.recent_days", "eval.cold_users"), "count0"),
+    **dict.fromkeys((
+        "retrieval.temperature", "retrieval.optimizer.lr", "ranking.optimizer.lr", "distill.optimizer.lr",
+        "distill.temperature", "baselines.ease.model.l2", "ranking.cooc.ease_l2"), "positive"),
+    **dict.fromkeys((
+        "retrieval.optimizer.weight_decay", "ranking.optimizer.weight_decay", "distill.optimizer.weight_decay",
+        "ranking.cooc.shrink", "baselines.itemknn.model.shrink", "trainer.gradient_clip_val",
+        "distill.score_weight", "distill.kl_weight", "distill.label_weight", "ranking.prior_pop_weight",
+        "export.parity_atol"), "nonneg"),
+    **dict.fromkeys((
+        "retrieval.model.dropout", "retrieval.model.item_id_dropout", "retrieval.model.user_id_dropout",
+        "retrieval.model.history_dropout", "ranking.model.dropout", "distill.model.dropout", "split.test_share",
+        "split.valid_share", "ranking.val_share"), "dropout"),
+    **dict.fromkeys((
+        "pipeline.cooc_share", "pipeline.cold_popular_share", "distill.gate.min_retained",
+        "export.int8.min_top10_overlap", "ranking.cold_share", "split.cold_item_share"), "share"),
+}
+
+
+def _get(cfg: Mapping, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_values(cfg: Mapping) -> None:
+    """Raise DataError naming every knob of :data:`CHECKS` whose value is out of its range or of the
+    wrong type (e.g. ``retrieval.temperature=-1``: a number > 0)."""
+    bad = []
+    for key, kind in CHECKS.items():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        what, ok = KINDS[kind]
+        if not ok(value):
+            bad.append(f"{key}={value!r} must be {what}")
+    test, valid = _get(cfg, "split.test_share"), _get(cfg, "split.valid_share")
+    if _real(test) and _real(valid) and test + valid >= 1:
+        bad.append(f"split.test_share + split.valid_share = {test + valid:g} must be below 1 (something must be left "
+                   "to train on)")
+    if bad:
+        raise DataError("config values out of range: " + "; ".join(bad) + ". Fix them on the command line "
+                        "(key=value) or in configs/.")
