@@ -160,6 +160,9 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     rankers = served_rankers(models, int8)
     check_default_ranker(str(ecfg.ranker), rankers)
     run_state = manifest_digest(art.dir)  # what the run held when its export started
+    # every artifact the served pipeline reads, read once before the repository is touched: a damaged
+    # one (a truncated index) fails here with its name, not after the templates replaced a good export
+    art.load_pipeline()
     (repo / "export.json").unlink(missing_ok=True)  # a failed export must not look complete
     copy_template(repo)
     real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))

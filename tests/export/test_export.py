@@ -317,3 +317,20 @@ def test_template_copy_takes_only_committed_files(tmp_path):
     copy_template(tmp_path / "repo", template)
     copied = sorted(str(p.relative_to(tmp_path / "repo")) for p in (tmp_path / "repo").rglob("*") if p.is_file())
     assert copied == sorted(TEMPLATE_FILES)
+
+
+def test_a_damaged_artifact_fails_the_export_before_the_repository_is_touched(repo, tiny_run, tmp_path):
+    """A truncated index used to fail after the templates were copied and export.json removed: the good
+    export it replaced was gone. Every artifact is read first now."""
+    from features.schema import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    index = RunArtifacts(run).path("index")
+    index.write_bytes(index.read_bytes()[:500])
+    target = tmp_path / "repo"
+    shutil.copytree(repo, target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=r"artifact index .* could not be read"):
+        run_export(export_cfg(tmp_path / "cfg", target), run)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
