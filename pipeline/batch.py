@@ -45,6 +45,22 @@ def read_requests(path: str | Path) -> pd.DataFrame:
                         f"Add a user_id column (one request per row).")
     if len(df) == 0:
         raise DataError(f"requests file {path} has no rows.")
+    ignored = [c for c in df.columns if c not in ("user_id", "timestamp")]
+    if ignored:  # e.g. a time column named "ts": every request would be answered at "now"
+        log.warning("requests file %s: column(s) %s ignored; a request is a user_id and an optional timestamp "
+                    "(Unix seconds)", path, ", ".join(map(str, ignored)))
+    odd = df["user_id"].map(lambda v: not (v is None or isinstance(v, (str, bytes, int, float, np.integer,
+                                                                          np.floating))))
+    if odd.any():  # a parquet list or struct column: "[1 2]" would be served as a cold user
+        raise DataError(f"requests file {path}: line {_first_line(odd)}: user_id {df['user_id'][odd].iloc[0]!r} is "
+                        "not an id (text or a whole number).")
+    as_bytes = df["user_id"].map(lambda v: isinstance(v, bytes))
+    if as_bytes.any():  # a parquet binary column: ids are its UTF-8 text
+        try:
+            df = df.assign(user_id=df["user_id"].map(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v))
+        except UnicodeDecodeError:
+            raise DataError(f"requests file {path}: a user_id is bytes that are not UTF-8; write the ids as text.") \
+                from None
     missing = df["user_id"].isna()
     if missing.any():
         raise DataError(f"requests file {path}: {int(missing.sum())} row(s) have no user_id "
@@ -60,6 +76,10 @@ def read_requests(path: str | Path) -> pd.DataFrame:
                         f"characters long; at most {MAX_ID_LENGTH} are allowed.")
     df = df.assign(user_id=users)
     if "timestamp" in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):  # a date-time column: Unix seconds (naive = UTC)
+            t = df["timestamp"]
+            t = t.dt.tz_localize("UTC") if t.dt.tz is None else t
+            df = df.assign(timestamp=(t - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))
         ts = pd.to_numeric(df["timestamp"], errors="coerce")
         bad = ts.isna() & df["timestamp"].notna()
         if bad.any():
@@ -89,8 +109,9 @@ def recommend_table(pipe: Pipeline, requests: pd.DataFrame, k: int, batch_size: 
     return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "reason", "group", "route"])
 
 
-def check_output(path: str | Path) -> Path:
-    """The output path, checked before any work: a .csv / .parquet file in an existing folder."""
+def check_output(path: str | Path, requests: str | Path | None = None) -> Path:
+    """The output path, checked before any work: a .csv / .parquet file in an existing folder this
+    process can write in, and not the requests file itself."""
     p = Path(path)
     if p.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(f"--out {p} must end in .csv or .parquet.")
@@ -98,6 +119,14 @@ def check_output(path: str | Path) -> Path:
         raise DataError(f"--out {p} is a directory; name a file in it, e.g. {p / ('recs' + p.suffix)}.")
     if not p.parent.is_dir():
         raise DataError(f"--out {p}: folder {p.parent} does not exist; create it first.")
+    if requests is not None and p.resolve() == Path(requests).resolve():
+        raise DataError(f"--out {p} is the --requests file; write the recommendations to another file.")
+    probe = p.with_name(f".{p.name}.{os.getpid()}.probe")
+    try:  # written at the end, through a file next to it: fail now, not after the work
+        probe.open("x").close()
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"--out {p}: cannot write in {p.parent} ({e.strerror or e}); choose another folder.") from None
     return p
 
 
@@ -128,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.k <= 0:
             raise DataError(f"--k={args.k} must be a positive integer.")
-        check_output(args.out)
+        check_output(args.out, args.requests)
         requests = read_requests(args.requests)
         pipe = load_pipeline(args.run_dir)
         out = recommend_table(pipe, requests, args.k, progress=not args.no_progress)

@@ -253,6 +253,33 @@ def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(ti
     assert "not a readable parquet file" in capsys.readouterr().err
 
 
+def test_batch_reads_parquet_dates_and_bytes_ids_and_refuses_what_it_cannot_serve(tiny_run, tmp_path, capsys, caplog):
+    """A date-time timestamp column is Unix seconds (was: a "milliseconds?" error on microseconds); a
+    binary id column is its UTF-8 text; a list-valued id is refused (was served as a cold user "[1 2]");
+    an unknown column is named in a warning (a "ts" column was silently ignored); --out may not be the
+    requests file (it was overwritten)."""
+    import logging
+
+    user = str(load_pipeline(tiny_run).store.users.ids[0])
+    out = tmp_path / "o.csv"
+    pd.DataFrame({"user_id": [user.encode()], "timestamp": pd.to_datetime(["2023-11-14 22:13:20"]),
+                  "ts": [1]}).to_parquet(tmp_path / "dated.parquet")
+    with caplog.at_level(logging.WARNING, logger="pipeline.batch"):
+        assert read_requests(tmp_path / "dated.parquet")["timestamp"].tolist() == [1_700_000_000]
+    assert "column(s) ts ignored" in caplog.text
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "dated.parquet"), "--k", "2",
+                       "--out", str(out), "--no-progress"]) == 0
+    assert set(pd.read_csv(out, dtype={"user_id": str}).route) == {"known_user"}
+    pd.DataFrame({"user_id": [[1, 2]]}).to_parquet(tmp_path / "lists.parquet")
+    with pytest.raises(DataError, match=r"line 2: user_id .* is not an id"):
+        read_requests(tmp_path / "lists.parquet")
+    (tmp_path / "same.csv").write_text(f"user_id\n{user}\n")
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "same.csv"),
+                       "--out", str(tmp_path / "same.csv")]) == 2
+    assert "is the --requests file" in capsys.readouterr().err
+    assert (tmp_path / "same.csv").read_text() == f"user_id\n{user}\n"
+
+
 @pytest.mark.parametrize("artifact, damage", [("item_embeddings", "truncate"), ("ranker", "empty"),
                                               ("index", "empty"), ("settings", "empty"), ("manifest", "garble")])
 def test_a_damaged_artifact_is_named_with_the_fix(tiny_run, tmp_path, capsys, artifact, damage):
