@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             table = read_table(args.file, args.command, "FILE", dtype=str)
             if key not in table.columns:
                 raise DataError(f"{args.file} has no '{key}' column; columns: {', '.join(map(str, table.columns))}")
+            if table.empty:  # a header alone: nothing to send (as an empty file, an error, not "0 records")
+                raise DataError(f"{args.file} has a header but no rows.")
             rows = [r.to_dict() for _, r in table.iterrows()]
         else:
             rows = [{"item_id": i} for i in args.items]

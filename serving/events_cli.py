@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = read_table(args.file, "events", "FILE",
                            dtype={c: str for c in ("event_id", "user_id", "item_id", "type")})
+        if table.empty:  # a header alone: nothing to send (as an empty file, an error, not "0 events")
+            raise DataError(f"events file {args.file} has a header but no rows.")
         with RecommendClient(args.url, timeout=args.timeout) as client:
             status = client.send_events(table, args.batch_size)
     except (DataError, FileNotFoundError, ValueError) as err:
@@ -59,13 +61,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_statuses(status: list[str], noun: str, accepted: tuple[str, ...], row) -> int:
-    """Print the count of each status and the first rejected rows (``row(i)``: how to show row i);
-    returns how many were rejected (a status not in ``accepted``)."""
+    """Print the count of each status and the first rejected rows (``row(i)``: how to show row i, 0-based;
+    printed from 1, the first data row, as a spreadsheet counts them without the header); returns how many
+    were rejected (a status not in ``accepted``)."""
     counts = Counter(status)
     print(f"{len(status)} {noun}: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
     rejected = [(i, s) for i, s in enumerate(status) if s not in accepted]
     for i, s in rejected[:10]:
-        print(f"  row {i}: {s}: {row(i)}")
+        shown = row(i)
+        if isinstance(shown, dict):  # a 1,500-character value would flood the report
+            shown = {k: (v[:60] + f"... ({len(v)} characters)" if isinstance(v, str) and len(v) > 80 else v)
+                     for k, v in shown.items()}
+        print(f"  row {i + 1}: {s}: {shown}")
     if len(rejected) > 10:
         print(f"  ... {len(rejected) - 10} more rejected rows")
     return len(rejected)

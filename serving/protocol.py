@@ -89,7 +89,10 @@ class Recommendations:
 
 
 def _strings(values) -> np.ndarray:
-    return np.array([v.encode("utf-8") if isinstance(v, str) else v for v in values], dtype=np.object_)
+    # surrogateescape: text from a command line that was not UTF-8 goes as its original bytes (the server
+    # answers INVALID_ARGUMENT naming the input), never a client-side UnicodeEncodeError traceback
+    return np.array([v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v for v in values],
+                    dtype=np.object_)
 
 
 def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude_items=(), include_categories=(),

@@ -176,7 +176,7 @@ def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_pa
     assert main(["send", str(csv), "--url", server.grpc_url]) == 0
     out = capsys.readouterr().out
     assert "3 events: " in out and "ok=1" in out and "unknown_item=1" in out and "duplicate_in_batch=1" in out
-    assert "row 1: unknown_item" in out
+    assert "row 2: unknown_item" in out  # the second data row
     assert "0042" in set(read_log(log_dir / "events", "events")["user_id"])  # ids stay strings: "0042", not 42
     assert main(["send", str(csv), "--url", server.grpc_url, "--fail-on-rejected"]) == 1
     assert "duplicate=1" in capsys.readouterr().out  # resent: acknowledged, not applied twice
@@ -245,7 +245,7 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
                   {"item_id": "0078", "price": "free"}]).to_csv(csv, index=False)
     assert main(["upsert-items", str(csv), "--url", server.grpc_url]) == 0
     out = capsys.readouterr().out
-    assert "2 records: " in out and "ok=1" in out and "bad_value=1" in out and "row 1: bad_value" in out
+    assert "2 records: " in out and "ok=1" in out and "bad_value=1" in out and "row 2: bad_value" in out
     assert main(["block", "0077", "--url", server.grpc_url, "--fail-on-rejected"]) == 0
     assert main(["unblock", "nope", "--url", server.grpc_url, "--fail-on-rejected"]) == 1
     assert "unknown_item=1" in capsys.readouterr().out
