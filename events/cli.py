@@ -42,7 +42,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from events.log import KINDS, arrow_schema, log_stats, read_log
+from events.log import KINDS, LOCK_NAME, arrow_schema, log_stats, read_log
 from events.segments import list_segments
 
 OUT_FORMATS = (".parquet", ".csv")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _write(df: pd.DataFrame, out: Path, kind: str, explode: bool) -> None:
     if "attributes" in df.columns:  # catalog records: name -> value as JSON text in both formats
         df = df.assign(attributes=df["attributes"].map(lambda a: json.dumps(a, sort_keys=True)))
-    if out.suffix == ".parquet":
+    if out.suffix.lower() == ".parquet":
         pq.write_table(pa.Table.from_pandas(df, schema=arrow_schema(kind, explode), preserve_index=False), out)
     else:
         lists = [c for c in ("items", "scores", "reasons") if c in df.columns]
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         served = _served_layout(args.dir)
+        if not served and args.dir.is_dir() and not (list_segments(args.dir) or (args.dir / LOCK_NAME).exists()):
+            raise ValueError(f"{args.dir} holds no event log (no segment-*.sqlite, no {LOCK_NAME}): give a log folder "
+                             "(the served --event-log DIR, or its events/, impressions/ or catalog/)")
         if args.command == "stats":
             stats = {k: log_stats(args.dir / k) for k in served} if served else log_stats(args.dir)
             if served:
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dir = other
         if args.explode and args.kind != "impressions":
             raise ValueError("--explode applies to --kind impressions only")
-        if args.out is not None and args.out.suffix not in OUT_FORMATS:
+        if args.out is not None and args.out.suffix.lower() not in OUT_FORMATS:
             raise ValueError(f"--out {args.out}: unknown file type {args.out.suffix!r}; use one of "
                              f"{', '.join(OUT_FORMATS)}")
         if args.out is not None and not args.out.parent.is_dir():

@@ -482,6 +482,9 @@ def test_cli_reads_to_parquet_and_csv_and_prints(filled_log, tmp_path, capsys):
     out = tmp_path / "positions.parquet"
     assert cli_main(["read", "--dir", str(filled_log), "--kind", "impressions", "--explode", "--out", str(out)]) == 0
     assert pd.read_parquet(out)["position"].tolist() == [0, 1, 2] * 3
+    upper = tmp_path / "IMPRESSIONS.PARQUET"  # the extension in any case, as recsys-batch takes it
+    assert cli_main(["read", "--dir", str(filled_log), "--kind", "impressions", "--out", str(upper)]) == 0
+    assert pd.read_parquet(upper)["request_id"].tolist() == ["r0", "r1", "r2"]
 
     out = tmp_path / "impressions.csv"
     assert cli_main(["read", "--dir", str(filled_log), "--kind", "impressions", "--out", str(out)]) == 0
@@ -540,9 +543,13 @@ def test_cli_takes_the_served_log_folder(tmp_path, capsys):
     (["read", "--dir", "{log}", "--kind", "clicks"], "argument --kind: invalid choice: 'clicks'"),
     (["read", "--dir", "{log}", "--kind", "events", "--head", "-1"], "argument --head: expected a count >= 0"),
     ([], "the following arguments are required"),
+    (["stats", "--dir", "{notes}"], "{notes} holds no event log (no segment-*.sqlite, no log.lock)"),
+    (["read", "--dir", "{notes}", "--kind", "events"], "{notes} holds no event log"),
 ])
 def test_cli_bad_input_exits_2_with_one_line(filled_log, tmp_path, capsys, argv, message):
-    fill = {"missing": str(tmp_path / "missing"), "log": str(filled_log)}
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a log")  # was read as an empty log: zeros, "0 rows"
+    fill = {"missing": str(tmp_path / "missing"), "log": str(filled_log), "notes": str(tmp_path / "notes")}
     argv = [a.format(**fill) for a in argv]
     try:
         code = cli_main(argv)
