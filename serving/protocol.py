@@ -100,9 +100,12 @@ def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude
                    segment: str | None = None, attributes: dict | None = None) -> dict[str, np.ndarray]:
     """Request tensors by input name; absent optional inputs are left out, and so are attributes whose
     value is None or NaN (missing: the server would read "age=None" as a value, and refuse it)."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 < k <= np.iinfo(np.int32).max:
-        raise ValueError(f"k={k!r} must be a whole number in 1..{np.iinfo(np.int32).max} (the server's own bound "
-                         "is smaller: it says which)")  # int32 on the wire: a larger k would wrap around
+    # int32 on the wire: a larger k would wrap around (2**32 + 1 -> 1), a float be cut; the range the server
+    # takes (1..max_k) is its own check, with its own message
+    info = np.iinfo(np.int32)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not info.min <= k <= info.max:
+        raise ValueError(f"k={k!r} must be a whole number the request can carry (at most {info.max}; the server "
+                         "takes 1..its max_k)")
     tensors = {"user_id": _strings([user_id]), "k": np.array([k], dtype=np.int32)}
     if timestamp is not None:
         tensors["timestamp"] = np.array([timestamp], dtype=np.float64)

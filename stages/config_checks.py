@@ -27,6 +27,7 @@ def _real(v) -> bool:
 KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "count": ("a whole number >= 1", lambda v: _whole(v) and v >= 1),
     "count0": ("a whole number >= 0", lambda v: _whole(v) and v >= 0),
+    "epochs": ("a whole number >= 1 (or -1: no limit, early stopping decides)", lambda v: _whole(v) and (v >= 1 or v == -1)),
     "positive": ("a number > 0", lambda v: _real(v) and v > 0),
     "nonneg": ("a number >= 0", lambda v: _real(v) and v >= 0),
     "dropout": ("a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1),
@@ -39,9 +40,10 @@ CHECKS: dict[str, str] = {
         "retrieval.val_users", "retrieval.eval_batch_size", "index.nprobe", "index.ef_search", "index.train_size",
         "ranking.model.emb_dim", "ranking.model.group_dim", "ranking.cooc.k_neighbors", "ranking.cooc.ease_max_items",
         "ranking.max_epochs", "ranking.lists_per_batch", "distill.model.emb_dim", "distill.model.group_dim",
-        "distill.max_epochs", "distill.lists_per_batch", "trainer.max_epochs", "pipeline.n_candidates",
+        "distill.max_epochs", "distill.lists_per_batch", "pipeline.n_candidates",
         "pipeline.max_k", "rules.k", "eval.batch_size", "baselines.itemknn.model.k_neighbors", "export.opset",
         "export.parity_rows", "export.instances", "export.ort_threads"), "count"),
+    "trainer.max_epochs": "epochs",
     **dict.fromkeys((
         "retrieval.uniform_negatives", "retrieval.early_stopping.patience", "ranking.patience", "distill.patience",
         "ranking.recent_days", "eval.cold_users"), "count0"),
@@ -52,14 +54,14 @@ CHECKS: dict[str, str] = {
         "retrieval.optimizer.weight_decay", "ranking.optimizer.weight_decay", "distill.optimizer.weight_decay",
         "ranking.cooc.shrink", "baselines.itemknn.model.shrink", "trainer.gradient_clip_val",
         "distill.score_weight", "distill.kl_weight", "distill.label_weight", "ranking.prior_pop_weight",
-        "export.parity_atol"), "nonneg"),
+        "export.parity_atol", "distill.gate.min_retained"), "nonneg"),  # a gate above 1: the student must beat the teacher
     **dict.fromkeys((
         "retrieval.model.dropout", "retrieval.model.item_id_dropout", "retrieval.model.user_id_dropout",
         "retrieval.model.history_dropout", "ranking.model.dropout", "distill.model.dropout", "split.test_share",
         "split.valid_share", "ranking.val_share"), "dropout"),
     **dict.fromkeys((
-        "pipeline.cooc_share", "pipeline.cold_popular_share", "distill.gate.min_retained",
-        "export.int8.min_top10_overlap", "ranking.cold_share", "split.cold_item_share"), "share"),
+        "pipeline.cooc_share", "pipeline.cold_popular_share", "export.int8.min_top10_overlap", "ranking.cold_share",
+        "split.cold_item_share"), "share"),
 }
 
 

@@ -24,7 +24,7 @@ def test_every_bad_number_is_named_before_training(tmp_path):
     with pytest.raises(DataError) as err:
         train(cfg)
     message = str(err.value)
-    for named in ("retrieval.temperature=-1 must be a number > 0", "trainer.max_epochs='abc' must be a whole number",
+    for named in ("retrieval.temperature=-1 must be a number > 0", "trainer.max_epochs='abc' must be a whole number >= 1 (or -1",
                   "retrieval.batch_size=0", "index.nprobe='abc'", "retrieval.model.dropout=1.0 must be a number in [0, 1)"):
         assert named in message, message
     assert not (tmp_path / "artifacts").exists() and not any(tmp_path.rglob("manifest.json"))  # nothing started

@@ -127,8 +127,10 @@ def test_one_bad_event_cell_is_that_events_rejection_and_a_missing_weight_is_not
 
 
 def test_k_beyond_the_wire_type_is_refused_by_the_client_not_wrapped():
-    with pytest.raises(ValueError, match="k=4294967297 must be a whole number in 1..2147483647"):
-        encode_request("u", 2**32 + 1)
+    for k in (2**32 + 1, 1.5, True):
+        with pytest.raises(ValueError, match=f"k={k!r} must be a whole number the request can carry"):
+            encode_request("u", k)
+    assert encode_request("u", 0)["k"].tolist() == [0]  # in range for the wire: the server says 1..max_k
 
 
 def test_committed_retrieval_config_parses():

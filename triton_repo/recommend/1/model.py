@@ -59,7 +59,7 @@ import triton_python_backend_utils as pb_utils
 
 from events.checks import interaction_columns
 from events.log import EventLog
-from events.tail import EventTail
+from events.tail import CursorPastEnd, EventTail
 from inference.models import INFERENCE, OnnxCallable
 from inference.spec import ModelSpec, from_batch, load_specs, to_batch
 from pipeline.artifacts import RunArtifacts
@@ -203,13 +203,19 @@ class TritonPythonModel:
             self._report_state()
 
     def _apply_new(self) -> None:
-        new = self.tail.read_new_columns()  # numpy columns: no pandas on the answer path
-        if self._pending is not None:  # events read before (not applied yet): first, in their order
-            new = _concat(self._pending, new)
-            self._pending = None
+        """The events and catalog records logged since the last answer. Events read are held in
+        ``_pending`` until applied (a failure anywhere below keeps them for the next answer: their
+        cursor has moved on); the catalog is read and applied even when the events' tail fails."""
+        failure = None
+        try:
+            read = self._read(self.tail)  # numpy columns: no pandas on the answer path
+        except Exception as err:  # noqa: BLE001 - raised below, once the catalog had its turn
+            failure, read = err, None
+        if read is not None and len(read["event_id"]):
+            self._pending = read if self._pending is None else _concat(self._pending, read)
         # Catalog records after the events: an event is accepted only once its item's record was
         # logged, so every item an event read here names is in this catalog read (or an earlier one).
-        records = self.catalog_tail.read_new()
+        records = self._read(self.catalog_tail)
         if self._pending_catalog is not None:
             records = pd.concat([self._pending_catalog, records], ignore_index=True)
             self._pending_catalog = None
@@ -220,26 +226,42 @@ class TritonPythonModel:
             try:
                 counts = self.catalog.apply(part)
             except Exception:
-                self._pending_catalog, self._pending = records, new  # retried next request, before any event
+                self._pending_catalog = records  # retried next request, before any event
                 raise
             if len(records) > CATALOG_PER_ANSWER:
                 self._pending_catalog = records.iloc[CATALOG_PER_ANSWER:].reset_index(drop=True)
             for op, n in counts.items():
                 if n:
                     self.catalog_applied[op].increment(n)
-        if self._pending_catalog is not None:  # records still to apply: the events wait (they may name their items)
-            self._pending = new if len(new["event_id"]) else None
-            return
-        if len(new["event_id"]):
-            try:
-                counts = self.online.apply(interaction_columns(new))
-            except Exception:
-                self._pending = new  # read from the log but not applied: not lost, retried next request
-                raise
+        # records still to apply: the events wait (they may name their items)
+        if self._pending is not None and self._pending_catalog is None:
+            new = self._pending
+            counts = self.online.apply(interaction_columns(new))  # raises: still held, retried next request
+            self._pending = None
             self.applied.increment(counts["applied"])
             self.last_event_at = float(new["received_at"].max())
             if counts["unknown_items"]:
                 self._skipped(counts["unknown_items"])
+        if failure is not None:
+            raise failure
+
+    def _read(self, tail):
+        """What ``tail`` holds that is new (the events' numpy columns, the catalog's frame). A log
+        recreated under its cursor (``CursorPastEnd``) is read again from its start: the events received
+        after the newest one applied (or the snapshot), the catalog whole (applying a record again is
+        harmless); said in the log."""
+        events = tail is self.tail
+        try:
+            return tail.read_new_columns() if events else tail.read_new()
+        except CursorPastEnd as err:
+            if events:
+                since = self.last_event_at or self.snapshot_at
+                self.tail = EventTail(tail.directory, received_after=since)
+            else:
+                self.catalog_tail = EventTail(tail.directory, kind="catalog")
+            self.logger.log_error(f"recommend: {err}; reading it again from its start"
+                                  + (f" (events received after {since})" if events else ""))
+            return self.tail.read_new_columns() if events else self.catalog_tail.read_new()
 
     def _skipped(self, n: int) -> None:
         """Count logged events whose item this instance's catalog lacks (an item upserted on another

@@ -1,0 +1,131 @@
+"""recommend's catch-up before each answer (triton_repo/recommend/1/model.py ``_apply_new``), without a
+server: its state driven by stand-in tails, so each failure path is exercised exactly. Events read from a
+log are held until applied (their cursor has moved on: a failure that dropped them lost them for good);
+the catalog is applied even when the events' tail fails; a log recreated under a cursor is read again."""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from events.log import EventLog
+from events.tail import EventTail
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_module():
+    sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("triton_python_backend_utils"))
+    spec = importlib.util.spec_from_file_location("recommend_model_under_test", ROOT / "triton_repo/recommend/1/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def events(*ids, at=100.0):
+    n = len(ids)
+    return {"event_id": np.array(ids, dtype=object), "user_id": np.array(["u"] * n, dtype=object),
+            "item_id": np.array(["i"] * n, dtype=object), "timestamp": np.full(n, 50.0),
+            "type": np.array(["click"] * n, dtype=object), "weight": np.ones(n), "received_at": np.full(n, at)}
+
+
+class Tail:
+    """Returns the queued results in turn (an exception is raised); then nothing new."""
+
+    def __init__(self, results, empty):
+        self.results, self.empty, self.directory = list(results), empty, None
+
+    def _next(self):
+        if not self.results:
+            return self.empty
+        r = self.results.pop(0)
+        if isinstance(r, Exception):
+            raise r
+        return r
+
+    read_new_columns = read_new = _next
+
+
+class Counter_:
+    def __init__(self):
+        self.n = 0
+
+    def increment(self, k):
+        self.n += k
+
+
+class Online:
+    def __init__(self, fail_times=0):
+        self.applied, self.fail_times = [], fail_times
+
+    def apply(self, cols):
+        if self.fail_times:
+            self.fail_times -= 1
+            raise RuntimeError("state busy")
+        self.applied += list(cols["event_id"]) if "event_id" in cols else [None] * len(cols["user_id"])
+        return {"applied": len(cols["user_id"]), "late": 0, "new_users": 0, "unknown_items": 0}
+
+
+class Catalog:
+    def __init__(self):
+        self.applied = []
+
+    def apply(self, records):
+        self.applied += list(records["record_id"])
+        return {"new_items": len(records)}
+
+
+def make(model_module, event_results, catalog_results, online=None):
+    m = object.__new__(model_module.TritonPythonModel)
+    m.tail = Tail(event_results, events())
+    m.catalog_tail = Tail(catalog_results, pd.DataFrame({"record_id": []}))
+    m.online, m.catalog = online or Online(), Catalog()
+    m._pending = m._pending_catalog = None
+    m.applied, m.catalog_applied = Counter_(), {"new_items": Counter_()}
+    m.last_event_at, m.snapshot_at = None, 10.0
+    m.logger = types.SimpleNamespace(log_error=lambda *_: None, log_warn=lambda *_: None)
+    return m
+
+
+def test_events_held_while_the_catalog_read_fails_are_applied_once_it_works(model_module, monkeypatch):
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    m = make(model_module, [events("a"), events("b"), events("c")],
+             [OSError("catalog segment unreadable"), OSError("catalog segment unreadable")])
+    for _ in range(2):
+        with pytest.raises(OSError):
+            m._apply_new()
+    m._apply_new()
+    assert m.online.applied == ["a", "b", "c"] and m._pending is None and m.applied.n == 3
+
+
+def test_the_catalog_is_applied_when_the_events_tail_fails_and_held_events_survive_an_apply_failure(model_module,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    m = make(model_module, [events("a"), OSError("events segment unreadable"), events("b")],
+             [pd.DataFrame({"record_id": ["r1"]}), pd.DataFrame({"record_id": ["r2"]})], online=Online(fail_times=1))
+    with pytest.raises(RuntimeError):  # the state refused "a": held
+        m._apply_new()
+    with pytest.raises(OSError):  # the events' tail failed: the catalog still applied, "a" applied
+        m._apply_new()
+    assert m.catalog.applied == ["r1", "r2"] and m.online.applied == ["a"]
+    m._apply_new()
+    assert m.online.applied == ["a", "b"] and m._pending is None
+
+
+def test_a_log_recreated_under_the_cursor_is_read_again_not_skipped(model_module, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    rows = [{"event_id": f"e{i}", "user_id": "u", "item_id": "i", "timestamp": 50.0, "type": "click"} for i in range(3)]
+    with EventLog(tmp_path / "events", durability="normal") as log:
+        log.append_events(rows)
+    m = make(model_module, [], [])
+    m.tail = EventTail(tmp_path / "events", after=(1, 9))  # a cursor taken from an older, longer log
+    m._apply_new()
+    assert m.online.applied == ["e0", "e1", "e2"]  # received after the snapshot (10.0): all of them
