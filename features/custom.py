@@ -21,7 +21,8 @@ NA_WORDS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan"
             "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
-def read_table(path: str | Path, what: str, setting: str | None = None, dtype: dict | None = None) -> pd.DataFrame:
+def read_table(path: str | Path, what: str, setting: str | None = None, dtype: dict | type | None = None,
+               literal=None) -> pd.DataFrame:
     """Read a CSV (any ``.csv``/``.tsv``/``.txt``) or parquet file; clear errors for missing or empty files.
 
     Args:
@@ -31,6 +32,9 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             a flag such as ``--requests`` (``pass --requests <path>``) or an argument's name such as
             ``FILE`` (``give FILE as <path>``); ``data.loader.<what>`` when None.
         dtype: column types for a CSV (e.g. ids as ``str``, so "0042" stays "0042"); parquet keeps its own.
+        literal: CSV columns where "NA", "None", "null" ... are text, not missing (only an empty cell is
+            missing there); default: the columns ``dtype`` maps to ``str`` (ids). With ``dtype=str`` for
+            every column, name the id columns here: an attribute cell "N/A" stays missing.
     """
     p = Path(path).expanduser()
     if not p.exists():
@@ -56,7 +60,8 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             header = pd.read_csv(p, sep=sep, nrows=0).columns
             # text columns (``dtype`` str: ids) keep "NA", "None", "null" as the text they are (a user "NA",
             # a title "None"); only an empty cell is missing there. Other columns: pandas' usual NA words.
-            text = set(header) if dtype is str else {c for c, t in (dtype or {}).items() if t is str}
+            text = set(literal) if literal is not None else (
+                set() if dtype is str else {c for c, t in (dtype or {}).items() if t is str})
             na = {c: [""] if c in text else list(NA_WORDS) for c in header}
             # index_col=False: a row with an extra field is an error (pandas' warning raised), never a
             # table shifted onto its first column, nor the field dropped

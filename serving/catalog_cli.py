@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             key = "item_id" if args.command == "upsert-items" else "user_id"
             # CSV cells as text ("0042" stays "0042", a category "3" is not read as 3.0); numeric
             # attributes are parsed by the server; parquet keeps its own types
-            table = read_table(args.file, args.command, "FILE", dtype=str)
+            table = read_table(args.file, args.command, "FILE", dtype=str, literal=[key])  # "NA" is an id there only
             if key not in table.columns:
                 raise DataError(f"{args.file} has no '{key}' column; columns: {', '.join(map(str, table.columns))}")
             if table.empty:  # a header alone: nothing to send (as an empty file, an error, not "0 records")

@@ -141,6 +141,9 @@ def test_ids_named_like_missing_words_stay_ids_and_malformed_csv_is_named(tmp_pa
     rows = read_table(path, "interactions", dtype={"user_id": str, "item_id": str})
     assert rows["user_id"].tolist() == ["NA", "null"] and rows["item_id"].tolist() == ["None", "7"]
     assert rows["timestamp"].isna().tolist() == [False, True]  # not a text column: "NA" is missing
+    path.write_text("item_id,price\nNA,N/A\n")  # recsys-catalog: every cell as text, the id literal only
+    rows = read_table(path, "items", dtype=str, literal=["item_id"])
+    assert rows["item_id"].tolist() == ["NA"] and rows["price"].isna().all()  # an attribute "N/A": not given
     for text, why in (("user_id,item_id,timestamp\nu,1,5,extra\nu,2,6\n", "more fields than its header"),
                       ("user_id,item_id,timestamp\nu,1,5\nu,2,6,x\n", "Expected 3 fields in line 3, saw 4"),
                       ('user_id,item_id\n"u,1\n', "EOF inside string")):
