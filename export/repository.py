@@ -203,8 +203,9 @@ def write_onnx_model(repo: Path, spec: ModelSpec, ecfg: DictConfig, n_candidates
         max_batch = max(max_batch, n_candidates)
     (repo / spec.name / "config.pbtxt").write_text(onnx_model_config(
         spec, ecfg.flavour, max_batch, int(ecfg.max_queue_delay_us), int(ecfg.instances), int(ecfg.ort_threads)))
-    if not (repo / spec.name / "1" / "model.py").exists():  # generated rankers: the ranker's python runner
-        shutil.copy2(TEMPLATE / "ranker" / "1" / "model.py", repo / spec.name / "1" / "model.py")
+    runner = repo / spec.name / "1" / "model.py"
+    if spec.name != "ranker" and spec.name.startswith("ranker"):  # generated rankers: the ranker's python runner,
+        shutil.copy2(TEMPLATE / "ranker" / "1" / "model.py", runner)  # every export (an old copy would go stale)
 
 
 def quantize_rankers(repo: Path, art: RunArtifacts, models: dict, ecfg: DictConfig, n_candidates: int,

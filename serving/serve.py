@@ -55,10 +55,13 @@ def stale_models(repository: Path) -> list[str]:
     if templates.resolve() == repository.resolve():  # serving the checkout's own repository
         return []
     stale = []
-    for template in sorted(templates.glob("*/1/model.py")):
-        exported = repository / template.relative_to(templates)
-        if exported.is_file() and exported.read_bytes() != template.read_bytes():
-            stale.append(template.parent.parent.name)
+    for exported in sorted(repository.glob("*/1/model.py")):
+        name = exported.parent.parent.name
+        # generated rankers (ranker_student, *_int8) run the ranker's committed model.py; a checkout's own
+        # generated copies are not the reference (they are written by its exports, maybe older ones)
+        template = templates / ("ranker" if name.startswith("ranker") else name) / "1" / "model.py"
+        if template.is_file() and exported.read_bytes() != template.read_bytes():
+            stale.append(name)
     return stale
 
 

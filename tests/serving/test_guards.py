@@ -402,11 +402,11 @@ def test_a_repository_exported_by_other_code_is_refused_unless_allowed(tmp_path,
     from serving.serve import stale_models
 
     repo = tmp_path / "repo"
-    for name in ("recommend", "events"):
+    for name, source in (("recommend", "recommend"), ("events", "events"), ("ranker_student_int8", "ranker")):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(
-            (ROOT / "triton_repo" / name / "1" / "model.py").read_text())
-    assert stale_models(repo) == []
+            (ROOT / "triton_repo" / source / "1" / "model.py").read_text())
+    assert stale_models(repo) == []  # a generated ranker runs the ranker's committed model.py
     (repo / "events" / "1" / "model.py").write_text("# an older events model\n")
     assert stale_models(repo) == ["events"]
     assert serve_main(["--model-repository", str(repo), "--grpc-port", "0", "--health-port", "0"]) == 2
