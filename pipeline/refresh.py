@@ -70,7 +70,7 @@ from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
 from inference.models import TorchModel
-from pipeline.artifacts import RunArtifacts, data_seen
+from pipeline.artifacts import FILES, RunArtifacts, data_seen
 from pipeline.online import OnlineState
 from ranking.features import CandidateFeatures
 
@@ -216,6 +216,7 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
 def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None, rebuild_share: float,
              cursor: dict | None, catalog: pd.DataFrame | None, catalog_cursor: dict | None, start: float) -> dict:
     """:func:`refresh` on the run's artifacts ``art`` (the run's own, or the copy at ``out_dir``)."""
+    _recover(art)
     m = art.manifest()
     with art.reading("interactions"):
         known = pd.read_parquet(art.path("interactions"))
@@ -231,7 +232,7 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
                 and float(ts.median()) > time.time() + MAX_FUTURE_S else "")
         raise DataError(f"none of the {report['received']} new rows can be used: each has a missing, blank or "
                         f"over-long id, or a timestamp that is not Unix seconds from 1970 to a day from now{hint}. "
-                        "Nothing was written.")
+                        "None of them was written.")
     # an --interactions refresh moves no log cursor: the ones the store recorded stay (without them a
     # served tail would start at this write and skip the logged events not yet folded in)
     prior = m["artifacts"].get("store", {})
@@ -281,6 +282,17 @@ def _swap_in(staged: Path, final: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(staged, final)
+
+
+def _recover(art: RunArtifacts) -> None:
+    """Put back an artifact folder a killed refresh set aside (``_swap_in`` renames the old one away,
+    then the new one in: a process killed between the two renames leaves only ``<name>.old``)."""
+    for name in FILES:
+        path = art.path(name)
+        old = path.with_name(path.name + ".old")
+        if old.exists() and not path.exists():
+            log.warning("%s: restoring %s, set aside by a refresh that did not finish", art.dir, old.name)
+            old.rename(path)
 
 
 def _remove(path: Path) -> None:

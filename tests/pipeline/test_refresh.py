@@ -144,7 +144,9 @@ def test_a_refresh_that_fails_while_writing_leaves_the_run_as_it_was_and_can_run
     after = {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     assert after == before  # the store and ranker features were written aside, then removed
     monkeypatch.setattr(pd.DataFrame, "to_parquet", real)
-    assert refresh(run, new)["accepted"] == 3
+    store = art.path("store")
+    store.rename(store.with_name(store.name + ".old"))  # killed between the swap's two renames
+    assert refresh(run, new)["accepted"] == 3  # the set-aside folder is put back first
     keys = len(art.load_pipeline().features.event_keys)
     assert refresh(run, new)["accepted"] == 0  # the same rows again: duplicates, nothing counted twice
     assert len(art.load_pipeline().features.event_keys) == keys
