@@ -196,6 +196,8 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
         whether the tables were rebuilt, seconds.
     """
     start = time.perf_counter()
+    if RunArtifacts(run_dir).dir.is_dir():
+        _recover(RunArtifacts(run_dir))
     art = RunArtifacts(run_dir).check(("store", "ranker_features", "item_embeddings", "interactions"))
     if out_dir is None:
         return _refresh(art, interactions, rebuild, rebuild_share, cursor, catalog, catalog_cursor, start)
@@ -216,7 +218,6 @@ def refresh(run_dir: str | Path, interactions: pd.DataFrame, out_dir: str | Path
 def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None, rebuild_share: float,
              cursor: dict | None, catalog: pd.DataFrame | None, catalog_cursor: dict | None, start: float) -> dict:
     """:func:`refresh` on the run's artifacts ``art`` (the run's own, or the copy at ``out_dir``)."""
-    _recover(art)
     m = art.manifest()
     with art.reading("interactions"):
         known = pd.read_parquet(art.path("interactions"))
