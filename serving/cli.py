@@ -35,9 +35,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ranker", default=None,
                    help="exported ranker to score with: ranker, ranker_student, ranker_int8, ranker_student_int8 "
                         "(default: the server's, export.ranker)")
+    p.add_argument("--promoted", nargs="*", default=[], metavar="ID",
+                   help="items the boost rule lifts for this request (docs/events.md)")
+    p.add_argument("--segment", default=None, help="the request's segment (segment-scoped rules and popularity)")
+    p.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE",
+                   help="a user attribute for this request (repeatable, e.g. --attribute age=30): the cold-start "
+                        "path of a user the server does not know; a stored attribute of that name is overridden")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    attributes = {}
+    for given in args.attribute:
+        name, sep, value = given.partition("=")
+        if not sep or not name.strip():
+            p.error(f"--attribute {given!r}: expected NAME=VALUE, e.g. --attribute age=30")
+        attributes[name.strip()] = value.strip()
+    args.attributes = attributes or None
+    return args
 
 
 def no_server_hint(url: str) -> str:
@@ -66,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RecommendClient(args.url, timeout=args.timeout) as client:
             answer = client.recommend(args.user, args.k, args.timestamp, args.exclude_items, args.include_categories,
-                                      args.exclude_categories, args.recent_items, args.ranker)
+                                      args.exclude_categories, args.recent_items, args.ranker, args.promoted,
+                                      args.segment, args.attributes)
     except InferenceServerException as err:
         if err.status() == "StatusCode.UNAVAILABLE":
             print(no_server_hint(args.url), file=sys.stderr)

@@ -141,7 +141,7 @@ def test_the_liveness_probe_is_answered_and_recorded_nowhere(served):
     assert probes() - counted == 4
 
 
-def test_attributes_segment_and_promoted_items_travel_over_grpc(served):
+def test_attributes_segment_and_promoted_items_travel_over_grpc(served, capsys):
     """A user the server does not know, described by attributes (the cold-start attribute path),
     a segment, and a promoted item: all from the client, over gRPC."""
     from tritonclient.utils import InferenceServerException
@@ -162,6 +162,21 @@ def test_attributes_segment_and_promoted_items_travel_over_grpc(served):
         assert boosted.scores[boosted.item_ids.index(last)] == pytest.approx(plain.scores[-1] + 0.1, abs=1e-4)
         with pytest.raises(InferenceServerException, match=r"unknown user attribute\(s\) \['shoe_size'\]"):
             client.recommend("visitor-attr", 10, t, attributes={"shoe_size": 44})
+    # the same from the command line: recsys-recommend --promoted / --segment / --attribute
+    import json
+
+    from serving.cli import main as cli_main
+
+    argv = ["--user", "visitor-attr", "--k", "10", "--timestamp", str(t), "--url", server.grpc_url, "--json"]
+    assert cli_main(argv + ["--promoted", last, "--segment", "any"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_ids"] == boosted.item_ids
+    assert cli_main(argv + ["--attribute", "age=30", "--attribute", f"segment={segment}"]) == 0
+    assert json.loads(capsys.readouterr().out)["item_ids"] == described.item_ids
+    assert cli_main(argv + ["--attribute", "shoe_size=44"]) == 2
+    assert "unknown user attribute(s) ['shoe_size']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(argv + ["--attribute", "age"])
+    assert "expected NAME=VALUE" in capsys.readouterr().err
 
 
 def test_the_events_command_sends_a_file_and_reports_each_outcome(served, tmp_path, capsys):
