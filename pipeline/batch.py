@@ -3,7 +3,8 @@
     python -m pipeline.batch --run-dir outputs/<run> --requests requests.csv --k 10 --out recs.parquet
 
 Requests (CSV or parquet): ``user_id`` (required), optional ``timestamp`` (Unix seconds, the
-request's context; now when missing). Output (CSV or parquet by extension): ``user_id``,
+request's context; now when missing). Output (CSV or parquet by extension): ``request`` (the
+request's row, from 1: the first after the header; tells repeated users apart), ``user_id``,
 ``rank`` (1-based), ``item_id``, ``score``, ``reason``, ``group`` (main signal group), ``route``.
 Every request goes through the full pipeline (retrieve -> rank -> rules), the same code the
 Triton ``recommend`` model runs.
@@ -103,10 +104,10 @@ def recommend_table(pipe: Pipeline, requests: pd.DataFrame, k: int, batch_size: 
     for s in tqdm(range(0, len(users), batch_size), desc="recommend", unit="batch", disable=not progress):
         batch = [Request(u, k, None if t is None or pd.isna(t) else int(t)) for u, t in
                  zip(users[s : s + batch_size], times[s : s + batch_size])]
-        for rec in pipe.recommend(batch):
+        for j, rec in enumerate(pipe.recommend(batch), start=s + 1):
             for rank, (i, sc, r, g) in enumerate(zip(rec.item_ids, rec.scores, rec.reasons, rec.groups), start=1):
-                rows.append((rec.user_id, rank, i, sc, r, g, rec.route))
-    return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "reason", "group", "route"])
+                rows.append((j, rec.user_id, rank, i, sc, r, g, rec.route))
+    return pd.DataFrame(rows, columns=["request", "user_id", "rank", "item_id", "score", "reason", "group", "route"])
 
 
 def check_output(path: str | Path, requests: str | Path | None = None) -> Path:

@@ -201,7 +201,8 @@ def test_batch_command(tiny_run, tmp_path):
     assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "req.csv"), "--k", "5",
                        "--out", str(tmp_path / "out.parquet"), "--no-progress"]) == 0
     out = pd.read_parquet(tmp_path / "out.parquet")
-    assert list(out.columns) == ["user_id", "rank", "item_id", "score", "reason", "group", "route"]
+    assert list(out.columns) == ["request", "user_id", "rank", "item_id", "score", "reason", "group", "route"]
+    assert out["request"].unique().tolist() == list(range(1, 8))  # the requests' rows, from 1
     assert len(out) == 35 and out.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
     assert set(out[out.user_id == "unknown-user"].route) == {"cold_user"}
 
