@@ -283,6 +283,8 @@ class RuleSet:
             if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"
                                        for later in self.rules[j + 1:]):
                 extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
+            if r.name == "mmr" and len(boosted):
+                extra["boosted"] = boosted  # promoted items do not set the relevance scale
             head = items[:k] if r.name == "fresh_slots" else None
             items, scores = r(items, scores, catalog, ctx, **extra)
             if head is not None:

@@ -285,7 +285,8 @@ def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequ
     return sort_by_score(items, np.where(hit, scores + bump, scores).astype(np.float32))
 
 
-def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float, horizon: int | None = None):
+def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float, horizon: int | None = None,
+        boosted: np.ndarray | None = None):
     """Maximal marginal relevance: greedily reorder for relevance and diversity.
 
     Each step takes the item maximising ``lambda_ * rel - (1 - lambda_) * max_sim``, where ``rel``
@@ -297,12 +298,21 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
     order (:meth:`ranking.rule_config.RuleSet.apply` passes ``k`` when nothing after this rule can
     drop an item, so the answer is the same at O(k x C) instead of O(C^2); lists longer than
     ``MMR_PRODUCT_MAX`` compute one similarity row per pick).
+
+    ``boosted``: items a boost rule lifted; their scores do not set the top of the scale (else two
+    promoted items 0.1 above a list spread over 0.01 squash it into a band where similarity alone
+    orders it). They rank above 1 on it, so they come first, and the others keep the order they have
+    without the promotion.
     """
     items, scores = sort_by_score(items, scores)
     if len(items) < 2:
         return items, scores
     s = scores.astype(np.float64)
     lo, hi = s.min(), s.max()
+    if boosted is not None and len(boosted):
+        plain = ~member(items, boosted)
+        if plain.any():
+            hi = s[plain].max()
     rel = (s - lo) / (hi - lo) if hi > lo else np.ones_like(s)
     gain = lambda_ * rel
     steps = len(items) if horizon is None else min(horizon, len(items))

@@ -278,6 +278,19 @@ def test_backfill_keeps_the_ranked_items_a_per_k_cap_kept_and_a_longer_list_is_n
     assert lengths == sorted(lengths) and lengths[-1] == 8, lengths
 
 
+def test_the_size_of_a_boost_does_not_reorder_the_rest_of_the_list(cat):
+    """Promoted items lifted far above the list used to set MMR's relevance scale and squash the other
+    scores into a band where similarity alone ordered them (found serving: --promoted scrambled the
+    list). They come first whatever the amount; the rest keep one order."""
+    def answer(amount):
+        rs = RuleSet.from_config(rule_cfg({"name": "boost", "ids": [], "amount": amount, "max_boost": amount},
+                                          {"name": "mmr", "lambda_": 0.7}, k=8), WHERE)
+        return rs.apply(ALL, DESC, cat, R.RequestContext(promoted=["i6", "i7"]), 8)
+    small, large = answer(0.8), answer(50.0)
+    assert small[0][:2].tolist() == large[0][:2].tolist() == [6, 7] and small[2][:2] == ["boosted"] * 2
+    assert small[0].tolist() == large[0].tolist()
+
+
 def test_rule_sets_are_deterministic(cat):
     rs = RuleSet.load(ROOT / "configs/rules/diverse.yaml")
     rng = np.random.default_rng(0)
