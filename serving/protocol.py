@@ -156,11 +156,15 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
 
 
 def _event_text(v):
-    """One id / type cell (of an event or a catalog record): missing as "" (the server answers
-    missing_*), bytes as they are (UTF-8 or the server's bad_encoding, never ``"b'..'"``), anything else
-    as its text."""
+    """One id / type cell (of an event or a catalog record): missing (or a list) as "" (the server
+    answers missing_*), a whole-number float as the integer, bytes as they are (UTF-8 or the server's
+    bad_encoding, never ``"b'..'"``), anything else as its text."""
     if v is None or (isinstance(v, (float, np.floating)) and v != v):
         return ""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():  # a parquet id column with a null: float64
+        return str(int(v))  # 196.0 is user "196", as training, refresh and batch read it
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return ""  # a list cell is no id: that record is refused (missing_*), never sent as "['36']"
     return v if isinstance(v, bytes) else str(v)
 
 
@@ -174,6 +178,8 @@ def _event_number(v, not_a_number: float) -> float:
         return (v if v.tzinfo is not None else v.replace(tzinfo=datetime.timezone.utc)).timestamp()
     if isinstance(v, np.datetime64):
         return np.nan if np.isnat(v) else float((v - np.datetime64(0, "s")) / np.timedelta64(1, "s"))
+    if isinstance(v, datetime.date):  # a date alone (parquet date32): its midnight, UTC
+        return datetime.datetime(v.year, v.month, v.day, tzinfo=datetime.timezone.utc).timestamp()
     if isinstance(v, (bool, np.bool_)):
         return not_a_number
     try:
@@ -198,7 +204,8 @@ def encode_events(events) -> dict[str, np.ndarray]:
             tensors[name] = _strings([_event_text(v) for v in values])
         else:
             bad = np.nan if name == "timestamp" else -np.inf
-            tensors[name] = np.array([_event_number(v, bad) for v in values], dtype=np.float64).astype(dtype)
+            with np.errstate(over="ignore"):  # a weight past float32 is inf: the server's bad_weight, no warning
+                tensors[name] = np.array([_event_number(v, bad) for v in values], dtype=np.float64).astype(dtype)
     return tensors
 
 

@@ -124,6 +124,13 @@ def test_one_bad_event_cell_is_that_events_rejection_and_a_missing_weight_is_not
 
     _, status = check_events(t, Items(), 1.8e9)
     assert status == ["ok", "bad_timestamp", "bad_weight", "bad_timestamp", "ok"]
+    # a float id column (a parquet int column with a null) is integers; a list cell is no id; a date alone is
+    # its midnight; a weight past float32 is refused quietly
+    more = encode_events({"event_id": ["f", "g"], "user_id": [196.0, ["36"]], "item_id": [3.0, 3.0],
+                          "timestamp": [datetime.date(2024, 1, 1), 1.7e9], "type": ["click"] * 2, "weight": [1e39, 1]})
+    assert more["user_id"].tolist() == [b"196", b""] and more["item_id"].tolist() == [b"3", b"3"]
+    assert more["timestamp"][0] == 1704067200.0 and more["weight"][0] == np.inf
+    assert check_events(more, Items(), 1.8e9)[1] == ["bad_weight", "missing_user_id"]
 
 
 def test_k_beyond_the_wire_type_is_refused_by_the_client_not_wrapped():
