@@ -88,6 +88,8 @@ def make(model_module, event_results, catalog_results, online=None):
     m._pending = m._pending_catalog = None
     m.applied, m.catalog_applied = Counter_(), {"new_items": Counter_()}
     m.last_event_at, m.snapshot_at = None, 10.0
+    catalog_items = types.SimpleNamespace(lookup=lambda ids: np.array([0 if i == "i" else -1 for i in ids]))
+    m.pipeline = types.SimpleNamespace(store=types.SimpleNamespace(items=catalog_items))
     m.logger = types.SimpleNamespace(log_error=lambda *_: None, log_warn=lambda *_: None)
     return m
 
@@ -129,3 +131,16 @@ def test_a_log_recreated_under_the_cursor_is_read_again_not_skipped(model_module
     m.tail = EventTail(tmp_path / "events", after=(1, 9))  # a cursor taken from an older, longer log
     m._apply_new()
     assert m.online.applied == ["e0", "e1", "e2"]  # received after the snapshot (10.0): all of them
+
+
+def test_during_a_bulk_catalog_upload_only_events_on_items_not_known_yet_wait(model_module, monkeypatch):
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    monkeypatch.setattr(model_module, "CATALOG_PER_ANSWER", 2)
+    fresh = events("on-new", "on-known")
+    fresh["item_id"] = np.array(["new-item", "i"], dtype=object)
+    m = make(model_module, [fresh], [pd.DataFrame({"record_id": ["r1", "r2", "r3"]})])
+    m._apply_new()  # two records of three applied: "on-known" goes ahead, "on-new" waits
+    assert m.online.applied == ["on-known"] and list(m._pending["event_id"]) == ["on-new"]
+    m._apply_new()  # the last record applied: the held event follows
+    assert m.online.applied == ["on-known", "on-new"] and m._pending is None and m.catalog.applied == ["r1", "r2", "r3"]

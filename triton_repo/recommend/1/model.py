@@ -233,15 +233,18 @@ class TritonPythonModel:
             for op, n in counts.items():
                 if n:
                     self.catalog_applied[op].increment(n)
-        # records still to apply: the events wait (they may name their items)
-        if self._pending is not None and self._pending_catalog is None:
-            new = self._pending
-            counts = self.online.apply(interaction_columns(new))  # raises: still held, retried next request
-            self._pending = None
-            self.applied.increment(counts["applied"])
-            self.last_event_at = float(new["received_at"].max())
-            if counts["unknown_items"]:
-                self._skipped(counts["unknown_items"])
+        if self._pending is not None:
+            new, waiting = self._pending, None
+            if self._pending_catalog is not None:  # records still to apply: events on items not known yet wait
+                known = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) >= 0
+                new, waiting = ({k: v[known] for k, v in new.items()}, {k: v[~known] for k, v in new.items()})
+            if len(new["event_id"]):
+                counts = self.online.apply(interaction_columns(new))  # raises: all still held, retried next request
+                self.applied.increment(counts["applied"])
+                self.last_event_at = max(self.last_event_at or 0.0, float(new["received_at"].max()))
+                if counts["unknown_items"]:
+                    self._skipped(counts["unknown_items"])
+            self._pending = waiting if waiting is not None and len(waiting["event_id"]) else None
         if failure is not None:
             raise failure
 
