@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,8 +23,17 @@ MAX_LIST_LEN = 1000  # entries per list input
 # The supervisor's liveness probe (serving/supervisor.py): answered through the whole pipeline like any
 # request, but not recorded: no impression, not in the exposure-cap window, counted under
 # recsys_requests_total{route="probe"} (an idle server probed once a second would otherwise cap its
-# most popular items out of every cold answer, and fill the impression log).
+# most popular items out of every cold answer, and fill the impression log). recsys-serve gives each
+# server its own id (PROBE_ENV, inherited by the stubs): a client cannot send unrecorded requests,
+# and events or attributes stored under the plain id do not change what the probe tests.
 PROBE_USER = "__liveness_probe__"
+PROBE_ENV = "RECSYS_PROBE_ID"
+
+
+def probe_user() -> str:
+    """The probe's user id for this server: ``RECSYS_PROBE_ID`` when set (recsys-serve sets a random one),
+    else :data:`PROBE_USER`."""
+    return os.environ.get(PROBE_ENV) or PROBE_USER
 
 # name -> (numpy dtype, Triton datatype, dims, optional)
 INPUTS = {

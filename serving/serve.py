@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from events.log import DEFAULT_SEGMENT_BYTES, GiB
 from serving.health import HealthServer
 from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV, max_log_bytes
+from serving.protocol import PROBE_ENV, PROBE_USER
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.event_log:
         os.environ[ENV] = str(Path(args.event_log).expanduser().resolve())  # the stubs inherit it
+    # the liveness probe's user id, this server's own: a client cannot send requests recorded nowhere
+    os.environ.setdefault(PROBE_ENV, f"{PROBE_USER}-{secrets.token_hex(8)}")
     if args.log_max_gib is not None:
         os.environ[MAX_BYTES_ENV] = repr(args.log_max_gib * GiB)
         try:

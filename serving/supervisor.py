@@ -24,7 +24,7 @@ INTERNAL "Stub process ... is not healthy"; a stub frozen for ~2 s (SIGSTOP/SIGC
 
 Readiness for a load balancer is :attr:`ready` (served over HTTP by :mod:`serving.health`), not
 Triton's ``/v2/health/ready``. Each probe is one cold-user request through the whole pipeline under
-the reserved id ``serving.protocol.PROBE_USER``: ``recommend`` counts it in
+the reserved id ``serving.protocol.probe_user()`` (random per server under recsys-serve): ``recommend`` counts it in
 ``recsys_requests_total{route="probe"}`` and records nothing of it (no impression, not in the
 exposure-cap window).
 """
@@ -46,7 +46,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.health import scrape
-from serving.protocol import MODEL, PROBE_USER, encode_request
+from serving.protocol import MODEL, encode_request, probe_user
 from serving.triton_server import TritonServer
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class SupervisorStats:
 def probe_inputs() -> list[grpcclient.InferInput]:
     """The liveness request: a cold user, k=1 (the whole pipeline runs, nothing user-specific)."""
     inputs = []
-    for name, array in encode_request(PROBE_USER, 1).items():
+    for name, array in encode_request(probe_user(), 1).items():
         inp = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
         inp.set_data_from_numpy(array)
         inputs.append(inp)

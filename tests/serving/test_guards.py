@@ -412,3 +412,17 @@ def test_a_repository_exported_by_other_code_is_refused_unless_allowed(tmp_path,
     assert serve_main(["--model-repository", str(repo), "--grpc-port", "0", "--health-port", "0"]) == 2
     err = capsys.readouterr().err
     assert "the model code of events differs from this installation's" in err and "--allow-stale-code" in err
+
+
+def test_the_liveness_probe_id_is_the_servers_own(monkeypatch):
+    """recsys-serve gives each server a random probe id (inherited by the stubs): a client sending the
+    plain reserved id gets an ordinary, recorded answer, and events stored under it do not change what
+    the probe tests."""
+    from serving.protocol import PROBE_ENV, PROBE_USER, probe_user
+    from serving.supervisor import probe_inputs
+
+    monkeypatch.delenv(PROBE_ENV, raising=False)
+    assert probe_user() == PROBE_USER
+    monkeypatch.setenv(PROBE_ENV, f"{PROBE_USER}-0123abcd")
+    user = next(i for i in probe_inputs() if i.name() == "user_id")
+    assert probe_user() == f"{PROBE_USER}-0123abcd" and f"{PROBE_USER}-0123abcd".encode() in user._raw_content

@@ -71,7 +71,7 @@ from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, event_log_dirs, m
                                snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
-from serving.protocol import PROBE_USER
+from serving.protocol import probe_user
 from serving.request import EMPTY_REASONS, empty_reason, encode_recommendation, parse_request, requested_ranker
 
 LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -149,6 +149,7 @@ class TritonPythonModel:
         self.rankers = list(rankers)
         self.titles = art.titles()
         self.logger = pb_utils.Logger
+        self.probe_user = probe_user()  # the supervisor's liveness probe: answered, recorded nowhere
         self.impression_durability = params.get("IMPRESSION_DURABILITY", "normal")
         # new items online are embedded by the exported item tower, in process (never over BLS: the
         # catalog is caught up in initialize too, where BLS is not available)
@@ -336,7 +337,7 @@ class TritonPythonModel:
         arrays = {t.name(): t.as_numpy() for t in request.inputs()}  # the ones sent, in one call
         parsed = parse_request(arrays, self.pipeline.max_k)
         ranker = requested_ranker(arrays, self.rankers, self.default_ranker)
-        if parsed.user_id == PROBE_USER:  # a health probe: the whole pipeline, shown to nobody, recorded nowhere
+        if parsed.user_id == self.probe_user:  # a health probe: the whole pipeline, shown to nobody, recorded nowhere
             rec = self.pipeline.recommend([parsed], ranker=ranker, on_stage=self._observe, record=False)[0]
             self.requests["probe"].increment(1)
             return encode_recommendation(rec, self.titles, ranker, "", request.requested_output_names())
