@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         name, sep, value = given.partition("=")
         if not sep or not name.strip():
             p.error(f"--attribute {given!r}: expected NAME=VALUE, e.g. --attribute age=30")
+        if name.strip() in attributes:
+            p.error(f"--attribute {name.strip()} given twice; give each attribute once")
         attributes[name.strip()] = value.strip()
     args.attributes = attributes or None
     return args

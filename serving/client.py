@@ -128,6 +128,17 @@ def _answer_text(result) -> bytes | None:
     return None
 
 
+def check_address(url: str) -> str:
+    """``host:port`` with a port in 1..65535, else ValueError (gRPC takes a larger port modulo 65536:
+    ``127.0.0.1:99999`` reached whatever listens on 34463)."""
+    if url.startswith("unix:"):
+        return url
+    host, sep, port = url.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"server address {url!r}: expected host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
+    return url
+
+
 def _records(table, id_column: str) -> list[dict]:
     """A DataFrame or a list of dicts -> one dict per row (the id column required; a row whose id cell is
     empty goes with an empty id, which the server answers ``missing_id`` for that record alone)."""
@@ -162,6 +173,7 @@ class RecommendClient:
         if retries < 0 or backoff < 0 or max_backoff < backoff:
             raise ValueError(f"retries={retries} and backoff={backoff} must be >= 0, max_backoff={max_backoff} "
                              f">= backoff")
+        check_address(url)
         self.url, self.model, self.timeout = url, model, timeout
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.retried = 0  # retries made so far (all calls)

@@ -426,3 +426,13 @@ def test_the_liveness_probe_id_is_the_servers_own(monkeypatch):
     monkeypatch.setenv(PROBE_ENV, f"{PROBE_USER}-0123abcd")
     user = next(i for i in probe_inputs() if i.name() == "user_id")
     assert probe_user() == f"{PROBE_USER}-0123abcd" and f"{PROBE_USER}-0123abcd".encode() in user._raw_content
+
+
+def test_a_server_address_outside_the_port_range_is_refused_not_wrapped():
+    """gRPC took 127.0.0.1:99999 as port 34463 (modulo 65536): a typo reached another server."""
+    from serving.client import check_address
+
+    for bad in ("127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1", ":8001", "", "host:80a"):
+        with pytest.raises(ValueError, match="expected host:port with a port in 1..65535"):
+            RecommendClient(bad)
+    assert check_address("[::1]:8001") == "[::1]:8001" and check_address("localhost:65535") == "localhost:65535"

@@ -21,7 +21,7 @@ from serving.client import RecommendClient, _inputs
 from serving.event_log import ENV
 from serving.health import metric_sum, scrape
 from serving.metric_buffer import FLUSH_S
-from serving.protocol import EVENTS_MODEL, PROBE_USER, encode_events
+from serving.protocol import EVENTS_MODEL, encode_events, probe_user
 from serving.triton_server import TritonServer
 from tests.conftest import TINY_DATA, compose_cfg
 
@@ -134,7 +134,7 @@ def test_the_liveness_probe_is_answered_and_recorded_nowhere(served):
     time.sleep(FLUSH_S + 0.5)
     counted = probes()
     with RecommendClient(server.grpc_url) as client:
-        answers = [client.recommend(PROBE_USER, 1) for _ in range(4)]
+        answers = [client.recommend(probe_user(), 1) for _ in range(4)]  # the id this server took at start
     assert all(len(a.item_ids) == 1 and a.route == "cold_user" and a.request_id == "" for a in answers)
     assert set(read_log(log_dir / "impressions", "impressions")["request_id"]) == before
     time.sleep(FLUSH_S + 0.5)
