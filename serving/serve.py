@@ -57,8 +57,13 @@ def stale_models(repository: Path) -> list[str]:
     if templates.resolve() == repository.resolve():  # serving the checkout's own repository
         return []
     stale = []
-    for exported in sorted(repository.glob("*/1/model.py")):
+    for exported in sorted(repository.glob("*/*/model.py")):
+        if not exported.parent.name.isdigit():
+            continue
         name = exported.parent.parent.name
+        if exported.parent.name != "1":  # the export writes version 1; the supervisor probes and counts that one
+            stale.append(f"{name} (version folder {exported.parent.name})")
+            continue
         # generated rankers (ranker_student, *_int8) run the ranker's committed model.py; a checkout's own
         # generated copies are not the reference (they are written by its exports, maybe older ones)
         template = templates / ("ranker" if name.startswith("ranker") else name) / "1" / "model.py"

@@ -409,9 +409,13 @@ def test_a_repository_exported_by_other_code_is_refused_unless_allowed(tmp_path,
     assert stale_models(repo) == []  # a generated ranker runs the ranker's committed model.py
     (repo / "events" / "1" / "model.py").write_text("# an older events model\n")
     assert stale_models(repo) == ["events"]
+    (repo / "recommend" / "2").mkdir()  # Triton would serve the newest version, the supervisor probes version 1
+    (repo / "recommend" / "2" / "model.py").write_text((repo / "recommend" / "1" / "model.py").read_text())
+    assert stale_models(repo) == ["events", "recommend (version folder 2)"]
     assert serve_main(["--model-repository", str(repo), "--grpc-port", "0", "--health-port", "0"]) == 2
     err = capsys.readouterr().err
-    assert "the model code of events differs from this installation's" in err and "--allow-stale-code" in err
+    assert "the model code of events, recommend (version folder 2) differs from this installation's" in err
+    assert "--allow-stale-code" in err
 
 
 def test_the_liveness_probe_id_is_the_servers_own(monkeypatch):
