@@ -60,7 +60,7 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             header = pd.read_csv(p, sep=sep, nrows=0).columns
             # text columns (``dtype`` str: ids) keep "NA", "None", "null" as the text they are (a user "NA",
             # a title "None"); only an empty cell is missing there. Other columns: pandas' usual NA words.
-            text = set(literal) if literal is not None else (
+            text = {literal} if isinstance(literal, str) else set(literal) if literal is not None else (
                 set() if dtype is str else {c for c, t in (dtype or {}).items() if t is str})
             na = {c: [""] if c in text else list(NA_WORDS) for c in header}
             # index_col=False: a row with an extra field is an error (pandas' warning raised), never a

@@ -311,7 +311,7 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
     lo, hi = s.min(), s.max()
     if boosted is not None and len(boosted):
         plain = ~member(items, boosted)
-        if plain.any():
+        if plain.any() and s[plain].max() > lo:  # (plain scores all equal: the whole list sets the scale)
             hi = s[plain].max()
     rel = (s - lo) / (hi - lo) if hi > lo else np.ones_like(s)
     gain = lambda_ * rel

@@ -32,7 +32,7 @@ from tritonclient.utils import InferenceServerException
 
 from features.custom import read_table
 from features.schema import DataError
-from serving.client import RecommendClient
+from serving.client import RecommendClient, check_address
 from serving.events_cli import report_statuses
 
 
@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("items", nargs="+", help="item ids")
     args = parser.parse_args(argv)
     args.url = list(dict.fromkeys(args.url or ["127.0.0.1:8001"]))  # each host once, in the given order
+    for url in args.url:  # every address checked before any host gets the change
+        try:
+            check_address(url)
+        except ValueError as err:
+            parser.error(f"--url: {err}")
     if not 1 <= getattr(args, "batch_size", 1) <= 100_000:
         parser.error(f"--batch-size={args.batch_size} must be in 1..100000")
     return args

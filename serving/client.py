@@ -131,10 +131,10 @@ def _answer_text(result) -> bytes | None:
 def check_address(url: str) -> str:
     """``host:port`` with a port in 1..65535, else ValueError (gRPC takes a larger port modulo 65536:
     ``127.0.0.1:99999`` reached whatever listens on 34463)."""
-    if url.startswith("unix:"):
+    if url.startswith(("unix:", "unix-abstract:")):
         return url
     host, sep, port = url.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ValueError(f"server address {url!r}: expected host:port with a port in 1..65535, e.g. 127.0.0.1:8001")
     return url
 

@@ -30,10 +30,11 @@ PROBE_USER = "__liveness_probe__"
 PROBE_ENV = "RECSYS_PROBE_ID"
 
 
+
 def probe_user() -> str:
     """The probe's user id for this server: ``RECSYS_PROBE_ID`` when set (recsys-serve sets a random one),
     else :data:`PROBE_USER`."""
-    return os.environ.get(PROBE_ENV) or PROBE_USER
+    return (os.environ.get(PROBE_ENV) or "").strip() or PROBE_USER  # stripped, as request ids are
 
 # name -> (numpy dtype, Triton datatype, dims, optional)
 INPUTS = {
@@ -165,11 +166,17 @@ def decode_response(user_id: str, outputs: dict[str, np.ndarray]) -> Recommendat
                            request_id=_text(outputs["request_id"])[0] if outputs.get("request_id") is not None else "")
 
 
+def _na(v) -> bool:
+    """pandas' ``NA`` (the missing cell of its nullable Int64 / string / Float64 columns), told by its
+    type: the protocol imports no pandas."""
+    return type(v).__name__ == "NAType"
+
+
 def _event_text(v):
     """One id / type cell (of an event or a catalog record): missing (or a list) as "" (the server
     answers missing_*), a whole-number float as the integer, bytes as they are (UTF-8 or the server's
     bad_encoding, never ``"b'..'"``), anything else as its text."""
-    if v is None or (isinstance(v, (float, np.floating)) and v != v):
+    if v is None or _na(v) or (isinstance(v, (float, np.floating)) and v != v):
         return ""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():  # a parquet id column with a null: float64
         return str(int(v))  # 196.0 is user "196", as training, refresh and batch read it
@@ -182,7 +189,7 @@ def _event_number(v, not_a_number: float) -> float:
     """One timestamp / weight cell: missing as NaN, a date-time as Unix seconds (naive = UTC), a number
     or numeric text as its value, anything else as ``not_a_number`` (a value the server rejects for
     that row: one bad cell is that event's rejection, not the whole file's)."""
-    if v is None or (isinstance(v, (float, np.floating, datetime.datetime)) and v != v):  # NaN, NaT
+    if v is None or _na(v) or (isinstance(v, (float, np.floating, datetime.datetime)) and v != v):  # NaN, NaT
         return np.nan
     if isinstance(v, datetime.datetime):  # pandas' Timestamp too
         return (v if v.tzinfo is not None else v.replace(tzinfo=datetime.timezone.utc)).timestamp()

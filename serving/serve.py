@@ -54,8 +54,7 @@ def stale_models(repository: Path) -> list[str]:
     if spec is None or not spec.submodule_search_locations:
         return []
     templates = Path(next(iter(spec.submodule_search_locations)))
-    if templates.resolve() == repository.resolve():  # serving the checkout's own repository
-        return []
+    own = templates.resolve() == repository.resolve()  # serving the checkout's own repository: no code to compare
     stale = []
     for exported in sorted(repository.glob("*/*/model.py")):
         if not exported.parent.name.isdigit():
@@ -63,6 +62,8 @@ def stale_models(repository: Path) -> list[str]:
         name = exported.parent.parent.name
         if exported.parent.name != "1":  # the export writes version 1; the supervisor probes and counts that one
             stale.append(f"{name} (version folder {exported.parent.name})")
+            continue
+        if own:
             continue
         # generated rankers (ranker_student, *_int8) run the ranker's committed model.py; a checkout's own
         # generated copies are not the reference (they are written by its exports, maybe older ones)

@@ -287,6 +287,10 @@ def test_the_size_of_a_boost_does_not_reorder_the_rest_of_the_list(cat):
                                           {"name": "mmr", "lambda_": 0.7}, k=8), WHERE)
         return rs.apply(ALL, DESC, cat, R.RequestContext(promoted=["i6", "i7"]), 8)
     small, large = answer(0.8), answer(50.0)
+    # one plain candidate left (nothing sets the scale but the whole list): the promoted still come first
+    rs = RuleSet.from_config(rule_cfg({"name": "boost", "ids": [], "amount": 0.5, "max_boost": 0.5},
+                                      {"name": "mmr", "lambda_": 0.7}, k=3), WHERE)
+    assert rs.apply(arr(0, 1, 2), DESC[:3], cat, R.RequestContext(promoted=["i1", "i2"]), 3)[0].tolist()[:2] == [1, 2]
     assert small[0][:2].tolist() == large[0][:2].tolist() == [6, 7] and small[2][:2] == ["boosted"] * 2
     assert small[0].tolist() == large[0].tolist()
 

@@ -137,10 +137,12 @@ def test_during_a_bulk_catalog_upload_only_events_on_items_not_known_yet_wait(mo
     monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
                                                                             "event_id": cols["event_id"]})
     monkeypatch.setattr(model_module, "CATALOG_PER_ANSWER", 2)
-    fresh = events("on-new", "on-known")
-    fresh["item_id"] = np.array(["new-item", "i"], dtype=object)
+    fresh = events("a-new", "b-known", "a-known")
+    fresh["item_id"] = np.array(["new-item", "i", "i"], dtype=object)
+    fresh["user_id"] = np.array(["a", "b", "a"], dtype=object)
     m = make(model_module, [fresh], [pd.DataFrame({"record_id": ["r1", "r2", "r3"]})])
-    m._apply_new()  # two records of three applied: "on-known" goes ahead, "on-new" waits
-    assert m.online.applied == ["on-known"] and list(m._pending["event_id"]) == ["on-new"]
-    m._apply_new()  # the last record applied: the held event follows
-    assert m.online.applied == ["on-known", "on-new"] and m._pending is None and m.catalog.applied == ["r1", "r2", "r3"]
+    m._apply_new()  # two records of three applied: b's event goes ahead; a's wait, both (a's order kept)
+    assert m.online.applied == ["b-known"] and list(m._pending["event_id"]) == ["a-new", "a-known"]
+    m._apply_new()  # the last record applied: the held events follow, in order
+    assert m.online.applied == ["b-known", "a-new", "a-known"] and m._pending is None
+    assert m.catalog.applied == ["r1", "r2", "r3"]

@@ -131,6 +131,12 @@ def test_one_bad_event_cell_is_that_events_rejection_and_a_missing_weight_is_not
     assert more["user_id"].tolist() == [b"196", b""] and more["item_id"].tolist() == [b"3", b"3"]
     assert more["timestamp"][0] == 1704067200.0 and more["weight"][0] == np.inf
     assert check_events(more, Items(), 1.8e9)[1] == ["bad_weight", "missing_user_id"]
+    nullable = pd.DataFrame({"event_id": ["h", "i"], "user_id": pd.array([196, None], dtype="Int64"),
+                             "item_id": ["3", "3"], "timestamp": [1.7e9, 1.7e9], "type": ["click"] * 2,
+                             "weight": pd.array([None, 2.0], dtype="Float64")})
+    t = encode_events(nullable)  # pandas' NA: missing, never the text "<NA>"
+    assert t["user_id"].tolist() == [b"196", b""] and np.isnan(t["weight"][0])
+    assert check_events(t, Items(), 1.8e9)[1] == ["ok", "missing_user_id"]
 
 
 def test_k_beyond_the_wire_type_is_refused_by_the_client_not_wrapped():

@@ -237,8 +237,10 @@ class TritonPythonModel:
         if self._pending is not None:
             new, waiting = self._pending, None
             if self._pending_catalog is not None:  # records still to apply: events on items not known yet wait
-                known = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) >= 0
-                new, waiting = ({k: v[known] for k, v in new.items()}, {k: v[~known] for k, v in new.items()})
+                wait = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) < 0
+                users = np.asarray(new["user_id"]).astype(str)
+                wait |= np.isin(users, users[wait])  # a user's events stay in order: all of theirs wait
+                new, waiting = ({k: v[~wait] for k, v in new.items()}, {k: v[wait] for k, v in new.items()})
             if len(new["event_id"]):
                 counts = self.online.apply(interaction_columns(new))  # raises: all still held, retried next request
                 self.applied.increment(counts["applied"])
@@ -258,8 +260,9 @@ class TritonPythonModel:
         try:
             return tail.read_new_columns() if events else tail.read_new()
         except CursorPastEnd as err:
-            if events:
-                since = self.last_event_at or self.snapshot_at
+            if events:  # after everything applied or held (held events are not read twice)
+                held = float(self._pending["received_at"].max()) if self._pending is not None else 0.0
+                since = max(self.last_event_at or self.snapshot_at or 0.0, held)
                 self.tail = EventTail(tail.directory, received_after=since)
             else:
                 self.catalog_tail = EventTail(tail.directory, kind="catalog")
