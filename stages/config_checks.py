@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
 
 from features.schema import DataError
 
@@ -65,27 +67,18 @@ CHECKS: dict[str, str] = {
 }
 
 
-def _get(cfg: Mapping, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def check_values(cfg: Mapping) -> None:
+def check_values(cfg: DictConfig) -> None:
     """Raise DataError naming every knob of :data:`CHECKS` whose value is out of its range or of the
     wrong type (e.g. ``retrieval.temperature=-1``: a number > 0)."""
     bad = []
     for key, kind in CHECKS.items():
-        value = _get(cfg, key)
+        value = OmegaConf.select(cfg, key)
         if value is None:
             continue
         what, ok = KINDS[kind]
         if not ok(value):
             bad.append(f"{key}={value!r} must be {what}")
-    test, valid = _get(cfg, "split.test_share"), _get(cfg, "split.valid_share")
+    test, valid = OmegaConf.select(cfg, "split.test_share"), OmegaConf.select(cfg, "split.valid_share")
     if _real(test) and _real(valid) and test + valid >= 1:
         bad.append(f"split.test_share + split.valid_share = {test + valid:g} must be below 1 (something must be left "
                    "to train on)")
