@@ -222,7 +222,7 @@ def fold_records(records) -> CatalogChanges:
     """
     out = CatalogChanges()
     for op, entity, raw in zip(records["op"], records["entity_id"], records["attributes"]):
-        attrs = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        attrs = json.loads(raw) if isinstance(raw, str) and raw else dict(raw or {})  # "": none (a Redis stream's empty)
         if op == "upsert_item":
             out.items[entity] = {**out.items.get(entity, {}), **attrs}
         elif op == "upsert_user":
@@ -242,16 +242,19 @@ def known_names(schema: dict[str, dict[str, tuple]]) -> str:
 class CatalogItems:
     """The served item vocabulary, following the items added online (the log's ``catalog`` table), so
     the ``events`` and ``catalog`` models accept an event on / a block of an item upserted since the
-    export, by this server or another sharing the log. One tail read per call (~20 us when idle).
+    export, by this server or another sharing the log (or, with Redis, by any host). One tail read per
+    call (~20 us when idle).
 
     Args:
         items: the exported catalog's ``features.vocab.IdVocab`` (extended in place).
         directory: the log's catalog folder (``serving.event_log.catalog_log_dir``).
+        tail: what to follow instead of that folder (e.g. the catalog's Redis stream,
+            ``serving.event_log.catalog_tail``): anything with ``read_new()`` and ``close()``.
     """
 
-    def __init__(self, items, directory: str | os.PathLike):
+    def __init__(self, items, directory: str | os.PathLike, tail=None):
         self.items = items
-        self.tail = EventTail(directory, kind="catalog")
+        self.tail = EventTail(directory, kind="catalog") if tail is None else tail
 
     def follow(self):
         """The vocabulary with every item upserted so far."""

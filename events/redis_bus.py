@@ -1,5 +1,9 @@
-"""Accepted events shared across hosts through one Redis Stream: a publisher that follows the local
-log, and a tail with :class:`events.tail.EventTail`'s interface.
+"""Accepted events (and catalog records) shared across hosts through Redis Streams: a publisher that
+follows a table of the local log, and a tail with :class:`events.tail.EventTail`'s interface.
+
+Two streams, one per table (``kind``): ``events`` (interaction events, ``recsys:{events}``) and
+``catalog`` (item / user upserts and blocks, ``recsys:{catalog}``), each with the same publisher and
+tail; what follows says "events" for both.
 
 The local durable log (:mod:`events.log`) stays the record of each host: ``events`` commits there
 first and acknowledges only after that. :class:`RedisPublisher` then moves what the log holds after
@@ -37,35 +41,49 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from events.schema import EVENT_COLUMNS, EVENT_DTYPES
-from events.segments import SegmentConnection, list_segments, open_readonly, row_count, segment_path
+from events.schema import table
+from events.segments import SegmentConnection, has_table, list_segments, open_readonly, row_count, segment_path
 from events.tail import row_columns, typed_frame
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STREAM = "recsys:{events}"  # the braces: a Redis Cluster hash tag, so the id keys share its slot
+DEFAULT_CATALOG_STREAM = "recsys:{catalog}"
 DEFAULT_MAXLEN = 1_000_000  # entries kept (approximately: MAXLEN ~ trims whole nodes)
+# The catalog stream keeps every record (0: never trimmed): a starting instance replays the whole
+# catalog, and a record trimmed unread is an item that host never gets (catalog changes are rare).
+DEFAULT_CATALOG_MAXLEN = 0
 DEFAULT_ID_TTL_S = 7 * 24 * 3600  # how long an event_id is remembered across hosts
 CURSOR_SAVE_S = 1.0  # the publisher's cursor file is rewritten at most this often (and on close)
 CLOCK_SKEW_S = 300.0  # a tail starting at a snapshot time reads this much earlier in the stream
 URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
-# KEYS[1] the stream, KEYS[1 + i] the id key of event i; ARGV[1] maxlen, ARGV[2] ttl, then the
-# len(EVENT_COLUMNS) values of each event. Returns one flag per event: 1 appended, 0 seen before.
-PUBLISH_LUA = """
+
+
+def publish_lua(columns: tuple[str, ...]) -> str:
+    """The publish script for rows of ``columns``. KEYS[1] the stream, KEYS[1 + i] the id key of row i;
+    ARGV[1] maxlen (0: never trimmed), ARGV[2] ttl, then the len(columns) values of each row.
+    Returns one flag per row: 1 appended, 0 seen before."""
+    fields = ", ".join(f"'{c}', ARGV[b + {j + 1}]" for j, c in enumerate(columns))
+    return """
 local n, width = #KEYS - 1, %d
 local flags = {}
 for i = 1, n do
   if redis.call('SET', KEYS[i + 1], '1', 'NX', 'EX', ARGV[2]) then
     local b = 2 + (i - 1) * width
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', %s)
+    if ARGV[1] == '0' then
+      redis.call('XADD', KEYS[1], '*', %s)
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', %s)
+    end
     flags[i] = 1
   else
     flags[i] = 0
   end
 end
 return flags
-""" % (len(EVENT_COLUMNS), ", ".join(f"'{c}', ARGV[b + {j + 1}]" for j, c in enumerate(EVENT_COLUMNS)))
+""" % (len(columns), fields, fields)
+
 
 
 def check_url(url: str) -> str:
@@ -131,16 +149,17 @@ class _Health:
 
 
 class _LogCursor:
-    """Reads the local event log after (segment, rowid), a bounded number of rows at a time."""
+    """Reads one table of a local log after (segment, rowid), a bounded number of rows at a time."""
 
-    def __init__(self, directory: Path, segment: int = 0, rowid: int = 0):
+    def __init__(self, directory: Path, segment: int = 0, rowid: int = 0, kind: str = "events"):
         self.directory, self.segment, self.rowid = directory, segment, rowid
+        self.table = table(kind)
         # the segment read, kept; shared by the request path and the publisher's thread (never at
         # once: the publisher's lock), hence not bound to the thread that opened it
         self._segments = SegmentConnection(self.directory, any_thread=True)
 
     def read(self, limit: int) -> tuple[list[tuple], tuple[int, int]]:
-        """Up to ``limit`` rows (EVENT_COLUMNS order) after the cursor, and the position after them.
+        """Up to ``limit`` rows (the table's column order) after the cursor, and the position after them.
         The cursor itself does not move (:meth:`move` once they are published)."""
         rows: list[tuple] = []
         position = (self.segment, self.rowid)
@@ -153,8 +172,10 @@ class _LogCursor:
             if conn is None:
                 continue
             after = position[1] if n == position[0] else 0
-            got = conn.execute(f"SELECT rowid, {', '.join(EVENT_COLUMNS)} FROM events WHERE rowid > ? "
-                               "ORDER BY rowid LIMIT ?", (after, limit - len(rows))).fetchall()
+            name = self.table.table
+            got = [] if name == "catalog" and not has_table(conn, name) else conn.execute(  # a version-1 segment
+                f"SELECT rowid, {', '.join(self.table.columns)} FROM {name} WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?", (after, limit - len(rows))).fetchall()
             if got:
                 rows += [r[1:] for r in got]
                 position = (n, got[-1][0])
@@ -177,7 +198,7 @@ class _LogCursor:
             if conn is None:
                 continue
             try:
-                total += row_count(conn, "events") - (self.rowid if n == self.segment else 0)
+                total += row_count(conn, self.table.table) - (self.rowid if n == self.segment else 0)
             finally:
                 conn.close()
         return max(total, 0)
@@ -190,34 +211,44 @@ class _LogCursor:
 
 
 class RedisPublisher:
-    """Publishes the events of a local log directory to a Redis Stream, from a cursor kept on disk.
+    """Publishes the rows of one table of a local log directory to a Redis Stream, from a cursor kept
+    on disk.
 
     Args:
         url: ``redis://HOST:PORT/DB``.
-        log_dir: the local event log directory (``events``' own, e.g. ``<event log>/events``).
-        stream: the stream's key; id keys are ``<stream>:id:<event_id>``.
-        maxlen: entries the stream keeps (approximate trim).
+        log_dir: the local log directory of that table (``events``' own, e.g. ``<event log>/events``;
+            the catalog's, ``<event log>/catalog``).
+        stream: the stream's key; id keys are ``<stream>:id:<id>`` (the table's key: ``event_id``,
+            ``record_id``).
+        maxlen: entries the stream keeps (approximate trim; 0: never trimmed).
         id_ttl_s: seconds an event_id is remembered (make it longer than any sender's retry delay).
         batch: events per script call (one Lua call blocks Redis for ~1 ms per 1,000 events).
         retry_s: while Redis is down, seconds between tries.
         timeout_s: socket connect / read timeout.
         on_change: called ``(up, message)`` once per change between up and down (default: logged).
+        kind: the table published: ``events`` or ``catalog``.
+        first: a publisher whose rows go out before any of this one's (the catalog's, for the events:
+            an event on an item added online never reaches the stream before the item's record). While
+            it has a backlog (Redis failed it), this one publishes nothing.
     """
 
     def __init__(self, url: str, log_dir: str | os.PathLike, stream: str = DEFAULT_STREAM,
                  maxlen: int = DEFAULT_MAXLEN, id_ttl_s: int = DEFAULT_ID_TTL_S, batch: int = 1000,
                  retry_s: float = 1.0, timeout_s: float = 0.5,
-                 on_change: Callable[[bool, str], None] | None = None):
-        if maxlen < 1 or id_ttl_s < 1 or batch < 1:
-            raise ValueError(f"Redis stream maxlen ({maxlen}), id TTL ({id_ttl_s} s) and batch ({batch}) "
-                             "must be positive")
+                 on_change: Callable[[bool, str], None] | None = None, kind: str = "events",
+                 first: "RedisPublisher | None" = None):
+        if maxlen < 0 or id_ttl_s < 1 or batch < 1:
+            raise ValueError(f"Redis stream maxlen ({maxlen}: 0 keeps every entry) must be >= 0, id TTL ({id_ttl_s} s) "
+                             f"and batch ({batch}) positive")
         self.url, self.stream, self.maxlen, self.id_ttl_s, self.batch = check_url(url), stream, maxlen, id_ttl_s, batch
+        self.table, self.first = table(kind), first
+        self.noun = f"{self.table.noun}s"  # "events" / "catalog records", for messages
         self.log_dir = Path(log_dir)
         self.cursor_path = self.log_dir / f"redis-published-{_file_safe(stream)}.json"
-        self.cursor = _LogCursor(self.log_dir, *self._load_cursor())
-        self.health = _Health("events publisher", retry_s, on_change)
+        self.cursor = _LogCursor(self.log_dir, *self._load_cursor(), kind=kind)
+        self.health = _Health(f"{kind} publisher", retry_s, on_change)
         self.timeout_s = timeout_s
-        self.published = 0  # events this process appended to the stream (not counting ones seen before)
+        self.published = 0  # rows this process appended to the stream (not counting ones seen before)
         self.resent = 0  # events the stream already had (their id key was set)
         self.backlog = self.cursor.waiting()
         self._client = None
@@ -235,6 +266,12 @@ class RedisPublisher:
         """Publish what the log holds after the cursor (at most ``limit`` events); returns how many
         were sent. Never raises for Redis: on failure the rest stays in the backlog for the next try.
         ``ping``: with nothing to send, check that Redis answers (so ``up`` is true on an idle system)."""
+        if self.first is not None:
+            self.first.flush(limit)
+            if self.first.backlog:  # its rows first: this one's wait in the local log (counted in backlog)
+                with self._lock:
+                    self.backlog = self.cursor.waiting()
+                return 0
         with self._lock:
             if not self.health.due():
                 self.backlog = self.cursor.waiting()  # kept true while down: one max(rowid) per live segment
@@ -259,7 +296,7 @@ class RedisPublisher:
             except _redis_errors() as err:
                 self._client = None  # a fresh connection next time
                 self.backlog = self.cursor.waiting()
-                self.health.failed(self.url, err, f"; {self.backlog} events wait in the local log")
+                self.health.failed(self.url, err, f"; {self.backlog} {self.noun} wait in the local log")
             return sent
 
     def _publish(self, rows: list[tuple]) -> list[int]:
@@ -273,7 +310,7 @@ class RedisPublisher:
     def _connected(self):
         if self._client is None:
             self._client = connect(self.url, self.timeout_s)
-            self._script = self._client.register_script(PUBLISH_LUA)
+            self._script = self._client.register_script(publish_lua(self.table.columns))
         return self._client
 
     def start(self, interval_s: float | None = None, on_tick: Callable[[], None] | None = None) -> "RedisPublisher":
@@ -323,38 +360,47 @@ class RedisPublisher:
         # At most once a second (0.7 ms a write on the loaded box: more than the publish) and without
         # fsync: a cursor that lags or is lost only resends events, and the id keys drop the copies.
         self._saved_at = time.monotonic()
-        tmp = self.cursor_path.with_name(self.cursor_path.name + ".tmp")
+        # a name of this process's own: two publishers of one log (the catalog model's, and the events
+        # model's that publishes the catalog first) each replace the file whole, never each other's half
+        tmp = self.cursor_path.with_name(f"{self.cursor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"segment": position[0], "rowid": position[1], "stream": self.stream}))
         os.replace(tmp, self.cursor_path)
 
 
 class RedisTail:
-    """Reads the events of a Redis Stream after the last id read; :class:`events.tail.EventTail`'s interface.
+    """Reads the rows of a Redis Stream after the last id read; :class:`events.tail.EventTail`'s interface.
 
     Args:
         url: ``redis://HOST:PORT/DB``.
         stream: the stream's key.
-        received_after: skip events stored (``received_at``, the local log's commit time on the host
-            that took them) before this time: those already in the served snapshot. Reading starts
-            ``CLOCK_SKEW_S`` earlier in the stream than that time.
+        received_after: skip rows stored (the table's stamp, e.g. ``received_at``: the local log's
+            commit time on the host that took them) before this time: those already in the served
+            snapshot. Reading starts ``CLOCK_SKEW_S`` earlier in the stream than that time. None:
+            the whole stream (the catalog: a starting instance replays every record).
         count: entries per ``XREAD``.
         max_reads: ``XREAD`` calls per :meth:`read_new` at most (so one call reads at most
             ``count * max_reads`` events; :attr:`more` says whether it stopped at that bound).
         retry_s, timeout_s, on_change: as for :class:`RedisPublisher`.
         check_s: seconds between checks that nothing it needed was trimmed unread (:attr:`missed`,
             a warning); a check adds ~0.2 ms to its read, so not every read does one.
+        kind: the table the stream carries: ``events`` or ``catalog`` (:class:`RedisPublisher`'s).
+        name: who reads, in log lines (default ``recommend tail`` for the events, ``catalog tail``).
     """
 
     def __init__(self, url: str, stream: str = DEFAULT_STREAM, received_after: float | None = None,
                  count: int = 1000, max_reads: int = 10, retry_s: float = 1.0, timeout_s: float = 0.5,
-                 on_change: Callable[[bool, str], None] | None = None, check_s: float = 1.0):
+                 on_change: Callable[[bool, str], None] | None = None, check_s: float = 1.0,
+                 kind: str = "events", name: str | None = None):
         if count < 1 or max_reads < 1:
             raise ValueError(f"Redis tail count ({count}) and max_reads ({max_reads}) must be positive")
         self.url, self.stream, self.count, self.max_reads = check_url(url), stream, count, max_reads
         self.received_after = received_after
         start_ms = 0 if received_after is None else max(0, int((received_after - CLOCK_SKEW_S) * 1000))
         self.last_id = f"{start_ms}-0"
-        self.health = _Health("recommend tail", retry_s, on_change)
+        self.table = table(kind)
+        self.columns = list(self.table.columns)
+        self.name = name or ("recommend tail" if kind == "events" else f"{kind} tail")
+        self.health = _Health(self.name, retry_s, on_change)
         self.timeout_s = timeout_s
         self.more = False
         self.read = 0  # stream entries read (before the received_after filter)
@@ -364,8 +410,8 @@ class RedisTail:
         self._added: int | None = None  # the stream's entries-added at the last check (caught up)
         self._read_since = 0  # entries read since that check
         self._client = None
-        self._dtypes = {c: t for c, t in EVENT_DTYPES.items() if c in EVENT_COLUMNS}
-        self._empty = pd.DataFrame(columns=list(EVENT_COLUMNS)).astype(self._dtypes)
+        self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}  # as EventTail's
+        self._empty = pd.DataFrame(columns=self.columns).astype(self._dtypes)
 
     @property
     def up(self) -> bool | None:
@@ -375,9 +421,9 @@ class RedisTail:
         """Events appended to the stream since the previous call, in stream order; empty while Redis is
         down (what was read before a failure is returned, and reading resumes after it)."""
         data = self.read_new_columns()
-        if not len(data["event_id"]):
+        if not len(data[self.table.key]):
             return self._empty
-        return typed_frame(data, list(EVENT_COLUMNS), self._dtypes)
+        return typed_frame(data, self.columns, self._dtypes)
 
     def read_new_columns(self) -> dict[str, np.ndarray]:
         """:meth:`read_new` as one numpy array per column (strings as object arrays), no pandas."""
@@ -404,7 +450,7 @@ class RedisTail:
                 if check:
                     self._check_trimmed(info, len(entries))
                 for entry_id, fields in entries:
-                    rows.append(tuple(fields.get(c, "") for c in EVENT_COLUMNS))
+                    rows.append(tuple(fields.get(c, "") for c in self.columns))
                     self.last_id = entry_id
                 self.read += len(entries)
                 self.more = len(entries) >= self.count
@@ -431,20 +477,20 @@ class RedisTail:
             missed = added - self._added - self._read_since
             if missed > 0:
                 self.missed += missed
-                log.warning("recommend tail: %d events of the Redis stream %s were trimmed before this instance "
+                log.warning("%s: %d %ss of the Redis stream %s were trimmed before this instance "
                             "read them (before stream id %s): it was away longer than the stream keeps "
                             "(REDIS_MAXLEN); its state lacks them until a refresh or a restart from a newer "
-                            "snapshot", missed, self.stream, self.last_id)
+                            "snapshot", self.name, missed, self.table.noun, self.stream, self.last_id)
         self._added, self._read_since = added, 0  # (a Redis that lost its data restarts the count)
 
     def _columns(self, rows: list[tuple]) -> dict[str, np.ndarray]:
-        """One array per column (floats parsed from the stream's text), the snapshot's events dropped."""
+        """One array per column (floats parsed from the stream's text), the snapshot's rows dropped."""
         if self.received_after is not None:
-            at = EVENT_COLUMNS.index("received_at")
+            at = self.columns.index(self.table.stamp)
             rows = [r for r in rows if _float(r[at]) > self.received_after]
         floats = {c for c, t in self._dtypes.items() if t == "float64"}
-        rows = [tuple(_float(v) if c in floats else v for c, v in zip(EVENT_COLUMNS, r)) for r in rows]
-        return row_columns(rows, list(EVENT_COLUMNS), self._dtypes)
+        rows = [tuple(_float(v) if c in floats else v for c, v in zip(self.columns, r)) for r in rows]
+        return row_columns(rows, self.columns, self._dtypes)
 
     def close(self) -> None:
         if self._client is not None:

@@ -14,15 +14,16 @@ Events and impressions live in two sub-folders, ``events/`` and ``impressions/``
 waits behind an event batch's fsync, and impressions (~4 KB each) never push events, and their
 idempotency window, out of the size bound.
 
-Across hosts, the models share the events through Redis (:mod:`events.redis_bus`) when a Redis URL
-is configured: ``RECSYS_REDIS_URL`` in the server's environment wins (``python -m serving.serve
---redis URL`` sets it), else the models' ``REDIS_URL`` parameter; empty means off (each host's
-instances follow the local log only).
+Across hosts, the models share the events and the catalog records through Redis
+(:mod:`events.redis_bus`: one stream each) when a Redis URL is configured: ``RECSYS_REDIS_URL`` in
+the server's environment wins (``python -m serving.serve --redis URL`` sets it), else the models'
+``REDIS_URL`` parameter; empty means off (each host's instances follow the local log only).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from events.log import DEFAULT_SEGMENT_BYTES, DEFAULT_TOTAL_BYTES
@@ -83,22 +84,74 @@ def max_log_bytes(params: dict[str, str]) -> int:
 
 def redis_settings(params: dict[str, str]) -> dict | None:
     """Redis settings of a served model from its config parameters (``REDIS_URL``, ``REDIS_STREAM``,
-    ``REDIS_MAXLEN``, ``REDIS_ID_TTL_S``) and the environment, or None when Redis is off.
+    ``REDIS_MAXLEN``, ``REDIS_ID_TTL_S``, ``REDIS_CATALOG_STREAM``, ``REDIS_CATALOG_MAXLEN``) and the
+    environment, or None when Redis is off.
 
     Raises:
-        ValueError: a URL that is not ``redis://...`` or a non-integer number, naming the parameter.
+        ValueError: a URL that is not ``redis://...`` or a number that is not an integer (or is
+            negative), naming the parameter.
     """
-    from events.redis_bus import DEFAULT_ID_TTL_S, DEFAULT_MAXLEN, DEFAULT_STREAM, check_url
+    from events.redis_bus import (DEFAULT_CATALOG_MAXLEN, DEFAULT_CATALOG_STREAM, DEFAULT_ID_TTL_S, DEFAULT_MAXLEN,
+                                  DEFAULT_STREAM, check_url)
 
     url = (os.environ.get(REDIS_ENV) or params.get("REDIS_URL", "")).strip()
     if not url:
         return None
     numbers = {}
-    for key, default in (("REDIS_MAXLEN", DEFAULT_MAXLEN), ("REDIS_ID_TTL_S", DEFAULT_ID_TTL_S)):
+    for key, default, least in (("REDIS_MAXLEN", DEFAULT_MAXLEN, 1), ("REDIS_ID_TTL_S", DEFAULT_ID_TTL_S, 1),
+                                ("REDIS_CATALOG_MAXLEN", DEFAULT_CATALOG_MAXLEN, 0)):
         value = params.get(key, "").strip() or str(default)
         try:
             numbers[key] = int(value)
         except ValueError:
             raise ValueError(f"parameter {key}={value!r} is not an integer") from None
+        if numbers[key] < least:
+            raise ValueError(f"parameter {key}={value!r} must be at least {least}"
+                             + (" (0: the stream keeps every record)" if least == 0 else ""))
     return {"url": check_url(url), "stream": params.get("REDIS_STREAM", "").strip() or DEFAULT_STREAM,
-            "maxlen": numbers["REDIS_MAXLEN"], "id_ttl_s": numbers["REDIS_ID_TTL_S"]}
+            "maxlen": numbers["REDIS_MAXLEN"], "id_ttl_s": numbers["REDIS_ID_TTL_S"],
+            "catalog_stream": params.get("REDIS_CATALOG_STREAM", "").strip() or DEFAULT_CATALOG_STREAM,
+            "catalog_maxlen": numbers["REDIS_CATALOG_MAXLEN"]}
+
+
+def catalog_tail(directory: str | os.PathLike, redis: dict | None, on_change=None, name: str | None = None):
+    """What a served model follows for the catalog records: the host's catalog folder, or with Redis
+    (``redis``: :func:`redis_settings`) the shared catalog stream, read whole (a starting instance
+    replays every record; applying one again changes nothing)."""
+    if redis is None:
+        return EventTail(directory, kind="catalog")
+    from events.redis_bus import RedisTail
+
+    return RedisTail(redis["url"], stream=redis["catalog_stream"], kind="catalog", on_change=on_change, name=name)
+
+
+def catalog_publisher(directory: str | os.PathLike, redis: dict, on_change=None):
+    """The publisher of the host's catalog folder to the shared catalog stream (``redis``: :func:`redis_settings`)."""
+    from events.redis_bus import RedisPublisher
+
+    return RedisPublisher(redis["url"], directory, stream=redis["catalog_stream"], maxlen=redis["catalog_maxlen"],
+                          id_ttl_s=redis["id_ttl_s"], on_change=on_change, kind="catalog")
+
+
+class PublisherMetrics:
+    """A Redis publisher's state on three metrics (``recsys_redis_up{role}``, a backlog gauge, a
+    published counter), each set only when it changed (a set is a round trip to the server); called by
+    requests and by the publisher's thread (``RedisPublisher.start(on_tick=...)``)."""
+
+    def __init__(self, bus, up, backlog, published):
+        self.bus, self.up, self.backlog, self.published = bus, up, backlog, published
+        self.shown = (None, None, 0)  # (up, backlog, published) as last set
+        self.lock = threading.Lock()
+
+    def show(self) -> None:
+        with self.lock:
+            now = (self.bus.up, self.bus.backlog, self.bus.published)
+            if now == self.shown:
+                return
+            if now[0] != self.shown[0]:
+                self.up.set(1.0 if now[0] else 0.0)
+            if now[1] != self.shown[1]:
+                self.backlog.set(float(now[1]))
+            if now[2] != self.shown[2]:
+                self.published.increment(now[2] - self.shown[2])
+            self.shown = now

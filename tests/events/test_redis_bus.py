@@ -115,7 +115,7 @@ def test_bad_settings_are_refused_with_the_fix(tmp_path):
     assert redact("redis://:s3cret@10.0.0.5:6379/0") == "redis://***@10.0.0.5:6379/0"  # never logged
     assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     with pytest.raises(ValueError, match="maxlen"):
-        RedisPublisher("redis://127.0.0.1:1/0", tmp_path, maxlen=0)
+        RedisPublisher("redis://127.0.0.1:1/0", tmp_path, maxlen=-1)
     with pytest.raises(ValueError, match="count"):
         RedisTail("redis://127.0.0.1:1/0", count=0)
 
@@ -249,3 +249,86 @@ def test_a_tail_that_keeps_up_misses_nothing_even_when_the_stream_turns_over(tmp
                 time.sleep(0.35)  # the next read checks
         read += drain(tail)["event_id"].tolist()
     assert read == [f"e{i}" for i in range(1500)] and tail.missed == 0
+
+
+def records(lo: int, hi: int) -> list[dict]:
+    """Catalog records: new items with attributes (a float among them), a block, a user upsert."""
+    out = []
+    for i in range(lo, hi):
+        if i % 3 == 0:
+            out.append({"record_id": f"r{i}", "op": "upsert_item", "entity_id": f"new{i}",
+                        "attributes": {"category": f"c{i % 2}", "price": 9.99 + i / 3}, "timestamp": 1_700_000_000.5 + i})
+        elif i % 3 == 1:
+            out.append({"record_id": f"r{i}", "op": "block", "entity_id": f"new{i - 1}", "attributes": {},
+                        "timestamp": 1_700_000_000.5 + i})
+        else:
+            out.append({"record_id": f"r{i}", "op": "upsert_user", "entity_id": f"u{i}", "attributes": {"age": 30 + i},
+                        "timestamp": 1_700_000_000.5 + i})
+    return out
+
+
+def test_catalog_records_come_back_from_their_own_stream_as_the_local_tail_reads_them(tmp_path, redis_server):
+    """The catalog stream (kind="catalog"): the same frame as the local catalog tail (attributes as JSON
+    text, floats exact), never trimmed by default, and separate from the events' stream."""
+    import redis
+
+    from events.catalog import fold_records
+    from events.redis_bus import DEFAULT_CATALOG_MAXLEN, DEFAULT_CATALOG_STREAM
+    from events.schema import CATALOG_COLUMNS
+
+    with EventLog(tmp_path / "catalog", durability="normal") as local:
+        local.append_catalog(records(0, 30))
+        publisher = RedisPublisher(redis_server.url, tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM,
+                                   maxlen=DEFAULT_CATALOG_MAXLEN, kind="catalog", batch=7)
+        tail = RedisTail(redis_server.url, stream=DEFAULT_CATALOG_STREAM, kind="catalog", count=8, max_reads=2)
+        assert publisher.backlog == 30 and publisher.flush() == 30 and publisher.backlog == 0
+        got, want = drain(tail), EventTail(tmp_path / "catalog", kind="catalog").read_new()
+        assert list(got.columns) == list(CATALOG_COLUMNS)
+        pd.testing.assert_frame_equal(got, want)
+        assert fold_records(got) == fold_records(want)  # what recommend applies: the same changes
+        assert fold_records(got).items["new3"] == {"category": "c1", "price": 9.99 + 1.0}
+        assert RedisTail(redis_server.url).read_new().empty  # the events' stream has none of them
+        local.append_catalog(records(30, 32))
+        assert publisher.flush() == 2 and drain(tail)["record_id"].tolist() == ["r30", "r31"]
+        publisher.close()
+        tail.close()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert client.xlen(DEFAULT_CATALOG_STREAM) == 32
+    # maxlen 0 keeps every record: 3,000 more, and the first is still there
+    with EventLog(tmp_path / "catalog", durability="normal") as local:
+        local.append_catalog([{**r, "record_id": f"bulk{n}"} for n, r in enumerate(records(0, 3000))])
+    RedisPublisher(redis_server.url, tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
+                   kind="catalog").flush()
+    assert client.xlen(DEFAULT_CATALOG_STREAM) == 3032
+    assert drain(RedisTail(redis_server.url, stream=DEFAULT_CATALOG_STREAM, kind="catalog"))["record_id"][0] == "r0"
+
+
+def test_events_wait_for_the_catalog_records_before_them(tmp_path, redis_server):
+    """An events publisher with ``first`` (the host's catalog publisher) never puts an event on the
+    stream while catalog records logged before it are not on theirs: an event on a new item must not
+    reach another host before the item does."""
+    import redis
+
+    from events.redis_bus import DEFAULT_CATALOG_STREAM
+
+    with EventLog(tmp_path / "catalog", durability="normal") as cat, EventLog(tmp_path / "events") as ev:
+        cat.append_catalog(records(0, 3))
+        ev.append_events(events(0, 4))
+    down = RedisPublisher("redis://127.0.0.1:1/0", tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
+                          kind="catalog", timeout_s=0.2)
+    blocked = RedisPublisher(redis_server.url, tmp_path / "events", first=down)
+    assert blocked.flush() == 0 and blocked.backlog == 4 and down.backlog == 3  # nothing out of order
+    assert redis.Redis.from_url(redis_server.url).exists("recsys:{events}") == 0
+    down.close()
+    blocked.close()
+    catalog = RedisPublisher(redis_server.url, tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
+                             kind="catalog")
+    publisher = RedisPublisher(redis_server.url, tmp_path / "events", first=catalog)
+    assert publisher.flush() == 4 and catalog.backlog == 0 and publisher.backlog == 0
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    last_record = client.xrevrange(DEFAULT_CATALOG_STREAM, count=1)[0][0]
+    first_event = client.xrange("recsys:{events}", count=1)[0][0]
+    as_pair = lambda entry_id: tuple(map(int, entry_id.split("-")))  # noqa: E731
+    assert as_pair(last_record) <= as_pair(first_event)  # the records were added first
+    catalog.close()
+    publisher.close()

@@ -1,6 +1,7 @@
-"""Two tritonservers (two "hosts": each its own local event log) sharing the live events through one
-real redis-server: an event sent to A changes B's next answer; Redis killed while both serve: both
-keep answering, the metrics say so, and the events acknowledged meanwhile reach B once Redis is back."""
+"""Two tritonservers (two "hosts": each its own local event log) sharing the live events and the
+catalog records through one real redis-server: an event sent to A changes B's next answer, and so does
+a new item or a block; Redis killed while both serve: both keep answering, the metrics say so, and the
+events acknowledged meanwhile reach B once Redis is back."""
 
 import contextlib
 import os
@@ -64,7 +65,7 @@ def metric(server, name, **labels) -> float:
     return metric_sum(scrape(server.metrics_url), name, **labels)
 
 
-BUFFERED = {"recsys_events_applied_total"}
+BUFFERED = {"recsys_events_applied_total", "recsys_catalog_applied_total", "recsys_events_skipped_total"}
 
 
 @pytest.mark.triton
@@ -88,6 +89,42 @@ def test_an_event_sent_to_server_a_changes_server_bs_next_answer(two_hosts):
         assert metric(server, "recsys_redis_up", role="events") == 1
         assert metric(server, "recsys_redis_up", role="recommend") == 1
         assert metric(server, "recsys_events_applied_total") == 1  # once per host, not once per copy
+
+
+@pytest.mark.triton
+@pytest.mark.slow
+def test_a_catalog_change_sent_to_server_a_is_in_server_bs_next_answer(two_hosts):
+    """The catalog stream: an item upserted on A is in B's very next answer (B embeds it with its own
+    item tower), B's events and catalog models accept an event on it and a block of it, and the block
+    sent to B leaves A's very next answer. Before this stream, B skipped the event as an unknown item."""
+    (a, b), _, d, art = two_hosts
+    store = art.load_store()
+    t = float(store.last_ts.max()) + 5000
+    enc = store.features.encoders["item"]
+    item = {"item_id": "rx-launch", "category": enc["category"].state["vocab"][0], "genres": "no-such-genre",
+            "price": 12.5, "quality": 0.4, "title": "Shared launch"}
+    unknown = "<unknown>"  # the category of a genre the run never saw: only the new item has it
+    user = str(store.users.ids[3])
+    with RecommendClient(a.grpc_url) as to_a, RecommendClient(b.grpc_url) as to_b:
+        assert to_b.recommend(user, 5, t, include_categories=[unknown]).item_ids == []
+        assert to_a.upsert_items(pd.DataFrame([item])) == ["ok"]
+        answer = to_b.recommend(user, 5, t, include_categories=[unknown])  # published before A's ack: no polling
+        assert answer.item_ids == ["rx-launch"] and answer.titles == ["Shared launch"]
+        assert to_a.recommend(user, 5, t, include_categories=[unknown]).item_ids == ["rx-launch"]
+        assert to_b.send_events(pd.DataFrame([event(30, user, "rx-launch", t)])) == ["ok"]  # B's events model knows it
+        assert to_b.block(["rx-launch"]) == ["ok"]  # and B's catalog model
+        assert to_a.recommend(user, 5, t + 1, include_categories=[unknown]).item_ids == []
+        assert to_b.recommend(user, 5, t + 1, include_categories=[unknown]).item_ids == []
+    for server in (a, b):
+        assert metric(server, "recsys_catalog_applied_total", change="new_items") == 1
+        assert metric(server, "recsys_catalog_applied_total", change="blocked") == 1
+        assert metric(server, "recsys_events_skipped_total") == 0  # the event on the new item applied everywhere
+        assert metric(server, "recsys_redis_up", role="catalog") == 1
+        assert metric(server, "recsys_redis_catalog_published_total") == 1  # A the upsert, B the block
+        assert metric(server, "recsys_redis_catalog_backlog_records") == 0
+    # each host's log holds the records it took; the stream carries both
+    assert read_log(d / "log_a" / "catalog", "catalog")["op"].tolist() == ["upsert_item"]
+    assert read_log(d / "log_b" / "catalog", "catalog")["op"].tolist() == ["block"]
 
 
 @pytest.mark.triton

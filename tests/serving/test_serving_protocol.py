@@ -38,7 +38,8 @@ def check_declares(model: str, inputs: dict, outputs: dict) -> dict:
 def test_committed_recommend_config_declares_the_protocol_table():
     params = check_declares("recommend", INPUTS, OUTPUTS)
     assert params == {"USER_TOWER_MODEL": "user_tower", "INFERENCE": "auto", "ORT_THREADS": "1", "EVENT_LOG": "event_log",
-                      "IMPRESSION_DURABILITY": "normal", "REDIS_URL": "", "REDIS_STREAM": "recsys:{events}"}
+                      "IMPRESSION_DURABILITY": "normal", "REDIS_URL": "", "REDIS_STREAM": "recsys:{events}",
+                      "REDIS_CATALOG_STREAM": "recsys:{catalog}"}
 
 
 def test_committed_events_config_declares_the_event_table():
@@ -57,7 +58,7 @@ def test_redis_settings_come_from_the_parameters_and_the_environment_wins(monkey
     assert redis_settings(params) is None  # off
     on = redis_settings({**params, "REDIS_URL": "redis://127.0.0.1:6390/0"})
     assert on == {"url": "redis://127.0.0.1:6390/0", "stream": "recsys:{events}", "maxlen": 1_000_000,
-                  "id_ttl_s": 604_800}
+                  "id_ttl_s": 604_800, "catalog_stream": "recsys:{catalog}", "catalog_maxlen": 0}
     monkeypatch.setenv(REDIS_ENV, "redis://127.0.0.1:7000/1")
     assert redis_settings(params)["url"] == "redis://127.0.0.1:7000/1"
     monkeypatch.setenv(REDIS_ENV, "127.0.0.1:7000")
@@ -66,6 +67,20 @@ def test_redis_settings_come_from_the_parameters_and_the_environment_wins(monkey
     monkeypatch.delenv(REDIS_ENV)
     with pytest.raises(ValueError, match=r"parameter REDIS_MAXLEN='lots' is not an integer"):
         redis_settings({**params, "REDIS_URL": "redis://h:1/0", "REDIS_MAXLEN": "lots"})
+    with pytest.raises(ValueError, match=r"REDIS_CATALOG_MAXLEN='-1' must be at least 0 \(0: the stream keeps every"):
+        redis_settings({**params, "REDIS_URL": "redis://h:1/0", "REDIS_CATALOG_MAXLEN": "-1"})
+    with pytest.raises(ValueError, match=r"REDIS_MAXLEN='0' must be at least 1"):
+        redis_settings({**params, "REDIS_URL": "redis://h:1/0", "REDIS_MAXLEN": "0"})
+
+
+def test_the_three_models_name_the_same_redis_streams():
+    """events, catalog and recommend must agree on the stream keys (a mismatch: hosts that never see
+    each other's records)."""
+    params = {name: {k: v.string_value for k, v in committed_config(name).parameters.items()}
+              for name in ("events", "catalog", "recommend")}
+    assert {p["REDIS_CATALOG_STREAM"] for p in params.values()} == {"recsys:{catalog}"}
+    assert params["events"]["REDIS_STREAM"] == params["recommend"]["REDIS_STREAM"]
+    assert params["events"]["REDIS_CATALOG_MAXLEN"] == params["catalog"]["REDIS_CATALOG_MAXLEN"] == "0"
 
 
 def test_committed_catalog_config_declares_the_catalog_table():

@@ -9,9 +9,17 @@ one transaction, and only then does the call return. ``recommend`` applies them 
 answer (``pipeline.catalog``). The model follows the same log for the items added since the
 export (by this server or another sharing the log), so a block of one of them is accepted.
 
+With Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``), the committed records are then published
+to the shared catalog stream (``REDIS_CATALOG_STREAM``, :class:`events.redis_bus.RedisPublisher`)
+before the call returns, so every ``recommend`` on every host applies them before its next answer,
+and the model follows that stream for the items (upserted on any host). Redis down does not fail the
+call: the records are durable in the local log, wait there (``recsys_redis_catalog_backlog_records``)
+and go out when Redis is back (a background thread, and the ``events`` model before any event).
+
 Counters: ``recsys_catalog_records_total{op, outcome}`` (ok or the rejection reason),
 ``recsys_catalog_request_errors_total{code}`` (whole requests answered with an error: ``invalid_argument``
-or ``internal``).
+or ``internal``); with Redis ``recsys_redis_up{role="catalog"}``, ``recsys_redis_catalog_backlog_records``
+and ``recsys_redis_catalog_published_total``.
 """
 
 from __future__ import annotations
@@ -30,11 +38,13 @@ from features.encoders import FeatureSet
 from features.vocab import IdVocab
 from inference.integrity import verify_files
 from pipeline.catalog import catalog_schema
-from serving.event_log import catalog_log_dir, max_log_bytes
+from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_publisher, catalog_tail,
+                               max_log_bytes, redis_settings)
 from serving.protocol import CATALOG_INPUTS
 from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", *REASONS)
+REQUEST_FLUSH_LIMIT = 10_000  # records a call publishes at most (a larger upload drains in the background)
 
 
 class TritonPythonModel:
@@ -48,7 +58,9 @@ class TritonPythonModel:
         store = repo / "recommend" / "1" / "artifacts" / "store"
         self.schema = catalog_schema(FeatureSet.load(store / "encoders.json"))
         directory = catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))
-        self.items = CatalogItems(IdVocab.load(store / "items.json"), directory)
+        redis = redis_settings(params)
+        self.items = CatalogItems(IdVocab.load(store / "items.json"), directory,
+                                  catalog_tail(directory, redis, name="catalog model tail"))
         self.max_records = int(params.get("MAX_RECORDS", "100000"))
         self.log = EventLog(directory, max_total_bytes=max_log_bytes(params))
         family = pb_utils.MetricFamily("recsys_catalog_records_total", "Catalog records received, by op and outcome",
@@ -58,6 +70,28 @@ class TritonPythonModel:
         self.families = [family, errors]
         self.counts = {(op, o): family.Metric(labels={"op": op, "outcome": o}) for op in (*OPS, "other") for o in OUTCOMES}
         self.errors = {c: errors.Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
+        self.bus = None
+        if redis is not None:
+            self._redis(redis, directory)
+
+    def _redis(self, settings: dict, directory: Path) -> None:
+        """Publish the host's catalog log to the shared catalog stream; metrics and one log line per change."""
+        kind = pb_utils.MetricFamily
+        self.families += [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE),
+                          kind("recsys_redis_catalog_backlog_records", "Catalog records logged here, waiting to be "
+                               "published to Redis", kind.GAUGE),
+                          kind("recsys_redis_catalog_published_total", "Catalog records this host added to the Redis "
+                               "catalog stream", kind.COUNTER)]
+        up, backlog, published = (f.Metric(labels=labels) for f, labels in zip(self.families[-3:], ({"role": "catalog"}, {}, {})))
+
+        def changed(up: bool, message: str) -> None:
+            (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+
+        self.bus = catalog_publisher(directory, settings, on_change=changed)
+        self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
+        self.bus_metrics = PublisherMetrics(self.bus, up, backlog, published)
+        self.bus_metrics.show()
+        self.bus.start(on_tick=self.bus_metrics.show)  # the metrics follow Redis with no traffic too
 
     def _answer(self, request) -> np.ndarray:
         table = {}
@@ -74,6 +108,12 @@ class TritonPythonModel:
             for row in accepted:
                 row.pop("position")
             self.log.append_catalog(accepted)  # record ids are fresh: every accepted record is stored
+            if self.bus is not None:  # durable here already; shared before the ack when Redis answers
+                try:
+                    self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
+                    self.bus_metrics.show()
+                except Exception as err:  # noqa: BLE001 - the records are logged: the ack stands, the thread retries
+                    pb_utils.Logger.log_error(f"catalog: publishing to Redis failed: {type(err).__name__}: {err}")
         ops = [op.decode("utf-8", errors="replace") if isinstance(op, bytes) else str(op) for op in table["op"]]
         # one increment per (op, outcome), not per record: every metric call is a round trip
         for (op, outcome), k in Counter((op if op in OPS else "other", s) for op, s in zip(ops, status)).items():
@@ -86,4 +126,6 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self.items.close()
+        if self.bus is not None:
+            self.bus.close()
         self.log.close()

@@ -10,7 +10,10 @@ applies the logged events before its next answer (``triton_repo/recommend``, ``p
 With Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``, :func:`serving.event_log.redis_settings`),
 the committed events are then published to the shared Redis Stream before the call returns
 (:class:`events.redis_bus.RedisPublisher`: idempotent by ``event_id`` across hosts), so every
-``recommend`` on every host sees them. Redis down does not fail the call: the events are durable in
+``recommend`` on every host sees them. The host's catalog records not yet on the catalog stream go
+first (the ``catalog`` model publishes its own; this covers one it could not publish yet): an event
+never reaches the stream before its item's record. The item vocabulary follows the catalog stream,
+so an event on an item upserted on another host is accepted. Redis down does not fail the call: the events are durable in
 the local log, wait there (``recsys_redis_backlog_events``), and a background thread publishes them
 when Redis is back; one log line per outage.
 
@@ -38,7 +41,8 @@ from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import REDIS_UP_HELP, catalog_log_dir, event_log_dirs, max_log_bytes, redis_settings
+from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_publisher, catalog_tail,
+                               event_log_dirs, max_log_bytes, redis_settings)
 from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
@@ -53,9 +57,12 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         repo = Path(args["model_repository"]).parent
         verify_files(repo, ["recommend/"])
-        # the exported catalog, followed by the items added online (the log's catalog folder)
+        redis = redis_settings(params)
+        catalog_dir = catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))
+        # the exported catalog, followed by the items added online (the log's catalog folder, or with
+        # Redis the catalog stream: items upserted on any host)
         self.items = CatalogItems(IdVocab.load(repo / "recommend" / "1" / "artifacts" / "store" / "items.json"),
-                                  catalog_log_dir(repo, params.get("EVENT_LOG", "event_log")))
+                                  catalog_dir, catalog_tail(catalog_dir, redis, name="events catalog tail"))
         self.max_events = int(params.get("MAX_EVENTS", "100000"))
         events_dir, impressions_dir = event_log_dirs(repo, params.get("EVENT_LOG", "event_log"))
         self.log = EventLog(events_dir, max_total_bytes=max_log_bytes(params))
@@ -68,8 +75,7 @@ class TritonPythonModel:
                               "gRPC code", kind.COUNTER)]
         self.outcomes = {o: self.families[0].Metric(labels={"outcome": o}) for o in OUTCOMES}
         self.errors = {c: self.families[3].Metric(labels={"code": c}) for c in ("invalid_argument", "internal")}
-        self.logs = {"events": events_dir, "impressions": impressions_dir,
-                     "catalog": catalog_log_dir(repo, params.get("EVENT_LOG", "event_log"))}
+        self.logs = {"events": events_dir, "impressions": impressions_dir, "catalog": catalog_dir}
         self.sizes = {name: (self.families[1].Metric(labels={"log": name}),
                              self.families[2].Metric(labels={"log": name})) for name in self.logs}
         self.stats_every = max(float(params.get("LOG_STATS_S", "5")), 0.5)  # 0 would spin the thread
@@ -78,11 +84,10 @@ class TritonPythonModel:
         self.sizer = threading.Thread(target=self._size_loop, name="log-sizes", daemon=True)
         self.sizer.start()
         self.bus = None
-        redis = redis_settings(params)
         if redis is not None:
-            self._redis(redis, events_dir)
+            self._redis(redis, events_dir, catalog_dir)
 
-    def _redis(self, settings: dict, events_dir: Path) -> None:
+    def _redis(self, settings: dict, events_dir: Path, catalog_dir: Path) -> None:
         """Publish the local log to the shared stream; metrics and one log line per change up/down."""
         from events.redis_bus import RedisPublisher
 
@@ -92,34 +97,19 @@ class TritonPythonModel:
                                kind.GAUGE),
                           kind("recsys_redis_published_total", "Events this host added to the Redis stream",
                                kind.COUNTER)]
-        self.redis_up = self.families[-3].Metric(labels={"role": "events"})
-        self.backlog, self.published = self.families[-2].Metric(labels={}), self.families[-1].Metric(labels={})
-        self.shown = (None, None, 0)  # (up, backlog, published) as last set on the metrics
-        self.shown_lock = threading.Lock()
+        up, backlog, published = (f.Metric(labels=labels) for f, labels in zip(self.families[-3:], ({"role": "events"}, {}, {})))
 
         def changed(up: bool, message: str) -> None:
             (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
 
+        # the host's catalog records first (those the catalog model could not publish yet, e.g. Redis down)
+        self.catalog_bus = catalog_publisher(catalog_dir, settings, on_change=changed)
         self.bus = RedisPublisher(settings["url"], events_dir, stream=settings["stream"], maxlen=settings["maxlen"],
-                                  id_ttl_s=settings["id_ttl_s"], on_change=changed)
+                                  id_ttl_s=settings["id_ttl_s"], on_change=changed, first=self.catalog_bus)
         self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
-        self._show_redis()
-        self.bus.start(on_tick=self._show_redis)  # the metrics follow Redis with no traffic too
-
-    def _show_redis(self) -> None:
-        """Metrics of the publisher, set only when they changed (each set is a round trip); called by
-        requests and by the publisher's thread."""
-        with self.shown_lock:
-            now = (self.bus.up, self.bus.backlog, self.bus.published)
-            if now == self.shown:
-                return
-            if now[0] != self.shown[0]:
-                self.redis_up.set(1.0 if now[0] else 0.0)
-            if now[1] != self.shown[1]:
-                self.backlog.set(float(now[1]))
-            if now[2] != self.shown[2]:
-                self.published.increment(now[2] - self.shown[2])
-            self.shown = now
+        self.bus_metrics = PublisherMetrics(self.bus, up, backlog, published)
+        self.bus_metrics.show()
+        self.bus.start(on_tick=self.bus_metrics.show)  # the metrics follow Redis with no traffic too
 
     def _answer(self, request) -> np.ndarray:
         table = {}
@@ -142,7 +132,7 @@ class TritonPythonModel:
             if self.bus is not None:  # durable here already; shared before the ack when Redis answers
                 try:
                     self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
-                    self._show_redis()
+                    self.bus_metrics.show()
                 except Exception as err:  # noqa: BLE001 - the events are logged: the ack stands, the thread retries
                     pb_utils.Logger.log_error(f"events: publishing to Redis failed: {type(err).__name__}: {err}")
         for outcome in set(status):
@@ -171,4 +161,5 @@ class TritonPythonModel:
         self.items.close()
         if self.bus is not None:
             self.bus.close()
+            self.catalog_bus.close()
         self.log.close()

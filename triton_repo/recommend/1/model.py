@@ -40,8 +40,11 @@ or, with Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``), from the share
 (:class:`events.redis_bus.RedisTail`, the same interface), so instances on every host see the same
 events. Redis down: the answers come from the state as it is, ``recsys_redis_up{role="recommend"}``
 says 0, one log line per outage, and the instance catches up from its last stream id when Redis is back.
-Catalog records come from the host's log only: an event on an item this host does not have (upserted
-on another) is skipped and counted, ``recsys_events_skipped_total{reason="unknown_item"}``.
+Catalog records come the same way: the host's catalog log, or with Redis the shared catalog stream
+(read whole at the start: every record ever published), read after the events, so an event never
+arrives before its item's record (events on items still unknown wait while records are left to read
+or apply). An event on an item this instance still lacks is skipped and counted,
+``recsys_events_skipped_total{reason="unknown_item"}``.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ from pipeline.catalog import OnlineCatalog
 from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
-from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, event_log_dirs, max_log_bytes, redis_settings,
-                               snapshot_tail)
+from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, catalog_tail, event_log_dirs, max_log_bytes,
+                               redis_settings, snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import probe_user
@@ -156,13 +159,15 @@ class TritonPythonModel:
         self.catalog = OnlineCatalog(self.pipeline, OnnxCallable(
             Path(args["model_repository"]).parent / "item_tower" / "1" / "model.onnx", specs["item_tower"],
             int(params.get("ORT_THREADS", "1")), args.get("model_instance_kind") == "GPU"), self.titles)
-        self.catalog_tail = EventTail(catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), kind="catalog")
         self.log_max_bytes = max_log_bytes(params)
-        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")), redis_settings(params))
+        self._live_events(art, *event_log_dirs(root, params.get("EVENT_LOG", "event_log")),
+                          catalog_log_dir(root, params.get("EVENT_LOG", "event_log")), redis_settings(params))
 
-    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path, redis: dict | None) -> None:
-        """Follow the shared events (from the served snapshot on): the host's log, or the Redis stream
-        when configured; log every answer as an impression in the host's log."""
+    def _live_events(self, art: RunArtifacts, events_dir: Path, impressions_dir: Path, catalog_dir: Path,
+                     redis: dict | None) -> None:
+        """Follow the shared events (from the served snapshot on) and catalog records (all of them):
+        the host's log, or the Redis streams when configured; log every answer as an impression in the
+        host's log."""
         m = art.manifest()
         artifacts = m.get("artifacts", {})
         self.snapshot_at = _written_at(artifacts.get("store", {}))
@@ -177,6 +182,7 @@ class TritonPythonModel:
         self.redis_up, self.shown_up = None, None
         if redis is None:
             self.tail = snapshot_tail(events_dir, artifacts.get("store", {}), self.snapshot_at)  # after its log cursor
+            self.catalog_tail = catalog_tail(catalog_dir, None)
         else:
             from events.redis_bus import RedisTail
 
@@ -184,18 +190,24 @@ class TritonPythonModel:
                 (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
 
             family = pb_utils.MetricFamily("recsys_redis_up", REDIS_UP_HELP, pb_utils.MetricFamily.GAUGE)
-            missed = pb_utils.MetricFamily("recsys_redis_missed_events_total", "Stream events trimmed before this "
-                                           "instance read them (away longer than REDIS_MAXLEN)",
+            missed = pb_utils.MetricFamily("recsys_redis_missed_events_total", "Stream entries (events, catalog "
+                                           "records) trimmed before this instance read them (away longer than "
+                                           "REDIS_MAXLEN / REDIS_CATALOG_MAXLEN)",
                                            pb_utils.MetricFamily.COUNTER)
             self.families += [family, missed]
             self.redis_up = family.Metric(labels={"role": "recommend", "model_instance": self.instance})
             self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
             self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
                                   on_change=changed)
+            self.catalog_tail = catalog_tail(catalog_dir, redis, on_change=changed, name="recommend catalog tail")
         self._catch_up()  # everything shared since the snapshot, before the first answer
         # a Redis tail reads a bounded number per call, the catalog CATALOG_PER_ANSWER records
-        while getattr(self.tail, "more", False) or self._pending_catalog is not None:
+        while self._catalog_left() or getattr(self.tail, "more", False):
             self._catch_up()
+
+    def _catalog_left(self) -> bool:
+        """Catalog records read but not applied yet, or (a Redis tail's bound) not read yet."""
+        return self._pending_catalog is not None or getattr(self.catalog_tail, "more", False)
 
     def _catch_up(self) -> None:
         try:
@@ -236,7 +248,7 @@ class TritonPythonModel:
                     self.catalog_applied[op].increment(n)
         if self._pending is not None:
             new, waiting = self._pending, None
-            if self._pending_catalog is not None:  # records still to apply: events on items not known yet wait
+            if self._catalog_left():  # records still to apply (or read): events on items not known yet wait
                 wait = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) < 0
                 users = np.asarray(new["user_id"]).astype(str)
                 wait |= np.isin(users, users[wait])  # a user's events stay in order: all of theirs wait
@@ -283,12 +295,15 @@ class TritonPythonModel:
             self._skipped_since_log, self._skip_logged_at = 0, now
 
     def _report_state(self) -> None:
-        if self.redis_up is not None and self.tail.up != self.shown_up:
-            self.shown_up = self.tail.up
-            self.redis_up.set(1.0 if self.shown_up else 0.0)
-        if self.redis_up is not None and self.tail.missed != self.shown_missed:
-            self.redis_missed.increment(self.tail.missed - self.shown_missed)
-            self.shown_missed = self.tail.missed
+        if self.redis_up is not None:  # up: both streams read at their last try
+            up = self.tail.up if self.catalog_tail.up is not False else False
+            if up != self.shown_up:
+                self.shown_up = up
+                self.redis_up.set(1.0 if up else 0.0)
+            missed = self.tail.missed + self.catalog_tail.missed
+            if missed != self.shown_missed:
+                self.redis_missed.increment(missed - self.shown_missed)
+                self.shown_missed = missed
         now = time.time()  # buffered gauges: sent once a second (serving/metric_buffer.py)
         # with none applied yet: the age of this instance's state (its start), so a tail stuck from the
         # start shows too (RecsysEventsNotReachingAnswers)
