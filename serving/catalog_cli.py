@@ -16,11 +16,12 @@ once (removal is a block), ``unblock`` restores them. Every record is answered o
 it exits 0, or 1 with ``--fail-on-rejected`` when any record was rejected, 2 on a bad file or an
 unreachable server.
 
-Several hosts: the catalog log is shared by the servers of one host (its log folder), not through
-Redis (which carries the events only), so a change must reach every host: give ``--url`` once per
-host. The records go to each in turn; a host that cannot be reached is reported by name, the others
-still get them, and the command exits 2 (send again to that host: upserts, blocks and unblocks are
-safe to repeat).
+Several hosts: with Redis (``--redis`` on each ``recsys-serve``) the records go through the
+shared catalog stream to every host: send them to one. Without Redis the catalog log is shared by
+the servers of one host (its log folder) only, so a change must reach every host: give ``--url``
+once per host. The records go to each in turn; a host that cannot be reached is reported by name,
+the others still get them, and the command exits 2 (send again to that host: upserts, blocks and
+unblocks are safe to repeat).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", action="append", default=None,
-                        help="a server's gRPC address; repeat it for every host (default: 127.0.0.1:8001)")
+                        help="a server's gRPC address; without Redis repeat it for every host (with Redis one "
+                             "host shares the change with all; default: 127.0.0.1:8001)")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
     common.add_argument("--fail-on-rejected", action="store_true", help="exit 1 when any record was rejected")
     for name, what in (("upsert-items", "item_id"), ("upsert-users", "user_id")):

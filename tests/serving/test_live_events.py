@@ -272,7 +272,7 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
 
 
 def test_the_catalog_command_sends_to_every_host_and_names_the_one_it_could_not_reach(served, capsys):
-    """recsys-catalog --url A --url B: the catalog is per host (Redis carries the events only), so the
+    """recsys-catalog --url A --url B: without Redis the catalog is per host, so the
     command sends each change to every host given; an unreachable one is named, the others still get
     it, and the exit code is 2."""
     from serving.catalog_cli import main

@@ -283,15 +283,16 @@ class TritonPythonModel:
             return self.tail.read_new_columns() if events else self.catalog_tail.read_new()
 
     def _skipped(self, n: int) -> None:
-        """Count logged events whose item this instance's catalog lacks (an item upserted on another
-        host: with Redis only the events travel, docs/events.md); a log line at most once a minute."""
+        """Count logged events whose item this instance's catalog lacks (without Redis: an item upserted
+        on another host; with Redis: its record trimmed from the catalog stream, or hosts configured with
+        different catalog streams; docs/events.md); a log line at most once a minute."""
         self.events_skipped["unknown_item"].increment(n)
         self._skipped_since_log += n
         now = time.monotonic()
         if now - self._skip_logged_at >= 60.0:
             self.logger.log_warn(f"recommend: {self._skipped_since_log} logged event(s) not applied since the last "
-                                 "such line: their item is not in this instance's catalog (upserted on another host? "
-                                 "send catalog changes to every host, docs/events.md)")
+                                 "such line: their item is not in this instance's catalog (upserted on another host without "
+                                 "Redis, or trimmed from the catalog stream? docs/events.md)")
             self._skipped_since_log, self._skip_logged_at = 0, now
 
     def _report_state(self) -> None:
