@@ -101,7 +101,7 @@ def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.nda
 
 def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users: np.ndarray, queries: np.ndarray,
                         settings: PipelineSettings, recent: np.ndarray | None = None, rows=None, seen=None,
-                        cache: dict | None = None):
+                        cache: dict | None = None, promoted: list[np.ndarray] | None = None):
     """Candidates for a batch from three sources. -> scores (B, n), items (B, n).
 
     ``queries``: the requests' user-tower embeddings (B, D) (:meth:`Retriever.embed_requests`);
@@ -113,7 +113,11 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
       ``cooc_share`` of the slots, so items the towers rank low but history strongly suggests reach
       the ranker;
     - for a request with neither a known user nor recent items (little for the towers to go on):
-      the most popular items in ``cold_popular_share`` of the slots.
+      the most popular items in ``cold_popular_share`` of the slots;
+    - ``promoted``: each request's promoted items (catalog indices: the boost rule's and the
+      request's), those not already candidates and not seen by the user, in the last slots before
+      the weakest candidates (at most half the slots), so the ranker scores them and the boost can
+      lift them (:meth:`Pipeline.promoted_rows`).
     Every candidate's retrieval score is the query . item inner product, whatever its source.
     """
     n = settings.n_candidates
@@ -133,11 +137,25 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
             row = _merge(items[b], extra[b], n_cooc, n)
         else:
             continue
-        items[b] = -1
-        items[b, : len(row)] = row
-        scores[b] = -np.inf
-        scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
+        _set_row(retriever, items, scores, queries, b, row)
+    for b, extra in enumerate(promoted or ()):
+        if not len(extra):
+            continue
+        row = items[b][items[b] >= 0]
+        known = seen.row(b) if seen is not None and users[b] >= 0 else np.zeros(0, np.int64)
+        extra = extra[~member(extra, row) & ~member(extra, known)][: n // 2]
+        if len(extra):
+            _set_row(retriever, items, scores, queries, b, _merge(row, extra, len(extra), n))
     return scores, items
+
+
+def _set_row(retriever: Retriever, items: np.ndarray, scores: np.ndarray, queries: np.ndarray, b: int,
+             row: np.ndarray) -> None:
+    """Request ``b``'s candidates become ``row`` (-1 after it), scored by the query . item product."""
+    items[b] = -1
+    items[b, : len(row)] = row
+    scores[b] = -np.inf
+    scores[b, : len(row)] = retriever.item_embeddings[row] @ queries[b]
 
 
 StageCallback = Callable[[str, float], None]  # (stage name, seconds)
@@ -191,6 +209,10 @@ class Pipeline:
         self.exposure = exposure
         self.store = retriever.store
         self.store.most_popular(1)  # sort the catalog by popularity now, not on the first cold request
+        # the boost rules that lift anything: their configured ids, and the requests' promoted items,
+        # are added to the candidates (None: no such rule, promoted items change nothing)
+        boosts = [r for r in rules.rules if r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0]
+        self._boost_ids = tuple(i for r in boosts for i in r.params["ids"]) if boosts else None
 
     @property
     def max_k(self) -> int:
@@ -223,8 +245,21 @@ class Pipeline:
         items, scores, contrib, _ = self._rank(users, timestamps, recent, attributes, ranker, on_stage, explain=True)
         return items, scores, contrib
 
-    def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool):
-        """:meth:`rank`, plus a function giving the contributions of flat candidate rows; ``explain``
+    def promoted_rows(self, n: int, requests: list[Request] | None = None) -> list[np.ndarray] | None:
+        """Each of ``n`` requests' promoted catalog items (the boost rules' ``ids`` and the request's
+        ``promoted``), for the candidates; None when no boost rule lifts anything or nothing is promoted."""
+        if self._boost_ids is None:
+            return None
+        configured = self.catalog.item_indices(self._boost_ids)  # now: an id may have been added online
+        asked = [r.promoted for r in requests] if requests is not None else [()] * n
+        if not len(configured) and not any(asked):
+            return None
+        return [np.union1d(configured, self.catalog.item_indices(a)) if len(a) else configured for a in asked]
+
+    def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool,
+              promoted: list[np.ndarray] | None = None):
+        """:meth:`rank`, plus a function giving the contributions of flat candidate rows (``promoted``:
+        :meth:`promoted_rows`, the configured ones when None); ``explain``
         False with a ranker that scores alone (``scores_alone``, e.g. an ONNX ranker with its
         score.onnx): contributions are None, for the caller to ask for the returned items only
         (through that function: ``explain.onnx`` on the score graph's parts rows when the export has
@@ -240,8 +275,10 @@ class Pipeline:
         seen = self.store.seen_rows(users)  # (B, N), and the known items with the request's own: both steps read them
         rows = seen if recent is None else self.features.history_rows(users, recent, seen)
         cache: dict = {}  # products of ``rows`` computed once for both steps
+        if promoted is None:
+            promoted = self.promoted_rows(len(users))
         r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
-                                     self.settings, recent, rows, seen, cache)
+                                     self.settings, recent, rows, seen, cache, promoted)
         x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
                        attributes, rows, user_x, cache)
         b, c = items.shape
@@ -326,7 +363,8 @@ class Pipeline:
                 self.catalog.category_codes(list(r.include_categories) + list(r.exclude_categories))
         except ValueError as e:
             raise RequestError(str(e)) from e
-        items, scores, contrib, explainer = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False)
+        items, scores, contrib, explainer = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False,
+                                                       promoted=self.promoted_rows(len(requests), requests))
         rules_start = time.perf_counter()
         answers = []
         for b, r in enumerate(requests):

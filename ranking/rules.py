@@ -276,7 +276,9 @@ def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequ
     """Add ``min(amount, max_boost)`` to the scores of promoted items, then sort by score.
 
     Promoted items are ``ids`` (external ids from config) plus ``ctx.promoted``. The boost is
-    additive in score units and bounded: no item gains more than ``max_boost``.
+    additive in score units and bounded: no item gains more than ``max_boost``. The pipeline adds
+    promoted items retrieval did not bring to the candidates (``Pipeline.promoted_rows``), so they
+    are here with a ranker score.
     """
     bump = np.float32(min(amount, max_boost))
     if not len(ids) and not len(ctx.promoted):  # nothing promoted: the list stays as sorted

@@ -95,3 +95,35 @@ def test_an_unrecorded_answer_leaves_the_exposure_window_as_it_was(tiny_run):
     assert len(probe.item_ids) == 5 and (pipe.exposure.counts == before).all()
     shown = pipe.recommend([Request("__liveness_probe__", 5, 1_700_000_000)])[0]
     assert shown.item_ids == probe.item_ids and pipe.exposure.counts.sum() == before.sum() + 5
+
+
+def test_a_promoted_item_outside_the_candidates_is_scored_and_lifted(tiny_run):
+    """A promoted item (the request's, or the boost rule's ids) that retrieval did not bring is added
+    to the candidates, so the ranker scores it and the boost can lift it; one the user has seen is
+    not; without a boost rule promoted items change nothing. (Before, the boost lifted candidates
+    only: a promoted item outside them never appeared, whatever the boost.)"""
+    from ranking.rule_config import RuleSet
+
+    pipe = load_pipeline(tiny_run)
+    lift = [{"name": "exclude_seen"}, {"name": "boost", "ids": [], "amount": 100.0, "max_boost": 100.0}]
+    lifted = pipe.variant(rules=RuleSet.from_config({"k": 10, "rules": lift}, where="test"))
+    u = 3
+    user, t = str(pipe.store.users.ids[u]), int(pipe.store.last_ts.max()) + 60
+    candidates = set(pipe.rank(np.array([u]), np.array([t]))[0][0].tolist())
+    seen = set(pipe.store.seen_items(u).tolist())
+    outside = [i for i in range(len(pipe.store.items)) if i not in candidates and i not in seen]
+    far, far_seen = str(pipe.store.items.ids[outside[-1]]), str(pipe.store.items.ids[sorted(seen)[0]])
+    answer = lifted.recommend([Request(user, 10, t, promoted=[far, far_seen])])[0]
+    assert answer.item_ids[0] == far and answer.reasons[0] == "boosted" and far_seen not in answer.item_ids
+    plain = lifted.recommend([Request(user, 10, t)])[0]
+    assert far not in plain.item_ids and answer.item_ids[1:] == plain.item_ids[:9]  # the rest as before
+    # the rule's own ids: added for every request, offline ranking included
+    configured = [{"name": "exclude_seen"}, {"name": "boost", "ids": [far], "amount": 100.0, "max_boost": 100.0}]
+    campaign = pipe.variant(rules=RuleSet.from_config({"k": 10, "rules": configured}, where="test"))
+    items = campaign.rank(np.array([u]), np.array([t]))[0][0]
+    assert outside[-1] in items.tolist() and (items >= 0).sum() == (pipe.rank(np.array([u]), np.array([t]))[0][0] >= 0).sum()
+    assert campaign.recommend([Request(user, 10, t)])[0].item_ids[0] == far
+    # no boost rule: a promoted item is not added
+    bare = pipe.variant(rules=RuleSet.from_config({"k": 10, "rules": [{"name": "exclude_seen"}]}, where="test"))
+    assert bare.promoted_rows(1, [Request(user, 10, t, promoted=[far])]) is None
+    assert far not in bare.recommend([Request(user, 10, t, promoted=[far])])[0].item_ids
