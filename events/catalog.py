@@ -255,16 +255,19 @@ class CatalogItems:
     def __init__(self, items, directory: str | os.PathLike, tail=None):
         self.items = items
         self.tail = EventTail(directory, kind="catalog") if tail is None else tail
+        self.follow()  # everything logged so far, before the first call
 
     def follow(self):
-        """The vocabulary with every item upserted so far."""
-        new = self.tail.read_new()
-        if len(new):
-            ids = new.loc[new["op"] == "upsert_item", "entity_id"].drop_duplicates().to_numpy(dtype=object)
-            ids = ids[self.items.lookup(ids) < 0] if len(ids) else ids
-            if len(ids):
-                self.items.extend(ids)
-        return self.items
+        """The vocabulary with every item upserted so far (a Redis tail's bounded reads: all of them)."""
+        while True:
+            new = self.tail.read_new()
+            if len(new):
+                ids = new.loc[new["op"] == "upsert_item", "entity_id"].drop_duplicates().to_numpy(dtype=object)
+                ids = ids[self.items.lookup(ids) < 0] if len(ids) else ids
+                if len(ids):
+                    self.items.extend(ids)
+            if not getattr(self.tail, "more", False):
+                return self.items
 
     def close(self) -> None:
         self.tail.close()

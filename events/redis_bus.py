@@ -227,21 +227,20 @@ class RedisPublisher:
         timeout_s: socket connect / read timeout.
         on_change: called ``(up, message)`` once per change between up and down (default: logged).
         kind: the table published: ``events`` or ``catalog``.
-        first: a publisher whose rows go out before any of this one's (the catalog's, for the events:
-            an event on an item added online never reaches the stream before the item's record). While
-            it has a backlog (Redis failed it), this one publishes nothing.
+        save_s: the cursor file is rewritten at most this often (and on close); 0: after every flush
+            that sent rows (the catalog's: rare calls, and a restart then resends nothing).
     """
 
     def __init__(self, url: str, log_dir: str | os.PathLike, stream: str = DEFAULT_STREAM,
                  maxlen: int = DEFAULT_MAXLEN, id_ttl_s: int = DEFAULT_ID_TTL_S, batch: int = 1000,
                  retry_s: float = 1.0, timeout_s: float = 0.5,
                  on_change: Callable[[bool, str], None] | None = None, kind: str = "events",
-                 first: "RedisPublisher | None" = None):
+                 save_s: float = CURSOR_SAVE_S):
         if maxlen < 0 or id_ttl_s < 1 or batch < 1:
             raise ValueError(f"Redis stream maxlen ({maxlen}: 0 keeps every entry) must be >= 0, id TTL ({id_ttl_s} s) "
                              f"and batch ({batch}) positive")
         self.url, self.stream, self.maxlen, self.id_ttl_s, self.batch = check_url(url), stream, maxlen, id_ttl_s, batch
-        self.table, self.first = table(kind), first
+        self.table, self.save_s = table(kind), save_s
         self.noun = f"{self.table.noun}s"  # "events" / "catalog records", for messages
         self.log_dir = Path(log_dir)
         self.cursor_path = self.log_dir / f"redis-published-{_file_safe(stream)}.json"
@@ -266,12 +265,6 @@ class RedisPublisher:
         """Publish what the log holds after the cursor (at most ``limit`` events); returns how many
         were sent. Never raises for Redis: on failure the rest stays in the backlog for the next try.
         ``ping``: with nothing to send, check that Redis answers (so ``up`` is true on an idle system)."""
-        if self.first is not None:
-            self.first.flush(limit)
-            if self.first.backlog:  # its rows first: this one's wait in the local log (counted in backlog)
-                with self._lock:
-                    self.backlog = self.cursor.waiting()
-                return 0
         with self._lock:
             if not self.health.due():
                 self.backlog = self.cursor.waiting()  # kept true while down: one max(rowid) per live segment
@@ -284,7 +277,7 @@ class RedisPublisher:
                         break
                     flags = self._publish(rows)
                     self.cursor.move(position)
-                    if time.monotonic() - self._saved_at >= CURSOR_SAVE_S:
+                    if time.monotonic() - self._saved_at >= self.save_s:
                         self._save_cursor(position)
                     sent += len(rows)
                     self.published += sum(flags)
@@ -360,8 +353,8 @@ class RedisPublisher:
         # At most once a second (0.7 ms a write on the loaded box: more than the publish) and without
         # fsync: a cursor that lags or is lost only resends events, and the id keys drop the copies.
         self._saved_at = time.monotonic()
-        # a name of this process's own: two publishers of one log (the catalog model's, and the events
-        # model's that publishes the catalog first) each replace the file whole, never each other's half
+        # a name of this process's own: two publishers of one log (e.g. `events` with count > 1) each
+        # replace the file whole, never each other's half
         tmp = self.cursor_path.with_name(f"{self.cursor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"segment": position[0], "rowid": position[1], "stream": self.stream}))
         os.replace(tmp, self.cursor_path)
@@ -407,7 +400,9 @@ class RedisTail:
         self.missed = 0  # entries trimmed before this tail read them (see _check_trimmed)
         self.check_s = check_s
         self._checked_at = 0.0
-        self._added: int | None = None  # the stream's entries-added at the last check (caught up)
+        # the stream's entries-added at the last check (caught up); a tail from the stream's start knows
+        # it read every entry ever added, so entries trimmed before it started count as missed too
+        self._added: int | None = 0 if received_after is None else None
         self._read_since = 0  # entries read since that check
         self._client = None
         self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}  # as EventTail's

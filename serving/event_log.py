@@ -33,7 +33,7 @@ ENV = "RECSYS_EVENT_LOG"
 REDIS_ENV = "RECSYS_REDIS_URL"
 MAX_BYTES_ENV = "RECSYS_LOG_MAX_BYTES"
 # One family, two models (the help text must match for Triton to share it): recsys_redis_up{role}.
-REDIS_UP_HELP = "1 when this model reached Redis at its last try, 0 when not (role: events | recommend)"
+REDIS_UP_HELP = "1 when this model reached Redis at its last try, 0 when not (role: events | catalog | recommend)"
 
 
 def event_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:
@@ -130,7 +130,7 @@ def catalog_publisher(directory: str | os.PathLike, redis: dict, on_change=None)
     from events.redis_bus import RedisPublisher
 
     return RedisPublisher(redis["url"], directory, stream=redis["catalog_stream"], maxlen=redis["catalog_maxlen"],
-                          id_ttl_s=redis["id_ttl_s"], on_change=on_change, kind="catalog")
+                          id_ttl_s=redis["id_ttl_s"], on_change=on_change, kind="catalog", save_s=0.0)
 
 
 class PublisherMetrics:

@@ -303,32 +303,32 @@ def test_catalog_records_come_back_from_their_own_stream_as_the_local_tail_reads
     assert drain(RedisTail(redis_server.url, stream=DEFAULT_CATALOG_STREAM, kind="catalog"))["record_id"][0] == "r0"
 
 
-def test_events_wait_for_the_catalog_records_before_them(tmp_path, redis_server):
-    """An events publisher with ``first`` (the host's catalog publisher) never puts an event on the
-    stream while catalog records logged before it are not on theirs: an event on a new item must not
-    reach another host before the item does."""
-    import redis
-
+def test_the_catalog_vocabulary_follows_the_whole_stream_not_one_bounded_read(tmp_path, redis_server):
+    """CatalogItems over the catalog stream (the events and catalog models with Redis): every item
+    upserted so far, however many bounded reads that takes (one read of 10,000 left later items
+    unknown, so their events were rejected until enough calls had gone by)."""
+    from events.catalog import CatalogItems
     from events.redis_bus import DEFAULT_CATALOG_STREAM
+    from features.vocab import IdVocab
 
-    with EventLog(tmp_path / "catalog", durability="normal") as cat, EventLog(tmp_path / "events") as ev:
-        cat.append_catalog(records(0, 3))
-        ev.append_events(events(0, 4))
-    down = RedisPublisher("redis://127.0.0.1:1/0", tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
-                          kind="catalog", timeout_s=0.2)
-    blocked = RedisPublisher(redis_server.url, tmp_path / "events", first=down)
-    assert blocked.flush() == 0 and blocked.backlog == 4 and down.backlog == 3  # nothing out of order
-    assert redis.Redis.from_url(redis_server.url).exists("recsys:{events}") == 0
-    down.close()
-    blocked.close()
-    catalog = RedisPublisher(redis_server.url, tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
-                             kind="catalog")
-    publisher = RedisPublisher(redis_server.url, tmp_path / "events", first=catalog)
-    assert publisher.flush() == 4 and catalog.backlog == 0 and publisher.backlog == 0
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    last_record = client.xrevrange(DEFAULT_CATALOG_STREAM, count=1)[0][0]
-    first_event = client.xrange("recsys:{events}", count=1)[0][0]
-    as_pair = lambda entry_id: tuple(map(int, entry_id.split("-")))  # noqa: E731
-    assert as_pair(last_record) <= as_pair(first_event)  # the records were added first
-    catalog.close()
-    publisher.close()
+    with EventLog(tmp_path / "catalog", durability="normal") as local:
+        local.append_catalog(records(0, 60))
+    RedisPublisher(redis_server.url, tmp_path / "catalog", stream=DEFAULT_CATALOG_STREAM, maxlen=0,
+                   kind="catalog").flush()
+    tail = RedisTail(redis_server.url, stream=DEFAULT_CATALOG_STREAM, kind="catalog", count=4, max_reads=2)
+    vocab = CatalogItems(IdVocab(["i0"]), tmp_path / "unused", tail).items  # drained when made
+    assert vocab.lookup([f"new{i}" for i in range(0, 60, 3)]).min() >= 0 and len(vocab) == 21
+    tail.close()
+
+
+def test_a_tail_from_the_streams_start_counts_what_was_trimmed_before_it_started(tmp_path, redis_server, caplog):
+    """A catalog tail reads the whole stream: entries trimmed before it started are missing from its
+    state too, and counted (a tail starting at a snapshot time cannot know what came before)."""
+    with EventLog(tmp_path / "log", durability="normal") as local:
+        local.append_events(events(0, 1000))
+    RedisPublisher(redis_server.url, tmp_path / "log", maxlen=100).flush()
+    tail = RedisTail(redis_server.url, check_s=0.0)
+    got = drain(tail)
+    tail.read_new()  # caught up: the check counts
+    assert tail.missed == 1000 - len(got) > 0
+    tail.close()

@@ -146,3 +146,25 @@ def test_during_a_bulk_catalog_upload_only_events_on_items_not_known_yet_wait(mo
     m._apply_new()  # the last record applied: the held events follow, in order
     assert m.online.applied == ["b-known", "a-new", "a-known"] and m._pending is None
     assert m.catalog.applied == ["r1", "r2", "r3"]
+
+
+def test_events_on_new_items_wait_while_a_redis_catalog_tail_cannot_read_or_has_more(model_module, monkeypatch):
+    """A Redis catalog tail that could not read (``up`` False: it returns nothing) or stopped at its read
+    bound (``more``): the record of an event's new item may be among the unread ones, so events on items
+    not known yet wait (applied, they would be skipped as unknown for good); the others go ahead."""
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    fresh = events("a-new", "b-known")
+    fresh["item_id"] = np.array(["new-item", "i"], dtype=object)
+    fresh["user_id"] = np.array(["a", "b"], dtype=object)
+    m = make(model_module, [fresh], [pd.DataFrame({"record_id": []}), pd.DataFrame({"record_id": ["r1"]}),
+                                     pd.DataFrame({"record_id": ["r2"]})])
+    m.catalog_tail.up, m.catalog_tail.more = False, False  # down: nothing read
+    m._apply_new()
+    assert m.online.applied == ["b-known"] and list(m._pending["event_id"]) == ["a-new"]
+    m.catalog_tail.up, m.catalog_tail.more = True, True  # back, one bounded read: more to come
+    m._apply_new()
+    assert m.online.applied == ["b-known"] and list(m._pending["event_id"]) == ["a-new"]
+    m.catalog_tail.more = False  # caught up: the held event follows
+    m._apply_new()
+    assert m.online.applied == ["b-known", "a-new"] and m._pending is None and m.catalog.applied == ["r1", "r2"]

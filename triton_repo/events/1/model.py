@@ -10,10 +10,9 @@ applies the logged events before its next answer (``triton_repo/recommend``, ``p
 With Redis configured (``REDIS_URL`` / ``RECSYS_REDIS_URL``, :func:`serving.event_log.redis_settings`),
 the committed events are then published to the shared Redis Stream before the call returns
 (:class:`events.redis_bus.RedisPublisher`: idempotent by ``event_id`` across hosts), so every
-``recommend`` on every host sees them. The host's catalog records not yet on the catalog stream go
-first (the ``catalog`` model publishes its own; this covers one it could not publish yet): an event
-never reaches the stream before its item's record. The item vocabulary follows the catalog stream,
-so an event on an item upserted on another host is accepted. Redis down does not fail the call: the events are durable in
+``recommend`` on every host sees them. The item vocabulary follows the catalog stream (not the host's
+catalog folder): an event on an item upserted on another host is accepted, and an event is accepted
+only once its item's record is on the stream, so it never reaches a ``recommend`` before its item. Redis down does not fail the call: the events are durable in
 the local log, wait there (``recsys_redis_backlog_events``), and a background thread publishes them
 when Redis is back; one log line per outage.
 
@@ -41,8 +40,8 @@ from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_publisher, catalog_tail,
-                               event_log_dirs, max_log_bytes, redis_settings)
+from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_tail, event_log_dirs,
+                               max_log_bytes, redis_settings)
 from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
@@ -85,9 +84,9 @@ class TritonPythonModel:
         self.sizer.start()
         self.bus = None
         if redis is not None:
-            self._redis(redis, events_dir, catalog_dir)
+            self._redis(redis, events_dir)
 
-    def _redis(self, settings: dict, events_dir: Path, catalog_dir: Path) -> None:
+    def _redis(self, settings: dict, events_dir: Path) -> None:
         """Publish the local log to the shared stream; metrics and one log line per change up/down."""
         from events.redis_bus import RedisPublisher
 
@@ -102,10 +101,8 @@ class TritonPythonModel:
         def changed(up: bool, message: str) -> None:
             (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
 
-        # the host's catalog records first (those the catalog model could not publish yet, e.g. Redis down)
-        self.catalog_bus = catalog_publisher(catalog_dir, settings, on_change=changed)
         self.bus = RedisPublisher(settings["url"], events_dir, stream=settings["stream"], maxlen=settings["maxlen"],
-                                  id_ttl_s=settings["id_ttl_s"], on_change=changed, first=self.catalog_bus)
+                                  id_ttl_s=settings["id_ttl_s"], on_change=changed)
         self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
         self.bus_metrics = PublisherMetrics(self.bus, up, backlog, published)
         self.bus_metrics.show()
@@ -161,5 +158,4 @@ class TritonPythonModel:
         self.items.close()
         if self.bus is not None:
             self.bus.close()
-            self.catalog_bus.close()
         self.log.close()

@@ -229,6 +229,9 @@ class TritonPythonModel:
         # Catalog records after the events: an event is accepted only once its item's record was
         # logged, so every item an event read here names is in this catalog read (or an earlier one).
         records = self._read(self.catalog_tail)
+        # a Redis catalog tail that could not read (down, or waiting to retry) returns nothing: records
+        # the events need may be missing, so events on items not known yet wait as for a bounded read
+        unread = getattr(self.catalog_tail, "up", None) is False
         if self._pending_catalog is not None:
             records = pd.concat([self._pending_catalog, records], ignore_index=True)
             self._pending_catalog = None
@@ -248,7 +251,7 @@ class TritonPythonModel:
                     self.catalog_applied[op].increment(n)
         if self._pending is not None:
             new, waiting = self._pending, None
-            if self._catalog_left():  # records still to apply (or read): events on items not known yet wait
+            if self._catalog_left() or unread:  # records still to apply (or read): events on items not known yet wait
                 wait = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) < 0
                 users = np.asarray(new["user_id"]).astype(str)
                 wait |= np.isin(users, users[wait])  # a user's events stay in order: all of theirs wait
