@@ -91,6 +91,15 @@ def _check_number(name: str, value, bounds: tuple[float, float]) -> None:
                        f"{example}, or leave it out")
 
 
+def _given(value):
+    """A request attribute's value; None for blank text (``age=`` on the wire): not given, numeric or
+    categorical alike (as a catalog upsert reads it; a stored value stays); other text loses its
+    surrounding spaces."""
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
 def _merge(first: np.ndarray, extra: np.ndarray, n_extra: int, n: int) -> np.ndarray:
     """Up to n items: ``first`` (minus extra's) for n - n_extra slots, then extra, then the rest of first."""
     first, extra = first[first >= 0], extra[extra >= 0][:n_extra]
@@ -412,11 +421,12 @@ class Pipeline:
         if unknown:
             raise RequestError(f"unknown user attribute(s) {sorted(unknown)}; known: {sorted(cols - {'user_id'})}")
         ranges = self.store.features.numeric_ranges("user") if any(r.attributes for r in requests) else {}
-        for r in requests:  # the stored ones were checked by the catalog model
-            for name, value in r.attributes.items():
+        asked = [{name: _given(v) for name, v in r.attributes.items() if _given(v) is not None} for r in requests]
+        for a in asked:  # the stored ones were checked by the catalog model
+            for name, value in a.items():
                 if name in ranges:
                     _check_number(name, value, ranges[name])
-        given = [self.store.request_attributes(r.user_id, r.attributes) for r in requests]  # + stored (upsert_user)
+        given = [self.store.request_attributes(r.user_id, a) for r, a in zip(requests, asked)]  # + stored (upsert_user)
         if not any(given):
             return None
         return pd.DataFrame([{c: a.get(c) for c in cols} for a in given])

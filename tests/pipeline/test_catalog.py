@@ -220,12 +220,29 @@ def test_numeric_request_attributes_are_numbers_in_the_features_range(live):
     pipe, _, _ = live
     t = int(pipe.store.last_ts.max()) + 60
     lo, hi = pipe.store.features.numeric_ranges("user")["age"]
-    for bad in ("abc", "", "nan", "inf", "1e308", str(hi * 2 + 1), True):
+    for bad in ("abc", "nan", "inf", "1e308", str(hi * 2 + 1), True):
         with pytest.raises(RequestError, match=r"user attribute 'age' is .*; send a number in \["):
             pipe.recommend([Request("walk-in", 5, t, attributes={"age": bad})])
     ok = pipe.recommend([Request("walk-in", 5, t, attributes={"age": str(hi)})])[0]
     assert ok.route == "cold_user" and len(ok.item_ids) == 5
     assert pipe.recommend([Request("walk-in", 5, t, attributes={"age": None})])[0].item_ids  # None: missing
+
+
+def test_a_blank_request_attribute_is_not_given_numeric_or_categorical(live):
+    """``age=`` / ``country=`` on the wire: not given, for both kinds (a blank numeric one was refused
+    while a blank categorical one reached the encoder as the text ""), and a stored value stays."""
+    pipe, catalog, _ = live
+    t = int(pipe.store.last_ts.max()) + 60
+    plain = pipe.recommend([Request("walk-in-b", 10, t)])[0]
+    for blank in ({"age": ""}, {"age": "  "}, {"country": ""}, {"age": "", "country": " ", "segment": None}):
+        got = pipe.recommend([Request("walk-in-b", 10, t, attributes=blank)])[0]
+        assert (got.item_ids, got.scores) == (plain.item_ids, plain.scores)
+    ts, nobody = np.array([t]), np.array([-1])
+    catalog.apply(records(("upsert_user", "walk-in-b", {"age": 61.0})))
+    stored = pipe.retriever.embed_requests(nobody, ts, None, pipe._attributes([Request("walk-in-b", 10, t)]))
+    blank = pipe.retriever.embed_requests(nobody, ts, None, pipe._attributes([Request("walk-in-b", 10, t,
+                                                                                        attributes={"age": ""})]))
+    np.testing.assert_array_equal(stored, blank)  # the stored age, not wiped by the blank
 
 
 def test_a_block_flag_per_item_is_required():
