@@ -78,6 +78,7 @@ from events.segments import (
     SCHEMA_VERSION,
     SEGMENT_FILE,
     check_version,
+    ensure_log_id,
     row_count,
     upgrade,
     segment_bytes,
@@ -134,6 +135,7 @@ class EventLog:
         self.durability = durability
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        self.log_id = ensure_log_id(self.directory)  # what cursors record (events.segments.log_id)
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing the fd
         self._conns: dict[int, sqlite3.Connection] = {}
         # What this process knows of the directory, valid while the lock file's generation is

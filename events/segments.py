@@ -8,6 +8,7 @@ import os
 import re
 import sqlite3
 import time
+import uuid
 from contextlib import suppress
 from pathlib import Path
 
@@ -32,6 +33,36 @@ CREATE TABLE IF NOT EXISTS catalog (
     timestamp REAL NOT NULL, logged_at REAL NOT NULL);
 """
 CATALOG_DDL = DDL[DDL.index("CREATE TABLE IF NOT EXISTS catalog"):]
+
+
+ID_NAME = "log.id"  # a log directory's identity: a random id its first writer draws, kept for its life
+
+
+def log_id(directory: Path) -> str | None:
+    """The identity of a log directory (None: no writer has opened it since identities exist, or it is gone).
+    Cursors record it, so a log replaced at the same path (recreated, restored from another copy) is
+    told apart from the one a cursor was taken from even where its positions run past the cursor."""
+    try:
+        return (Path(directory) / ID_NAME).read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def ensure_log_id(directory: Path) -> str | None:
+    """The directory's identity, drawn now when it has none (create-if-absent: two writers opening a new
+    log at once agree on the first; a reader in between sees none, which only skips a check)."""
+    current = log_id(directory)
+    if current is not None:
+        return current
+    try:
+        fd = os.open(Path(directory) / ID_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return log_id(directory)
+    try:
+        os.write(fd, uuid.uuid4().hex.encode())
+    finally:
+        os.close(fd)
+    return log_id(directory)
 
 
 def segment_path(directory: Path, n: int) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from events.schema import table
-from events.segments import SegmentConnection, SegmentListing, has_table
+from events.segments import SegmentConnection, SegmentListing, has_table, log_id
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ def typed_frame(data: dict[str, np.ndarray], columns: list[str], dtypes: dict[st
 
 
 class CursorPastEnd(ValueError):
-    """The cursor lies past the end of the log (its segment ends before its row, or every live segment
-    is older than it): the log was recreated or replaced since the cursor was taken. Segment numbers and
-    rowids only grow, so reading on would skip every new row until they pass the old cursor."""
+    """The cursor is not of this log: it lies past the end of the log (its segment ends before its row,
+    or every live segment is older than it), or the directory's identity (``events.segments.log_id``)
+    is not the one the cursor was taken from. The log was recreated or replaced since the cursor was
+    taken; reading on would skip its rows up to the old position."""
 
 
 class EventTail:
@@ -61,11 +62,16 @@ class EventTail:
             skipped: reading resumes at the oldest live one after it.
         kind: the table followed: ``events`` (the default) or ``catalog`` (its ``attributes`` come
             back as JSON text; ``json.loads`` them); any table of :mod:`events.schema`.
+        log_id: the identity of the log ``after`` was taken from (a cursor's ``log_id``): a directory
+            with another one raises :class:`CursorPastEnd`. Without it, the identity the tail first
+            sees is kept and checked from then on (:attr:`log_id`, what a cursor of this tail records).
     """
 
     def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
-                 after: tuple[int, int] | None = None, kind: str = "events"):
+                 after: tuple[int, int] | None = None, kind: str = "events", log_id: str | None = None):
         self.directory = Path(directory)
+        self.log_id = log_id
+        self._checked: list | None = None  # the listing the identity was last checked at
         self.received_after = received_after
         self.table = table(kind)
         self.segment, self.rowid = (int(after[0]), int(after[1])) if after else (0, 0)  # the last row read
@@ -89,6 +95,9 @@ class EventTail:
         name, columns = self.table.table, self._columns
         rows = []
         listed = self._listing()
+        if listed is not self._checked:  # listed again (the directory changed): whose log is it?
+            self._check_identity()
+            self._checked = listed
         if self.segment and listed and max(listed) < self.segment:
             raise CursorPastEnd(f"{self.directory}: the cursor (segment {self.segment}, row {self.rowid}) is past the "
                                 f"newest segment ({max(listed)}): this is not the log it was taken from "
@@ -121,6 +130,17 @@ class EventTail:
         if not rows:  # the common case on the serving path: the same empty columns every time
             return self._none
         return row_columns(rows, columns, self._dtypes)
+
+    def _check_identity(self) -> None:
+        current = log_id(self.directory)
+        if current is None:  # gone, or no writer yet: nothing to compare (positions are still checked)
+            return
+        if self.log_id is None:
+            self.log_id = current
+        elif current != self.log_id:
+            raise CursorPastEnd(f"{self.directory}: this log's identity is {current}, the cursor (segment "
+                                f"{self.segment}, row {self.rowid}) was taken from {self.log_id}: this is not "
+                                "the log it was taken from (recreated or replaced?)")
 
     def _open(self, n: int) -> sqlite3.Connection | None:
         return self._segments.get(n)

@@ -71,16 +71,19 @@ class LogCursor:
     directory: str
     segment: int
     rowid: int
+    log_id: str | None = None  # the log's identity (events.segments.log_id); None: taken before there was one
 
     def as_dict(self) -> dict:
-        return {"directory": self.directory, "segment": self.segment, "rowid": self.rowid}
+        out = {"directory": self.directory, "segment": self.segment, "rowid": self.rowid}
+        return {**out, "log_id": self.log_id} if self.log_id else out
 
 
 def read_log_events(events_dir: Path, after: LogCursor | None = None,
                     kind: str = "events") -> tuple[pd.DataFrame, LogCursor]:
     """Every row of table ``kind`` logged in a log directory (after ``after``, when given), and the
     cursor of the last one read."""
-    tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None, kind=kind)
+    tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None, kind=kind,
+                     log_id=after.log_id if after else None)
     try:
         frame = tail.read_new()
     except sqlite3.DatabaseError as e:  # a segment that is not SQLite (a bad copy, a disk error)
@@ -91,7 +94,7 @@ def read_log_events(events_dir: Path, after: LogCursor | None = None,
                         "already in the run's history are dropped as duplicates)") from None
     finally:
         tail.close()
-    return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid)
+    return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid, tail.log_id)
 
 
 def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None,

@@ -56,7 +56,7 @@ def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: 
     store was written: runs built without the log, or from another log)."""
     cursor = store_entry.get("event_log")
     if cursor and Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
-        return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]))
+        return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]), log_id=cursor.get("log_id"))
     return EventTail(events_dir, received_after=written_at)
 
 

@@ -3,6 +3,8 @@
 import os
 import time
 
+import pytest
+
 from events.log import EventLog
 from events.tail import EventTail
 
@@ -116,3 +118,32 @@ def test_a_segment_added_in_the_tick_of_a_listing_is_seen_later(tmp_path):
     os.utime(d, ns=(tick, tick))
     time.sleep(0.6)  # the reader's next call comes after the quiet window
     assert listing() == [1, 2]
+
+
+def test_a_log_has_one_identity_and_a_tail_tells_a_replacement_apart(tmp_path):
+    """``log.id``: drawn by the first writer, kept by every later one; a tail keeps the identity it first
+    saw, so a log replaced under it (removed and refilled past its position) raises CursorPastEnd instead
+    of reading on from the old position."""
+    import shutil
+
+    from events.segments import ID_NAME, log_id
+    from events.tail import CursorPastEnd
+
+    rows = [{"event_id": f"e{i}", "user_id": "u", "item_id": "i", "timestamp": 50.0 + i, "type": "click"}
+            for i in range(9)]
+    with EventLog(tmp_path / "log", durability="normal") as a, EventLog(tmp_path / "log", durability="normal") as b:
+        assert a.log_id == b.log_id == log_id(tmp_path / "log") and len(a.log_id) == 32
+        a.append_events(rows[:2])
+    tail = EventTail(tmp_path / "log")
+    assert tail.read_new()["event_id"].tolist() == ["e0", "e1"] and tail.log_id == log_id(tmp_path / "log")
+    shutil.rmtree(tmp_path / "log")
+    with EventLog(tmp_path / "log", durability="normal") as c:
+        c.append_events(rows[2:])  # 7 rows: past the tail's (1, 2)
+        assert c.log_id != tail.log_id
+    with pytest.raises(CursorPastEnd, match="identity"):
+        tail.read_new()
+    # a log from before identities (no log.id): positions only, as before; the next writer gives it one
+    (tmp_path / "log" / ID_NAME).unlink()
+    assert EventTail(tmp_path / "log", after=(1, 5), log_id="whatever").read_new()["event_id"].tolist() == ["e7", "e8"]
+    with EventLog(tmp_path / "log", durability="normal") as d:
+        assert d.log_id == log_id(tmp_path / "log") is not None

@@ -326,6 +326,42 @@ def test_a_log_recreated_at_the_same_path_is_refused_not_silently_skipped(tiny_d
     assert RunArtifacts(tmp_path / "r").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 3
 
 
+def test_a_log_replaced_by_a_longer_one_is_told_apart_by_its_identity(tiny_deployed_run, tmp_path, capsys):
+    """A log replaced at the same path by one with more rows than the cursor (recreated and refilled, or
+    restored from another copy) ran past the cursor's position, so positions alone read its rows after
+    it and skipped the rest silently. The cursor records the log's identity (``log.id``): a refresh
+    now refuses it, naming --from-start."""
+    import shutil
+
+    from events.log import EventLog
+
+    art = RunArtifacts(tiny_deployed_run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, items = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()[:20]]
+    t = int(log["timestamp"].max()) + 3600
+
+    def ev(i):
+        return {"event_id": f"e{i}", "user_id": user, "item_id": items[i], "timestamp": float(t + i), "type": "click"}
+
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
+        elog.append_events([ev(i) for i in range(3)])
+        first_id = elog.log_id
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "log"),
+                         "--out-dir", str(tmp_path / "r")]) == 0
+    cursor = RunArtifacts(tmp_path / "r").manifest()["artifacts"]["store"]["event_log"]
+    assert cursor["log_id"] == first_id and cursor["rowid"] == 3
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "log")
+    with EventLog(tmp_path / "log" / "events", durability="normal") as elog:  # another log: rows 1..10
+        elog.append_events([ev(i) for i in range(3, 13)])
+        assert elog.log_id != first_id
+    assert refresh_main(["--run-dir", str(tmp_path / "r"), "--events", str(tmp_path / "log")]) == 2
+    err = capsys.readouterr().err
+    assert "identity" in err and "is not the log it was taken from" in err and "--from-start" in err
+    assert refresh_main(["--run-dir", str(tmp_path / "r"), "--events", str(tmp_path / "log"), "--from-start"]) == 0
+    assert "accepted=10" in capsys.readouterr().out
+
+
 def test_refresh_from_the_log_keeps_the_items_added_online(tiny_deployed_run, tiny_prepared, tmp_path, capsys):
     """Items added online (the log's catalog records) join the run's catalog before the events are read,
     so the events on them are kept, and a rebuild of the co-occurrence tables counts them."""

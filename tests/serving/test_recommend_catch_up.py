@@ -168,3 +168,24 @@ def test_events_on_new_items_wait_while_a_redis_catalog_tail_cannot_read_or_has_
     m.catalog_tail.more = False  # caught up: the held event follows
     m._apply_new()
     assert m.online.applied == ["b-known", "a-new"] and m._pending is None and m.catalog.applied == ["r1", "r2"]
+
+
+def test_a_log_replaced_by_a_longer_one_is_read_again_from_its_start(model_module, tmp_path, monkeypatch):
+    """The served tail's cursor (the manifest's, with the log's identity) on a log replaced by a longer
+    one: its rows after the old position were read and the first ones skipped; now the identity differs,
+    and the whole new log (received after the snapshot) is read."""
+    from serving.event_log import snapshot_tail
+
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    rows = [{"event_id": f"e{i}", "user_id": "u", "item_id": "i", "timestamp": 50.0, "type": "click"} for i in range(6)]
+    with EventLog(tmp_path / "old", durability="normal") as log:
+        log.append_events(rows[:2])
+        old_id = log.log_id
+    with EventLog(tmp_path / "events", durability="normal") as log:  # the replacement, at the served path
+        log.append_events(rows)
+    m = make(model_module, [], [])
+    m.tail = snapshot_tail(tmp_path / "events", {"event_log": {"directory": str(tmp_path / "events"), "segment": 1,
+                                                                 "rowid": 2, "log_id": old_id}}, 10.0)
+    m._apply_new()
+    assert m.online.applied == [f"e{i}" for i in range(6)]  # not just e2..e5
