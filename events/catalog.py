@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from events.tail import EventTail
+from events.tail import CursorPastEnd, EventTail
 
 OPS = ("upsert_item", "upsert_user", "block", "unblock")
 ITEM_OPS = ("upsert_item", "block", "unblock")
@@ -260,7 +260,11 @@ class CatalogItems:
     def follow(self):
         """The vocabulary with every item upserted so far (a Redis tail's bounded reads: all of them)."""
         while True:
-            new = self.tail.read_new()
+            try:
+                new = self.tail.read_new()
+            except CursorPastEnd:  # the catalog log replaced under its path: read the new one whole
+                self.tail = EventTail(self.tail.directory, kind="catalog")
+                new = self.tail.read_new()
             if len(new):
                 ids = new.loc[new["op"] == "upsert_item", "entity_id"].drop_duplicates().to_numpy(dtype=object)
                 ids = ids[self.items.lookup(ids) < 0] if len(ids) else ids

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from events.schema import table
-from events.segments import SegmentConnection, has_table, list_segments, open_readonly, row_count, segment_path
+from events.segments import SegmentConnection, has_table, list_segments, log_id, open_readonly, row_count, segment_path
 from events.tail import row_columns, typed_frame
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,11 @@ class _Health:
 class _LogCursor:
     """Reads one table of a local log after (segment, rowid), a bounded number of rows at a time."""
 
-    def __init__(self, directory: Path, segment: int = 0, rowid: int = 0, kind: str = "events"):
+    def __init__(self, directory: Path, segment: int = 0, rowid: int = 0, identity: str | None = None,
+                 kind: str = "events"):
         self.directory, self.segment, self.rowid = directory, segment, rowid
         self.table = table(kind)
+        self.identity = identity  # the log's (events.segments.log_id) the position is of; None: not known yet
         # the segment read, kept; shared by the request path and the publisher's thread (never at
         # once: the publisher's lock), hence not bound to the thread that opened it
         self._segments = SegmentConnection(self.directory, any_thread=True)
@@ -162,9 +164,10 @@ class _LogCursor:
         """Up to ``limit`` rows (the table's column order) after the cursor, and the position after them.
         The cursor itself does not move (:meth:`move` once they are published)."""
         rows: list[tuple] = []
-        position = (self.segment, self.rowid)
         if not self.directory.is_dir():
-            return rows, position
+            return rows, (self.segment, self.rowid)
+        self._check_identity()
+        position = (self.segment, self.rowid)
         for n in list_segments(self.directory):
             if n < position[0] or len(rows) >= limit:
                 continue
@@ -186,10 +189,24 @@ class _LogCursor:
     def move(self, position: tuple[int, int]) -> None:
         self.segment, self.rowid = position
 
+    def _check_identity(self) -> None:
+        """A log replaced under the cursor (another identity) is published from its start: reading on
+        from the old position would skip its first rows (the stream's id keys drop what it has)."""
+        current = log_id(self.directory)
+        if current is None or current == self.identity:
+            return
+        if self.identity is not None:
+            log.warning("%s: the log was replaced (identity %s, the cursor's %s): publishing it from its start",
+                        self.directory, current, self.identity)
+            self.segment, self.rowid = 0, 0
+            self._segments.close()
+        self.identity = current
+
     def waiting(self) -> int:
         """Events in the log after the cursor (rowids are 1..n per segment: no scan)."""
         if not self.directory.is_dir():
             return 0
+        self._check_identity()
         total = 0
         for n in list_segments(self.directory):
             if n < self.segment:
@@ -244,7 +261,7 @@ class RedisPublisher:
         self.noun = f"{self.table.noun}s"  # "events" / "catalog records", for messages
         self.log_dir = Path(log_dir)
         self.cursor_path = self.log_dir / f"redis-published-{_file_safe(stream)}.json"
-        self.cursor = _LogCursor(self.log_dir, *self._load_cursor(), kind=kind)
+        self.cursor = _LogCursor(self.log_dir, *self._load_cursor(), kind=kind)  # (segment, rowid, identity)
         self.health = _Health(f"{kind} publisher", retry_s, on_change)
         self.timeout_s = timeout_s
         self.published = 0  # rows this process appended to the stream (not counting ones seen before)
@@ -338,16 +355,16 @@ class RedisPublisher:
             with suppress(Exception):
                 self._client.close()
 
-    def _load_cursor(self) -> tuple[int, int]:
+    def _load_cursor(self) -> tuple[int, int, str | None]:
         try:
             saved = json.loads(self.cursor_path.read_text())
-            return int(saved["segment"]), int(saved["rowid"])
+            return int(saved["segment"]), int(saved["rowid"]), saved.get("log_id")
         except FileNotFoundError:
-            return 0, 0  # never published from this log: from its start (ids already in Redis are skipped)
-        except (ValueError, KeyError, TypeError) as err:
+            return 0, 0, None  # never published from this log: from its start (ids already in Redis are skipped)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             log.warning("%s unreadable (%s): publishing from the start of the log; the stream skips ids it "
                         "already has", self.cursor_path, err)
-            return 0, 0
+            return 0, 0, None
 
     def _save_cursor(self, position: tuple[int, int]) -> None:
         # At most once a second (0.7 ms a write on the loaded box: more than the publish) and without
@@ -356,7 +373,8 @@ class RedisPublisher:
         # a name of this process's own: two publishers of one log (e.g. `events` with count > 1) each
         # replace the file whole, never each other's half
         tmp = self.cursor_path.with_name(f"{self.cursor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps({"segment": position[0], "rowid": position[1], "stream": self.stream}))
+        tmp.write_text(json.dumps({"segment": position[0], "rowid": position[1], "stream": self.stream,
+                                   "log_id": self.cursor.identity}))
         os.replace(tmp, self.cursor_path)
 
 

@@ -49,19 +49,27 @@ def log_id(directory: Path) -> str | None:
 
 
 def ensure_log_id(directory: Path) -> str | None:
-    """The directory's identity, drawn now when it has none (create-if-absent: two writers opening a new
-    log at once agree on the first; a reader in between sees none, which only skips a check)."""
+    """The directory's identity, drawn now when it has none. Written whole to a file of this process's
+    own, then linked into place (create-if-absent, so two writers opening a new log at once agree on the
+    first, and no reader sees a half-written id); an empty one (a writer killed mid-way before this
+    was so) is replaced."""
     current = log_id(directory)
     if current is not None:
         return current
+    path = Path(directory) / ID_NAME
+    tmp = path.with_name(f"{ID_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(uuid.uuid4().hex)
     try:
-        fd = os.open(Path(directory) / ID_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return log_id(directory)
-    try:
-        os.write(fd, uuid.uuid4().hex.encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if log_id(directory) is None:  # there, but empty
+                os.replace(tmp, path)
+        except OSError:  # a file system without hard links: replace (a race of two new writers: the last wins)
+            os.replace(tmp, path)
     finally:
-        os.close(fd)
+        with suppress(FileNotFoundError):
+            tmp.unlink()
     return log_id(directory)
 
 

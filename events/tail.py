@@ -96,6 +96,7 @@ class EventTail:
         rows = []
         listed = self._listing()
         if listed is not self._checked:  # listed again (the directory changed): whose log is it?
+            self._segments.close()  # a segment file replaced under the same name: read the new one
             self._check_identity()
             self._checked = listed
         if self.segment and listed and max(listed) < self.segment:

@@ -93,8 +93,8 @@ def _check_number(name: str, value, bounds: tuple[float, float]) -> None:
 
 def _given(value):
     """A request attribute's value; None for blank text (``age=`` on the wire): not given, numeric or
-    categorical alike (as a catalog upsert reads it; a stored value stays); other text loses its
-    surrounding spaces."""
+    categorical alike (a stored value stays); other text loses its surrounding spaces. (A catalog
+    upsert is stricter: a blank numeric value is ``bad_value`` there, a blank categorical one stored.)"""
     if isinstance(value, str):
         return value.strip() or None
     return value
@@ -123,10 +123,10 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
       the ranker;
     - for a request with neither a known user nor recent items (little for the towers to go on):
       the most popular items in ``cold_popular_share`` of the slots;
-    - ``promoted``: each request's promoted items (catalog indices: the boost rule's and the
-      request's), those not already candidates and not seen by the user, in the last slots before
-      the weakest candidates (at most half the slots), so the ranker scores them and the boost can
-      lift them (:meth:`Pipeline.promoted_rows`).
+    - ``promoted``: each request's promoted items (catalog indices that its filters admit:
+      :meth:`Pipeline.promoted_rows`), those not already candidates, in free slots or in place of the
+      towers' weakest candidates (never the co-occurrence or popular ones; at most half the slots), so
+      the ranker scores them and the boost can lift them.
     Every candidate's retrieval score is the query . item inner product, whatever its source.
     """
     n = settings.n_candidates
@@ -139,23 +139,37 @@ def retrieve_candidates(retriever: Retriever, features: CandidateFeatures, users
     if n_cooc and (~cold).any():
         extra = features.history_top(features.history_rows(users, recent, seen) if rows is None else rows, n_cooc, cache)
     popular = retriever.store.most_popular(n) if cold.any() and n_pop else None
+    merged: dict[int, np.ndarray] = {}  # request -> the items another source put among its candidates
     for b in range(len(users)):
         if cold[b] and n_pop:
-            row = _merge(items[b], popular, n_pop, n)
+            row, merged[b] = _merge(items[b], popular, n_pop, n), popular[:n_pop]
         elif n_cooc and not cold[b]:
-            row = _merge(items[b], extra[b], n_cooc, n)
+            row, merged[b] = _merge(items[b], extra[b], n_cooc, n), extra[b][extra[b] >= 0][:n_cooc]
         else:
             continue
         _set_row(retriever, items, scores, queries, b, row)
-    for b, extra in enumerate(promoted or ()):
-        if not len(extra):
-            continue
-        row = items[b][items[b] >= 0]
-        known = seen.row(b) if seen is not None and users[b] >= 0 else np.zeros(0, np.int64)
-        extra = extra[~member(extra, row) & ~member(extra, known)][: n // 2]
-        if len(extra):
-            _set_row(retriever, items, scores, queries, b, _merge(row, extra, len(extra), n))
+    for b, lifted in enumerate(promoted or ()):
+        if len(lifted):
+            _promote(retriever, items, scores, queries, b, lifted, merged.get(b), n)
     return scores, items
+
+
+def _promote(retriever: Retriever, items: np.ndarray, scores: np.ndarray, queries: np.ndarray, b: int,
+             lifted: np.ndarray, merged: np.ndarray | None, n: int) -> None:
+    """Request ``b``'s promoted items join its candidates: in free slots, then in place of the towers'
+    weakest candidates (the last of the towers' order; ``merged``, the other sources' items, stay), at
+    most n // 2 of them, in their order (the request's own first)."""
+    row = items[b][items[b] >= 0]
+    lifted = lifted[~member(lifted, row)][: n // 2]
+    free = n - len(row)
+    if not len(lifted):
+        return
+    towers = np.flatnonzero(~member(row, merged)) if merged is not None else np.arange(len(row))
+    lifted = lifted[: free + len(towers)]
+    drop = len(lifted) - free
+    if drop > 0:
+        row = np.delete(row, towers[len(towers) - drop:])
+    _set_row(retriever, items, scores, queries, b, np.concatenate([row, lifted]))
 
 
 def _set_row(retriever: Retriever, items: np.ndarray, scores: np.ndarray, queries: np.ndarray, b: int,
@@ -254,16 +268,29 @@ class Pipeline:
         items, scores, contrib, _ = self._rank(users, timestamps, recent, attributes, ranker, on_stage, explain=True)
         return items, scores, contrib
 
-    def promoted_rows(self, n: int, requests: list[Request] | None = None) -> list[np.ndarray] | None:
-        """Each of ``n`` requests' promoted catalog items (the boost rules' ``ids`` and the request's
-        ``promoted``), for the candidates; None when no boost rule lifts anything or nothing is promoted."""
+    def promoted_rows(self, users: np.ndarray, recent: np.ndarray | None = None, timestamps=None,
+                      requests: list[Request] | None = None) -> list[np.ndarray] | None:
+        """Each request's promoted catalog items for the candidates: the request's ``promoted``, then the
+        boost rules' ``ids``, each once, those its filters admit (the request's and the configured ones:
+        an item the rules will drop must not join the list, whose statistics every candidate's features
+        are scaled by); None when no boost rule lifts anything or nothing is promoted."""
         if self._boost_ids is None:
             return None
-        configured = self.catalog.item_indices(self._boost_ids)  # now: an id may have been added online
-        asked = [r.promoted for r in requests] if requests is not None else [()] * n
-        if not len(configured) and not any(asked):
+        asked = [r.promoted for r in requests] if requests is not None else [()] * len(users)
+        if not self._boost_ids and not any(asked):
             return None
-        return [np.union1d(configured, self.catalog.item_indices(a)) if len(a) else configured for a in asked]
+        configured = self.catalog.item_indices(self._boost_ids)  # now: an id may have been added online
+        out = []
+        for b, own in enumerate(asked):
+            ids = np.concatenate([self.catalog.item_indices(own), configured]) if len(own) else configured
+            if len(ids):
+                ids = ids[np.sort(np.unique(ids, return_index=True)[1])]  # each once, the request's first
+                ctx = self._context(int(users[b]), requests[b] if requests is not None else None,
+                                    recent[b] if recent is not None else None,
+                                    timestamps[b] if timestamps is not None else None)
+                ids = self.rules.admissible(ids, self.catalog, ctx)
+            out.append(ids)
+        return out
 
     def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool,
               promoted: list[np.ndarray] | None = None):
@@ -285,7 +312,7 @@ class Pipeline:
         rows = seen if recent is None else self.features.history_rows(users, recent, seen)
         cache: dict = {}  # products of ``rows`` computed once for both steps
         if promoted is None:
-            promoted = self.promoted_rows(len(users))
+            promoted = self.promoted_rows(users, recent, timestamps)
         r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
                                      self.settings, recent, rows, seen, cache, promoted)
         x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
@@ -321,6 +348,18 @@ class Pipeline:
         place; -1 for a backfilled item, which the ranker did not score)."""
         placed = np.flatnonzero(items >= 0)
         items, scores = items[placed], scores[placed]
+        ctx = self._context(user, request, recent, timestamp)
+        out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
+        where = np.full(len(out), -1, dtype=np.int64)
+        if len(out) and len(items):
+            last = len(items) - 1 - np.argmax((items[None, :] == out[:, None])[:, ::-1], axis=1)
+            ranked = np.asarray([not r.startswith("backfill") for r in reasons], dtype=bool)
+            where[ranked] = placed[last[ranked]]
+        return out, out_scores, reasons, where
+
+    def _context(self, user: int, request: Request | None, recent: np.ndarray | None,
+                 timestamp: float | None) -> RequestContext:
+        """What the rules know of one request (``timestamp``: its time, Unix s; now when None)."""
         seen = self.store.seen_items(user)
         if recent is not None:
             seen = np.union1d(seen, recent[recent >= 0])
@@ -331,14 +370,7 @@ class Pipeline:
             exclude_categories=request.exclude_categories, segment=request.segment,
             recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
             promoted=request.promoted)
-        ctx = RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now, **asked)
-        out, out_scores, reasons = self.rules.apply(items, scores, self.catalog, ctx, k)
-        where = np.full(len(out), -1, dtype=np.int64)
-        if len(out) and len(items):
-            last = len(items) - 1 - np.argmax((items[None, :] == out[:, None])[:, ::-1], axis=1)
-            ranked = np.asarray([not r.startswith("backfill") for r in reasons], dtype=bool)
-            where[ranked] = placed[last[ranked]]
-        return out, out_scores, reasons, where
+        return RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now, **asked)
 
     @staticmethod
     def _explain(explainer: Callable, rows: np.ndarray) -> np.ndarray:
@@ -373,7 +405,7 @@ class Pipeline:
         except ValueError as e:
             raise RequestError(str(e)) from e
         items, scores, contrib, explainer = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False,
-                                                       promoted=self.promoted_rows(len(requests), requests))
+                                                       promoted=self.promoted_rows(users, recent, ts, requests))
         rules_start = time.perf_counter()
         answers = []
         for b, r in enumerate(requests):

@@ -221,6 +221,15 @@ class RuleSet:
                 log.warning("rule '%s' in %s names %d item id(s) not in the catalog: %s", r.name, self.where,
                             len(unknown), unknown[:10])
 
+    def admissible(self, items: np.ndarray, catalog: R.ItemCatalog, ctx: R.RequestContext) -> np.ndarray:
+        """``items`` that the request's filters and the configured filters keep, in their order (no caps,
+        no reordering): e.g. promoted items, before they join the candidates."""
+        items, scores = R.request_filter(np.asarray(items, np.int64), np.zeros(len(items), np.float32), catalog, ctx)
+        for r in self.rules:
+            if r.role == "filter":
+                items, scores = r(items, scores, catalog, ctx)
+        return items
+
     def make_tracker(self, n_items: int) -> R.ExposureTracker | None:
         """An exposure tracker with the configured window; None when no exposure_cap is configured."""
         cap = next((r for r in self.rules if r.name == "exposure_cap"), None)

@@ -332,3 +332,26 @@ def test_a_tail_from_the_streams_start_counts_what_was_trimmed_before_it_started
     tail.read_new()  # caught up: the check counts
     assert tail.missed == 1000 - len(got) > 0
     tail.close()
+
+
+def test_a_publisher_whose_log_is_replaced_publishes_the_new_one_from_its_start(tmp_path, redis_server):
+    """The publisher's cursor records the log's identity: a log replaced under a running publisher, or
+    under its saved cursor file, is published from its start (reading on from the old position skipped
+    its first rows; the stream's id keys drop what it already has)."""
+    import shutil
+
+    with EventLog(tmp_path / "log", durability="normal") as local:
+        local.append_events(events(0, 5))
+    publisher = RedisPublisher(redis_server.url, tmp_path / "log")
+    assert publisher.flush() == 5
+    publisher.close()  # saves (1, 5, identity)
+    saved = (tmp_path / "log" / "redis-published-recsys__events_.json").read_text()
+    shutil.rmtree(tmp_path / "log")
+    with EventLog(tmp_path / "log", durability="normal") as local:  # another log, longer than the cursor
+        local.append_events(events(100, 108, prefix="n"))
+    (tmp_path / "log" / "redis-published-recsys__events_.json").write_text(saved)  # restored with a stale cursor
+    again = RedisPublisher(redis_server.url, tmp_path / "log")
+    assert again.backlog == 8 and again.flush() == 8
+    ids = drain(RedisTail(redis_server.url))["event_id"].tolist()
+    assert ids == [f"e{i}" for i in range(5)] + [f"n{i}" for i in range(100, 108)]
+    again.close()

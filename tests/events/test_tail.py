@@ -147,3 +147,32 @@ def test_a_log_has_one_identity_and_a_tail_tells_a_replacement_apart(tmp_path):
     assert EventTail(tmp_path / "log", after=(1, 5), log_id="whatever").read_new()["event_id"].tolist() == ["e7", "e8"]
     with EventLog(tmp_path / "log", durability="normal") as d:
         assert d.log_id == log_id(tmp_path / "log") is not None
+
+
+def test_an_empty_identity_is_repaired_and_the_catalog_vocabulary_survives_a_replaced_log(tmp_path):
+    """An empty ``log.id`` (a writer killed between creating and writing it) is replaced by the next
+    writer; the events / catalog models' vocabulary (CatalogItems) reads a catalog log replaced under it
+    whole again instead of failing every request."""
+    import shutil
+
+    from events.catalog import CatalogItems
+    from events.segments import ID_NAME, log_id
+    from features.vocab import IdVocab
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ID_NAME).write_text("")
+    with EventLog(tmp_path / "empty", durability="normal") as log:
+        assert log.log_id is not None and log.log_id == log_id(tmp_path / "empty")
+
+    def upsert(i):
+        return {"record_id": f"r{i}", "op": "upsert_item", "entity_id": f"new{i}", "attributes": {}, "timestamp": 1.0}
+
+    with EventLog(tmp_path / "catalog", durability="normal") as log:
+        log.append_catalog([upsert(0)])
+    items = CatalogItems(IdVocab(["a"]), tmp_path / "catalog")
+    assert items.follow().lookup(["new0"])[0] >= 0
+    shutil.rmtree(tmp_path / "catalog")
+    with EventLog(tmp_path / "catalog", durability="normal") as log:
+        log.append_catalog([upsert(i) for i in range(1, 5)])
+    assert (items.follow().lookup([f"new{i}" for i in range(5)]) >= 0).all()
+    items.close()

@@ -125,5 +125,39 @@ def test_a_promoted_item_outside_the_candidates_is_scored_and_lifted(tiny_run):
     assert campaign.recommend([Request(user, 10, t)])[0].item_ids[0] == far
     # no boost rule: a promoted item is not added
     bare = pipe.variant(rules=RuleSet.from_config({"k": 10, "rules": [{"name": "exclude_seen"}]}, where="test"))
-    assert bare.promoted_rows(1, [Request(user, 10, t, promoted=[far])]) is None
+    assert bare.promoted_rows(np.array([u]), requests=[Request(user, 10, t, promoted=[far])]) is None
     assert far not in bare.recommend([Request(user, 10, t, promoted=[far])])[0].item_ids
+
+
+def test_promoted_items_take_the_towers_weakest_slots_and_only_when_the_filters_admit_them(tiny_run):
+    """Found in review: promoted items replaced the co-occurrence candidates (the row's tail), an item
+    the request excludes still joined the list (and moved every other score: the ranker's list
+    statistics), a configured id twice took two slots, and configured ids crowded out the request's own."""
+    from ranking.rule_config import RuleSet
+
+    pipe = load_pipeline(tiny_run)
+    n = pipe.settings.n_candidates
+    u, t = 3, int(pipe.store.last_ts.max()) + 60
+    user, users, ts = str(pipe.store.users.ids[u]), np.array([u]), np.array([t])
+    base = pipe.rank(users, ts)[0][0]
+    seen = set(pipe.store.seen_items(u).tolist())
+    outside = [i for i in range(len(pipe.store.items)) if i not in set(base.tolist()) and i not in seen]
+    ids = [str(pipe.store.items.ids[i]) for i in outside]
+    cooc = pipe.features.history_top(pipe.features.history_rows(users), int(n * pipe.settings.cooc_share))[0]
+    many = outside[: n // 4]
+    items = pipe._rank(users, ts, None, None, None, None, True, promoted=[np.array(many)])[0][0]
+    assert set(many) <= set(items.tolist()) and set(cooc[cooc >= 0].tolist()) <= set(items.tolist())
+    assert (items >= 0).sum() == (base >= 0).sum()
+    # an excluded (or blocked, or seen) promoted item does not join: the answer is the plain one, scores too
+    plain = pipe.recommend([Request(user, 10, t)])[0]
+    excluded = pipe.recommend([Request(user, 10, t, promoted=[ids[0]], exclude_items=[ids[0]])])[0]
+    assert (excluded.item_ids, excluded.scores) == (plain.item_ids, plain.scores)
+    # each once, the request's own first, then the configured ones
+    assert len(ids) > n // 2 + 10
+    rules = [{"name": "exclude_seen"}, {"name": "boost", "ids": [ids[5], ids[5]] + ids[6: 6 + n // 2], "amount": 1.0,
+                                                          "max_boost": 1.0}]
+    campaign = pipe.variant(rules=RuleSet.from_config({"k": 10, "rules": rules}, where="test"))
+    rows = campaign.promoted_rows(users, None, ts, [Request(user, 10, t, promoted=[ids[-1]])])[0]
+    assert rows[0] == outside[-1] and (rows == outside[5]).sum() == 1 and len(rows) == n // 2 + 2
+    items = campaign._rank(users, ts, None, None, None, None, True, promoted=[rows])[0][0]
+    assert outside[-1] in items.tolist()  # not crowded out by the configured ones
