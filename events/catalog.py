@@ -120,7 +120,7 @@ def _value(v, kind: str, sep: str, bounds: tuple[float, float] | None = None) ->
 
 
 def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, schema: dict[str, dict[str, tuple]],
-                  known_items, now: float) -> tuple[list[dict], list[str]]:
+                  known_items, now: float, details: list[str] | None = None) -> tuple[list[dict], list[str]]:
     """Check a batch of catalog records.
 
     Args:
@@ -134,6 +134,8 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         known_items: the catalog's item vocabulary (``lookup(ids) -> indices``, -1 unknown): a block
             or unblock must name an item of the catalog or one upserted earlier in the batch.
         now: the server's clock (Unix s), the records' ``timestamp``.
+        details: when given, filled with one text per record saying what was wrong ("" when accepted):
+            the attribute and the names known, the value and what is accepted, ...
 
     Returns:
         The accepted records, ready for ``EventLog.append_catalog`` (with a fresh ``record_id`` and
@@ -162,7 +164,7 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         except _Undecodable:
             undecodable.add(j)
         entity = ids_text[j]
-        reason, values = None, {}
+        reason, values, detail = None, {}, ""
         if j in undecodable:
             reason = "bad_encoding"
         elif op not in OPS:
@@ -186,11 +188,16 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
             for name, v in attrs.items():
                 if name not in columns:
                     reason = "unknown_attribute"
+                    detail = (f"{name!r} is not an attribute of {'items' if op == 'upsert_item' else 'users'}; "
+                              f"known: {', '.join(sorted(columns))}")
                     break
                 values[name], reason = _value(v, *columns[name])
                 if reason:
+                    detail = _value_detail(name, v, reason, *columns[name])
                     break
         status.append(reason or "ok")
+        if details is not None:
+            details.append(detail or (_DETAILS.get(reason, "").format(op=op, entity=entity) if reason else ""))
         if reason:
             continue
         seen.add((op, entity))
@@ -199,6 +206,30 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         accepted.append({"record_id": uuid.uuid4().hex, "op": op, "entity_id": entity, "attributes": values,
                          "timestamp": float(now), "position": j})
     return accepted, status
+
+
+_DETAILS = {  # what each record-level reason means (the attribute ones are said per value)
+    "bad_encoding": "an id, op or attribute is not UTF-8 text",
+    "missing_id": "no id",
+    "id_too_long": f"the id is longer than {MAX_ID_LENGTH} characters",
+    "unknown_op": f"op {{op!r}}; known: {', '.join(OPS)}",
+    "malformed_attributes": "attributes must be a JSON object of name -> value",
+    "too_many_attributes": f"more than {MAX_ATTRIBUTES} attributes",
+    "unexpected_attributes": "{op} takes no attributes",
+    "unknown_item": "{entity!r} is not in the catalog (upsert it first, in this batch or before)",
+    "duplicate_in_batch": "the same op on {entity!r} earlier in this batch (send one record per id)",
+}
+
+
+def _value_detail(name: str, v, reason: str, kind: str, sep: str, bounds: tuple[float, float] | None = None) -> str:
+    """What was wrong with one attribute value, and what the column accepts."""
+    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    if reason == "value_too_long":
+        return f"{name}: {len(str(v))} characters; at most {MAX_VALUE_LENGTH}"
+    if kind == NUMERIC:
+        within = f" in [{bounds[0]:g}, {bounds[1]:g}]" if bounds is not None and all(map(math.isfinite, bounds)) else ""
+        return f"{name}={shown}: a finite number{within} (or null: missing)"
+    return f"{name}={shown}: text{' or a list of texts' if sep else ''}"
 
 
 @dataclass

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             failed.append(url)
             continue
-        rejected = report_statuses(status, "records", ("ok",), lambda i: rows[i])
+        rejected = report_statuses(status, "records", ("ok",), lambda i: rows[i], client.last_details)
         if rejected and args.fail_on_rejected:
             code = 1
     if failed:

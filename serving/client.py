@@ -182,6 +182,8 @@ class RecommendClient:
         # `answer` alone: the whole answer in one response tensor (serving/protocol.py); the named
         # outputs when the server predates it (decided on the first answer, see `infer`)
         self._outputs = [grpcclient.InferRequestedOutput(ANSWER)]
+        self._catalog_outputs = list(CATALOG_OUTPUTS)  # status and detail; status alone for an older server
+        self.last_details: list[str] = []  # per record of the last catalog call: "" or what was wrong
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
                   include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
@@ -250,7 +252,8 @@ class RecommendClient:
         Returns:
             ``"ok"`` per item (logged; every ``recommend`` instance embeds it with the item tower and
             can serve it from its next answer) or the rejection reason (``unknown_attribute``,
-            ``bad_value``, ...; see events/catalog.py).
+            ``bad_value``, ...; see events/catalog.py); :attr:`last_details` then says, per record,
+            what was wrong (the attribute and the names known, the value and what is accepted).
         """
         rows = _records(items, "item_id")
         return self._catalog(["upsert_item"] * len(rows), [r.pop("item_id") for r in rows], rows, batch_size)
@@ -273,12 +276,24 @@ class RecommendClient:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         tensors = encode_catalog(ops, ids, attributes)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in CATALOG_OUTPUTS]
         statuses: list[str] = []
+        self.last_details = details = []
         for start in range(0, len(ops), batch_size):
             part = {name: array[start : start + batch_size] for name, array in tensors.items()}
-            result = self._call(CATALOG_MODEL, _inputs(part), outputs)
-            statuses += [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("status").ravel()]
+            try:
+                result = self._call(CATALOG_MODEL, _inputs(part),
+                                    [grpcclient.InferRequestedOutput(n) for n in self._catalog_outputs])
+            except InferenceServerException as err:  # a server without the detail output: the status alone
+                if len(self._catalog_outputs) == 1 or not (err.message() or "").strip().startswith(
+                        "unexpected inference output 'detail'"):
+                    raise
+                self._catalog_outputs = ["status"]
+                result = self._call(CATALOG_MODEL, _inputs(part), [grpcclient.InferRequestedOutput("status")])
+            got = [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("status").ravel()]
+            statuses += got
+            more = result.as_numpy("detail") if "detail" in self._catalog_outputs else None
+            details += ([v.decode() if isinstance(v, bytes) else str(v) for v in more.ravel()] if more is not None
+                        else [""] * len(got))
         return statuses
 
     def infer(self, tensors: dict, user_id: str = "") -> Recommendations:

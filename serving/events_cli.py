@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if rejected and args.fail_on_rejected else 0
 
 
-def report_statuses(status: list[str], noun: str, accepted: tuple[str, ...], row) -> int:
+def report_statuses(status: list[str], noun: str, accepted: tuple[str, ...], row, details: list[str] | None = None) -> int:
     """Print the count of each status and the first rejected rows (``row(i)``: how to show row i, 0-based;
-    printed from 1, the first data row, as a spreadsheet counts them without the header); returns how many
-    were rejected (a status not in ``accepted``)."""
+    printed from 1, the first data row, as a spreadsheet counts them without the header; ``details``: per
+    row what was wrong, when the server says); returns how many were rejected (a status not in ``accepted``)."""
     counts = Counter(status)
     print(f"{len(status)} {noun}: " + ", ".join(f"{k}={v}" for k, v in counts.most_common()))
     rejected = [(i, s) for i, s in enumerate(status) if s not in accepted]
@@ -72,7 +72,8 @@ def report_statuses(status: list[str], noun: str, accepted: tuple[str, ...], row
         if isinstance(shown, dict):  # a 1,500-character value would flood the report
             shown = {k: (v[:60] + f"... ({len(v)} characters)" if isinstance(v, str) and len(v) > 80 else v)
                      for k, v in shown.items()}
-        print(f"  row {i + 1}: {s}: {shown}")
+        why = f" ({details[i]})" if details is not None and i < len(details) and details[i] else ""
+        print(f"  row {i + 1}: {s}{why}: {shown}")
     if len(rejected) > 10:
         print(f"  ... {len(rejected) - 10} more rejected rows")
     return len(rejected)

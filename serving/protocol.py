@@ -81,7 +81,8 @@ CATALOG_INPUTS = {
     "id": (np.object_, "BYTES", (-1,), False),  # the item id (item ops) or the user id (upsert_user)
     "attributes": (np.object_, "BYTES", (-1,), True),  # per record a JSON object name -> value ("" or {}: none)
 }
-CATALOG_OUTPUTS = {"status": (np.object_, "BYTES", (-1,))}  # ok | the rejection reason
+CATALOG_OUTPUTS = {"status": (np.object_, "BYTES", (-1,)),  # ok | the rejection reason
+                   "detail": (np.object_, "BYTES", (-1,))}  # "" | what was wrong (sent only when asked for)
 
 
 @dataclass

@@ -12,14 +12,17 @@ import numpy as np
 
 def answer_each(pb_utils, requests: list, answer: Callable[[object], np.ndarray], name: str,
                 output: str = "status", failed: Callable[[str], None] | None = None) -> list:
-    """``answer(request)`` -> the ``output`` tensor of its response; ``ValueError`` is the client's
+    """``answer(request)`` -> the ``output`` tensor of its response (or a dict of named output tensors);
+    ``ValueError`` is the client's
     mistake (INVALID_ARGUMENT, its message prefixed with ``name``), any other exception ours.
     ``failed(code)`` is called once per request answered with an error (``invalid_argument`` or
     ``internal``): Triton counts a python model's error responses as successes, so the model counts them."""
     responses = []
     for request in requests:
         try:
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(output, answer(request))]))
+            out = answer(request)
+            named = out if isinstance(out, dict) else {output: out}
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in named.items()]))
         except ValueError as err:
             if failed is not None:
                 failed("invalid_argument")

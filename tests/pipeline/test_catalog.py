@@ -206,6 +206,14 @@ def test_bad_records_each_get_their_reason(live):
                       "ok", "ok", "unknown_attribute", "too_many_attributes",
                       "bad_encoding", "bad_encoding", "bad_encoding", "bad_encoding", "bad_value", "bad_value"]
     assert set(status) - {"ok"} == set(REASONS)
+    # and what was wrong with each record: every rejected one says, no accepted one does
+    details = []
+    assert check_catalog(ops, ids, attrs, schema, pipe.store.items, 1.7e9, details)[1] == status
+    assert [bool(d) for d in details] == [s != "ok" for s in status]
+    assert details[5].startswith("'colour' is not an attribute of items; known: ") and "price" in details[5]
+    assert details[13].startswith("'genres' is not an attribute of users; known: ")
+    assert details[6].startswith("price='cheap': a finite number") and details[3].startswith("op 'delete'; known: ")
+    assert "never-seen" in details[9] and details[7] == "title: 1001 characters; at most 1000"
     # a log1p column takes any finite number (its log is clipped to the widened training range)
     assert check_catalog(["upsert_item"], ["p"], ['{"price": 1e308}'], schema, pipe.store.items, 1.7e9)[1] == ["ok"]
     assert [r["position"] for r in accepted] == [0, 11, 12]

@@ -216,6 +216,34 @@ def test_client_falls_back_to_the_named_outputs_only_on_tritons_own_message(monk
         assert sum(client.rejections.values()) == 2  # the probe is not a rejection; the real error is
 
 
+def test_catalog_client_asks_for_the_status_alone_from_a_server_without_details(monkeypatch):
+    """A server whose catalog model predates the ``detail`` output: Triton's own "unexpected inference
+    output 'detail'" switches the client to the status alone (details ""), once; any other error stands."""
+    import numpy as np
+
+    sent = []
+
+    class Result:
+        def as_numpy(self, name):
+            return np.array([b"ok"], dtype=object) if name == "status" else None
+
+    def infer(model, inputs, outputs=None, client_timeout=None):
+        sent.append([o.name() for o in outputs])
+        if reply:
+            raise InferenceServerException(reply.pop(0), status="StatusCode.INVALID_ARGUMENT")
+        return Result()
+
+    with RecommendClient("127.0.0.1:1", retries=0) as client:
+        monkeypatch.setattr(client._client, "infer", infer)
+        reply = ["catalog: 2 records in one request ..."]
+        with pytest.raises(InferenceServerException, match="records in one request"):
+            client.block(["i1"])
+        reply = ["unexpected inference output 'detail' for model 'catalog'"]
+        assert client.block(["i1"]) == ["ok"] and client.last_details == [""]
+        assert client.block(["i2"]) == ["ok"]
+        assert sent == [["status", "detail"], ["status", "detail"], ["status"], ["status"]]
+
+
 def test_client_backoff_doubles_up_to_its_cap(monkeypatch):
     from serving import client as client_module
     from serving.triton_server import free_ports

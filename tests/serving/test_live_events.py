@@ -242,6 +242,10 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
                                     {"item_id": "x3", "quality": 1e308},  # absurd: once an inf embedding
                                     {"item_id": "launch-2", "genres": "no-such-genre", "price": 3}]) == [
             "unknown_attribute", "bad_value", "bad_value", "ok"]
+        # and what was wrong with each, over the wire (the `detail` output)
+        assert client.last_details[0].startswith("'colour' is not an attribute of items; known: ")
+        assert "price" in client.last_details[0] and client.last_details[3] == ""
+        assert client.last_details[1].startswith("price='cheap': a finite number")
         assert set(client.recommend("cold-visitor", 5, t, include_categories=[unknown]).item_ids) == {"launch-1", "launch-2"}
         # stored user attributes: an unknown user's answer equals the same request with them given
         segment = store.features.encoders["user"]["segment"].state["vocab"][0]
@@ -260,7 +264,8 @@ def test_an_item_upserted_online_is_recommended_blocked_and_takes_events(served,
                   {"item_id": "0078", "price": "free"}]).to_csv(csv, index=False)
     assert main(["upsert-items", str(csv), "--url", server.grpc_url]) == 0
     out = capsys.readouterr().out
-    assert "2 records: " in out and "ok=1" in out and "bad_value=1" in out and "row 2: bad_value" in out
+    assert "2 records: " in out and "ok=1" in out and "bad_value=1" in out
+    assert "row 2: bad_value (price='free': a finite number" in out  # the command says why
     assert main(["block", "0077", "--url", server.grpc_url, "--fail-on-rejected"]) == 0
     assert main(["unblock", "nope", "--url", server.grpc_url, "--fail-on-rejected"]) == 1
     assert "unknown_item=1" in capsys.readouterr().out

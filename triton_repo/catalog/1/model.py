@@ -93,7 +93,7 @@ class TritonPythonModel:
         self.bus_metrics.show()
         self.bus.start(on_tick=self.bus_metrics.show)  # the metrics follow Redis with no traffic too
 
-    def _answer(self, request) -> np.ndarray:
+    def _answer(self, request) -> dict[str, np.ndarray]:
         table = {}
         for name in CATALOG_INPUTS:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -102,8 +102,9 @@ class TritonPythonModel:
         n = len(table["op"])
         if n > self.max_records:
             raise ValueError(f"{n} records in one request; send at most {self.max_records} (the client splits batches)")
+        details: list[str] = []
         accepted, status = check_catalog(table["op"], table["id"], table.get("attributes"), self.schema,
-                                         self.items.follow(), time.time())
+                                         self.items.follow(), time.time(), details)
         if accepted:
             for row in accepted:
                 row.pop("position")
@@ -118,7 +119,10 @@ class TritonPythonModel:
         # one increment per (op, outcome), not per record: every metric call is a round trip
         for (op, outcome), k in Counter((op if op in OPS else "other", s) for op, s in zip(ops, status)).items():
             self.counts[(op, outcome)].increment(k)
-        return np.array([s.encode() for s in status], dtype=np.object_)
+        out = {"status": np.array([s.encode() for s in status], dtype=np.object_)}
+        if "detail" in request.requested_output_names():  # older clients ask for the status alone
+            out["detail"] = np.array([d.encode() for d in details], dtype=np.object_)
+        return out
 
     def execute(self, requests: list) -> list:
         return answer_each(pb_utils, requests, self._answer, "catalog",
