@@ -180,6 +180,14 @@ class RunArtifacts:
                                 "written_at_unix": time.time(), "saw": saw, **info}
         self._write_manifest(m)
 
+    def forget(self, name: str) -> None:
+        """Take ``name`` out of the run (its manifest entry, then its file): e.g. a student distilled for
+        towers that were replaced, which must not be exported with the new ones."""
+        m = self.manifest()
+        if m.get("artifacts", {}).pop(name, None) is not None:
+            self._write_manifest(m)
+        self.path(name).unlink(missing_ok=True)
+
     def note(self, key: str, value) -> None:
         """Add a run-level fact to the manifest (e.g. where the run was exported)."""
         m = self.manifest()

@@ -7,7 +7,10 @@ first-seen times, co-occurrence / EASE over all interactions. This stage rebuild
 (:func:`pipeline.refresh.build_served_state`) over train+valid+test and overwrites the run's
 ``store``, ``ranker_features`` and ``interactions`` artifacts; the manifest records that they saw
 all data while the towers and the ranker keep what they were trained on (the towers on train, the
-ranker on the validation window: retraining them on everything is not done here, see README).
+ranker on the validation window), unless ``deploy.retrain_towers``: then the towers are trained
+again on train+valid for the epoch count chosen on valid, the ranker on the test window's lists
+from them (the newest window the towers never saw), the student distilled again from it, and the
+served index and embeddings are theirs (:func:`retrain_towers`).
 """
 
 from __future__ import annotations
@@ -18,14 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.report import add_section
-from features.prepare import Prepared
+from features.prepare import Prepared, history_frame
+from features.store import FeatureStore
 from pipeline.artifacts import RunArtifacts, data_seen
 from pipeline.refresh import build_served_state, save_served_state
+from ranking.distill import DistillGateError, distill
 from ranking.model import build_ranker
 from ranking.trainer import fit_ranker
+from retrieval.index import build_index, save_index
+from retrieval.retriever import Retriever
+from retrieval.towers import item_embeddings
+from retrieval.trainer import fit_two_tower
 from stages.ranking import RankingResult, training_lists
 from stages.retrieval import RetrievalResult
 
@@ -68,11 +78,79 @@ def retrain_ranker(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     return stats
 
 
+def retrain_towers(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, ranking: RankingResult,
+                   out_dir: Path, logger, progress: bool) -> tuple[np.ndarray, dict]:
+    """The towers trained again on train+valid (the epoch count chosen on valid), the ranker on the test
+    window's lists from them, the student distilled again from that ranker; all written as the run's.
+
+    Leakage-free as the ranking stage: the new towers never saw the test window, whose lists the ranker
+    learns from, with the history known before it. A student that fails its gate is taken out of the
+    run (the old one was distilled for the old towers: its inputs no longer mean the same).
+    Returns the new item embeddings (the served index's) and the stats for the report.
+    """
+    art = RunArtifacts(out_dir)
+    epochs = int(retrieval.stats["best_epochs"])
+    towers, tower_stats = fit_two_tower(data, cfg.retrieval, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
+                                        progress, refit_epochs=epochs)
+    towers.eval()
+    emb = item_embeddings(towers, data.item_table)
+    index_cfg = instantiate(cfg.index)
+    index = build_index(emb, index_cfg, cfg.seed)
+    store = FeatureStore.build(data, history_frame(data, "test"), cfg.retrieval.history_len)
+    result = RetrievalResult(towers, {"test": Retriever(towers.user_tower, index, store, emb)}, tower_stats)
+    inputs, labels, valid, groups, weights = training_lists(data, result, cfg, ranking.ease_content, part="test")
+    torch.manual_seed(cfg.seed)
+    ranker = build_ranker(data.features, emb.shape[1], **cfg.ranking.model)
+    stats = fit_ranker(ranker, inputs, labels, valid, cfg.ranking, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
+                       progress, groups, weights)
+    ranker.eval()
+    seen_towers = data_seen(pd.concat([data.split.train, data.split.valid], ignore_index=True))
+    with art.writing("two_tower", saw=seen_towers, retrained_at_deploy=True) as path:
+        torch.save({"state_dict": towers.state_dict(), "model_cfg": OmegaConf.to_container(cfg.retrieval.model, resolve=True),
+                    "history_len": cfg.retrieval.history_len}, path)
+    with art.writing("item_embeddings", saw=seen_towers, retrained_at_deploy=True) as path:
+        np.save(path, emb)
+    with art.writing("index", saw=seen_towers, factory=index_cfg.factory, retrained_at_deploy=True) as path:
+        save_index(index, index_cfg, path)
+    with art.writing("ranker", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
+        torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(cfg.ranking.model, resolve=True),
+                    "tower_dim": emb.shape[1]}, path)
+    out = {"tower_epochs": epochs, "tower_seconds": tower_stats["fit_seconds"], **stats}
+    if art.has("ranker_student"):
+        torch.manual_seed(cfg.seed)
+        student = build_ranker(data.features, emb.shape[1], **OmegaConf.to_container(cfg.distill.model, resolve=True))
+        try:
+            kept = distill(ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
+                           out_dir / "deploy", cfg.seed, progress, groups)
+        except DistillGateError as err:
+            log.warning("deploy: the student distilled for the retrained towers failed its gate (%s); the run "
+                        "serves no student", err)
+            art.forget("ranker_student")
+            out["student"] = f"failed its gate: {err}"
+        else:
+            with art.writing("ranker_student", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
+                torch.save({"state_dict": student.state_dict(),
+                            "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
+                            "tower_dim": emb.shape[1]}, path)
+            out["student"] = f"distilled again ({kept['retained']:.1%} of the ranker's held-out NDCG@10)"
+    return emb, out
+
+
 def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, ranking: RankingResult, out_dir: Path,
                logger, progress: bool) -> None:
     """Overwrite the run's served state with one built from all interactions (and, with
-    ``deploy.retrain_ranker``, the ranker with one trained on the latest windows too)."""
-    if cfg.deploy.retrain_ranker and data.test.nnz:
+    ``deploy.retrain_ranker``, the ranker with one trained on the latest windows too; with
+    ``deploy.retrain_towers``, the towers, the ranker and the student: :func:`retrain_towers`)."""
+    embeddings = ranking.pipeline.retriever.item_embeddings
+    if cfg.deploy.get("retrain_towers") and data.test.nnz:
+        embeddings, stats = retrain_towers(data, cfg, retrieval, ranking, out_dir, logger, progress)
+        add_section(out_dir, "Deployed models", (
+            f"Towers trained again on train+valid ({stats['tower_epochs']} epochs, the count chosen on valid; "
+            f"{stats['tower_seconds']:.0f} s); ranker on {stats['train_lists']} lists of the test window from them "
+            f"(held-out list NDCG@10 {stats['best_val_ndcg@10']:.4f}, prior alone {stats['prior_val_ndcg@10']:.4f}, "
+            f"residual weight per route {stats['route_scale']}); student: {stats.get('student', 'none in this run')}. "
+            "The in-split metrics above are those of the train-only towers and the validation-window ranker."))
+    elif cfg.deploy.retrain_ranker and data.test.nnz:
         stats = retrain_ranker(data, cfg, retrieval, ranking, out_dir, logger, progress)
         add_section(out_dir, "Deployed ranker", (
             f"Retrained on {stats['train_lists']} lists of the validation and test windows (held-out list NDCG@10 "
@@ -83,7 +161,7 @@ def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, rank
             + "); the in-split metrics above are those of the validation-window ranker."))
     history = all_interactions(data)
     retriever = ranking.pipeline.retriever
-    store, features = build_served_state(data, history, retriever.item_embeddings,
+    store, features = build_served_state(data, history, embeddings,
                                          OmegaConf.to_container(cfg.ranking, resolve=True), retriever.store.history_len,
                                          ranking.ease_content)
     # The log position the merged events reached (train.py events=): recommend tails the log from there.
@@ -102,6 +180,7 @@ def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, rank
         f"{saw['last_timestamp']}), not only train+valid: {with_history:,} of {len(store.users):,} users have a "
         f"history ({paths['users_attribute_path']:,} users of the users table with none take the attribute path), "
         f"{int((store.popularity > 0).sum()):,} of {len(store.items):,} items were seen ({paths['items_content_only']:,} "
-        "never interacted with are in the index through their content embedding). Models are "
-        "unchanged (towers trained on train, ranker on the validation window); the metrics above are the "
-        "in-split diagnostics."))
+        "never interacted with are in the index through their content embedding). "
+        + ("Towers, ranker and student retrained (section Deployed models)" if cfg.deploy.get("retrain_towers")
+           and data.test.nnz else "Towers unchanged (trained on train)")
+        + "; the metrics above are the in-split diagnostics."))
