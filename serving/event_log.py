@@ -155,3 +155,36 @@ class PublisherMetrics:
             if now[2] != self.shown[2]:
                 self.published.increment(now[2] - self.shown[2])
             self.shown = now
+
+
+def start_publisher(pb_utils, make_bus, role: str, backlog: tuple[str, str], published: tuple[str, str]):
+    """A served model's Redis publisher, started: ``make_bus(on_change)`` builds it (a
+    ``RedisPublisher``; ``on_change`` logs one line per change up / down), what was logged while the
+    model was away is published before its first call, and its metrics (``recsys_redis_up{role}``,
+    the ``backlog`` gauge and ``published`` counter: (name, help) each) follow it with no traffic too.
+    Returns (bus, its PublisherMetrics, the metric families to keep alive)."""
+    kind = pb_utils.MetricFamily
+    families = [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE), kind(*backlog, kind.GAUGE),
+                kind(*published, kind.COUNTER)]
+    up, waiting, sent = (f.Metric(labels=labels) for f, labels in zip(families, ({"role": role}, {}, {})))
+
+    def changed(is_up: bool, message: str) -> None:
+        (pb_utils.Logger.log_info if is_up else pb_utils.Logger.log_warn)(message)
+
+    bus = make_bus(changed)
+    bus.flush(ping=True)  # anything logged while this model was away, before the first call
+    metrics = PublisherMetrics(bus, up, waiting, sent)
+    metrics.show()
+    bus.start(on_tick=metrics.show)  # the metrics follow Redis with no traffic too
+    return bus, metrics, families
+
+
+def publish_before_ack(pb_utils, bus, metrics: PublisherMetrics, who: str, limit: int) -> None:
+    """Share what a call just logged before it returns (at most ``limit`` rows; the rest goes with the
+    publisher's thread). A failure is logged, never raised: the rows are durable in the local log, so
+    the acknowledgement stands and the thread tries again."""
+    try:
+        bus.flush(limit=limit)
+        metrics.show()
+    except Exception as err:  # noqa: BLE001 - see above
+        pb_utils.Logger.log_error(f"{who}: publishing to Redis failed: {type(err).__name__}: {err}")

@@ -291,6 +291,15 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     assert "does not exist" in capsys.readouterr().err
 
 
+def _click_on_item(run):
+    """event i: the run's first user clicks catalog item i, an hour after the data ends (+i s)."""
+    art = RunArtifacts(run)
+    log = pd.read_parquet(art.path("interactions"))
+    user, items, t = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()], int(log["timestamp"].max()) + 3600
+    return lambda i: {"event_id": f"e{i}", "user_id": user, "item_id": items[i], "timestamp": float(t + i),
+                      "type": "click"}
+
+
 def test_a_log_recreated_at_the_same_path_is_refused_not_silently_skipped(tiny_deployed_run, tmp_path, capsys):
     """A run's cursor past the end of the log (the log recreated since: segment numbers and rowids only
     grow) used to read nothing until new rows passed it; now it is an error, and --from-start reads the
@@ -300,14 +309,7 @@ def test_a_log_recreated_at_the_same_path_is_refused_not_silently_skipped(tiny_d
     from events.log import EventLog
     from events.tail import CursorPastEnd, EventTail
 
-    art = RunArtifacts(tiny_deployed_run)
-    log = pd.read_parquet(art.path("interactions"))
-    user, items = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()[:8]]
-    t = int(log["timestamp"].max()) + 3600
-
-    def ev(i):
-        return {"event_id": f"e{i}", "user_id": user, "item_id": items[i], "timestamp": float(t + i), "type": "click"}
-
+    ev = _click_on_item(tiny_deployed_run)
     with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
         elog.append_events([ev(i) for i in range(5)])
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "log"),
@@ -335,14 +337,7 @@ def test_a_log_replaced_by_a_longer_one_is_told_apart_by_its_identity(tiny_deplo
 
     from events.log import EventLog
 
-    art = RunArtifacts(tiny_deployed_run)
-    log = pd.read_parquet(art.path("interactions"))
-    user, items = str(log["user_id"].iloc[0]), [str(i) for i in art.item_ids()[:20]]
-    t = int(log["timestamp"].max()) + 3600
-
-    def ev(i):
-        return {"event_id": f"e{i}", "user_id": user, "item_id": items[i], "timestamp": float(t + i), "type": "click"}
-
+    ev = _click_on_item(tiny_deployed_run)
     with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
         elog.append_events([ev(i) for i in range(3)])
         first_id = elog.log_id

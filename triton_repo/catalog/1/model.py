@@ -38,8 +38,8 @@ from features.encoders import FeatureSet
 from features.vocab import IdVocab
 from inference.integrity import verify_files
 from pipeline.catalog import catalog_schema
-from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_publisher, catalog_tail,
-                               max_log_bytes, redis_settings)
+from serving.event_log import (catalog_log_dir, catalog_publisher, catalog_tail, max_log_bytes, publish_before_ack,
+                               redis_settings, start_publisher)
 from serving.protocol import CATALOG_INPUTS
 from serving.status_answers import answer_each
 
@@ -76,22 +76,11 @@ class TritonPythonModel:
 
     def _redis(self, settings: dict, directory: Path) -> None:
         """Publish the host's catalog log to the shared catalog stream; metrics and one log line per change."""
-        kind = pb_utils.MetricFamily
-        self.families += [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE),
-                          kind("recsys_redis_catalog_backlog_records", "Catalog records logged here, waiting to be "
-                               "published to Redis", kind.GAUGE),
-                          kind("recsys_redis_catalog_published_total", "Catalog records this host added to the Redis "
-                               "catalog stream", kind.COUNTER)]
-        up, backlog, published = (f.Metric(labels=labels) for f, labels in zip(self.families[-3:], ({"role": "catalog"}, {}, {})))
-
-        def changed(up: bool, message: str) -> None:
-            (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
-
-        self.bus = catalog_publisher(directory, settings, on_change=changed)
-        self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
-        self.bus_metrics = PublisherMetrics(self.bus, up, backlog, published)
-        self.bus_metrics.show()
-        self.bus.start(on_tick=self.bus_metrics.show)  # the metrics follow Redis with no traffic too
+        self.bus, self.bus_metrics, families = start_publisher(
+            pb_utils, lambda changed: catalog_publisher(directory, settings, on_change=changed), "catalog",
+            ("recsys_redis_catalog_backlog_records", "Catalog records logged here, waiting to be published to Redis"),
+            ("recsys_redis_catalog_published_total", "Catalog records this host added to the Redis catalog stream"))
+        self.families += families
 
     def _answer(self, request) -> dict[str, np.ndarray]:
         table = {}
@@ -110,11 +99,7 @@ class TritonPythonModel:
                 row.pop("position")
             self.log.append_catalog(accepted)  # record ids are fresh: every accepted record is stored
             if self.bus is not None:  # durable here already; shared before the ack when Redis answers
-                try:
-                    self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
-                    self.bus_metrics.show()
-                except Exception as err:  # noqa: BLE001 - the records are logged: the ack stands, the thread retries
-                    pb_utils.Logger.log_error(f"catalog: publishing to Redis failed: {type(err).__name__}: {err}")
+                publish_before_ack(pb_utils, self.bus, self.bus_metrics, "catalog", REQUEST_FLUSH_LIMIT)
         ops = [op.decode("utf-8", errors="replace") if isinstance(op, bytes) else str(op) for op in table["op"]]
         # one increment per (op, outcome), not per record: every metric call is a round trip
         for (op, outcome), k in Counter((op if op in OPS else "other", s) for op, s in zip(ops, status)).items():

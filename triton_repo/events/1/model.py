@@ -40,8 +40,8 @@ from events.catalog import CatalogItems
 from events.checks import COLUMNS, REASONS, check_events
 from features.vocab import IdVocab
 from inference.integrity import verify_files
-from serving.event_log import (REDIS_UP_HELP, PublisherMetrics, catalog_log_dir, catalog_tail, event_log_dirs,
-                               max_log_bytes, redis_settings)
+from serving.event_log import (catalog_log_dir, catalog_tail, event_log_dirs, max_log_bytes, publish_before_ack,
+                               redis_settings, start_publisher)
 from serving.status_answers import answer_each
 
 OUTCOMES = ("ok", "duplicate", *REASONS)
@@ -90,23 +90,13 @@ class TritonPythonModel:
         """Publish the local log to the shared stream; metrics and one log line per change up/down."""
         from events.redis_bus import RedisPublisher
 
-        kind = pb_utils.MetricFamily
-        self.families += [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE),
-                          kind("recsys_redis_backlog_events", "Events logged here, waiting to be published to Redis",
-                               kind.GAUGE),
-                          kind("recsys_redis_published_total", "Events this host added to the Redis stream",
-                               kind.COUNTER)]
-        up, backlog, published = (f.Metric(labels=labels) for f, labels in zip(self.families[-3:], ({"role": "events"}, {}, {})))
-
-        def changed(up: bool, message: str) -> None:
-            (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
-
-        self.bus = RedisPublisher(settings["url"], events_dir, stream=settings["stream"], maxlen=settings["maxlen"],
-                                  id_ttl_s=settings["id_ttl_s"], on_change=changed)
-        self.bus.flush(ping=True)  # anything logged while this model was away, before the first call
-        self.bus_metrics = PublisherMetrics(self.bus, up, backlog, published)
-        self.bus_metrics.show()
-        self.bus.start(on_tick=self.bus_metrics.show)  # the metrics follow Redis with no traffic too
+        self.bus, self.bus_metrics, families = start_publisher(
+            pb_utils, lambda changed: RedisPublisher(settings["url"], events_dir, stream=settings["stream"],
+                                                     maxlen=settings["maxlen"], id_ttl_s=settings["id_ttl_s"],
+                                                     on_change=changed),
+            "events", ("recsys_redis_backlog_events", "Events logged here, waiting to be published to Redis"),
+            ("recsys_redis_published_total", "Events this host added to the Redis stream"))
+        self.families += families
 
     def _answer(self, request) -> np.ndarray:
         table = {}
@@ -127,11 +117,7 @@ class TritonPythonModel:
                 if not fresh:
                     status[position] = "duplicate"
             if self.bus is not None:  # durable here already; shared before the ack when Redis answers
-                try:
-                    self.bus.flush(limit=REQUEST_FLUSH_LIMIT)
-                    self.bus_metrics.show()
-                except Exception as err:  # noqa: BLE001 - the events are logged: the ack stands, the thread retries
-                    pb_utils.Logger.log_error(f"events: publishing to Redis failed: {type(err).__name__}: {err}")
+                publish_before_ack(pb_utils, self.bus, self.bus_metrics, "events", REQUEST_FLUSH_LIMIT)
         for outcome in set(status):
             self.outcomes[outcome].increment(status.count(outcome))
         return np.array([s.encode() for s in status], dtype=np.object_)
