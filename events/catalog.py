@@ -188,7 +188,7 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
             for name, v in attrs.items():
                 if name not in columns:
                     reason = "unknown_attribute"
-                    detail = (f"{name!r} is not an attribute of {'items' if op == 'upsert_item' else 'users'}; "
+                    detail = (f"{_shown(name)} is not an attribute of {'items' if op == 'upsert_item' else 'users'}; "
                               f"known: {', '.join(sorted(columns))}")
                     break
                 values[name], reason = _value(v, *columns[name])
@@ -197,7 +197,8 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
                     break
         status.append(reason or "ok")
         if details is not None:
-            details.append(detail or (_DETAILS.get(reason, "").format(op=op, entity=entity) if reason else ""))
+            details.append(detail or (_DETAILS.get(reason, "").format(op=_shown(op), entity=_shown(entity))
+                                      if reason else ""))
         if reason:
             continue
         seen.add((op, entity))
@@ -212,20 +213,28 @@ _DETAILS = {  # what each record-level reason means (the attribute ones are said
     "bad_encoding": "an id, op or attribute is not UTF-8 text",
     "missing_id": "no id",
     "id_too_long": f"the id is longer than {MAX_ID_LENGTH} characters",
-    "unknown_op": f"op {{op!r}}; known: {', '.join(OPS)}",
+    "unknown_op": f"op {{op}}; known: {', '.join(OPS)}",
     "malformed_attributes": "attributes must be a JSON object of name -> value",
     "too_many_attributes": f"more than {MAX_ATTRIBUTES} attributes",
     "unexpected_attributes": "{op} takes no attributes",
-    "unknown_item": "{entity!r} is not in the catalog (upsert it first, in this batch or before)",
-    "duplicate_in_batch": "the same op on {entity!r} earlier in this batch (send one record per id)",
+    "unknown_item": "{entity} is not in the catalog (upsert it first, in this batch or before)",
+    "duplicate_in_batch": "the same op on {entity} earlier in this batch (send one record per id)",
 }
+
+
+def _shown(v) -> str:
+    """A value as a detail quotes it: its repr, cut to 60 characters (a detail never carries a
+    request's bulk back)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _value_detail(name: str, v, reason: str, kind: str, sep: str, bounds: tuple[float, float] | None = None) -> str:
     """What was wrong with one attribute value, and what the column accepts."""
-    shown = repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..."
+    shown = _shown(v)
     if reason == "value_too_long":
-        return f"{name}: {len(str(v))} characters; at most {MAX_VALUE_LENGTH}"
+        size = len(sep.join(v) if isinstance(v, (list, tuple)) else str(v))  # what the check measured
+        return f"{name}: {size} characters; at most {MAX_VALUE_LENGTH}"
     if kind == NUMERIC:
         within = f" in [{bounds[0]:g}, {bounds[1]:g}]" if bounds is not None and all(map(math.isfinite, bounds)) else ""
         return f"{name}={shown}: a finite number{within} (or null: missing)"

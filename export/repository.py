@@ -167,7 +167,9 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     copy_template(repo)
     real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))
     for name in [*RANKERS, *map(int8_name, RANKERS)]:  # generated-only models: present when this run has them
-        if not (TEMPLATE / name).exists():
+        # (by the committed files, not the folder: exporting into triton_repo/ itself, an earlier export's
+        # ranker_student/ is there, and a run without a student must not serve it)
+        if not any(f.startswith(f"{name}/") for f in TEMPLATE_FILES):
             shutil.rmtree(repo / name, ignore_errors=True)
     parity, specs = {}, []
     for name, (module, spec) in models.items():

@@ -280,12 +280,15 @@ class RecommendClient:
         self.last_details = details = []
         for start in range(0, len(ops), batch_size):
             part = {name: array[start : start + batch_size] for name, array in tensors.items()}
+            probing = len(self._catalog_outputs) > 1  # a refusal of `detail` is not counted as a rejection
             try:
                 result = self._call(CATALOG_MODEL, _inputs(part),
-                                    [grpcclient.InferRequestedOutput(n) for n in self._catalog_outputs])
+                                    [grpcclient.InferRequestedOutput(n) for n in self._catalog_outputs],
+                                    count=not probing)
             except InferenceServerException as err:  # a server without the detail output: the status alone
-                if len(self._catalog_outputs) == 1 or not (err.message() or "").strip().startswith(
-                        "unexpected inference output 'detail'"):
+                if not probing or not (err.message() or "").strip().startswith("unexpected inference output 'detail'"):
+                    if probing and err.status() == "StatusCode.INVALID_ARGUMENT":
+                        self.rejections[rejection_kind(err)] += 1
                     raise
                 self._catalog_outputs = ["status"]
                 result = self._call(CATALOG_MODEL, _inputs(part), [grpcclient.InferRequestedOutput("status")])

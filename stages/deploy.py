@@ -90,8 +90,11 @@ def retrain_towers(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     """
     art = RunArtifacts(out_dir)
     epochs = int(retrieval.stats["best_epochs"])
-    towers, tower_stats = fit_two_tower(data, cfg.retrieval, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
-                                        progress, refit_epochs=epochs)
+    if retrieval.refit is not None:  # the retrieval stage trained exactly these (retrieval.refit.mode=scratch)
+        towers, tower_stats = retrieval.refit, {"fit_seconds": float(retrieval.stats.get("refit_seconds", 0.0))}
+    else:
+        towers, tower_stats = fit_two_tower(data, cfg.retrieval, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
+                                            progress, refit_epochs=epochs)
     towers.eval()
     emb = item_embeddings(towers, data.item_table)
     index_cfg = instantiate(cfg.index)
@@ -104,6 +107,22 @@ def retrain_towers(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     stats = fit_ranker(ranker, inputs, labels, valid, cfg.ranking, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
                        progress, groups, weights)
     ranker.eval()
+    out = {"tower_epochs": epochs, "tower_seconds": tower_stats["fit_seconds"], **stats}
+    student = None
+    if art.has("ranker_student"):
+        torch.manual_seed(cfg.seed)
+        student = build_ranker(data.features, emb.shape[1], **OmegaConf.to_container(cfg.distill.model, resolve=True))
+        try:
+            kept = distill(ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
+                           out_dir / "deploy", cfg.seed, progress, groups)
+            out["student"] = f"distilled again ({kept['retained']:.1%} of the ranker's held-out NDCG@10)"
+        except DistillGateError as err:
+            log.warning("deploy: the student distilled for the retrained towers failed its gate (%s); the run "
+                        "serves no student", err)
+            out["student"] = f"failed its gate, none served: {err}"
+            student = None
+        art.forget("ranker_student")  # the old one is for the old towers: gone before the new ones are written
+    # every model written together, after all the training (a failure above leaves the run as it was)
     seen_towers = data_seen(pd.concat([data.split.train, data.split.valid], ignore_index=True))
     with art.writing("two_tower", saw=seen_towers, retrained_at_deploy=True) as path:
         torch.save({"state_dict": towers.state_dict(), "model_cfg": OmegaConf.to_container(cfg.retrieval.model, resolve=True),
@@ -115,24 +134,11 @@ def retrain_towers(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     with art.writing("ranker", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
         torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(cfg.ranking.model, resolve=True),
                     "tower_dim": emb.shape[1]}, path)
-    out = {"tower_epochs": epochs, "tower_seconds": tower_stats["fit_seconds"], **stats}
-    if art.has("ranker_student"):
-        torch.manual_seed(cfg.seed)
-        student = build_ranker(data.features, emb.shape[1], **OmegaConf.to_container(cfg.distill.model, resolve=True))
-        try:
-            kept = distill(ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
-                           out_dir / "deploy", cfg.seed, progress, groups)
-        except DistillGateError as err:
-            log.warning("deploy: the student distilled for the retrained towers failed its gate (%s); the run "
-                        "serves no student", err)
-            art.forget("ranker_student")
-            out["student"] = f"failed its gate: {err}"
-        else:
-            with art.writing("ranker_student", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
-                torch.save({"state_dict": student.state_dict(),
-                            "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
-                            "tower_dim": emb.shape[1]}, path)
-            out["student"] = f"distilled again ({kept['retained']:.1%} of the ranker's held-out NDCG@10)"
+    if student is not None:
+        with art.writing("ranker_student", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
+            torch.save({"state_dict": student.state_dict(),
+                        "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
+                        "tower_dim": emb.shape[1]}, path)
     return emb, out
 
 
@@ -142,6 +148,8 @@ def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, rank
     ``deploy.retrain_ranker``, the ranker with one trained on the latest windows too; with
     ``deploy.retrain_towers``, the towers, the ranker and the student: :func:`retrain_towers`)."""
     embeddings = ranking.pipeline.retriever.item_embeddings
+    if cfg.deploy.get("retrain_towers") and not data.test.nnz:
+        log.warning("deploy.retrain_towers: no test-window interactions to train the ranker on; towers kept")
     if cfg.deploy.get("retrain_towers") and data.test.nnz:
         embeddings, stats = retrain_towers(data, cfg, retrieval, ranking, out_dir, logger, progress)
         add_section(out_dir, "Deployed models", (
@@ -149,7 +157,8 @@ def run_deploy(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, rank
             f"{stats['tower_seconds']:.0f} s); ranker on {stats['train_lists']} lists of the test window from them "
             f"(held-out list NDCG@10 {stats['best_val_ndcg@10']:.4f}, prior alone {stats['prior_val_ndcg@10']:.4f}, "
             f"residual weight per route {stats['route_scale']}); student: {stats.get('student', 'none in this run')}. "
-            "The in-split metrics above are those of the train-only towers and the validation-window ranker."))
+            "The in-split metrics above (the Distillation section's student too) are those of the train-only "
+            "towers and the validation-window ranker."))
     elif cfg.deploy.retrain_ranker and data.test.nnz:
         stats = retrain_ranker(data, cfg, retrieval, ranking, out_dir, logger, progress)
         add_section(out_dir, "Deployed ranker", (

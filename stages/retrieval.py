@@ -82,6 +82,7 @@ class RetrievalResult:
     model: TwoTower
     retrievers: dict[str, Retriever]
     stats: dict
+    refit: TwoTower | None = None  # retrained on train+valid for the chosen epochs (retrieval.refit.mode=scratch)
 
 
 def _evaluate(retriever: Retriever, data: Prepared, part: str, ks: list[int], out_dir: Path, name: str) -> dict:
@@ -119,6 +120,7 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
         # The baselines' protocol: hyperparameters (epochs) chosen on valid, refit on train+valid.
         refit, refit_stats = refit_two_tower(data, cfg, stats, logger, out_dir, progress)
         stats["refit_seconds"] = refit_stats["fit_seconds"]
+        result.refit = refit  # deploy.retrain_towers serves these (the same training: not done twice)
         r_emb = item_embeddings(refit, data.item_table)
         r = Retriever(refit.user_tower, build_index(r_emb, index_cfg, cfg.seed), result.retrievers["test"].store, r_emb)
         _evaluate(r, data, "test", ks, out_dir, MODEL_NAME + "_refit")

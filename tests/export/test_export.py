@@ -334,3 +334,24 @@ def test_a_damaged_artifact_fails_the_export_before_the_repository_is_touched(re
     with pytest.raises(DataError, match=r"artifact index .* could not be read"):
         run_export(export_cfg(tmp_path / "cfg", target), run)
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_without_a_student_leaves_no_student_in_the_repository(repo, tiny_run, tmp_path, monkeypatch):
+    """An earlier export into triton_repo/ itself leaves ranker_student/ in the template folder; the
+    check that keeps committed models used that folder's presence, so a run without a student (or one
+    whose student deploy took out) kept serving the stale one. Decided by the committed files now."""
+    import export.repository as er
+
+    template = tmp_path / "template"
+    for name in er.TEMPLATE_FILES:
+        (template / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(er.TEMPLATE / name, template / name)
+    (template / "ranker_student" / "1").mkdir(parents=True)  # what an export into triton_repo/ leaves
+    monkeypatch.setattr(er, "TEMPLATE", template)
+    run, target = tmp_path / "run", tmp_path / "repo"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(repo, target)
+    (target / "ranker_student" / "1").mkdir(parents=True)
+    (target / "ranker_student" / "config.pbtxt").write_text('name: "ranker_student"')
+    run_export(export_cfg(tmp_path / "cfg", target), run)
+    assert not (target / "ranker_student").exists() and (target / "ranker" / "1" / "model.onnx").is_file()

@@ -238,8 +238,10 @@ def test_catalog_client_asks_for_the_status_alone_from_a_server_without_details(
         reply = ["catalog: 2 records in one request ..."]
         with pytest.raises(InferenceServerException, match="records in one request"):
             client.block(["i1"])
+        assert sum(client.rejections.values()) == 1  # a real rejection counts
         reply = ["unexpected inference output 'detail' for model 'catalog'"]
         assert client.block(["i1"]) == ["ok"] and client.last_details == [""]
+        assert sum(client.rejections.values()) == 1  # the probe does not
         assert client.block(["i2"]) == ["ok"]
         assert sent == [["status", "detail"], ["status", "detail"], ["status"], ["status"]]
 

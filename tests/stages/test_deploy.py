@@ -47,3 +47,26 @@ def test_deploy_retrains_the_towers_the_ranker_and_the_student_and_serves_them(t
     art.forget("ranker_student")
     assert not art.has("ranker_student") and "ranker_student" not in art.manifest()["artifacts"]
     assert not art.path("ranker_student").exists()
+
+
+@pytest.mark.slow
+def test_a_student_failing_its_gate_after_the_retrain_is_not_served(tmp_path, monkeypatch):
+    """The student distilled for the new towers fails its gate: the run and its export have no student
+    (the old one was distilled for the old towers), the rest is served as usual."""
+    import stages.deploy
+    from ranking.distill import DistillGateError
+    from train import train
+
+    def gate_fails(*args, **kwargs):
+        raise DistillGateError("retained 50% < 97%")
+
+    monkeypatch.setattr(stages.deploy, "distill", gate_fails)
+    train(compose_cfg(tmp_path, TINY_DATA + [
+        "stage=all", "ranking.max_epochs=2", "eval.cold_users=20", "distill.max_epochs=2",
+        "distill.gate.min_retained=0.0", "deploy.retrain_towers=true", "export.int8.enabled=false",
+        f"export.repository={tmp_path / 'repo'}"]))
+    art = RunArtifacts(tmp_path / "run")
+    assert not art.has("ranker_student") and art.manifest()["artifacts"]["ranker"]["retrained_at_deploy"] is True
+    assert not (tmp_path / "repo" / "ranker_student").exists()
+    assert "failed its gate, none served" in (tmp_path / "run" / "report.md").read_text()
+    assert list(load_pipeline(tmp_path / "run").rankers) == ["ranker"]
