@@ -186,6 +186,8 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
         else:
             columns = schema["item" if op == "upsert_item" else "user"]
             for name, v in attrs.items():
+                if isinstance(v, str) and not v.strip() and name in columns:
+                    continue  # blank text: not given (a known entity keeps its value), as in a request
                 if name not in columns:
                     reason = "unknown_attribute"
                     detail = (f"{_shown(name)} is not an attribute of {'items' if op == 'upsert_item' else 'users'}; "

@@ -93,8 +93,8 @@ def _check_number(name: str, value, bounds: tuple[float, float]) -> None:
 
 def _given(value):
     """A request attribute's value; None for blank text (``age=`` on the wire): not given, numeric or
-    categorical alike (a stored value stays); other text loses its surrounding spaces. (A catalog
-    upsert is stricter: a blank numeric value is ``bad_value`` there, a blank categorical one stored.)"""
+    categorical alike (a stored value stays), as a catalog upsert reads it; other text loses its
+    surrounding spaces."""
     if isinstance(value, str):
         return value.strip() or None
     return value

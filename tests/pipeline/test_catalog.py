@@ -214,6 +214,10 @@ def test_bad_records_each_get_their_reason(live):
     assert details[13].startswith("'genres' is not an attribute of users; known: ")
     assert details[6].startswith("price='cheap': a finite number") and details[3].startswith("op 'delete'; known: ")
     assert "never-seen" in details[9] and details[7] == "title: 1001 characters; at most 1000"
+    # blank text is "not given", numeric or categorical (as in a request): accepted, nothing stored for it
+    blank, blank_status = check_catalog(["upsert_user", "upsert_item"], ["u-1", "b"], ['{"age": "", "country": "  "}',
+                                        '{"price": " ", "category": "3"}'], schema, pipe.store.items, 1.7e9)
+    assert blank_status == ["ok", "ok"] and blank[0]["attributes"] == {} and blank[1]["attributes"] == {"category": "3"}
     # a log1p column takes any finite number (its log is clipped to the widened training range)
     assert check_catalog(["upsert_item"], ["p"], ['{"price": 1e308}'], schema, pipe.store.items, 1.7e9)[1] == ["ok"]
     assert [r["position"] for r in accepted] == [0, 11, 12]
