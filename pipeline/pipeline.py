@@ -265,7 +265,8 @@ class Pipeline:
 
         ``on_stage(name, seconds)`` is called after each step (user_tower, retrieval, features, ranker).
         """
-        items, scores, contrib, _ = self._rank(users, timestamps, recent, attributes, ranker, on_stage, explain=True)
+        items, scores, contrib, _ = self._rank(users, timestamps, recent, attributes, ranker, on_stage, explain=True,
+                                               promoted=self.promoted_rows(users, recent, timestamps))
         return items, scores, contrib
 
     def promoted_rows(self, users: np.ndarray, recent: np.ndarray | None = None, timestamps=None,
@@ -295,7 +296,7 @@ class Pipeline:
     def _rank(self, users, timestamps, recent, attributes, ranker, on_stage, explain: bool,
               promoted: list[np.ndarray] | None = None):
         """:meth:`rank`, plus a function giving the contributions of flat candidate rows (``promoted``:
-        :meth:`promoted_rows`, the configured ones when None); ``explain``
+        :meth:`promoted_rows`); ``explain``
         False with a ranker that scores alone (``scores_alone``, e.g. an ONNX ranker with its
         score.onnx): contributions are None, for the caller to ask for the returned items only
         (through that function: ``explain.onnx`` on the score graph's parts rows when the export has
@@ -311,8 +312,6 @@ class Pipeline:
         seen = self.store.seen_rows(users)  # (B, N), and the known items with the request's own: both steps read them
         rows = seen if recent is None else self.features.history_rows(users, recent, seen)
         cache: dict = {}  # products of ``rows`` computed once for both steps
-        if promoted is None:
-            promoted = self.promoted_rows(users, recent, timestamps)
         r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
                                      self.settings, recent, rows, seen, cache, promoted)
         x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
@@ -453,7 +452,8 @@ class Pipeline:
         if unknown:
             raise RequestError(f"unknown user attribute(s) {sorted(unknown)}; known: {sorted(cols - {'user_id'})}")
         ranges = self.store.features.numeric_ranges("user") if any(r.attributes for r in requests) else {}
-        asked = [{name: _given(v) for name, v in r.attributes.items() if _given(v) is not None} for r in requests]
+        asked = [{name: v for name, v in ((n, _given(x)) for n, x in r.attributes.items()) if v is not None}
+                 for r in requests]
         for a in asked:  # the stored ones were checked by the catalog model
             for name, value in a.items():
                 if name in ranges:

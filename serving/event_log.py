@@ -157,6 +157,14 @@ class PublisherMetrics:
             self.shown = now
 
 
+def redis_notices(pb_utils):
+    """The ``on_change(up, message)`` of a served model's Redis publisher or tail: one server log line
+    per change between up (info) and down (warning)."""
+    def changed(up: bool, message: str) -> None:
+        (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+    return changed
+
+
 def start_publisher(pb_utils, make_bus, role: str, backlog: tuple[str, str], published: tuple[str, str]):
     """A served model's Redis publisher, started: ``make_bus(on_change)`` builds it (a
     ``RedisPublisher``; ``on_change`` logs one line per change up / down), what was logged while the
@@ -167,11 +175,7 @@ def start_publisher(pb_utils, make_bus, role: str, backlog: tuple[str, str], pub
     families = [kind("recsys_redis_up", REDIS_UP_HELP, kind.GAUGE), kind(*backlog, kind.GAUGE),
                 kind(*published, kind.COUNTER)]
     up, waiting, sent = (f.Metric(labels=labels) for f, labels in zip(families, ({"role": role}, {}, {})))
-
-    def changed(is_up: bool, message: str) -> None:
-        (pb_utils.Logger.log_info if is_up else pb_utils.Logger.log_warn)(message)
-
-    bus = make_bus(changed)
+    bus = make_bus(redis_notices(pb_utils))
     bus.flush(ping=True)  # anything logged while this model was away, before the first call
     metrics = PublisherMetrics(bus, up, waiting, sent)
     metrics.show()

@@ -29,15 +29,16 @@ from features.prepare import Prepared, history_frame
 from features.store import FeatureStore
 from pipeline.artifacts import RunArtifacts, data_seen
 from pipeline.refresh import build_served_state, save_served_state
-from ranking.distill import DistillGateError, distill
+from ranking.distill import DistillGateError
 from ranking.model import build_ranker
 from ranking.trainer import fit_ranker
-from retrieval.index import build_index, save_index
+from retrieval.index import build_index
 from retrieval.retriever import Retriever
 from retrieval.towers import item_embeddings
 from retrieval.trainer import fit_two_tower
-from stages.ranking import RankingResult, training_lists
-from stages.retrieval import RetrievalResult
+from stages.distill import distill_student
+from stages.ranking import RankingResult, save_ranker, training_lists
+from stages.retrieval import RetrievalResult, save_towers
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,8 @@ def retrain_ranker(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     stats = fit_ranker(ranker, inputs, labels, valid, cfg.ranking, cfg.trainer, logger, out_dir / "deploy", cfg.seed,
                        progress, groups, weights)
     windows = pd.concat([data.split.valid, data.split.test], ignore_index=True)
-    with RunArtifacts(out_dir).writing("ranker", saw=data_seen(windows), retrained_at_deploy=True) as path:
-        torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(cfg.ranking.model, resolve=True),
-                    "tower_dim": tower_dim}, path)
+    save_ranker(RunArtifacts(out_dir), "ranker", ranker, cfg.ranking.model, tower_dim, data_seen(windows),
+                retrained_at_deploy=True)
     return stats
 
 
@@ -110,35 +110,23 @@ def retrain_towers(data: Prepared, cfg: DictConfig, retrieval: RetrievalResult, 
     out = {"tower_epochs": epochs, "tower_seconds": tower_stats["fit_seconds"], **stats}
     student = None
     if art.has("ranker_student"):
-        torch.manual_seed(cfg.seed)
-        student = build_ranker(data.features, emb.shape[1], **OmegaConf.to_container(cfg.distill.model, resolve=True))
         try:
-            kept = distill(ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
-                           out_dir / "deploy", cfg.seed, progress, groups)
+            student, kept = distill_student(data, cfg, ranker, (inputs, labels, valid, groups, weights), emb.shape[1],
+                                            out_dir / "deploy", logger, progress)
             out["student"] = f"distilled again ({kept['retained']:.1%} of the ranker's held-out NDCG@10)"
         except DistillGateError as err:
             log.warning("deploy: the student distilled for the retrained towers failed its gate (%s); the run "
                         "serves no student", err)
             out["student"] = f"failed its gate, none served: {err}"
-            student = None
         art.forget("ranker_student")  # the old one is for the old towers: gone before the new ones are written
     # every model written together, after all the training (a failure above leaves the run as it was)
     seen_towers = data_seen(pd.concat([data.split.train, data.split.valid], ignore_index=True))
-    with art.writing("two_tower", saw=seen_towers, retrained_at_deploy=True) as path:
-        torch.save({"state_dict": towers.state_dict(), "model_cfg": OmegaConf.to_container(cfg.retrieval.model, resolve=True),
-                    "history_len": cfg.retrieval.history_len}, path)
-    with art.writing("item_embeddings", saw=seen_towers, retrained_at_deploy=True) as path:
-        np.save(path, emb)
-    with art.writing("index", saw=seen_towers, factory=index_cfg.factory, retrained_at_deploy=True) as path:
-        save_index(index, index_cfg, path)
-    with art.writing("ranker", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
-        torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(cfg.ranking.model, resolve=True),
-                    "tower_dim": emb.shape[1]}, path)
+    save_towers(art, towers, emb, index, index_cfg, cfg.retrieval, seen_towers, retrained_at_deploy=True)
+    save_ranker(art, "ranker", ranker, cfg.ranking.model, emb.shape[1], data_seen(data.split.test),
+                retrained_at_deploy=True)
     if student is not None:
-        with art.writing("ranker_student", saw=data_seen(data.split.test), retrained_at_deploy=True) as path:
-            torch.save({"state_dict": student.state_dict(),
-                        "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
-                        "tower_dim": emb.shape[1]}, path)
+        save_ranker(art, "ranker_student", student, cfg.distill.model, emb.shape[1], data_seen(data.split.test),
+                    retrained_at_deploy=True)
     return emb, out
 
 

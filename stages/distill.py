@@ -16,18 +16,26 @@ from pipeline.artifacts import RunArtifacts, data_seen
 from ranking.cost import count_flops, torch_latency_ms
 from ranking.distill import distill
 from ranking.model import LateFusionRanker, build_ranker
-from stages.ranking import RankingResult, evaluate_pipeline
+from stages.ranking import RankingResult, evaluate_pipeline, save_ranker
+
+
+def distill_student(data: Prepared, cfg: DictConfig, teacher: LateFusionRanker, lists: tuple, tower_dim: int,
+                    out_dir: Path, logger, progress: bool) -> tuple[LateFusionRanker, dict]:
+    """The configured student distilled from ``teacher`` on its training ``lists`` (the teacher's scores,
+    unweighted); raises :class:`ranking.distill.DistillGateError` below the gate. -> (student in eval mode, stats)"""
+    inputs, labels, valid, groups, _ = lists
+    torch.manual_seed(cfg.seed)
+    student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))
+    stats = distill(teacher, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
+                    out_dir, cfg.seed, progress, groups)
+    return student.eval(), stats
 
 
 def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir: Path, logger, progress: bool) -> LateFusionRanker:
     """Distil the teacher into the configured student, gate it, evaluate it like the teacher."""
-    inputs, labels, valid, groups, _ = ranking.lists  # the student learns the teacher's scores, unweighted
+    inputs = ranking.lists[0]
     tower_dim = ranking.pipeline.retriever.item_embeddings.shape[1]
-    torch.manual_seed(cfg.seed)
-    student = build_ranker(data.features, tower_dim, **OmegaConf.to_container(cfg.distill.model, resolve=True))
-    stats = distill(ranking.ranker, student, inputs, labels, valid, cfg.distill, cfg.ranking, cfg.trainer, logger,
-                    out_dir, cfg.seed, progress, groups)
-    student.eval()
+    student, stats = distill_student(data, cfg, ranking.ranker, ranking.lists, tower_dim, out_dir, logger, progress)
     ks = list(cfg.eval.ks)
     pop, vectors = item_popularity(data.train), data.item_vectors()
     pipe = ranking.pipeline.variant(rankers={"ranker_student": TorchModel(student)}, default_ranker="ranker_student",
@@ -56,7 +64,6 @@ def run_distill(data: Prepared, cfg: DictConfig, ranking: RankingResult, out_dir
         f"{kept.get('recall@10', float('nan')):.1%} of the teacher's. 500 candidates: "
         f"{cost['student']['flops_500'] / 1e6:.1f} vs {cost['teacher']['flops_500'] / 1e6:.1f} MFLOPs, PyTorch "
         f"{cost['student']['torch_ms_500']:.2f} vs {cost['teacher']['torch_ms_500']:.2f} ms."))
-    with RunArtifacts(out_dir).writing("ranker_student", saw=data_seen(data.split.valid)) as path:
-        torch.save({"state_dict": student.state_dict(), "model_cfg": OmegaConf.to_container(cfg.distill.model, resolve=True),
-                    "tower_dim": tower_dim}, path)
+    save_ranker(RunArtifacts(out_dir), "ranker_student", student, cfg.distill.model, tower_dim,
+                data_seen(data.split.valid))
     return student

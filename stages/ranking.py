@@ -73,6 +73,14 @@ def build_pipeline(data: Prepared, result: RetrievalResult, part: str, ranker: L
                     rules.make_tracker(len(catalog)))
 
 
+def save_ranker(art: RunArtifacts, name: str, model: torch.nn.Module, model_cfg, tower_dim: int, saw: dict,
+                **info) -> None:
+    """Write a ranker (``ranker`` / ``ranker_student``) as :func:`ranking.model.load_ranker` reads it."""
+    with art.writing(name, saw=saw, **info) as path:
+        torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(model_cfg, resolve=True),
+                    "tower_dim": tower_dim}, path)
+
+
 def training_lists(data: Prepared, result: RetrievalResult, cfg: DictConfig, ease_content: float,
                    part: str = "valid"):
     """Lists of the ``part`` window (valid, or test at deploy time) answered by the train-only
@@ -214,9 +222,7 @@ def run_ranking(data: Prepared, cfg: DictConfig, result: RetrievalResult, out_di
            if content_table else ".")))
     art = RunArtifacts(out_dir)
     lists_seen = data_seen(data.split.valid)  # the ranker learns from validation-window lists
-    with art.writing("ranker", saw=lists_seen) as path:
-        torch.save({"state_dict": ranker.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
-                    "tower_dim": tower_dim}, path)
+    save_ranker(art, "ranker", ranker, rc.model, tower_dim, lists_seen)
     with art.writing("ranker_features", saw=data_seen(history_frame(data, "test")),
                      ease_content_weight=ease_content) as path:
         pipe.features.save(path)

@@ -64,6 +64,19 @@ def cold_item_slice(data: Prepared, users: np.ndarray, lists: dict[str, np.ndarr
             f"candidates:\n\n" + "\n".join(rows)), out
 
 
+def save_towers(art: RunArtifacts, model: TwoTower, emb: np.ndarray, index, index_cfg, rc: DictConfig, saw: dict,
+                **info) -> None:
+    """Write the towers, their item embeddings and the index over them (``saw``: what the towers
+    trained on; ``rc``: the retrieval config)."""
+    with art.writing("two_tower", saw=saw, **info) as path:
+        torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
+                    "history_len": rc.history_len}, path)
+    with art.writing("item_embeddings", saw=saw, **info) as path:
+        np.save(path, emb)
+    with art.writing("index", saw=saw, factory=index_cfg.factory, **info) as path:
+        save_index(index, index_cfg, path)
+
+
 def refit_two_tower(data: Prepared, cfg: DictConfig, stats: dict, logger, out_dir: Path,
                     progress: bool) -> tuple[TwoTower, dict]:
     """Retrain from scratch on train+valid for the best epoch count found on valid."""
@@ -145,14 +158,7 @@ def run_retrieval(data: Prepared, cfg: DictConfig, out_dir: Path, logger, progre
         add_section(out_dir, "Cold items (retrieval)", text)
     add_section(out_dir, "Retrieval", notes)
     art = RunArtifacts(out_dir)
-    trained_on = data_seen(data.split.train)  # the towers never see valid or test
-    with art.writing("two_tower", saw=trained_on) as path:
-        torch.save({"state_dict": model.state_dict(), "model_cfg": OmegaConf.to_container(rc.model, resolve=True),
-                    "history_len": rc.history_len}, path)
-    with art.writing("item_embeddings", saw=trained_on) as path:
-        np.save(path, emb)
-    with art.writing("index", saw=trained_on, factory=index_cfg.factory) as path:
-        save_index(index, index_cfg, path)
+    save_towers(art, model, emb, index, index_cfg, rc, data_seen(data.split.train))  # never saw valid or test
     with art.writing("store", saw=data_seen(history_frame(data, "test"))) as path:
         retriever.store.save(path)
     return result

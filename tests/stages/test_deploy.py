@@ -60,7 +60,7 @@ def test_a_student_failing_its_gate_after_the_retrain_is_not_served(tmp_path, mo
     def gate_fails(*args, **kwargs):
         raise DistillGateError("retained 50% < 97%")
 
-    monkeypatch.setattr(stages.deploy, "distill", gate_fails)
+    monkeypatch.setattr(stages.deploy, "distill_student", gate_fails)
     train(compose_cfg(tmp_path, TINY_DATA + [
         "stage=all", "ranking.max_epochs=2", "eval.cold_users=20", "distill.max_epochs=2",
         "distill.gate.min_retained=0.0", "deploy.retrain_towers=true", "export.int8.enabled=false",

@@ -71,7 +71,7 @@ from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
 from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, catalog_tail, event_log_dirs, max_log_bytes,
-                               redis_settings, snapshot_tail)
+                               redis_notices, redis_settings, snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import probe_user
@@ -186,8 +186,7 @@ class TritonPythonModel:
         else:
             from events.redis_bus import RedisTail
 
-            def changed(up: bool, message: str) -> None:
-                (pb_utils.Logger.log_info if up else pb_utils.Logger.log_warn)(message)
+            changed = redis_notices(pb_utils)
 
             family = pb_utils.MetricFamily("recsys_redis_up", REDIS_UP_HELP, pb_utils.MetricFamily.GAUGE)
             missed = pb_utils.MetricFamily("recsys_redis_missed_events_total", "Stream entries (events, catalog "
