@@ -145,7 +145,7 @@ def _mmr_by_definition(items, scores, vectors, lambda_, horizon):
 
 
 @pytest.mark.parametrize("lambda_", [0.1, 0.5, 0.9])
-@pytest.mark.parametrize("horizon", [None, 5])
+@pytest.mark.parametrize("horizon", [None, 5, 1])  # 1 of 30: a row per pick (MMR_ROWS_PER_PICK)
 @pytest.mark.parametrize("size", [30, R.MMR_PRODUCT_MAX + 40])  # one similarity product / a row per pick
 def test_mmr_matches_its_definition_on_random_lists(lambda_, horizon, size):
     rng = np.random.default_rng(7)
