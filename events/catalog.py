@@ -68,7 +68,7 @@ def _attributes(raw) -> dict | None:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays or objects nested thousands deep
             return None
     if not isinstance(raw, Mapping):
         return None
@@ -96,7 +96,7 @@ def number_within(v, bounds: tuple[float, float] | None) -> float | None:
         return None
     try:
         x = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer of hundreds of digits
         return None
     return x if math.isfinite(x) and (bounds is None or bounds[0] <= x <= bounds[1]) else None
 
