@@ -274,7 +274,8 @@ class Pipeline:
         """Each request's promoted catalog items for the candidates: the request's ``promoted``, then the
         boost rules' ``ids``, each once, those its filters admit (the request's and the configured ones:
         an item the rules will drop must not join the list, whose statistics every candidate's features
-        are scaled by); None when no boost rule lifts anything or nothing is promoted."""
+        are scaled by); None when no boost rule lifts anything or nothing is promoted. ``recent``: each
+        request's recent items, a (B, L) array (-1 padded) or one array per request."""
         if self._boost_ids is None:
             return None
         asked = [r.promoted for r in requests] if requests is not None else [()] * len(users)
@@ -396,7 +397,7 @@ class Pipeline:
         users = self.store.users.lookup([r.user_id for r in requests])
         now = int(time.time())
         ts = np.array([int(r.timestamp) if r.timestamp is not None else now for r in requests], dtype=np.int64)
-        recent = self._recent(requests)
+        recent, sent = self._recent(requests)
         attributes = self._attributes(requests)
         try:
             for r in requests:
@@ -404,12 +405,12 @@ class Pipeline:
         except ValueError as e:
             raise RequestError(str(e)) from e
         items, scores, contrib, explainer = self._rank(users, ts, recent, attributes, ranker, on_stage, explain=False,
-                                                       promoted=self.promoted_rows(users, recent, ts, requests))
+                                                       promoted=self.promoted_rows(users, sent, ts, requests))
         rules_start = time.perf_counter()
         answers = []
         for b, r in enumerate(requests):
             it, sc, reasons, where = self._rules(int(users[b]), items[b], scores[b], int(r.k), r,
-                                                 recent[b] if recent is not None else None, int(ts[b]))
+                                                 sent[b] if sent is not None else None, int(ts[b]))
             if record and self.exposure is not None:
                 self.exposure.record(it)
             answers.append((it, sc, reasons, where))
@@ -435,16 +436,22 @@ class Pipeline:
             on_stage("total", end - start)
         return out
 
-    def _recent(self, requests: list[Request]) -> np.ndarray | None:
+    def _recent(self, requests: list[Request]) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+        """The requests' recent items as the models take them, (B, history_len) catalog indices (the last
+        ones, -1 padded), and all of them per request: every item sent counts as seen for the rules (a
+        session longer than the models' history must not get its first items back); (None, None)
+        when no request sends any."""
         if not any(r.recent_items for r in requests):
-            return None
+            return None, None
         out = np.full((len(requests), self.store.history_len), -1, dtype=np.int64)
+        sent = []
         for b, r in enumerate(requests):
             idx = self.store.items.lookup(r.recent_items)
-            idx = idx[idx >= 0][-self.store.history_len:]
+            sent.append(idx[idx >= 0])
+            idx = sent[-1][-self.store.history_len:]
             if len(idx):
                 out[b, -len(idx):] = idx
-        return out
+        return out, sent
 
     def _attributes(self, requests: list[Request]) -> pd.DataFrame | None:
         cols = {s.source for s in self.store.features.specs["user"]}

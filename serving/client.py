@@ -36,8 +36,8 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.protocol import (ANSWER, CATALOG_MODEL, CATALOG_OUTPUTS, EVENT_OUTPUTS, EVENTS_MODEL, FIELDS, MODEL,
-                              Recommendations, decode_answer, decode_response, encode_catalog, encode_events,
-                              encode_request)
+                              Recommendations, id_list, decode_answer, decode_response, encode_catalog,
+                              encode_events, encode_request)
 
 
 RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -266,10 +266,12 @@ class RecommendClient:
 
     def block(self, item_ids: Sequence[str]) -> list[str]:
         """Take items out of every answer from the next one on (``unknown_item`` for an id the catalog lacks)."""
+        item_ids = id_list("item_ids", item_ids)
         return self._catalog(["block"] * len(item_ids), list(item_ids), None, 10_000)
 
     def unblock(self, item_ids: Sequence[str]) -> list[str]:
         """Serve blocked items again."""
+        item_ids = id_list("item_ids", item_ids)
         return self._catalog(["unblock"] * len(item_ids), list(item_ids), None, 10_000)
 
     def _catalog(self, ops: list, ids: list, attributes: list | None, batch_size: int) -> list[str]:

@@ -115,6 +115,10 @@ def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude
     # int32 on the wire: a larger k would wrap around (2**32 + 1 -> 1), a float be cut; the range the server
     # takes (1..max_k) is its own check, with its own message
     info = np.iinfo(np.int32)
+    if isinstance(user_id, (int, np.integer)) and not isinstance(user_id, (bool, np.bool_)):
+        user_id = str(user_id)  # 196 is user "196", as training reads it
+    if not isinstance(user_id, (str, bytes)):
+        raise TypeError(f"user_id={user_id!r} must be a string (an unknown one takes the cold-start route)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not info.min <= k <= info.max:
         raise ValueError(f"k={k!r} must be a whole number the request can carry (at most {info.max}; the server "
                          "takes 1..its max_k)")
@@ -125,14 +129,25 @@ def encode_request(user_id: str, k: int, timestamp: float | None = None, exclude
         tensors["ranker"] = _strings([ranker])
     for name, values in zip(LIST_INPUTS, (exclude_items, include_categories, exclude_categories, recent_items,
                                           promoted)):
-        if len(values):
+        if len(id_list(name, values)):
             tensors[name] = _strings(values)
     if segment is not None:
         tensors["segment"] = _strings([segment])
+    for name, value in (attributes or {}).items():
+        if isinstance(value, (list, tuple, set, dict, np.ndarray)):
+            raise TypeError(f"attributes[{name!r}] is a {type(value).__name__}; a request carries one value per "
+                            "attribute (e.g. age=25)")
     given = [f"{name}={value}" for name, value in (attributes or {}).items() if _json_value(value) is not None]
     if given:
         tensors["attributes"] = _strings(given)
     return tensors
+
+
+def id_list(name: str, values):
+    """A list input's values; a bare string is refused (it would go out as its characters: "88" as "8", "8")."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a list of ids, not the string {values!r}; pass [{values!r}]")
+    return values
 
 
 def _text(values: np.ndarray) -> list[str]:
@@ -210,6 +225,11 @@ def encode_events(events) -> dict[str, np.ndarray]:
     """Event tensors by input name from a DataFrame or a dict of equal-length sequences. A cell that is
     not a number (``"abc"``, a list) goes as a value the server rejects for its row: a timestamp as
     NaN (``bad_timestamp``), a weight as -inf (``bad_weight``; NaN would read as "not given")."""
+    names = list(events.columns) if hasattr(events, "columns") else list(events)
+    unknown = [n for n in names if n not in EVENT_INPUTS]
+    if unknown:  # a typo ("wieght") would otherwise be dropped and the event logged with the default
+        raise ValueError(f"events have column(s) {unknown} the server does not take; the columns are "
+                         f"{', '.join(EVENT_INPUTS)} (weight optional): rename or drop the others")
     columns = {name: list(events[name]) for name in EVENT_INPUTS if name in events}
     tensors = {}
     for name, (dtype, _, _, optional) in EVENT_INPUTS.items():
@@ -228,8 +248,9 @@ def encode_events(events) -> dict[str, np.ndarray]:
 
 
 def _json_value(v):
-    """A table cell as a JSON attribute value: None for missing, numbers as numbers, the rest as text."""
-    if v is None or (isinstance(v, float) and v != v):
+    """A table cell as a JSON attribute value: None for missing (None, NaN of any float type, pandas'
+    NA), numbers as numbers, the rest as text."""
+    if v is None or _na(v) or (isinstance(v, (float, np.floating)) and v != v):
         return None
     if isinstance(v, (bool, np.bool_)):
         return str(v)

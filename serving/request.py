@@ -46,7 +46,11 @@ def _decode(name: str, values: np.ndarray) -> list[str]:
                 v = v.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise RequestError(f"input '{name}' holds bytes that are not UTF-8 ({err.reason})") from None
-        out.append(str(v).strip() if name in ID_INPUTS else str(v))
+        v = str(v)
+        if name not in ID_INPUTS and len(v) > MAX_ID_LENGTH:  # ids: checked once stripped (validate_request)
+            raise RequestError(f"input '{name}' holds a value of {len(v)} characters; at most {MAX_ID_LENGTH} are "
+                               "allowed")
+        out.append(v.strip() if name in ID_INPUTS else v)
     return out
 
 

@@ -5,6 +5,7 @@ importable anywhere)."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +17,8 @@ def answer_each(pb_utils, requests: list, answer: Callable[[object], np.ndarray]
     ``ValueError`` is the client's
     mistake (INVALID_ARGUMENT, its message prefixed with ``name``), any other exception ours.
     ``failed(code)`` is called once per request answered with an error (``invalid_argument`` or
-    ``internal``): Triton counts a python model's error responses as successes, so the model counts them."""
+    ``internal``): Triton counts a python model's error responses as successes, so the model counts them.
+    An internal error is logged with its traceback (for whoever is on call; the client gets one line)."""
     responses = []
     for request in requests:
         try:
@@ -31,7 +33,7 @@ def answer_each(pb_utils, requests: list, answer: Callable[[object], np.ndarray]
         except Exception as err:  # noqa: BLE001 - a failed write is an error for this call, the model keeps serving
             if failed is not None:
                 failed("internal")
-            pb_utils.Logger.log_error(f"{name} failed: {type(err).__name__}: {err}")
+            pb_utils.Logger.log_error(f"{name} failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
             responses.append(pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
     return responses

@@ -195,6 +195,17 @@ def test_cold_user_with_recent_items_and_attributes(tiny_run):
     assert not set(recent) & set(r.item_ids)  # the session's items count as seen
 
 
+def test_a_session_longer_than_the_models_history_gets_none_of_its_items_back(tiny_run):
+    """The models read the last history_len recent items; the rules count every item sent as seen (the
+    first ones of a long session came back as recommendations)."""
+    pipe = load_pipeline(tiny_run)
+    n = pipe.store.history_len + 10
+    recent = [str(i) for i in pipe.store.popularity.argsort()[::-1][:n]]  # the most popular: what a cold list holds
+    recent = [str(pipe.store.items.ids[int(i)]) for i in recent]
+    r = pipe.recommend([Request("long-session", 20, timestamp=1_700_000_000, recent_items=recent)])[0]
+    assert len(r.item_ids) == 20 and not set(recent) & set(r.item_ids)
+
+
 def test_batch_command(tiny_run, tmp_path):
     users = [str(u) for u in load_pipeline(tiny_run).store.users.ids[:6]] + ["unknown-user"]
     pd.DataFrame({"user_id": users, "timestamp": [1_700_000_000] * 7}).to_csv(tmp_path / "req.csv", index=False)

@@ -190,6 +190,45 @@ def test_missing_attribute_values_are_left_out_not_sent_as_text():
     assert "attributes" not in encode_request("new", 3, attributes={"age": None})
 
 
+def test_missing_values_of_any_float_type_and_pandas_na_are_left_out():
+    import pandas as pd
+
+    r = parse_request(encode_request("new", 3, attributes={"age": np.float32("nan"), "gender": pd.NA,
+                                                           "occupation": np.float64("nan"), "zip": "x"}), MAX_K)
+    assert r.attributes == {"zip": "x"}
+
+
+def test_the_client_refuses_what_would_go_out_as_something_else():
+    """A bare string where a list belongs went out as its characters ("88" excluded "8" twice); None went
+    out as the user "None"; a list attribute as its text."""
+    for name in ("exclude_items", "recent_items", "promoted", "include_categories", "exclude_categories"):
+        with pytest.raises(TypeError, match=rf"{name} must be a list of ids, not the string '88'; pass \['88'\]"):
+            encode_request("196", 3, **{name: "88"})
+    with pytest.raises(TypeError, match="user_id=None must be a string"):
+        encode_request(None, 3)
+    assert parse_request(encode_request(196, 3), MAX_K).user_id == "196"  # an int id is its text, as in training
+    with pytest.raises(TypeError, match=r"attributes\['occupation'\] is a list; a request carries one value"):
+        encode_request("new", 3, attributes={"occupation": ["a", "b"]})
+    assert parse_request(encode_request("196", 3, exclude_items=("88",)), MAX_K).exclude_items == ["88"]
+
+
+def test_block_and_unblock_refuse_a_bare_string():
+    """block("50") blocked items "5" and "0"."""
+    from serving.client import RecommendClient
+
+    with RecommendClient("127.0.0.1:1") as client:  # refused before any call: nothing listens there
+        for call in (client.block, client.unblock):
+            with pytest.raises(TypeError, match=r"item_ids must be a list of ids, not the string '50'"):
+                call("50")
+
+
+def test_events_with_a_column_the_server_does_not_take_are_refused_not_trimmed():
+    event = {"event_id": ["e1"], "user_id": ["u"], "item_id": ["i"], "timestamp": [1.7e9], "type": ["click"]}
+    with pytest.raises(ValueError, match=r"column\(s\) \['wieght'\] the server does not take"):
+        encode_events({**event, "wieght": [2.0]})
+    assert set(encode_events({**event, "weight": [2.0]})) == set(event) | {"weight"}
+
+
 def test_ids_are_stripped_as_training_and_the_events_model_store_them():
     r = parse_request(encode_request(" 9 ", 3, exclude_items=["\ti1 "], recent_items=[" i2"], promoted=["i3 "],
                                      include_categories=[" Comedy"], attributes={"age": " 25 "}), MAX_K)
@@ -240,6 +279,8 @@ def with_(**changes):
     (with_(exclude_items=np.array([b"i"] * (MAX_LIST_LEN + 1), object)), r"'exclude_items' has 1001 entries"),
     (with_(include_categories=np.array([[b"a"]], object)), r"'include_categories' has shape \[1, 1\]"),
     (with_(colour=np.array([b"red"], object)), r"unknown input\(s\) \['colour'\]; known: user_id, k"),
+    (with_(segment=np.array([b"s" * 1000], object)), r"'segment' holds a value of 1000 characters; at most 256"),
+    (with_(attributes=np.array([b"occupation=" + b"x" * 1000], object)), r"'attributes' holds a value of 1011 char"),
 ])
 def test_bad_requests_name_the_problem(tensors, message):
     with pytest.raises(RequestError, match=message):

@@ -52,6 +52,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import traceback
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -395,7 +396,7 @@ class TritonPythonModel:
                     error=pb_utils.TritonError(str(err), pb_utils.TritonError.INVALID_ARG)))
             except Exception as err:  # noqa: BLE001 - answer with INTERNAL, keep serving
                 self.errors["internal"].increment(1)
-                self.logger.log_error(f"recommend failed: {type(err).__name__}: {err}")
+                self.logger.log_error(f"recommend failed: {type(err).__name__}: {err}\n{traceback.format_exc()}")
                 responses.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(f"internal error: {type(err).__name__}: {err}")))
         if self._shown:  # durable before the answers leave
