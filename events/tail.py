@@ -65,11 +65,22 @@ class EventTail:
         log_id: the identity of the log ``after`` was taken from (a cursor's ``log_id``): a directory
             with another one raises :class:`CursorPastEnd`. Without it, the identity the tail first
             sees is kept and checked from then on (:attr:`log_id`, what a cursor of this tail records).
+        verify: check each segment's integrity (SQLite's ``quick_check``) before its first read, and
+            raise ``sqlite3.DatabaseError`` for a damaged one (a page overwritten can make a table look
+            empty: its rows would be skipped unread). For offline readers (a refresh, a retrain); the
+            serving path does not pay it.
+
+    :attr:`skipped_segments`: segments after the cursor's that the log dropped (its size bound) before
+    this tail read them; their rows are lost to this reader (segment numbers are never reused, so a gap
+    in the numbers is such a drop).
     """
 
     def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
-                 after: tuple[int, int] | None = None, kind: str = "events", log_id: str | None = None):
+                 after: tuple[int, int] | None = None, kind: str = "events", log_id: str | None = None,
+                 verify: bool = False):
         self.directory = Path(directory)
+        self.verify, self._verified = verify, set()
+        self.skipped_segments = 0
         self.log_id = log_id
         self._checked: list | None = None  # the listing the identity was last checked at
         self.received_after = received_after
@@ -106,9 +117,17 @@ class EventTail:
         for n in listed:
             if n < self.segment:
                 continue
+            if self.segment and n > self.segment + 1:  # those between were dropped unread: counted once, as
+                self.skipped_segments += n - self.segment - 1  # the cursor moves to the start of this one
+                self.segment, self.rowid = n, 0
             conn = self._open(n)
             if conn is None:
                 continue
+            if self.verify and n not in self._verified:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError(f"segment {n} is damaged ({'; '.join(problems[:3])})")
+                self._verified.add(n)
             after = self.rowid if n == self.segment else 0
             # One bound first, then the rows up to it: a row committed between two statements is
             # then read next time, never skipped (the cursor only moves to what was bounded).

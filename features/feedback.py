@@ -50,8 +50,12 @@ def log_dirs(path: str | os.PathLike, setting: str = "events=<dir>") -> tuple[Pa
     how the caller's user names the path (train.py's key, or a command's flag), for the error."""
     p = Path(path).expanduser().resolve()
     if not p.is_dir():
-        raise DataError(f"event log {p} does not exist ({setting}: the served --event-log DIR, or one "
-                        "EventLog directory)")
+        what = "is a file, not a directory" if p.exists() else "does not exist"
+        raise DataError(f"event log {p} {what} ({setting}: the served --event-log DIR, or one EventLog directory)")
+    if p.name in ("impressions", "catalog") and (p.parent / "events").is_dir():
+        # its own tail would move the run's events cursor here: the served tail would then skip the events
+        raise DataError(f"{p} is the {p.name} folder of the served log {p.parent}; {setting}: give {p.parent} "
+                        "(its events, impressions and catalog records are read from their folders)")
     if (p / "events").is_dir():
         return p / "events", (p / "impressions") if (p / "impressions").is_dir() else None
     if not list_segments(p) and not (p / LOCK_NAME).is_file():
@@ -78,12 +82,14 @@ class LogCursor:
         return {**out, "log_id": self.log_id} if self.log_id else out
 
 
-def read_log_events(events_dir: Path, after: LogCursor | None = None,
-                    kind: str = "events") -> tuple[pd.DataFrame, LogCursor]:
+def read_log_events(events_dir: Path, after: LogCursor | None = None, kind: str = "events",
+                    report: dict | None = None) -> tuple[pd.DataFrame, LogCursor]:
     """Every row of table ``kind`` logged in a log directory (after ``after``, when given), and the
-    cursor of the last one read."""
+    cursor of the last one read. Each segment read is checked first (a damaged one is a DataError, not
+    rows skipped); segments the log dropped (its size bound) after the cursor's before this read are
+    counted in ``report["skipped_segments"]`` and warned about: their rows are lost to this reader."""
     tail = EventTail(events_dir, after=(after.segment, after.rowid) if after else None, kind=kind,
-                     log_id=after.log_id if after else None)
+                     log_id=after.log_id if after else None, verify=True)
     try:
         frame = tail.read_new()
     except sqlite3.DatabaseError as e:  # a segment that is not SQLite (a bad copy, a disk error)
@@ -94,6 +100,12 @@ def read_log_events(events_dir: Path, after: LogCursor | None = None,
                         "already in the run's history are dropped as duplicates)") from None
     finally:
         tail.close()
+    if tail.skipped_segments:
+        log.warning("event log %s: %d segment(s) after the cursor were dropped by the log's size bound before "
+                    "this read: their %s are lost to it (read the log more often, or give it more room: "
+                    "--log-max-gib)", events_dir, tail.skipped_segments, kind)
+    if report is not None:
+        report["skipped_segments"] = tail.skipped_segments
     return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid, tail.log_id)
 
 

@@ -107,11 +107,11 @@ class OnlineCatalog:
         changes = fold_records(records)
         items, users, flags = changes.items, changes.users, changes.blocked
         new, updated = self.upsert_items(items) if items else (0, 0)
-        blocked = self._set_blocked(flags)
+        blocked, unblocked = self._set_blocked(flags)
         if users:
             self.store.set_user_attributes(list(users), list(users.values()))
-        return {"new_items": new, "updated_items": updated, "blocked": blocked,
-                "unblocked": len(flags) - blocked, "users": len(users)}
+        return {"new_items": new, "updated_items": updated, "blocked": blocked, "unblocked": unblocked,
+                "users": len(users)}
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -206,14 +206,17 @@ class OnlineCatalog:
 
     # -- blocks -----------------------------------------------------------------------------------
 
-    def _set_blocked(self, flags: dict[str, bool]) -> int:
+    def _set_blocked(self, flags: dict[str, bool]) -> tuple[int, int]:
+        """Block / unblock the known items of ``flags``; -> (blocked, unblocked) counts of those applied
+        (an id the catalog lacks is neither: the catalog model accepts known items only, a replay may
+        still hold old ones)."""
         if not flags:
-            return 0
+            return 0, 0
         idx = self.store.items.lookup(np.asarray(list(flags), dtype=object))
         value = np.array(list(flags.values()), dtype=bool)
-        ok = idx >= 0  # the catalog model accepts blocks of known items only; a replay may still hold old ones
+        ok = idx >= 0
         self.pipeline.catalog.blocked[idx[ok]] = value[ok]
-        return int(value[ok].sum())
+        return int(value[ok].sum()), int((~value[ok]).sum())
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

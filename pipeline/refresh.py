@@ -402,9 +402,10 @@ def log_events(run_dir: str | Path, log_path: str | Path, from_start: bool = Fal
 
     events_dir, _ = log_dirs(log_path, "--events DIR")
     after = None if from_start else _store_cursor(run_dir, "event_log", events_dir)
-    events, cursor = read_log_events(events_dir, after)
+    read: dict = {}
+    events, cursor = read_log_events(events_dir, after, report=read)
     rows, counts = log_interactions(events, INTERACTION_TYPES)
-    return rows, cursor.as_dict(), counts
+    return rows, cursor.as_dict(), {**counts, **read}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -260,3 +260,19 @@ def test_train_with_events_produces_a_run_that_records_the_log(tmp_path):
     assert len(read_log(log_dir / "events")) == len(events)  # the log itself is untouched
     with pytest.raises(DataError, match="stage=backtest"):
         train(compose_cfg(tmp_path, TINY_DATA + ["stage=backtest", f"events={log_dir}"]))
+
+
+def test_a_served_logs_impressions_or_catalog_folder_is_not_taken_for_its_events(tmp_path):
+    """--events DIR/impressions read nothing and moved the run's events cursor there: the served tail then
+    skipped the events logged before the refresh."""
+    from features.feedback import log_dirs
+
+    for name in ("events", "impressions", "catalog"):
+        (tmp_path / "served" / name).mkdir(parents=True)
+    assert log_dirs(tmp_path / "served")[0] == tmp_path / "served" / "events"
+    for name in ("impressions", "catalog"):
+        with pytest.raises(DataError, match=rf"is the {name} folder of the served log .*give .*served"):
+            log_dirs(tmp_path / "served" / name, "--events DIR")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        log_dirs(tmp_path / "notes.txt")

@@ -1,12 +1,15 @@
 """events/tail.py: a reader that follows the log sees every appended event once, across segments."""
 
 import os
+import sqlite3
 import time
 
 import pytest
 
 from events.log import EventLog
 from events.tail import EventTail
+from features.feedback import LogCursor, read_log_events
+from features.schema import DataError
 
 TINY = 32 * 1024  # the smallest segment: ~250 events
 
@@ -176,3 +179,44 @@ def test_an_empty_identity_is_repaired_and_the_catalog_vocabulary_survives_a_rep
         log.append_catalog([upsert(i) for i in range(1, 5)])
     assert (items.follow().lookup([f"new{i}" for i in range(5)]) >= 0).all()
     items.close()
+
+
+def test_segments_the_log_dropped_before_a_reader_came_back_are_counted_once(tmp_path):
+    """The log's size bound drops its oldest segments; a cursor in one of them resumes at the oldest live
+    one (nothing else to read), and the dropped segments after it are counted (a refresh says so)."""
+    with EventLog(tmp_path / "log", max_segment_bytes=TINY, max_total_bytes=3 * TINY, durability="normal") as log:
+        log.append_events(events(0, 100))
+        first = EventTail(tmp_path / "log")
+        first.read_new()
+        cursor = (first.segment, first.rowid)
+        for lo in range(100, 3000, 100):  # many segments: the oldest are dropped
+            log.append_events(events(lo, lo + 100))
+        live = sorted(int(f.name[8:14]) for f in (tmp_path / "log").glob("segment-*.sqlite"))
+    assert live[0] > cursor[0] + 1
+    tail = EventTail(tmp_path / "log", after=cursor)
+    got = tail.read_new()["event_id"].tolist()
+    assert tail.skipped_segments == live[0] - cursor[0] - 1
+    assert got[-1] == "e2999" and len(got) == len(set(got))
+    assert tail.read_new().empty and tail.skipped_segments == live[0] - cursor[0] - 1  # counted once
+    fresh = EventTail(tmp_path / "log")  # no cursor: the log as it is, nothing counted
+    fresh.read_new()
+    assert fresh.skipped_segments == 0
+    report = {}  # what a refresh reads and prints (log_skipped_segments)
+    frame, _ = read_log_events(tmp_path / "log", LogCursor(str(tmp_path / "log"), *cursor), report=report)
+    assert report == {"skipped_segments": live[0] - cursor[0] - 1} and frame["event_id"].tolist() == got
+
+
+def test_a_damaged_segment_is_an_error_for_a_verifying_reader_not_an_empty_one(tmp_path):
+    with EventLog(tmp_path / "log", max_segment_bytes=TINY, durability="normal") as log:
+        for lo in range(0, 1000, 100):
+            log.append_events(events(lo, lo + 100))
+    segments = sorted((tmp_path / "log").glob("segment-*.sqlite"))
+    data = bytearray(segments[0].read_bytes())
+    page = 4096
+    for start in range(3 * page, len(data), page):  # every page from the fourth: headers and cells overwritten
+        data[start + 8 : start + 200] = b"\xab" * 192
+    segments[0].write_bytes(bytes(data))
+    with pytest.raises(sqlite3.DatabaseError, match=r"segment \d+ is damaged"):
+        EventTail(tmp_path / "log", verify=True).read_new()
+    with pytest.raises(DataError, match="a segment could not be read"):  # what a refresh or retrain says
+        read_log_events(tmp_path / "log")

@@ -39,6 +39,12 @@ def test_a_new_item_gets_the_offline_item_tower_embedding_and_is_retrieved(live,
     n0 = len(pipe.store.items)
     assert catalog.apply(records(("upsert_item", "new-1", attrs))) == {
         "new_items": 1, "updated_items": 0, "blocked": 0, "unblocked": 0, "users": 0}
+    # a block of an id the catalog lacks (a replayed old record) is applied as neither (it read "unblocked")
+    counts = catalog.apply(records(("block", "never-there", {}), ("block", "new-1", {}), ("unblock", "new-1", {})))
+    assert (counts["blocked"], counts["unblocked"]) == (0, 1)  # one record per id: the last one wins
+    counts = catalog.apply(records(("block", "never-there", {}), ("block", "new-1", {})))
+    assert (counts["blocked"], counts["unblocked"]) == (1, 0)
+    catalog.apply(records(("unblock", "new-1", {})))
     new = int(pipe.store.items.lookup(["new-1"])[0])
     assert new == n0 and len(pipe.catalog) == n0 + 1 and pipe.retriever.index.ntotal == n0 + 1
     # offline: the item tower on the stored encoded row of the same attributes, with an unknown id (code 0)
