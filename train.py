@@ -77,7 +77,8 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
         feedback = merge_event_log(cfg, dataset, art)
         dataset = feedback.dataset
     data = prepare(cfg, dataset)
-    cutoffs = [("eval.ks", cfg.eval.ks)] + ([("retrieval.eval_ks", cfg.retrieval.get("eval_ks") or [])]
+    cutoffs = [("eval.ks", cfg.eval.ks)] + ([("retrieval.eval_ks", cfg.retrieval.get("eval_ks") or []),
+                                             ("retrieval.val_ks", cfg.retrieval.get("val_ks") or [])]
                                             if "retrieval" in stages else [])
     for key, ks in cutoffs:
         if ks and max(ks) > data.n_items:
@@ -155,12 +156,32 @@ def main(cfg: DictConfig) -> float | None:
     cfg.overrides = list(HydraConfig.get().overrides.task)
     try:
         metrics = train(cfg)
-    except DataError as err:  # bad data or data settings: the message names the fix; no traceback
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - bad data or settings: the message names the fix, no traceback
+        message = _user_error(err)
+        if message is None:
+            raise
+        log.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     print(_summary_table(metrics))
     return selection_metric(cfg, metrics)  # what a Hydra sweeper (Optuna) optimises
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The message of a mistake in the data or the settings (a DataError, also when Hydra's instantiate
+    wrapped it; a required setting left unset), for one line without a traceback; None for anything else."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, DataError):
+            return str(seen)
+        if isinstance(seen, MissingMandatoryValue):
+            key = getattr(seen, "full_key", None) or "a required setting"
+            return (f"{key} is not set; give it on the command line (e.g. data=custom "
+                    "data.loader.interactions=events.parquet: README, 'Data')")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _summary_table(metrics: dict[str, float]) -> str:

@@ -54,6 +54,20 @@ class FeatureSpec:
         return self.column or self.name
 
 
+def _option_problem(opt: str, v) -> str | None:
+    """What a feature option's value must be, when it is not (None: fine)."""
+    whole = isinstance(v, int) and not isinstance(v, bool)
+    if opt in ("max_len", "min_count", "max_vocab") and not (whole and v >= 1):
+        return "a whole number >= 1"
+    if opt == "sep" and not (isinstance(v, str) and v):
+        return "a non-empty string (e.g. '|')"
+    if opt == "column" and not (v is None or (isinstance(v, str) and v)):
+        return "a column name"
+    if opt == "log1p" and not isinstance(v, bool):
+        return "true or false"
+    return None
+
+
 def parse_specs(block: dict | None, entity: str, where: str) -> list[FeatureSpec]:
     """Parse ``{name: {kind: ..., ...}}`` from config, with errors naming the file and the fix."""
     specs = []
@@ -66,6 +80,10 @@ def parse_specs(block: dict | None, entity: str, where: str) -> list[FeatureSpec
         bad = set(opts) - allowed
         if bad:
             raise DataError(f"feature {entity}.{name} in {where} has unknown option(s) {sorted(bad)}; known: {sorted(allowed)}.")
+        for opt, v in opts.items():
+            problem = _option_problem(opt, v)
+            if problem:
+                raise DataError(f"feature {entity}.{name} in {where}: {opt}={v!r} must be {problem}.")
         spec = FeatureSpec(name=str(name), kind=kind, **opts)
         if kind == "context" and spec.source not in CONTEXT_FIELDS:
             raise DataError(f"context feature {name!r} in {where} must be one of {CONTEXT_FIELDS} (set column: hour).")

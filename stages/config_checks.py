@@ -13,8 +13,9 @@ import math
 import numbers
 from collections.abc import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from evaluation.metrics import RANKING_METRICS
 from features.schema import DataError
 
 
@@ -34,6 +35,11 @@ KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "nonneg": ("a number >= 0", lambda v: _real(v) and v >= 0),
     "dropout": ("a number in [0, 1)", lambda v: _real(v) and 0 <= v < 1),
     "share": ("a number in [0, 1]", lambda v: _real(v) and 0 <= v <= 1),
+    "part": ("a number in (0, 1): evaluation and early stopping read that part", lambda v: _real(v) and 0 < v < 1),
+    "ks": ("a non-empty list of whole numbers >= 1, e.g. [10, 20]",
+           lambda v: isinstance(v, list) and len(v) > 0 and all(_whole(k) and k >= 1 for k in v)),
+    "layers": ("a list of whole numbers >= 1 (layer widths), e.g. [64]",
+               lambda v: isinstance(v, list) and all(_whole(k) and k >= 1 for k in v)),
 }
 
 CHECKS: dict[str, str] = {
@@ -48,7 +54,10 @@ CHECKS: dict[str, str] = {
     "trainer.max_epochs": "epochs",
     **dict.fromkeys((
         "retrieval.uniform_negatives", "retrieval.early_stopping.patience", "ranking.patience", "distill.patience",
-        "ranking.recent_days", "eval.cold_users"), "count0"),
+        "ranking.recent_days", "eval.cold_users", "seed"), "count0"),
+    **dict.fromkeys(("eval.ks", "retrieval.eval_ks", "retrieval.val_ks"), "ks"),
+    **dict.fromkeys(("retrieval.model.hidden", "ranking.model.hidden", "distill.model.hidden"), "layers"),
+    **dict.fromkeys(("split.test_share", "split.valid_share"), "part"),
     **dict.fromkeys((
         "retrieval.temperature", "retrieval.optimizer.lr", "ranking.optimizer.lr", "distill.optimizer.lr",
         "distill.temperature", "baselines.ease.model.l2", "ranking.cooc.ease_l2"), "positive"),
@@ -59,8 +68,8 @@ CHECKS: dict[str, str] = {
         "export.parity_atol", "distill.gate.min_retained"), "nonneg"),  # a gate above 1: the student must beat the teacher
     **dict.fromkeys((
         "retrieval.model.dropout", "retrieval.model.item_id_dropout", "retrieval.model.user_id_dropout",
-        "retrieval.model.history_dropout", "ranking.model.dropout", "distill.model.dropout", "split.test_share",
-        "split.valid_share", "ranking.val_share"), "dropout"),
+        "retrieval.model.history_dropout", "ranking.model.dropout", "distill.model.dropout", "ranking.val_share"),
+        "dropout"),
     **dict.fromkeys((
         "pipeline.cooc_share", "pipeline.cold_popular_share", "export.int8.min_top10_overlap", "ranking.cold_share",
         "split.cold_item_share"), "share"),
@@ -75,6 +84,8 @@ def check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is None:
             continue
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value)
         what, ok = KINDS[kind]
         if not ok(value):
             bad.append(f"{key}={value!r} must be {what}")
@@ -82,6 +93,32 @@ def check_values(cfg: DictConfig) -> None:
     if _real(test) and _real(valid) and test + valid >= 1:
         bad.append(f"split.test_share + split.valid_share = {test + valid:g} must be below 1 (something must be left "
                    "to train on)")
+    bad += _names(cfg)
     if bad:
         raise DataError("config values out of range: " + "; ".join(bad) + ". Fix them on the command line "
                         "(key=value) or in configs/.")
+
+
+def _names(cfg: DictConfig) -> list[str]:
+    """Settings that name something: a history mode, the metric early stopping or model selection reads
+    (each failed with a traceback, the monitor only after an epoch)."""
+    bad = []
+    from retrieval.data import HISTORY_MODES  # here: it imports torch
+
+    mode = OmegaConf.select(cfg, "retrieval.history_mode")
+    if mode is not None and mode not in HISTORY_MODES:
+        bad.append(f"retrieval.history_mode={mode!r} must be one of {', '.join(HISTORY_MODES)}")
+    val_ks = OmegaConf.select(cfg, "retrieval.val_ks")
+    monitor = OmegaConf.select(cfg, "retrieval.early_stopping.monitor")
+    if monitor is not None and isinstance(val_ks, ListConfig):
+        known = [f"val/{m}@{k}" for k in val_ks for m in ("recall", "ndcg")]
+        if monitor not in known:
+            bad.append(f"retrieval.early_stopping.monitor={monitor!r} must be a metric validation logs: one of "
+                       f"{', '.join(known)} (retrieval.val_ks)")
+    ks, metric = OmegaConf.select(cfg, "eval.ks"), OmegaConf.select(cfg, "eval.select_metric")
+    if metric is not None and isinstance(ks, ListConfig):
+        name, _, k = str(metric).partition("@")
+        if name not in RANKING_METRICS or not k.isdigit() or int(k) not in list(ks):
+            bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(RANKING_METRICS)} @ one of eval.ks "
+                       f"{list(ks)} (e.g. ndcg@{list(ks)[0] if len(ks) else 10})")
+    return bad
