@@ -58,7 +58,14 @@ def run_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     """
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.exists():
-        cfg = OmegaConf.load(saved)
+        try:
+            cfg = OmegaConf.load(saved)
+        except Exception as err:  # noqa: BLE001 - yaml's and OmegaConf's errors alike: a damaged file
+            raise ValueError(f"the run's saved config {saved} is damaged ({type(err).__name__}); restore it, or "
+                             "move it away to export with configs/train.yaml") from None
+        if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("paths"), DictConfig):
+            raise ValueError(f"the run's saved config {saved} is not a run config (no paths section); restore it, "
+                             "or move it away to export with configs/train.yaml")
     else:
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose("train", overrides=[f"paths.output_dir={run_dir}"])

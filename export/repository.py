@@ -163,6 +163,7 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     # every artifact the served pipeline reads, read once before the repository is touched: a damaged
     # one (a truncated index) fails here with its name, not after the templates replaced a good export
     art.load_pipeline()
+    art.titles()  # read by recommend too (a truncated one passed here and failed the served model's load)
     (repo / "export.json").unlink(missing_ok=True)  # a failed export must not look complete
     copy_template(repo)
     real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))

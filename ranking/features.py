@@ -393,13 +393,21 @@ class CandidateFeatures:
                  event_keys=keys)
         if self.ease is not None:
             np.save(out / "ease.npy", self.ease)
-        (out / "ranker_features.json").write_text(json.dumps({"recent_seconds": self.recent_seconds}))
+        else:
+            (out / "ease.npy").unlink(missing_ok=True)  # an older state's table must not be read back
+        (out / "ranker_features.json").write_text(json.dumps({"recent_seconds": self.recent_seconds,
+                                                             "ease": self.ease is not None}))
 
     @classmethod
     def load(cls, out_dir: str | Path, store: FeatureStore) -> "CandidateFeatures":
         d = Path(out_dir)
         z = np.load(d / "ranker_tables.npz")
         meta = json.loads((d / "ranker_features.json").read_text())
-        ease = np.load(d / "ease.npy") if (d / "ease.npy").exists() else None
+        if meta.get("ease") and not (d / "ease.npy").exists():  # the ranker learned from EASE scores: no silent swap
+            raise FileNotFoundError(f"{d / 'ease.npy'} is missing (the ranker was trained on EASE scores; without "
+                                    "them every list would change): restore it, or refresh/rebuild the run's state")
+        # whether it has EASE: as saved (older runs did not say: the file decides)
+        has_ease = meta["ease"] if "ease" in meta else (d / "ease.npy").exists()
+        ease = np.load(d / "ease.npy") if has_ease else None
         return cls(store, z["item_embeddings"], sp.load_npz(d / "cooc.npz").tocsr(), ease, z["item_first_ts"],
                    z["event_keys"], meta["recent_seconds"] / 86400)

@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from features.custom import read_table
 from features.schema import DataError
-from serving.client import RecommendClient, check_address
+from serving.client import RecommendClient, call_seconds, check_address
 from serving.events_cli import report_statuses
 
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--url", action="append", default=None,
                         help="a server's gRPC address; without Redis repeat it for every host (with Redis one "
                              "host shares the change with all; default: 127.0.0.1:8001)")
-    common.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    common.add_argument("--timeout", type=call_seconds, default=60.0, help="seconds per call (default: 60)")
     common.add_argument("--fail-on-rejected", action="store_true", help="exit 1 when any record was rejected")
     for name, what in (("upsert-items", "item_id"), ("upsert-users", "user_id")):
         p = sub.add_parser(name, parents=[common], help=f"upsert the rows of a CSV or parquet file ({what} + attributes)")

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 from tritonclient.utils import InferenceServerException
 
-from serving.client import RecommendClient
+from serving.client import RecommendClient, call_seconds
 from serving.protocol import Recommendations
 
 
@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE",
                    help="a user attribute for this request (repeatable, e.g. --attribute age=30): the cold-start "
                         "path of a user the server does not know; a stored attribute of that name is overridden")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default: %(default)s)")
+    p.add_argument("--timeout", type=call_seconds, default=10.0, help="seconds to wait (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     args = p.parse_args(argv)
     attributes = {}

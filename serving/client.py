@@ -128,6 +128,21 @@ def _answer_text(result) -> bytes | None:
     return None
 
 
+def call_seconds(text: str) -> float:
+    """A command's ``--timeout``: finite seconds > 0 (0, a negative number or nan ended every call in
+    DEADLINE_EXCEEDED); an ``argparse`` type."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give the seconds a call may take, a number > 0 (e.g. 10)")
+    return value
+
+
 def check_address(url: str) -> str:
     """``host:port`` with a port in 1..65535, else ValueError (gRPC takes a larger port modulo 65536:
     ``127.0.0.1:99999`` reached whatever listens on 34463)."""
@@ -184,6 +199,7 @@ class RecommendClient:
         self._outputs = [grpcclient.InferRequestedOutput(ANSWER)]
         self._catalog_outputs = list(CATALOG_OUTPUTS)  # status and detail; status alone for an older server
         self.last_details: list[str] = []  # per record of the last catalog call: "" or what was wrong
+        self.last_statuses: list[str] = []  # per event of the last send_events, as far as it got
 
     def recommend(self, user_id: str, k: int, timestamp: float | None = None, exclude_items: Sequence[str] = (),
                   include_categories: Sequence[str] = (), exclude_categories: Sequence[str] = (),
@@ -233,7 +249,7 @@ class RecommendClient:
         tensors = encode_events(events)
         n = len(next(iter(tensors.values())))
         outputs = [grpcclient.InferRequestedOutput(name) for name in EVENT_OUTPUTS]
-        statuses: list[str] = []
+        self.last_statuses = statuses = []  # grows per call: what was answered when a later call fails
         for start in range(0, n, batch_size):
             part = {name: array[start : start + batch_size] for name, array in tensors.items()}
             result = self._call(EVENTS_MODEL, _inputs(part), outputs)

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from features.custom import read_table
 from features.schema import DataError
-from serving.client import RecommendClient
+from serving.client import RecommendClient, call_seconds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     send.add_argument("file", help="CSV or parquet with event_id, user_id, item_id, timestamp, type[, weight]")
     send.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address (default: 127.0.0.1:8001)")
     send.add_argument("--batch-size", type=int, default=10_000, help="events per call (default: 10000, at most 100000)")
-    send.add_argument("--timeout", type=float, default=60.0, help="seconds per call (default: 60)")
+    send.add_argument("--timeout", type=call_seconds, default=60.0, help="seconds per call (default: 60)")
     send.add_argument("--fail-on-rejected", action="store_true", help="exit 1 when any event was rejected")
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= 100_000:
@@ -42,19 +42,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    client = None
     try:
         table = read_table(args.file, "events", "FILE",
                            dtype={c: str for c in ("event_id", "user_id", "item_id", "type")})
         if table.empty:  # a header alone: nothing to send (as an empty file, an error, not "0 events")
             raise DataError(f"events file {args.file} has a header but no rows.")
-        with RecommendClient(args.url, timeout=args.timeout) as client:
+        client = RecommendClient(args.url, timeout=args.timeout)
+        try:
             status = client.send_events(table, args.batch_size)
+        finally:
+            client.close()
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except InferenceServerException as err:
-        print(f"error: the server at {args.url} did not take the events: {err.status()}: {err.message()}",
-              file=sys.stderr)
+        done = client.last_statuses if client is not None else []  # answered before this call failed
+        logged = sum(s in ("ok", "duplicate") for s in done)
+        print(f"error: the server at {args.url} did not take the events from row {len(done) + 1} on: {err.status()}: "
+              f"{err.message()}. The {len(done)} rows before were answered ({logged} logged); a call that failed "
+              "may still have been logged: send the same file again (logged events come back as duplicate, "
+              "nothing is applied twice)", file=sys.stderr)
         return 2
     rejected = report_statuses(status, "events", ("ok", "duplicate"), lambda i: table.iloc[i].to_dict())
     return 1 if rejected and args.fail_on_rejected else 0

@@ -185,3 +185,36 @@ def test_console_scripts_print_their_installed_name(module, name, capsys):
 def test_tiny_data_keys_are_real(tmp_path):
     """The shrink the suite relies on composes (a hint suite is only as good as its base config)."""
     assert compose_cfg(tmp_path, TINY_DATA).data.loader.n_users == 300
+
+
+def test_a_send_that_fails_part_way_says_how_far_it_got_and_that_resending_is_safe(tmp_path, capsys, monkeypatch):
+    """Found by a probe: 5,000 of 20,000 events were logged, and the command said the server "did not take
+    the events"."""
+    from tritonclient.utils import InferenceServerException
+
+    from serving.client import RecommendClient
+    from serving.events_cli import main
+
+    rows = "\n".join(f"e{i},u{i},i{i},1700000000,click" for i in range(5))
+    (tmp_path / "ev.csv").write_text("event_id,user_id,item_id,timestamp,type\n" + rows + "\n")
+
+    def send_events(self, events, batch_size=10_000):
+        self.last_statuses = ["ok", "duplicate"]  # the first call answered, the second timed out
+        raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+
+    monkeypatch.setattr(RecommendClient, "send_events", send_events)
+    assert main(["send", str(tmp_path / "ev.csv"), "--batch-size", "2", "--url", f"127.0.0.1:{_free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert "did not take the events from row 3 on: StatusCode.DEADLINE_EXCEEDED" in err
+    assert "The 2 rows before were answered (2 logged)" in err and "send the same file again" in err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "abc"])
+def test_a_timeout_that_ends_every_call_is_refused(timeout, capsys):
+    from serving.cli import main as recommend_main
+    from serving.events_cli import main as events_main
+
+    for main, argv in ((recommend_main, ["--user", "196"]), (events_main, ["send", "x.csv"])):
+        with pytest.raises(SystemExit) as err:
+            main([*argv, "--timeout", timeout])
+        assert err.value.code == 2 and "give the seconds a call may take, a number > 0" in capsys.readouterr().err

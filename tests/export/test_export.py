@@ -336,6 +336,38 @@ def test_a_damaged_artifact_fails_the_export_before_the_repository_is_touched(re
     assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
 
 
+def test_damaged_titles_a_missing_ease_table_and_a_damaged_saved_config_fail_the_export_first(repo, tiny_run, tmp_path):
+    """Found by a probe: truncated titles passed the export and failed the served model's load; without
+    ease.npy every list was silently ranked on cosine scores the ranker never learned from; a damaged
+    .hydra/config.yaml was a yaml traceback."""
+    from export.config import run_config
+    from features.schema import DataError
+
+    target = tmp_path / "repo"
+    shutil.copytree(repo, target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    titles = RunArtifacts(run).path("item_titles")
+    titles.write_bytes(titles.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"artifact item_titles .* could not be read"):
+        run_export(export_cfg(tmp_path / "cfg", target), run)
+    shutil.rmtree(run)
+    shutil.copytree(tiny_run, run)
+    ease = RunArtifacts(run).path("ranker_features") / "ease.npy"
+    assert ease.is_file()  # the tiny run ranks on EASE scores
+    ease.unlink()
+    with pytest.raises(DataError, match=r"ease.npy is missing \(the ranker was trained on EASE scores"):
+        run_export(export_cfg(tmp_path / "cfg", target), run)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    saved = run / ".hydra" / "config.yaml"
+    saved.parent.mkdir(exist_ok=True)
+    for text in ("paths: {root_dir: [", "", "- a\n"):
+        saved.write_text(text)
+        with pytest.raises(ValueError, match=r"the run's saved config .* (is damaged|is not a run config)"):
+            run_config(run, [])
+
+
 def test_a_run_without_a_student_leaves_no_student_in_the_repository(repo, tiny_run, tmp_path, monkeypatch):
     """An earlier export into triton_repo/ itself leaves ranker_student/ in the template folder; the
     check that keeps committed models used that folder's presence, so a run without a student (or one
