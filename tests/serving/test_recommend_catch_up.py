@@ -189,3 +189,19 @@ def test_a_log_replaced_by_a_longer_one_is_read_again_from_its_start(model_modul
                                                                  "rowid": 2, "log_id": old_id}}, 10.0)
     m._apply_new()
     assert m.online.applied == [f"e{i}" for i in range(6)]  # not just e2..e5
+
+
+def test_segments_dropped_before_the_instance_read_them_are_counted_once_and_said(model_module):
+    m = make(model_module, [], [])
+    warned = []
+    m.logger = types.SimpleNamespace(log_error=lambda *_: None, log_warn=warned.append)
+    m.segments_skipped, m.shown_segments, m.redis_up = Counter_(), 0, None
+    m.freshness = {k: types.SimpleNamespace(set=lambda v: None) for k in ("event", "snapshot", "model")}
+    m.started_at, m.model_at = 1.0, None
+    m.tail.skipped_segments, m.catalog_tail.skipped_segments = 2, 1  # what the local tails counted
+    m._report_state()
+    m._report_state()  # nothing new: not counted again
+    assert m.segments_skipped.n == 3 and len(warned) == 1 and "3 log segment(s) dropped" in warned[0]
+    m.tail.skipped_segments = 4
+    m._report_state()
+    assert m.segments_skipped.n == 5 and len(warned) == 2

@@ -299,6 +299,13 @@ class TritonPythonModel:
             self._skipped_since_log, self._skip_logged_at = 0, now
 
     def _report_state(self) -> None:
+        segments = getattr(self.tail, "skipped_segments", 0) + getattr(self.catalog_tail, "skipped_segments", 0)
+        if segments != self.shown_segments:  # local tails only (a Redis tail counts trimmed entries below)
+            self.segments_skipped.increment(segments - self.shown_segments)
+            self.logger.log_warn(f"recommend: {segments - self.shown_segments} log segment(s) dropped by the log's size "
+                                 "bound before this instance read them: their events or catalog records were never "
+                                 "applied (give the log more room: --log-max-gib)")
+            self.shown_segments = segments
         if self.redis_up is not None:  # up: both streams read at their last try
             up = self.tail.up if self.catalog_tail.up is not False else False
             if up != self.shown_up:
@@ -339,6 +346,10 @@ class TritonPythonModel:
             "recsys_events_skipped_total", "Logged events this instance did not apply, by why (unknown_item: the "
             "item is not in its catalog)", "reason", ("unknown_item",), inst)
         self._skipped_since_log, self._skip_logged_at = 0, -math.inf
+        self.segments_skipped = m.counter(
+            "recsys_log_segments_skipped_total", "Log segments the log's size bound dropped before this instance "
+            "read them: their events or catalog records were never applied", inst)
+        self.shown_segments = 0
         self.impressions_lost = m.counter("recsys_impressions_lost_total", "Answers whose impression could not be logged")
         self.freshness = m.gauges("recsys_freshness_seconds",
                                   "Age of the newest applied event (of the instance's start while none is), "
