@@ -72,6 +72,17 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
     art = RunArtifacts(out_dir)
     if is_global_zero():  # under DDP the other processes only train the towers, then stop
         art.start(cfg, cfg.data.name)  # status "running" until the end: a killed run stays visibly incomplete
+    try:
+        return _run(cfg, dataset, stages, art, out_dir, t0)
+    except BaseException as err:  # a failed run says so (and why) in its manifest; the error goes on
+        if is_global_zero():
+            art.fail(err)
+        raise
+
+
+def _run(cfg: DictConfig, dataset: Dataset | None, stages: list[str], art: RunArtifacts, out_dir: Path,
+         t0: float) -> dict[str, float]:
+    """:func:`train` once its run has started: the data, then each stage."""
     feedback = None
     if cfg.get("events"):
         feedback = merge_event_log(cfg, dataset, art)

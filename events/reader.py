@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import os
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 
@@ -111,11 +112,16 @@ def read_log(directory: str | os.PathLike, kind: str = "events", since: float | 
            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY rowid")
     rows: list[tuple] = []
     for n in list_segments(directory):
-        conn = open_readonly(segment_path(directory, n))
-        if conn is not None:
-            with closing(conn):
-                if has_table(conn, spec.table):
-                    rows.extend(conn.execute(sql, params))
+        path = segment_path(directory, n)
+        try:
+            conn = open_readonly(path)
+            if conn is not None:
+                with closing(conn):
+                    if has_table(conn, spec.table):
+                        rows.extend(conn.execute(sql, params))
+        except sqlite3.DatabaseError as err:  # "file is not a database" alone did not say which file
+            raise sqlite3.DatabaseError(f"{path}: {err}; this segment is damaged: move it out of the folder (its "
+                                        "rows are lost) or restore it from a copy, then read again") from None
     columns = {c: [r[j] for r in rows] for j, c in enumerate(spec.columns)}
     if kind == "impressions":
         for c in ("items", "scores", "reasons"):

@@ -171,6 +171,15 @@ class RunArtifacts:
         m.update(status="complete", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self._write_manifest(m)
 
+    def fail(self, error: BaseException) -> None:
+        """End a run that raised: status ``failed`` with the error, instead of ``running`` for good."""
+        m = self.manifest()
+        if m.get("status") != "running":  # not started here (or already ended): nothing to say
+            return
+        m.update(status="failed", error=f"{type(error).__name__}: {str(error)[:1000]}",
+                 finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self._write_manifest(m)
+
     def record(self, name: str, saw: dict | None = None, **info) -> None:
         """Mark ``name`` as written (its file is complete), with the data it saw."""
         m = self.manifest()
@@ -224,7 +233,8 @@ class RunArtifacts:
         missing = [n for n in names if not self.has(n)]
         if missing:
             status = m.get("status")
-            why = " (the run did not finish: it was stopped or failed)" if status != "complete" else ""
+            why = ("" if status == "complete" else f" (the run failed: {m['error']})" if m.get("error")
+                   else " (the run did not finish: it was stopped or failed)")
             raise FileNotFoundError(f"{self.dir} lacks {[FILES[n] for n in missing]}{why}; run `python train.py` "
                                     "(stage=all or stage=ranking) and pass its output directory.")
         return self

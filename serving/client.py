@@ -36,8 +36,8 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from serving.protocol import (ANSWER, CATALOG_MODEL, CATALOG_OUTPUTS, EVENT_OUTPUTS, EVENTS_MODEL, FIELDS, MODEL,
-                              Recommendations, id_list, decode_answer, decode_response, encode_catalog,
-                              encode_events, encode_request)
+                              Recommendations, decode_answer, decode_response, encode_catalog, encode_events,
+                              encode_request, id_list)
 
 
 RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")

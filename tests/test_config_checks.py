@@ -81,3 +81,17 @@ def test_a_data_error_inside_hydra_and_an_unset_file_are_one_line_not_a_tracebac
         assert out.returncode == 1, out.stderr[-2000:]
         assert expected in out.stderr and "Traceback" not in out.stderr and "HYDRA_FULL_ERROR" not in out.stderr, \
             out.stderr[-2000:]
+
+
+def test_a_run_that_fails_after_it_started_says_so_in_its_manifest(tmp_path):
+    """It said "running" for good: a reader could not tell a failed run from one still training."""
+    from pipeline.artifacts import RunArtifacts
+    from train import train
+
+    cfg = compose_cfg(tmp_path, TINY_DATA + ["data.category_feature=price"])  # fails in prepare, after the start
+    with pytest.raises(DataError):
+        train(cfg)
+    m = RunArtifacts(tmp_path / "run").manifest()
+    assert m["status"] == "failed" and m["error"].startswith("DataError: data.category_feature='price'")
+    with pytest.raises(FileNotFoundError, match=r"\(the run failed: DataError: data.category_feature"):
+        RunArtifacts(tmp_path / "run").check()

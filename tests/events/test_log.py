@@ -558,3 +558,17 @@ def test_cli_bad_input_exits_2_with_one_line(filled_log, tmp_path, capsys, argv,
     err = capsys.readouterr().err
     assert code == 2 and message.format(**fill) in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_a_damaged_segment_is_named_by_the_reader_and_recsys_log(tmp_path, capsys):
+    from events.cli import main as log_main
+    from events.reader import read_log
+
+    with EventLog(tmp_path / "log", durability="normal") as log:
+        log.append_events([{"event_id": "e1", "user_id": "u", "item_id": "i", "timestamp": 1.7e9, "type": "click"}])
+    segment = sorted((tmp_path / "log").glob("segment-*.sqlite"))[0]
+    segment.write_bytes(b"not sqlite at all " * 2000)
+    with pytest.raises(sqlite3.DatabaseError, match=rf"{segment.name}: .*this segment is damaged: move it out"):
+        read_log(tmp_path / "log", "events")
+    assert log_main(["read", "--dir", str(tmp_path / "log"), "--kind", "events"]) == 2
+    assert segment.name in capsys.readouterr().err
