@@ -11,6 +11,7 @@ External ids are strings everywhere a user can see them; dense integer indices a
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,10 +80,16 @@ def _require_columns(df: pd.DataFrame, required: list[str], table: str, source: 
         )
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # in an id: a NUL, a tab or a line break is no one's id
+
+
 def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     if s.isna().any():
         n = int(s.isna().sum())
         raise DataError(f"{source}: {table}.{col} has {n} missing value(s); every row needs an id.")
+    if pd.api.types.is_bool_dtype(s) or (s.dtype == object and s.map(lambda v: isinstance(v, (bool, np.bool_))).any()):
+        raise DataError(f"{source}: {table}.{col} holds booleans; ids must be strings or integers (True would be "
+                        "the id 'True').")
     if pd.api.types.is_float_dtype(s):
         # ids read as floats (e.g. from CSV with blanks) would render as '12.0': convert exactly.
         if not np.all(np.mod(s.to_numpy(), 1) == 0):
@@ -91,6 +98,11 @@ def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     out = s.astype(str).str.strip()  # as events, catalog records and requests read ids: " 9 " is user 9
     if (out.str.len() == 0).any():
         raise DataError(f"{source}: {table}.{col} has empty id(s); every row needs a non-empty id.")
+    distinct = pd.Series(pd.unique(out))  # each id checked once (10M rows hold ~1M ids)
+    control = distinct.str.contains(CONTROL_CHARACTERS.pattern, regex=True)
+    if control.any():
+        raise DataError(f"{source}: {table}.{col} has {int(control.sum())} id(s) with control characters (e.g. "
+                        f"{distinct[control].iloc[0]!r}: a NUL or a line break inside an id); fix or drop those rows.")
     return out
 
 

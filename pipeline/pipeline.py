@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from events.catalog import number_within
+from features.schema import CONTROL_CHARACTERS
 from pipeline.settings import PipelineSettings
 from ranking.features import GROUPS, CandidateFeatures
 from ranking.rule_config import RuleSet
@@ -67,6 +68,9 @@ def validate_request(r: Request, max_k: int) -> None:
         raise RequestError("user_id must be a non-empty string")
     if len(r.user_id) > MAX_ID_LENGTH:
         raise RequestError(f"user_id is {len(r.user_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
+    if CONTROL_CHARACTERS.search(r.user_id):
+        raise RequestError(f"user_id {r.user_id!r} holds a control character (a NUL, a tab, a line break): no "
+                           "user's id has one")
     if isinstance(r.k, bool) or not isinstance(r.k, (int, np.integer)) or not 1 <= r.k <= max_k:
         raise RequestError(f"k={r.k!r} must be an integer in 1..{max_k}")
     if r.timestamp is not None:
@@ -75,8 +79,9 @@ def validate_request(r: Request, max_k: int) -> None:
             raise RequestError(f"timestamp={r.timestamp!r} must be finite Unix seconds >= 0")
     for name in ("exclude_items", "recent_items", "promoted", "include_categories", "exclude_categories"):
         for v in getattr(r, name):
-            if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH:
-                raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+            if not isinstance(v, str) or not v or len(v) > MAX_ID_LENGTH or CONTROL_CHARACTERS.search(v):
+                raise RequestError(f"{name} holds {v!r}; every entry must be a non-empty string of at most {MAX_ID_LENGTH} "
+                                   "characters, without control characters")
 
 
 def _check_number(name: str, value, bounds: tuple[float, float]) -> None:

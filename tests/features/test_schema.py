@@ -46,6 +46,18 @@ def test_ids_are_stripped_as_events_and_requests_read_them():
     assert df["user_id"].tolist() == ["1", "1"] and df["item_id"].tolist() == ["a", "b"]
 
 
+def test_ids_with_control_characters_or_booleans_are_refused():
+    """Found by a probe: "196\\x00" was a new user, and a boolean column gave the users "True" / "False"."""
+    with pytest.raises(DataError, match=r"interactions.user_id has 1 id\(s\) with control characters \(e.g. '1\\x00'"):
+        validate_interactions(_inter(user_id=["1\x00", "2"]))
+    with pytest.raises(DataError, match="interactions.item_id has 1 id"):
+        validate_interactions(_inter(item_id=["a\nb", "b"]))
+    with pytest.raises(DataError, match="interactions.user_id holds booleans"):
+        validate_interactions(_inter(user_id=[True, False]))
+    with pytest.raises(DataError, match="holds booleans"):
+        validate_interactions(_inter(user_id=pd.Series(["1", True], dtype=object)))
+
+
 def test_bad_weight():
     with pytest.raises(DataError, match="weight must be finite"):
         validate_interactions(_inter(weight=[1.0, "x"]))

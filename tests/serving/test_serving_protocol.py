@@ -280,6 +280,8 @@ def with_(**changes):
     (with_(include_categories=np.array([[b"a"]], object)), r"'include_categories' has shape \[1, 1\]"),
     (with_(colour=np.array([b"red"], object)), r"unknown input\(s\) \['colour'\]; known: user_id, k"),
     (with_(segment=np.array([b"s" * 1000], object)), r"'segment' holds a value of 1000 characters; at most 256"),
+    (with_(user_id=np.array([b"196\x00"], object)), r"user_id '196\\x00' holds a control character"),
+    (with_(exclude_items=np.array([b"a\nb"], object)), r"exclude_items holds 'a\\nb'.*without control characters"),
     (with_(attributes=np.array([b"occupation=" + b"x" * 1000], object)), r"'attributes' holds a value of 1011 char"),
 ])
 def test_bad_requests_name_the_problem(tensors, message):
