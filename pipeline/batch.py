@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.out, args.requests)
         requests = read_requests(args.requests)
         pipe = load_pipeline(args.run_dir)
+        if args.k > pipe.max_k:  # the flag's name, not recommend_table's "k="
+            raise DataError(f"--k={args.k} is above what the run serves; give --k in 1..{pipe.max_k} "
+                            "(pipeline.max_k)")
         out = recommend_table(pipe, requests, args.k, progress=not args.no_progress)
         write_table(out, args.out)
     except (DataError, FileNotFoundError, RequestError) as e:

@@ -230,6 +230,8 @@ def test_batch_command_bad_input(tiny_run, tmp_path, capsys):
     assert "no 'user_id' column" in capsys.readouterr().err
     assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "ok.csv"), "--k", "0", "--out", out]) == 2
     assert "--k=0 must be a positive integer" in capsys.readouterr().err
+    assert batch_main(["--run-dir", str(tiny_run), "--requests", str(tmp_path / "ok.csv"), "--k", "1000", "--out", out]) == 2
+    assert "--k=1000 is above what the run serves; give --k in 1..200" in capsys.readouterr().err
     with pytest.raises(DataError, match="k=500 must be an integer"):
         recommend_table(load_pipeline(tiny_run), read_requests(tmp_path / "ok.csv"), 500)
 
