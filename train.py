@@ -76,7 +76,10 @@ def train(cfg: DictConfig, dataset: Dataset | None = None) -> dict[str, float]:
         return _run(cfg, dataset, stages, art, out_dir, t0)
     except BaseException as err:  # a failed run says so (and why) in its manifest; the error goes on
         if is_global_zero():
-            art.fail(err)
+            try:
+                art.fail(err)
+            except Exception:  # noqa: BLE001 - e.g. a full disk: the run's own error is the one to see
+                log.exception("could not record the failure in the run's manifest")
         raise
 
 
@@ -183,15 +186,18 @@ def _user_error(err: BaseException) -> str | None:
     wrapped it; a required setting left unset), for one line without a traceback; None for anything else."""
     from omegaconf.errors import MissingMandatoryValue
 
-    seen = err
-    while seen is not None:
+    seen, visited = err, set()
+    while seen is not None and id(seen) not in visited:  # what the error was raised from (Hydra wraps)
+        visited.add(id(seen))
         if isinstance(seen, DataError):
             return str(seen)
         if isinstance(seen, MissingMandatoryValue):
             key = getattr(seen, "full_key", None) or "a required setting"
             return (f"{key} is not set; give it on the command line (e.g. data=custom "
                     "data.loader.interactions=events.parquet: README, 'Data')")
-        seen = seen.__cause__ or seen.__context__
+        # an explicit cause, or the error being handled unless `from None` hid it; never a bug raised while
+        # a DataError was handled (that one keeps its traceback)
+        seen = seen.__cause__ if seen.__cause__ is not None or seen.__suppress_context__ else None
     return None
 
 

@@ -32,8 +32,8 @@ def create(worktree: Path, out: Path) -> Path:
     worktree, out = worktree.resolve(), out.resolve()
     if not worktree.is_dir():
         raise ValueError(f"--worktree {worktree} is not a directory (e.g. `git worktree add /work/wt-base <commit>`)")
-    if out.exists() and not (out / "pyvenv.cfg").is_file():
-        raise ValueError(f"--out {out} exists and is not a virtual environment; pick a new path")
+    if out.exists() and not list(out.glob(f"lib/python*/site-packages/{PTH}")):  # never clear another venv
+        raise ValueError(f"--out {out} exists and is not an environment this command made; pick a new path")
     if sys.prefix == sys.base_prefix:
         raise ValueError("run this from the project's venv (.venv/bin/python): its packages are the ones shared")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(out)], check=True)

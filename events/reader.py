@@ -119,6 +119,8 @@ def read_log(directory: str | os.PathLike, kind: str = "events", since: float | 
                 with closing(conn):
                     if has_table(conn, spec.table):
                         rows.extend(conn.execute(sql, params))
+        except sqlite3.OperationalError as err:  # locked, unreadable, an I/O error: not the file's content
+            raise sqlite3.OperationalError(f"{path}: {err}") from None
         except sqlite3.DatabaseError as err:  # "file is not a database" alone did not say which file
             raise sqlite3.DatabaseError(f"{path}: {err}; this segment is damaged: move it out of the folder (its "
                                         "rows are lost) or restore it from a copy, then read again") from None

@@ -70,9 +70,10 @@ class EventTail:
             empty: its rows would be skipped unread). For offline readers (a refresh, a retrain); the
             serving path does not pay it.
 
-    :attr:`skipped_segments`: segments after the cursor's that the log dropped (its size bound) before
-    this tail read them; their rows are lost to this reader (segment numbers are never reused, so a gap
-    in the numbers is such a drop).
+    :attr:`skipped_segments`: segments after the newest one this tail looked at (from the cursor's on)
+    that the log dropped (its size bound) before it looked; their rows are lost to this reader (segment
+    numbers are never reused, so a gap in the numbers is such a drop). Rows appended to a looked-at
+    segment after the tail's last read and dropped with it are not counted.
     """
 
     def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
@@ -81,6 +82,7 @@ class EventTail:
         self.directory = Path(directory)
         self.verify, self._verified = verify, set()
         self.skipped_segments = 0
+        self._examined = int(after[0]) if after else 0  # the newest segment looked at (rows of this table or not)
         self.log_id = log_id
         self._checked: list | None = None  # the listing the identity was last checked at
         self.received_after = received_after
@@ -117,9 +119,9 @@ class EventTail:
         for n in listed:
             if n < self.segment:
                 continue
-            if self.segment and n > self.segment + 1:  # those between were dropped unread: counted once, as
-                self.skipped_segments += n - self.segment - 1  # the cursor moves to the start of this one
-                self.segment, self.rowid = n, 0
+            if self._examined and n > self._examined + 1:  # numbers never reused: those between were dropped
+                self.skipped_segments += n - self._examined - 1  # before this tail looked at them
+            self._examined = max(self._examined, n)  # a segment without rows of this table is no gap
             conn = self._open(n)
             if conn is None:
                 continue

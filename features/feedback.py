@@ -170,11 +170,12 @@ def catalog_dir(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_log_catalog(path: str | os.PathLike, after: LogCursor | None = None) -> tuple[pd.DataFrame, LogCursor]:
+def read_log_catalog(path: str | os.PathLike, after: LogCursor | None = None,
+                     report: dict | None = None) -> tuple[pd.DataFrame, LogCursor]:
     """The catalog records of a log path (after ``after``, when given), in log order (``op``,
     ``entity_id``, ``attributes`` as JSON text, ...; an empty frame when there are none), and the
-    cursor of the last one read."""
-    return read_log_events(catalog_dir(path), after, kind="catalog")
+    cursor of the last one read (``report``: as :func:`read_log_events`)."""
+    return read_log_events(catalog_dir(path), after, kind="catalog", report=report)
 
 
 def _upsert_rows(table: pd.DataFrame, key: str, rows: dict[str, dict]) -> tuple[pd.DataFrame, int, int]:

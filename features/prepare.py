@@ -123,10 +123,10 @@ def prepare(cfg: DictConfig, dataset: Dataset | None = None) -> Prepared:
     div = cfg.data.get("diversity_feature")
     if div and div not in features.encoders["item"]:
         raise DataError(f"data.diversity_feature={div!r} in {where} is not a declared item feature; known: {list(features.encoders['item'])}.")
-    cat = cfg.data.get("category_feature")  # the rules' categories: a feature with a vocabulary
+    cat = OmegaConf.select(cfg, "pipeline.category_feature", default=cfg.data.get("category_feature"))  # the rules' categories
     with_vocab = [n for n, e in features.encoders["item"].items() if "vocab" in e.state and n != "item_id"]
     if cat and cat not in with_vocab:
-        raise DataError(f"data.category_feature={cat!r} in {where} is not a declared categorical item feature (the "
+        raise DataError(f"category_feature={cat!r} (pipeline / data) is not a declared categorical item feature (the "
                         f"rules read its categories); declared ones: {with_vocab or 'none'} (data.features.item).")
     return Prepared(
         dataset=ds,

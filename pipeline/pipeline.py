@@ -373,7 +373,8 @@ class Pipeline:
         asked = {} if request is None else dict(
             exclude_items=request.exclude_items, include_categories=request.include_categories,
             exclude_categories=request.exclude_categories, segment=request.segment,
-            recent_items=recent[recent >= 0] if recent is not None else np.zeros(0, np.int64),
+            # the content backfill's session: the last history_len items, as the models read it (seen: all)
+            recent_items=recent[recent >= 0][-self.store.history_len:] if recent is not None else np.zeros(0, np.int64),
             promoted=request.promoted)
         return RequestContext(seen=seen, exposure=self.exposure, first_seen=first_seen, now=now, **asked)
 

@@ -384,13 +384,15 @@ def _store_cursor(run_dir: str | Path, key: str, directory: Path):
     return LogCursor(**old) if old and Path(old["directory"]).resolve() == Path(directory).resolve() else None
 
 
-def log_catalog(run_dir: str | Path, log_path: str | Path, from_start: bool = False) -> tuple[pd.DataFrame, dict]:
+def log_catalog(run_dir: str | Path, log_path: str | Path, from_start: bool = False,
+                report: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one, or with
-    ``from_start``: folding a record again is harmless), and the new cursor."""
+    ``from_start``: folding a record again is harmless), and the new cursor (``report``: gets
+    ``skipped_segments``, see :func:`features.feedback.read_log_events`)."""
     from features.feedback import catalog_dir
 
     after = None if from_start else _store_cursor(run_dir, "catalog_log", catalog_dir(log_path))
-    records, cursor = read_log_catalog(log_path, after)
+    records, cursor = read_log_catalog(log_path, after, report)
     return records, cursor.as_dict()
 
 
@@ -436,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
         cursor, log_report, catalog, catalog_cursor = None, {}, None, None
         if args.events:
             rows, cursor, log_report = log_events(args.run_dir, args.events, args.from_start)
-            catalog, catalog_cursor = log_catalog(args.run_dir, args.events, args.from_start)
+            read: dict = {}
+            catalog, catalog_cursor = log_catalog(args.run_dir, args.events, args.from_start, read)
+            log_report["catalog_skipped_segments"] = read["skipped_segments"]
         else:
             rows = read_table(args.interactions, "interactions", "--interactions",  # "0042" stays "0042"
                               dtype={"user_id": str, "item_id": str})

@@ -12,6 +12,7 @@ import datetime
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,8 +227,11 @@ def encode_events(events) -> dict[str, np.ndarray]:
     not a number (``"abc"``, a list) goes as a value the server rejects for its row: a timestamp as
     NaN (``bad_timestamp``), a weight as -inf (``bad_weight``; NaN would read as "not given")."""
     names = list(events.columns) if hasattr(events, "columns") else list(events)
-    unknown = [n for n in names if n not in EVENT_INPUTS]
-    if unknown:  # a typo ("wieght") would otherwise be dropped and the event logged with the default
+    # what `recsys-log read --out` adds (the server sets it again) and a CSV saved with pandas' index pass;
+    # another column is refused: a typo ("wieght") would otherwise be dropped and the default weight logged
+    unknown = [n for n in names if n not in EVENT_INPUTS and n != "received_at"
+               and not re.fullmatch(r"Unnamed: \d+", str(n))]
+    if unknown:
         raise ValueError(f"events have column(s) {unknown} the server does not take; the columns are "
                          f"{', '.join(EVENT_INPUTS)} (weight optional): rename or drop the others")
     columns = {name: list(events[name]) for name in EVENT_INPUTS if name in events}

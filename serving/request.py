@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from events.catalog import MAX_VALUE_LENGTH
 from pipeline.pipeline import MAX_ID_LENGTH, Recommendation, Request, RequestError, validate_request
 from serving.protocol import ANSWER, INPUTS, LIST_INPUTS, MAX_LIST_LEN, OUTPUTS, encode_answer
 
@@ -37,19 +38,20 @@ def _decode(name: str, values: np.ndarray) -> list[str]:
     training, ``events`` and ``catalog`` store them (a request for " 9 " is user 9's). Category names,
     the segment and attribute values are taken as sent (a category token may hold a space)."""
     out = []
+    # an attribute: a name and a value as long as the catalog stores one (upsert_user); the rest: an id's length
+    limit = MAX_ID_LENGTH + 1 + MAX_VALUE_LENGTH if name == "attributes" else MAX_ID_LENGTH
     for v in values.ravel():
         if isinstance(v, bytes):
-            if len(v) > 4 * MAX_ID_LENGTH:
-                raise RequestError(f"input '{name}' holds a value of {len(v)} bytes; at most {MAX_ID_LENGTH} "
+            if len(v) > 4 * limit:
+                raise RequestError(f"input '{name}' holds a value of {len(v)} bytes; at most {limit} "
                                    "characters are allowed")
             try:
                 v = v.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise RequestError(f"input '{name}' holds bytes that are not UTF-8 ({err.reason})") from None
         v = str(v)
-        if name not in ID_INPUTS and len(v) > MAX_ID_LENGTH:  # ids: checked once stripped (validate_request)
-            raise RequestError(f"input '{name}' holds a value of {len(v)} characters; at most {MAX_ID_LENGTH} are "
-                               "allowed")
+        if name not in ID_INPUTS and len(v) > limit:  # ids: checked once stripped (validate_request)
+            raise RequestError(f"input '{name}' holds a value of {len(v)} characters; at most {limit} are allowed")
         out.append(v.strip() if name in ID_INPUTS else v)
     return out
 

@@ -117,8 +117,8 @@ def _names(cfg: DictConfig) -> list[str]:
                        f"{', '.join(known)} (retrieval.val_ks)")
     ks, metric = OmegaConf.select(cfg, "eval.ks"), OmegaConf.select(cfg, "eval.select_metric")
     if metric is not None and isinstance(ks, ListConfig):
-        name, _, k = str(metric).partition("@")
-        if name not in RANKING_METRICS or not k.isdigit() or int(k) not in list(ks):
-            bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(RANKING_METRICS)} @ one of eval.ks "
+        names = (*RANKING_METRICS, "coverage", "gini", "novelty")  # what evaluation.select_by_validation takes
+        if metric not in {f"{name}@{k}" for k in ks for name in names}:
+            bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(names)} @ one of eval.ks "
                        f"{list(ks)} (e.g. ndcg@{list(ks)[0] if len(ks) else 10})")
     return bad

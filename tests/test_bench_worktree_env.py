@@ -27,7 +27,11 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     assert main(["--worktree", str(tmp_path), "--out", str(tmp_path / "taken")]) == 2
-    assert "not a virtual environment" in capsys.readouterr().err
+    assert "is not an environment this command made" in capsys.readouterr().err
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")  # someone's venv: never cleared
+    assert main(["--worktree", str(tmp_path), "--out", str(tmp_path / "venv")]) == 2
+    assert (tmp_path / "venv" / "pyvenv.cfg").is_file()
 
 
 def test_main_prints_how_to_use_it(tmp_path, capsys):

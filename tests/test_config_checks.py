@@ -48,10 +48,14 @@ def test_lists_names_and_parts_that_failed_late_are_named_before_training(tmp_pa
                   "seed=-1 must be a whole number >= 0", "retrieval.model.hidden=[0] must be a list of whole numbers",
                   "retrieval.history_mode='foo' must be one of causal, bag",
                   "retrieval.early_stopping.monitor='val/recall@7' must be a metric validation logs: one of val/recall@10",
-                  "eval.select_metric='foo' must be one of recall, precision, hr, mrr, ndcg, map @ one of eval.ks"):
+                  "eval.select_metric='foo' must be one of recall, precision, hr, mrr, ndcg, map, coverage, gini, "
+                  "novelty @ one of eval.ks"):
         assert named in message, message
     with pytest.raises(DataError, match=r"eval.ks=10 must be a non-empty list"):  # a bare number, not a list
         check_values(compose_cfg(tmp_path, TINY_DATA + ["eval.ks=10"]))
+    check_values(compose_cfg(tmp_path, TINY_DATA + ["eval.select_metric=coverage@10"]))  # what selection takes
+    with pytest.raises(DataError, match="eval.select_metric='ndcg@010'"):
+        check_values(compose_cfg(tmp_path, TINY_DATA + ["eval.select_metric=ndcg@010"]))
 
 
 def test_feature_options_and_the_category_feature_are_checked(tmp_path):
@@ -64,7 +68,7 @@ def test_feature_options_and_the_category_feature_are_checked(tmp_path):
         with pytest.raises(DataError, match=rf"feature item.genres in .*: {named}"):
             prepare(cfg)
     cfg = compose_cfg(tmp_path, TINY_DATA + ["data.category_feature=price"])  # numeric: no categories
-    with pytest.raises(DataError, match=r"data.category_feature='price' .* not a declared categorical item feature .*"
+    with pytest.raises(DataError, match=r"category_feature='price' \(pipeline / data\) is not a declared categorical item feature .*"
                                         r"declared ones: \['category', 'genres', 'title'\]"):
         prepare(cfg)
 
@@ -92,6 +96,6 @@ def test_a_run_that_fails_after_it_started_says_so_in_its_manifest(tmp_path):
     with pytest.raises(DataError):
         train(cfg)
     m = RunArtifacts(tmp_path / "run").manifest()
-    assert m["status"] == "failed" and m["error"].startswith("DataError: data.category_feature='price'")
-    with pytest.raises(FileNotFoundError, match=r"\(the run failed: DataError: data.category_feature"):
+    assert m["status"] == "failed" and m["error"].startswith("DataError: category_feature='price'")
+    with pytest.raises(FileNotFoundError, match=r"\(the run failed: DataError: category_feature"):
         RunArtifacts(tmp_path / "run").check()

@@ -220,3 +220,24 @@ def test_a_damaged_segment_is_an_error_for_a_verifying_reader_not_an_empty_one(t
         EventTail(tmp_path / "log", verify=True).read_new()
     with pytest.raises(DataError, match="a segment could not be read"):  # what a refresh or retrain says
         read_log_events(tmp_path / "log")
+
+
+def test_segments_without_rows_of_the_followed_table_are_no_gap(tmp_path):
+    """One EventLog folder holds events and impressions: segments full of impressions lie between two
+    events (a reviewer found them counted as dropped)."""
+    def imp(i):
+        return {"request_id": f"r{i}", "user_id": "u", "items": ["a" * 50] * 200, "scores": [], "reasons": [],
+                "timestamp": 1.0}
+
+    with EventLog(tmp_path / "log", max_segment_bytes=TINY, max_total_bytes=10**9, durability="normal") as log:
+        log.append_events(events(0, 1))
+        tail = EventTail(tmp_path / "log")
+        tail.read_new()
+        for j in range(30):
+            log.append_impressions([imp(j)])
+        log.append_events(events(1, 2))
+        assert len(list((tmp_path / "log").glob("segment-*.sqlite"))) > 3
+        assert tail.read_new()["event_id"].tolist() == ["e1"] and tail.skipped_segments == 0
+        catalog = EventTail(tmp_path / "log", kind="catalog")
+        catalog.read_new()
+        assert catalog.skipped_segments == 0

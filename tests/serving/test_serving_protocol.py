@@ -190,6 +190,12 @@ def test_missing_attribute_values_are_left_out_not_sent_as_text():
     assert "attributes" not in encode_request("new", 3, attributes={"age": None})
 
 
+def test_an_attribute_as_long_as_the_catalog_stores_is_taken():
+    value = "x" * 1000  # MAX_VALUE_LENGTH of a catalog upsert_user
+    assert parse_request(encode_request("new", 3, attributes={"occupation": value}), MAX_K).attributes == {
+        "occupation": value}
+
+
 def test_missing_values_of_any_float_type_and_pandas_na_are_left_out():
     import pandas as pd
 
@@ -227,6 +233,8 @@ def test_events_with_a_column_the_server_does_not_take_are_refused_not_trimmed()
     with pytest.raises(ValueError, match=r"column\(s\) \['wieght'\] the server does not take"):
         encode_events({**event, "wieght": [2.0]})
     assert set(encode_events({**event, "weight": [2.0]})) == set(event) | {"weight"}
+    # what recsys-log read --out writes, and a CSV saved with pandas' index: sent without those columns
+    assert set(encode_events({**event, "received_at": [1.7e9], "Unnamed: 0": [0]})) == set(event)
 
 
 def test_ids_are_stripped_as_training_and_the_events_model_store_them():
@@ -282,7 +290,7 @@ def with_(**changes):
     (with_(segment=np.array([b"s" * 1000], object)), r"'segment' holds a value of 1000 characters; at most 256"),
     (with_(user_id=np.array([b"196\x00"], object)), r"user_id '196\\x00' holds a control character"),
     (with_(exclude_items=np.array([b"a\nb"], object)), r"exclude_items holds 'a\\nb'.*without control characters"),
-    (with_(attributes=np.array([b"occupation=" + b"x" * 1000], object)), r"'attributes' holds a value of 1011 char"),
+    (with_(attributes=np.array([b"occupation=" + b"x" * 1300], object)), r"'attributes' holds a value of 1311 char"),
 ])
 def test_bad_requests_name_the_problem(tensors, message):
     with pytest.raises(RequestError, match=message):

@@ -281,6 +281,7 @@ class TritonPythonModel:
                 self.tail = EventTail(tail.directory, received_after=since)
             else:
                 self.catalog_tail = EventTail(tail.directory, kind="catalog")
+            (self.tail if events else self.catalog_tail).skipped_segments = tail.skipped_segments  # never counted down
             self.logger.log_error(f"recommend: {err}; reading it again from its start"
                                   + (f" (events received after {since})" if events else ""))
             return self.tail.read_new_columns() if events else self.catalog_tail.read_new()
