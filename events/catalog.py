@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from events.tail import CursorPastEnd, EventTail
+from features.schema import CONTROL_CHARACTERS
 
 OPS = ("upsert_item", "upsert_user", "block", "unblock")
 ITEM_OPS = ("upsert_item", "block", "unblock")
@@ -151,10 +152,14 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
     ids_text, undecodable = [], set()
     for j, v in enumerate(ids):
         try:
-            ids_text.append(_text(v))
+            text = _text(v)
         except _Undecodable:
-            ids_text.append(None)
+            text = None
             undecodable.add(j)
+        if text is not None and CONTROL_CHARACTERS.search(text):  # a NUL or a line break inside: no one's id
+            text = None
+            undecodable.add(j)
+        ids_text.append(text)
     unknown = [v is not None and known_items.lookup([v])[0] < 0 for v in ids_text] if n else []
     added, seen, accepted, status = set(), set(), [], []
     for j in range(n):
@@ -212,7 +217,7 @@ def check_catalog(ops: Sequence, ids: Sequence, attributes: Sequence | None, sch
 
 
 _DETAILS = {  # what each record-level reason means (the attribute ones are said per value)
-    "bad_encoding": "an id, op or attribute is not UTF-8 text",
+    "bad_encoding": "an id, op or attribute is not UTF-8 text, or an id holds a control character",
     "missing_id": "no id",
     "id_too_long": f"the id is longer than {MAX_ID_LENGTH} characters",
     "unknown_op": f"op {{op}}; known: {', '.join(OPS)}",

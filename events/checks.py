@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.schema import CONTROL_CHARACTERS
+
 MAX_ID_LENGTH = 256  # the same bound as request ids (pipeline.pipeline.MAX_ID_LENGTH)
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EVENT_TYPES = (*INTERACTION_TYPES, "impression")
@@ -85,6 +87,8 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
 
     undecodable = np.zeros(n, dtype=bool)
     ev = {c: _text(columns[c], undecodable) for c in ("event_id", "user_id", "item_id", "type")}
+    for col in ("event_id", "user_id", "item_id"):  # a NUL or a line break inside: no one's id (requests refuse it)
+        undecodable |= np.array([v is not None and CONTROL_CHARACTERS.search(v) is not None for v in ev[col]], bool)
     reject(undecodable, "bad_encoding")
     for col in ("event_id", "user_id", "item_id"):
         present = np.array([v is not None for v in ev[col]], dtype=bool)

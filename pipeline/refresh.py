@@ -65,7 +65,7 @@ import pandas as pd
 from events.checks import MAX_FUTURE_S, MAX_ID_LENGTH
 from features.custom import read_table
 from features.feedback import read_log_catalog
-from features.schema import MAX_TIMESTAMP, DataError
+from features.schema import CONTROL_CHARACTERS, MAX_TIMESTAMP, DataError
 from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
@@ -138,13 +138,16 @@ def _row_keys(frame: pd.DataFrame) -> np.ndarray:
 def _id_text(col: pd.Series) -> pd.Series:
     """Ids as every reader of ids takes them: stripped text (" 9 " is 9), a float column's whole numbers
     as integers (a parquet 196.0 is user "196", never "196.0"); NaN where missing, blank, longer than
-    the 256 characters a request may name, or a float that is not a whole number."""
+    the 256 characters a request may name, holding a control character, or a float that is not a whole
+    number."""
     if pd.api.types.is_float_dtype(col):
         v = col.to_numpy(dtype=np.float64)
         whole = np.isfinite(v) & (np.mod(v, 1) == 0) & (np.abs(v) < 2**63)
         return pd.Series(np.where(whole, v, 0).astype(np.int64).astype(str), index=col.index).where(whole)
     text = col.where(col.isna(), col.astype(str).str.strip())
-    return text.where(text.isna() | ((text.str.len() > 0) & (text.str.len() <= MAX_ID_LENGTH)))
+    ok = (text.str.len() > 0) & (text.str.len() <= MAX_ID_LENGTH) & ~text.str.contains(CONTROL_CHARACTERS.pattern,
+                                                                                      regex=True, na=False)
+    return text.where(text.isna() | ok)
 
 
 def clean_new_interactions(new: pd.DataFrame, known: pd.DataFrame, items: IdVocab,

@@ -276,3 +276,10 @@ def test_a_served_logs_impressions_or_catalog_folder_is_not_taken_for_its_events
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="is a file, not a directory"):
         log_dirs(tmp_path / "notes.txt")
+
+
+def test_a_logged_id_with_a_control_character_is_a_malformed_row_not_a_failed_retrain():
+    events = pd.DataFrame({"event_id": ["e1", "e2"], "user_id": ["u\x00", "u"], "item_id": ["i", "i"],
+                           "timestamp": [100.0, 100.0], "type": ["click", "click"], "weight": [np.nan, np.nan]})
+    rows, report = log_interactions(events, ["click"])
+    assert rows["user_id"].tolist() == ["u"] and report["malformed"] == 1

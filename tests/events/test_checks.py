@@ -55,6 +55,17 @@ def test_ids_that_are_not_utf8_are_rejected_not_merged():
     assert reasons == ["bad_encoding"] * 3 and accepted.empty
 
 
+def test_ids_with_control_characters_are_refused_as_requests_and_training_refuse_them():
+    """Found by a probe: "196\\x00" was logged as a new user; a retrain would then have refused the whole
+    data for that one row."""
+    table = {"event_id": np.array(["e1", "e\n2", "e3"], object),  # object arrays, as from the wire (numpy's
+             "user_id": np.array(["196\x00", "u", "u"], object),      # fixed-width strings drop a trailing NUL)
+             "item_id": np.array(["a", "a", "a\tb"], object),
+             "timestamp": [NOW] * 3, "type": ["view"] * 3}
+    accepted, reasons = check_events(table, ITEMS, NOW)
+    assert reasons == ["bad_encoding"] * 3 and accepted.empty
+
+
 def test_arrays_from_the_wire_are_accepted():
     table = {"event_id": np.array([b"x1", b"x2"], object), "user_id": np.array([b"u", b"v"], object),
              "item_id": np.array([b"a", b"c"], object), "timestamp": np.array([NOW, NOW]),

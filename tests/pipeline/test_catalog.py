@@ -207,14 +207,15 @@ def test_bad_records_each_get_their_reason(live):
             ("upsert_user", "u-7", '{"age": -1e30}'),                        # bad_value
             ("upsert_item", "n", '{"price": 1' + "0" * 400 + "}"),           # bad_value: an int no float holds
             ("upsert_item", "d", "[" * 100_000 + "]" * 100_000),            # malformed_attributes: nested too deep
-            ("upsert_item", "e", '{"title": ' + "[" * 50_000 + "]" * 50_000 + "}")]  # the same inside an object
+            ("upsert_item", "e", '{"title": ' + "[" * 50_000 + "]" * 50_000 + "}"),  # the same inside an object
+            ("upsert_item", "x\x00y", "{}")]                                 # bad_encoding: a NUL inside an id
     ops, ids, attrs = zip(*rows)
     accepted, status = check_catalog(ops, ids, attrs, schema, pipe.store.items, 1.7e9)
     assert status == ["ok", "missing_id", "id_too_long", "unknown_op", "malformed_attributes", "unknown_attribute",
                       "bad_value", "value_too_long", "unexpected_attributes", "unknown_item", "duplicate_in_batch",
                       "ok", "ok", "unknown_attribute", "too_many_attributes",
                       "bad_encoding", "bad_encoding", "bad_encoding", "bad_encoding", "bad_value", "bad_value",
-                      "bad_value", "malformed_attributes", "malformed_attributes"]
+                      "bad_value", "malformed_attributes", "malformed_attributes", "bad_encoding"]
     assert set(status) - {"ok"} == set(REASONS)
     # and what was wrong with each record: every rejected one says, no accepted one does
     details = []
