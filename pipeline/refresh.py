@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows = read_table(args.interactions, "interactions", "--interactions",  # "0042" stays "0042"
                               dtype={"user_id": str, "item_id": str})
+            if rows.empty:  # a header alone: most likely the wrong file (as recsys-events send says)
+                raise DataError(f"--interactions {args.interactions} has a header but no rows: nothing to refresh")
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
                          catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})

@@ -73,6 +73,10 @@ def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),
                          "--out-dir", str(tmp_path / "mine")]) == 2
     assert (tmp_path / "mine").is_dir() and not (tmp_path / "mine" / "artifacts").exists()
+    (tmp_path / "header.csv").write_text("user_id,item_id,timestamp\n")  # the wrong file, most likely
+    assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "header.csv"),
+                         "--out-dir", str(tmp_path / "y")]) == 2
+    assert "has a header but no rows: nothing to refresh" in capsys.readouterr().err and not (tmp_path / "y").exists()
     with pytest.raises(DataError, match="exists; choose a new directory"):
         refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "timestamp": [1]}),
                 tiny_deployed_run)
