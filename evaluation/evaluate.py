@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from evaluation.baselines import Recommender
 from evaluation.metrics import (
     RANKING_METRICS,
+    SELECTABLE_METRICS,
     exposure_gini,
     intra_list_diversity,
     item_coverage,
@@ -159,7 +160,7 @@ def select_by_validation(
     """
     if len(grid) == 0:
         raise ValueError("grid is empty; pass at least one parameter value")
-    known = {f"{name}@{k}" for k in ks for name in (*RANKING_METRICS, "coverage", "gini", "novelty")}
+    known = {f"{name}@{k}" for k in ks for name in SELECTABLE_METRICS}
     if metric not in known:
         raise ValueError(f"unknown metric {metric!r}; available with ks={list(ks)}: {sorted(known)}")
     users = np.arange(train.shape[0], dtype=np.int64)

@@ -14,6 +14,8 @@ from inference.topk import as_csr as _as_csr
 from inference.topk import check_k as _check_k
 
 RANKING_METRICS = ("recall", "precision", "hr", "mrr", "ndcg", "map")
+# what evaluate_scorer reports at each k, the beyond-accuracy ones too: what a selection may maximise
+SELECTABLE_METRICS = (*RANKING_METRICS, "coverage", "gini", "novelty")
 
 
 def _check_topk(topk: np.ndarray, n_items: int) -> np.ndarray:

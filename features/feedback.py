@@ -38,7 +38,7 @@ from events.reader import read_log
 from events.log import LOCK_NAME
 from events.segments import list_segments
 from events.tail import CursorPastEnd, EventTail
-from features.schema import CONTROL_CHARACTERS, DataError, Dataset
+from features.schema import DataError, Dataset, with_control_characters
 
 log = logging.getLogger(__name__)
 KEY = ("user_id", "item_id", "timestamp")
@@ -136,7 +136,7 @@ def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None
     ids_ok = df["user_id"].notna().to_numpy() & df["item_id"].notna().to_numpy()
     ids_ok &= (df["user_id"].astype(str).str.len() > 0).to_numpy() & (df["item_id"].astype(str).str.len() > 0).to_numpy()
     for col in ("user_id", "item_id"):  # a log written before the events model refused them: dropped, counted
-        ids_ok &= ~df[col].astype(str).str.contains(CONTROL_CHARACTERS.pattern, regex=True).to_numpy(dtype=bool)
+        ids_ok &= ~with_control_characters(df[col]).to_numpy(dtype=bool)
     ok = ids_ok & np.isfinite(ts) & (ts >= 0) & np.isfinite(w)
     if "received_at" in df.columns:  # the ingest rule, against the clock of the server that logged it
         with np.errstate(invalid="ignore"):

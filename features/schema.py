@@ -83,6 +83,11 @@ def _require_columns(df: pd.DataFrame, required: list[str], table: str, source: 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # in an id: a NUL, a tab or a line break is no one's id
 
 
+def with_control_characters(ids: pd.Series) -> pd.Series:
+    """(bool) which ids hold a :data:`CONTROL_CHARACTERS` character (missing ones: False)."""
+    return ids.astype(str).str.contains(CONTROL_CHARACTERS.pattern, regex=True).where(ids.notna(), False).astype(bool)
+
+
 def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     if s.isna().any():
         n = int(s.isna().sum())
@@ -99,7 +104,7 @@ def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     if (out.str.len() == 0).any():
         raise DataError(f"{source}: {table}.{col} has empty id(s); every row needs a non-empty id.")
     distinct = pd.Series(pd.unique(out))  # each id checked once (10M rows hold ~1M ids)
-    control = distinct.str.contains(CONTROL_CHARACTERS.pattern, regex=True)
+    control = with_control_characters(distinct)
     if control.any():
         raise DataError(f"{source}: {table}.{col} has {int(control.sum())} id(s) with control characters (e.g. "
                         f"{distinct[control].iloc[0]!r}: a NUL or a line break inside an id); fix or drop those rows.")

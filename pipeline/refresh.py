@@ -65,7 +65,7 @@ import pandas as pd
 from events.checks import MAX_FUTURE_S, MAX_ID_LENGTH
 from features.custom import read_table
 from features.feedback import read_log_catalog
-from features.schema import CONTROL_CHARACTERS, MAX_TIMESTAMP, DataError
+from features.schema import MAX_TIMESTAMP, DataError, with_control_characters
 from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
@@ -145,8 +145,7 @@ def _id_text(col: pd.Series) -> pd.Series:
         whole = np.isfinite(v) & (np.mod(v, 1) == 0) & (np.abs(v) < 2**63)
         return pd.Series(np.where(whole, v, 0).astype(np.int64).astype(str), index=col.index).where(whole)
     text = col.where(col.isna(), col.astype(str).str.strip())
-    ok = (text.str.len() > 0) & (text.str.len() <= MAX_ID_LENGTH) & ~text.str.contains(CONTROL_CHARACTERS.pattern,
-                                                                                      regex=True, na=False)
+    ok = (text.str.len() > 0) & (text.str.len() <= MAX_ID_LENGTH) & ~with_control_characters(text)
     return text.where(text.isna() | ok)
 
 
@@ -387,16 +386,17 @@ def _store_cursor(run_dir: str | Path, key: str, directory: Path):
     return LogCursor(**old) if old and Path(old["directory"]).resolve() == Path(directory).resolve() else None
 
 
-def log_catalog(run_dir: str | Path, log_path: str | Path, from_start: bool = False,
-                report: dict | None = None) -> tuple[pd.DataFrame, dict]:
+def log_catalog(run_dir: str | Path, log_path: str | Path,
+                from_start: bool = False) -> tuple[pd.DataFrame, dict, dict]:
     """Catalog records logged after the run's ``catalog_log`` cursor (all of them without one, or with
-    ``from_start``: folding a record again is harmless), and the new cursor (``report``: gets
-    ``skipped_segments``, see :func:`features.feedback.read_log_events`)."""
+    ``from_start``: folding a record again is harmless), the new cursor, and the read's counts
+    (``skipped_segments``, see :func:`features.feedback.read_log_events`)."""
     from features.feedback import catalog_dir
 
     after = None if from_start else _store_cursor(run_dir, "catalog_log", catalog_dir(log_path))
-    records, cursor = read_log_catalog(log_path, after, report)
-    return records, cursor.as_dict()
+    read: dict = {}
+    records, cursor = read_log_catalog(log_path, after, read)
+    return records, cursor.as_dict(), read
 
 
 def log_events(run_dir: str | Path, log_path: str | Path, from_start: bool = False) -> tuple[pd.DataFrame, dict, dict]:
@@ -441,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         cursor, log_report, catalog, catalog_cursor = None, {}, None, None
         if args.events:
             rows, cursor, log_report = log_events(args.run_dir, args.events, args.from_start)
-            read: dict = {}
-            catalog, catalog_cursor = log_catalog(args.run_dir, args.events, args.from_start, read)
+            catalog, catalog_cursor, read = log_catalog(args.run_dir, args.events, args.from_start)
             log_report["catalog_skipped_segments"] = read["skipped_segments"]
         else:
             rows = read_table(args.interactions, "interactions", "--interactions",  # "0042" stays "0042"

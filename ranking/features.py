@@ -223,7 +223,7 @@ class CandidateFeatures:
             scores = self._ease_product(rows, cache)
             out = np.full((rows.shape[0], m), -1, dtype=np.int64)
             n = min(m, scores.shape[1])
-            if scores.shape[1] <= SORT_MAX_ITEMS:  # one stable sort per row: score desc, ties by lower index
+            if scores.shape[1] <= SORT_MAX_ITEMS:  # per row: score desc, ties by lower index
                 for b in range(rows.shape[0]):
                     neg = -scores[b]
                     neg[known.indices[known.indptr[b] : known.indptr[b + 1]]] = np.inf  # the request's own items
@@ -403,11 +403,10 @@ class CandidateFeatures:
         d = Path(out_dir)
         z = np.load(d / "ranker_tables.npz")
         meta = json.loads((d / "ranker_features.json").read_text())
-        if meta.get("ease") and not (d / "ease.npy").exists():  # the ranker learned from EASE scores: no silent swap
+        has_ease = meta.get("ease", (d / "ease.npy").exists())  # as saved (older runs did not say: the file)
+        if has_ease and not (d / "ease.npy").exists():  # the ranker learned from EASE scores: no silent swap
             raise FileNotFoundError(f"{d / 'ease.npy'} is missing (the ranker was trained on EASE scores; without "
                                     "them every list would change): restore it, or refresh/rebuild the run's state")
-        # whether it has EASE: as saved (older runs did not say: the file decides)
-        has_ease = meta["ease"] if "ease" in meta else (d / "ease.npy").exists()
         ease = np.load(d / "ease.npy") if has_ease else None
         return cls(store, z["item_embeddings"], sp.load_npz(d / "cooc.npz").tocsr(), ease, z["item_first_ts"],
                    z["event_keys"], meta["recent_seconds"] / 86400)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from evaluation.metrics import RANKING_METRICS
+from evaluation.metrics import SELECTABLE_METRICS
 from features.schema import DataError
 
 
@@ -102,9 +102,9 @@ def check_values(cfg: DictConfig) -> None:
 def _names(cfg: DictConfig) -> list[str]:
     """Settings that name something: a history mode, the metric early stopping or model selection reads
     (each failed with a traceback, the monitor only after an epoch)."""
-    bad = []
     from retrieval.data import HISTORY_MODES  # here: it imports torch
 
+    bad = []
     mode = OmegaConf.select(cfg, "retrieval.history_mode")
     if mode is not None and mode not in HISTORY_MODES:
         bad.append(f"retrieval.history_mode={mode!r} must be one of {', '.join(HISTORY_MODES)}")
@@ -117,8 +117,7 @@ def _names(cfg: DictConfig) -> list[str]:
                        f"{', '.join(known)} (retrieval.val_ks)")
     ks, metric = OmegaConf.select(cfg, "eval.ks"), OmegaConf.select(cfg, "eval.select_metric")
     if metric is not None and isinstance(ks, ListConfig):
-        names = (*RANKING_METRICS, "coverage", "gini", "novelty")  # what evaluation.select_by_validation takes
-        if metric not in {f"{name}@{k}" for k in ks for name in names}:
-            bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(names)} @ one of eval.ks "
+        if metric not in {f"{name}@{k}" for k in ks for name in SELECTABLE_METRICS}:
+            bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(SELECTABLE_METRICS)} @ one of eval.ks "
                        f"{list(ks)} (e.g. ndcg@{list(ks)[0] if len(ks) else 10})")
     return bad
