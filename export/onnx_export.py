@@ -17,8 +17,8 @@ import onnx
 import torch
 from torch import nn
 
-from inference.models import EXPLAIN_FILE, PARTS, SCORE_FILE, onnx_session, run_onnx  # noqa: F401 - re-exported
-from inference.spec import ModelSpec, TensorSpec
+from inference.models import CONTENT_FILE, EXPLAIN_FILE, PARTS, SCORE_FILE, onnx_session, run_onnx  # noqa: F401 - re-exported
+from inference.spec import CONTENT_VECTOR, ModelSpec, TensorSpec
 
 log = logging.getLogger(__name__)
 # The exporter's graph passes log every rewrite and deduplicated initializer at INFO.
@@ -125,10 +125,14 @@ def check_parity(module: nn.Module, spec: ModelSpec, path: Path, inputs: dict[st
 
 def export_score_graph(module: nn.Module, spec: ModelSpec, model_path: Path, example: dict[str, np.ndarray],
                        opset: int, atol: float) -> float:
-    """Export a ranker's two serving graphs next to ``model_path`` and check them against it:
+    """Export a ranker's serving graphs next to ``model_path`` and check them against it:
 
+    - ``content.onnx`` (a ranker with a content group that reads item attributes): those attributes ->
+      the group's vector (``CONTENT_VECTOR``), which depends on the item alone: the pipeline computes it
+      once per item and keeps it (:class:`pipeline.item_vectors.ItemVectors`);
     - ``score.onnx``: the score and each row's ``parts`` (``explain="parts"``: one fusion pass, no
-      contributions), what the pipeline runs on every candidate;
+      contributions), what the pipeline runs on every candidate; it takes ``CONTENT_VECTOR`` in place of
+      the item attributes when ``content.onnx`` is written;
     - ``explain.onnx``: ``parts`` rows -> contributions (the fusion MLP on the occluded variants),
       what the pipeline runs on the returned items only.
 
@@ -139,19 +143,29 @@ def export_score_graph(module: nn.Module, spec: ModelSpec, model_path: Path, exa
     Raises:
         AssertionError: they differ by more than ``atol``.
     """
-    from ranking.model import Contributions
+    from ranking.model import ContentVectors, Contributions
 
     parts = TensorSpec(PARTS, np.dtype(np.float32), (module.parts_dim,))
     scored = dataclasses.replace(spec, outputs=(spec.outputs[0], parts))
+    content = set(module.content_inputs)
+    score_example = example
+    model_path.with_name(CONTENT_FILE).unlink(missing_ok=True)  # an earlier export's graph must not stay
+    if content:
+        vector = TensorSpec(CONTENT_VECTOR, np.dtype(np.float32), (int(module.baseline.shape[1]),))
+        content_spec = ModelSpec(spec.name, tuple(t for t in spec.inputs if t.name in content), (vector,))
+        export_onnx(ContentVectors(module).eval(), content_spec, model_path.with_name(CONTENT_FILE), example, opset)
+        vectors = run_onnx(onnx_session(model_path.with_name(CONTENT_FILE)), content_spec, example)[0]
+        scored = dataclasses.replace(scored, inputs=tuple(t for t in spec.inputs if t.name not in content) + (vector,))
+        score_example = {**{n: v for n, v in example.items() if n not in content}, CONTENT_VECTOR: vectors}
     path = model_path.with_name(SCORE_FILE)
     module.explain = "parts"
     try:
-        export_onnx(module, scored, path, example, opset)
+        export_onnx(module, scored, path, score_example, opset)
     finally:
         module.explain = True
     explain = ModelSpec(spec.name, (parts,), spec.outputs[1:])
     full_score, full_contrib = run_onnx(onnx_session(model_path), spec, example)
-    alone, rows = run_onnx(onnx_session(path), scored, example)
+    alone, rows = run_onnx(onnx_session(path), scored, score_example)
     export_onnx(Contributions(module).eval(), explain, model_path.with_name(EXPLAIN_FILE), {PARTS: rows}, opset)
     contrib = run_onnx(onnx_session(model_path.with_name(EXPLAIN_FILE)), explain, {PARTS: rows})[0]
     worst = {SCORE_FILE: float(np.max(np.abs(full_score - alone))) if alone.size else 0.0,

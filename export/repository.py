@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from export.config import ROOT, export_config, recommend_inference
 from export.guards import seal_repository
-from export.onnx_export import EXPLAIN_FILE, SCORE_FILE, check_parity, example_inputs, export_onnx, export_score_graph
+from export.onnx_export import CONTENT_FILE, EXPLAIN_FILE, SCORE_FILE, check_parity, example_inputs, export_onnx, export_score_graph
 from export.quantize import int8_name, quantization_report, quantize_ranker
 from export.spec import ModelSpec, item_tower_spec, ranker_spec, user_tower_spec
 from export.triton_config import onnx_model_config
@@ -229,8 +229,10 @@ def quantize_rankers(repo: Path, art: RunArtifacts, models: dict, ecfg: DictConf
         spec = dataclasses.replace(models[name][1], name=int8_name(name))  # same tensors, new Triton name
         src = repo / name / "1" / "model.onnx"
         dst = quantize_ranker(src, repo / spec.name / "1" / "model.onnx", bool(q.per_channel))
-        for graph in (SCORE_FILE, EXPLAIN_FILE):  # the serving graphs, quantized the same way
-            quantize_ranker(src.with_name(graph), dst.with_name(graph), bool(q.per_channel))
+        dst.with_name(CONTENT_FILE).unlink(missing_ok=True)
+        for graph in (SCORE_FILE, EXPLAIN_FILE, CONTENT_FILE):  # the serving graphs, quantized the same way
+            if src.with_name(graph).is_file():
+                quantize_ranker(src.with_name(graph), dst.with_name(graph), bool(q.per_channel))
         quality[spec.name] = quantization_report(spec, src, dst, lists, valid, 10)
         log.info("%s vs %s: %s", spec.name, name, quality[spec.name])
         if quality[spec.name]["top10_overlap"] < float(q.min_top10_overlap):

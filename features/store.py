@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,13 @@ class FeatureStore:
         # pipeline/catalog.py): used by their requests (cold-start attribute path) and encoded into
         # their row when their first event makes them known (add_users).
         self.stored_attributes: dict[str, dict] = {}
+        # What is kept per item from its attributes (pipeline.item_vectors.ItemVectors): told by items_changed
+        self.item_caches: weakref.WeakSet = weakref.WeakSet()
+
+    def items_changed(self, items: np.ndarray) -> None:
+        """These item indices' attributes changed in ``item_table``: whatever was kept from them is dropped."""
+        for cache in list(self.item_caches):
+            cache.forget(items)
 
     def seen_rows(self, users: np.ndarray) -> "SparseRows":
         """(B, N) binary: each user's seen items (stored and live), sorted; unknown users (-1) get an

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from inference.providers import open_session
-from inference.spec import ModelSpec
+from inference.spec import CONTENT_VECTOR, ModelSpec
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,7 @@ def onnx_session(path: Path, threads: int = 1, gpu: bool = False) -> ort.Inferen
 
 SCORE_FILE = "score.onnx"  # a ranker's score graph next to its model.onnx (export.onnx_export)
 EXPLAIN_FILE = "explain.onnx"  # its contributions from the score graph's PARTS rows
+CONTENT_FILE = "content.onnx"  # its content-group vectors from item attributes (score.onnx takes CONTENT_VECTOR)
 PARTS = "parts"  # the score graph's second output: what explain.onnx needs of each row
 
 
@@ -78,6 +79,11 @@ class OnnxCallable:
     :meth:`explain_parts` (contributions from parts rows: a fusion-only graph). The pipeline scores
     every candidate and explains only the returned items. An export without ``explain.onnx`` (or
     with a score-only ``score.onnx``) explains with the full graph.
+
+    A ranker exported with ``content.onnx`` has a score graph that takes each row's content-group
+    vector (``CONTENT_VECTOR``) in place of the item attributes (``content_inputs``): a caller that
+    keeps those vectors per item (:meth:`item_vectors`, see :class:`pipeline.item_vectors.ItemVectors`)
+    passes them; without them the score methods compute them from the attributes first.
     """
 
     def __init__(self, path: Path, spec: ModelSpec, threads: int = 1, gpu: bool = False):
@@ -91,6 +97,17 @@ class OnnxCallable:
         has_parts = self.score_session is not None and PARTS in {o.name for o in self.score_session.get_outputs()}
         self.explain_session = onnx_session(explain, threads, gpu) if has_parts and explain.is_file() else None
         self.feed = {t.name: t.dtype for t in spec.inputs}
+        self.content_session, self.content_inputs, self.score_feed = None, (), self.feed
+        takes = {i.name for i in self.score_session.get_inputs()} if self.score_session is not None else set()
+        if CONTENT_VECTOR in takes:
+            content = Path(path).with_name(CONTENT_FILE)
+            if not content.is_file():
+                raise FileNotFoundError(f"{content} missing ({SCORE_FILE} takes {CONTENT_VECTOR} from it); re-export "
+                                        "with `python -m export --run-dir <run>`")
+            self.content_session = onnx_session(content, threads, gpu)
+            self.content_inputs = tuple(i.name for i in self.content_session.get_inputs())
+            self.content_feed = {n: self.feed[n] for n in self.content_inputs}
+            self.score_feed = {n: (self.feed[n] if n in self.feed else np.dtype(np.float32)) for n in takes}
 
     def __call__(self, inputs: dict[str, np.ndarray]):
         out = self.session.run(self.spec.output_names, self._feed(inputs))
@@ -100,12 +117,17 @@ class OnnxCallable:
         """The first output alone (the score), from the score graph when there is one."""
         if self.score_session is None:
             return self(inputs)[0]
-        return self.score_session.run(self.spec.output_names[:1], self._feed(inputs))[0]
+        return self.score_session.run(self.spec.output_names[:1], self._score_feed(inputs))[0]
 
     def score_parts(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(scores (R,), parts (R, P)) from the score graph; ``explains_parts`` must be True."""
-        scores, parts = self.score_session.run([self.spec.output_names[0], PARTS], self._feed(inputs))
+        scores, parts = self.score_session.run([self.spec.output_names[0], PARTS], self._score_feed(inputs))
         return scores, parts
+
+    def item_vectors(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(R, H) content-group vectors of items from their attributes (``content_inputs``, R rows);
+        only for a ranker exported with ``content.onnx`` (``content_inputs`` not empty)."""
+        return self.content_session.run(None, {n: np.asarray(inputs[n], dtype=t) for n, t in self.content_feed.items()})[0]
 
     def explain_parts(self, parts: np.ndarray) -> np.ndarray:
         """Contributions (R, G) of ``parts`` rows (from :meth:`score_parts`)."""
@@ -123,6 +145,12 @@ class OnnxCallable:
 
     def _feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.asarray(inputs[name], dtype=dtype) for name, dtype in self.feed.items()}
+
+    def _score_feed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The score graph's inputs: ``CONTENT_VECTOR`` computed from the attributes when not given."""
+        if self.content_session is not None and CONTENT_VECTOR not in inputs:
+            inputs = {**inputs, CONTENT_VECTOR: self.item_vectors(inputs)}
+        return {name: np.asarray(inputs[name], dtype=dtype) for name, dtype in self.score_feed.items()}
 
 
 def run_onnx(session: ort.InferenceSession, spec: ModelSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

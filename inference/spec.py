@@ -20,6 +20,9 @@ import numpy as np
 TRITON_DTYPES = {np.dtype(np.int64): "TYPE_INT64", np.dtype(np.int32): "TYPE_INT32",
                  np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float64): "TYPE_FP64",
                  np.dtype(object): "TYPE_STRING"}
+# A ranker's content-group vector, the input its score graph takes in place of the item attributes it
+# is computed from (``content.onnx``: :class:`ranking.model.ContentVectors`).
+CONTENT_VECTOR = "content_vec"
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,7 @@ class OnlineCatalog:
         if old.any():  # replace in place: every view shares the rows
             for name, col in enc.items():
                 store.item_table[name][idx[old]] = col[old]
+            store.items_changed(idx[old])
             for emb in {id(a): a for a in (features.item_embeddings, pipe.retriever.item_embeddings)}.values():
                 emb[idx[old]] = vectors[old]
             pipe.catalog.vectors[idx[old]] = _unit(vectors[old])

@@ -17,6 +17,8 @@ import pandas as pd
 
 from events.catalog import number_within
 from features.schema import CONTROL_CHARACTERS
+from inference.spec import CONTENT_VECTOR
+from pipeline.item_vectors import ItemVectors
 from pipeline.settings import PipelineSettings
 from ranking.features import GROUPS, CandidateFeatures
 from ranking.rule_config import RuleSet
@@ -239,6 +241,7 @@ class Pipeline:
         self.store.most_popular(1)  # sort the catalog by popularity now, not on the first cold request
         # the boost rules that lift anything: their configured ids, and the requests' promoted items,
         # are added to the candidates (None: no such rule, promoted items change nothing)
+        self._vectors: dict[str, ItemVectors] = {}  # ranker name -> its content vectors (_item_vectors)
         boosts = [r for r in rules.rules if r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0]
         self._boost_ids = tuple(i for r in boosts for i in r.params["ids"]) if boosts else None
 
@@ -308,6 +311,8 @@ class Pipeline:
         (through that function: ``explain.onnx`` on the score graph's parts rows when the export has
         it, the full graph on those rows' inputs otherwise)."""
         fn = self.ranker(ranker)
+        parts_only = not explain and getattr(fn, "explains_parts", False)  # score graph + explain graph
+        vectors = self._item_vectors(ranker, fn) if parts_only else None
         stages = _Stages(on_stage)
         user_x = {}  # the user tower's inputs, also the ranker's user and context features
 
@@ -320,11 +325,17 @@ class Pipeline:
         cache: dict = {}  # products of ``rows`` computed once for both steps
         r_scores, items = stages.run("retrieval", retrieve_candidates, self.retriever, self.features, users, queries,
                                      self.settings, recent, rows, seen, cache, promoted)
-        x = stages.run("features", self.features.build_inputs, users, timestamps, queries, items, r_scores, recent,
-                       attributes, rows, user_x, cache)
+
+        def features():
+            x = self.features.build_inputs(users, timestamps, queries, items, r_scores, recent, attributes, rows, user_x,
+                                           cache, vectors.names if vectors is not None else ())
+            if vectors is not None:  # the content vectors kept per item, in place of the attributes
+                x[CONTENT_VECTOR] = vectors.rows(np.maximum(items.ravel(), 0))
+            return x
+        x = stages.run("features", features)
         b, c = items.shape
         contrib = None
-        if not explain and getattr(fn, "explains_parts", False):
+        if parts_only:
             scores, parts = stages.run("ranker", fn.score_parts, x)
 
             def explainer(rows: np.ndarray) -> np.ndarray:  # explain.onnx on those rows' parts
@@ -346,6 +357,15 @@ class Pipeline:
         when None). -> items, scores, reasons, groups."""
         out, out_scores, reasons, where = self._rules(user, items, scores, k, request, recent, timestamp)
         return out, out_scores, reasons, _main_groups(reasons, contrib[np.maximum(where, 0)])
+
+    def _item_vectors(self, ranker: str | None, fn) -> ItemVectors | None:
+        """The kept content vectors of that ranker (None for one that computes them itself)."""
+        if not getattr(fn, "content_inputs", ()):
+            return None
+        name = self.default_ranker if ranker is None else ranker
+        if name not in self._vectors:
+            self._vectors[name] = ItemVectors(self.store, fn)
+        return self._vectors[name]
 
     def _rules(self, user: int, items: np.ndarray, scores: np.ndarray, k: int, request: Request | None,
                recent: np.ndarray | None, timestamp: float | None = None):

@@ -345,10 +345,11 @@ class CandidateFeatures:
     def build_inputs(self, users: np.ndarray, timestamps: np.ndarray, queries: np.ndarray, items: np.ndarray,
                      scores: np.ndarray, recent: np.ndarray | None = None, attributes=None,
                      rows: SparseRows | None = None, user_x: dict[str, np.ndarray] | None = None,
-                     cache: dict | None = None) -> dict[str, np.ndarray]:
+                     cache: dict | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
         """Flat (B*C, ...) ranker inputs for B requests with C candidates each (-1 = no candidate);
         ``rows``: the requests' :meth:`history_rows`, ``user_x``: their ``store.user_inputs`` and
-        ``cache``: the batch's products (:meth:`history_top`), when the caller already has them."""
+        ``cache``: the batch's products (:meth:`history_top`), when the caller already has them;
+        ``skip``: item attributes the ranker does not need (it takes their vector instead)."""
         b, c = items.shape
         flat = np.maximum(items.ravel(), 0)
         ts = np.repeat(np.asarray(timestamps, dtype=np.int64), c)
@@ -369,7 +370,7 @@ class CandidateFeatures:
         for j, name in enumerate(LIST_RELATIVE):
             x[name] = z[j].ravel()
         for name in self.store.features.encoders["item"]:
-            if name != "item_id":
+            if name != "item_id" and name not in skip:
                 x[name] = self.store.item_table[name][flat]
         for name in self.store.features.encoders["user"]:
             if name != "user_id":

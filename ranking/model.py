@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from features.encoders import FeatureSpec
+from inference.spec import CONTENT_VECTOR  # the content group's vector, given in place of its attributes
 from ranking.features import COLLABORATIVE, CONTEXT_NUMERIC, GROUPS, POPULARITY
 from retrieval.towers import FeatureEmbedder, mlp
 
@@ -124,14 +125,31 @@ class LateFusionRanker(nn.Module):
         return [n for g in self.groups for n in self.raw[g].input_names]
 
     def group_vectors(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """-> (R, G', H) one vector per signal group of this model."""
+        """-> (R, G', H) one vector per signal group of this model (the content group's is
+        ``x[CONTENT_VECTOR]`` when given: :meth:`content_vector` of the rows' items)."""
         vecs = []
         for g in self.groups:
-            h = self.raw[g](x)
-            if h.shape[-1] == 0:  # a group with no features (e.g. no user attributes)
-                h = torch.zeros(h.shape[0], 1, device=h.device)
-            vecs.append(self.act(self.project[g](h)))
+            if g == "content" and CONTENT_VECTOR in x:
+                vecs.append(x[CONTENT_VECTOR].to(torch.float32))
+                continue
+            vecs.append(self._group_vector(g, x))
         return torch.stack(vecs, dim=1)
+
+    def _group_vector(self, g: str, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.raw[g](x)
+        if h.shape[-1] == 0:  # a group with no features (e.g. no user attributes)
+            h = torch.zeros(h.shape[0], 1, device=h.device)
+        return self.act(self.project[g](h))
+
+    @property
+    def content_inputs(self) -> list[str]:
+        """The item attributes the content group reads ([] without the group, or with no attributes: then
+        there is nothing to compute ahead)."""
+        return self.raw["content"].input_names if "content" in self.groups else []
+
+    def content_vector(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(R, H) the content group's vector from the rows' item attributes (``content_inputs``)."""
+        return self._group_vector("content", x)
 
     def prior_terms(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """-> (R, P) each prior input's centred term w_j * (x_j - mean_j)."""
@@ -204,6 +222,18 @@ class Contributions(nn.Module):
 
     def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.ranker.contributions(x["parts"])
+
+
+class ContentVectors(nn.Module):
+    """A ranker's content-group vectors from item attributes (export: ``content.onnx``; ``score.onnx``
+    then takes them as ``CONTENT_VECTOR`` in place of the attributes)."""
+
+    def __init__(self, ranker: LateFusionRanker):
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.ranker.content_vector(x)
 
 
 class _ContextEncoder(nn.Module):

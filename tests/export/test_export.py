@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from google.protobuf import text_format
@@ -17,7 +18,7 @@ from export.config import DEFAULTS, recommend_inference, run_config
 from export.onnx_export import example_inputs, run_torch
 from inference.models import OnnxCallable, onnx_session, run_onnx
 from export.spec import ranker_spec
-from inference.spec import ModelSpec, from_batch, to_batch
+from inference.spec import CONTENT_VECTOR, ModelSpec, from_batch, to_batch
 from export.repository import (GENERATED, code_bounds, export_if_needed, is_exported, load_models, manifest_digest,
                                parity_inputs, run_export)
 from export.triton_config import onnx_model_config
@@ -197,6 +198,71 @@ def test_serving_graphs_score_and_explain_like_the_full_graph(repo, models, name
     (older / "explain.onnx").unlink()
     old = OnnxCallable(older / "model.onnx", spec)
     assert old.scores_alone and not old.explains_parts
+
+
+def test_the_score_graph_takes_kept_content_vectors_in_place_of_item_attributes(repo, models, tmp_path):
+    """content.onnx turns item attributes into the content group's vector; score.onnx takes that vector
+    (not the attributes) and scores as the full graph does, whether the caller passes the vectors or
+    the attributes; the int8 ranker has its own quantized content graph."""
+    spec, real = models[1]["ranker"][1], models[1]["ranker"][2]
+    content = [n for n in input_groups(models[0])["content"]]
+    for name in ("ranker", "ranker_int8"):
+        takes = {i.name for i in onnx_session(repo / name / "1" / "score.onnx").get_inputs()}
+        assert CONTENT_VECTOR in takes and not takes & set(content), name
+        assert (repo / name / "1" / "content.onnx").is_file()
+    model = OnnxCallable(repo / "ranker" / "1" / "model.onnx", spec)
+    assert sorted(model.content_inputs) == sorted(content)
+    vectors = model.item_vectors(real)
+    torch_vectors = models[1]["ranker"][0].content_vector({n: torch.as_tensor(real[n]) for n in content})
+    np.testing.assert_allclose(vectors, torch_vectors.detach().numpy(), atol=1e-5)
+    given = {k: v for k, v in real.items() if k not in content} | {CONTENT_VECTOR: vectors}
+    np.testing.assert_array_equal(model.score_parts(given)[0], model.score_parts(real)[0])
+    np.testing.assert_allclose(model.score_parts(real)[0], model(real)[0], atol=1e-5)
+    damaged = tmp_path / "ranker" / "1"  # a score graph that takes the vectors without the graph making them
+    shutil.copytree(repo / "ranker" / "1", damaged)
+    (damaged / "content.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="content.onnx missing"):
+        OnnxCallable(damaged / "model.onnx", spec)
+
+
+def test_kept_content_vectors_follow_catalog_updates_and_new_items(repo, models, tiny_run, tiny_prepared):
+    """The served pipeline keeps each item's content vector; an item's update drops its kept vector and
+    an item added online gets one: after the same catalog records, the ONNX pipeline still answers
+    like the PyTorch one (which computes every vector in every request)."""
+    from pipeline.catalog import OnlineCatalog
+    from inference.models import TorchModel
+
+    m = models[1]
+    art = RunArtifacts(tiny_run)
+    torch_pipe = load_pipeline(tiny_run)
+    ranker = OnnxCallable(repo / "ranker" / "1" / "model.onnx", m["ranker"][1])
+    onnx_pipe = load_pipeline(tiny_run, user_encoder=OnnxCallable(repo / "user_tower" / "1" / "model.onnx",
+                                                                  m["user_tower"][1]), rankers={"ranker": ranker})
+    users = json.loads((tiny_run / "artifacts" / "store" / "users.json").read_text())[:12] + ["someone-new"]
+
+    def answers(pipe):
+        return [pipe.recommend([Request(user_id=u, k=10, timestamp=1_700_500_000)])[0] for u in users]
+
+    answers(onnx_pipe)  # vectors kept for every candidate so far
+    vectors = onnx_pipe._vectors["ranker"]
+    items = tiny_prepared.dataset.items.set_index("item_id")
+    ids = [str(i) for i in onnx_pipe.store.items.ids[:2]]
+    donor = {k: (None if pd.isna(v) else v) for k, v in items.loc[ids[1]].items()}
+    update = pd.DataFrame([{"op": "upsert_item", "entity_id": ids[0], "attributes": json.dumps(donor, default=str)},
+                           {"op": "upsert_item", "entity_id": "brand-new", "attributes": json.dumps(donor, default=str)}])
+    before = vectors.rows(np.array([0, 1])).copy()
+    assert vectors.have[0] and not np.array_equal(before[0], before[1])
+    for pipe in (torch_pipe, onnx_pipe):
+        towers = art.load_towers(pipe.store)
+        OnlineCatalog(pipe, TorchModel(towers.item_tower)).apply(update)
+    new = int(onnx_pipe.store.items.lookup(["brand-new"])[0])
+    assert not vectors.have[0] and new >= 0  # dropped by the update
+    kept = vectors.rows(np.array([0, 1, new]))
+    np.testing.assert_array_equal(kept[0], kept[1])  # item 0 took item 1's attributes
+    np.testing.assert_array_equal(kept[2], kept[1])
+    for a, b in zip(answers(torch_pipe), answers(onnx_pipe)):
+        assert (a.item_ids, a.reasons, a.groups) == (b.item_ids, b.reasons, b.groups)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
 
 
 def test_recommend_inference_follows_the_flavour_unless_set():

@@ -1,0 +1,63 @@
+"""Per-item vectors a ranker computes from item attributes alone, kept for the catalog.
+
+A ranker's content group reads nothing but the candidate item's attributes, so its vector is the same
+for an item in every request. A ranker exported with ``content.onnx`` (:class:`inference.models.OnnxCallable`
+with ``content_inputs``) takes that vector in place of the attributes; :class:`ItemVectors` computes it
+for an item the first time the item is a candidate and keeps it, so a request gathers 200 rows of a
+table instead of running the content encoder on 200 rows (docs/serving.md, "Eighth pass").
+
+The table follows the store: items added online (a longer catalog) are computed on first use, and
+:meth:`features.store.FeatureStore.items_changed` (called by :class:`pipeline.catalog.OnlineCatalog` for
+every updated item) drops the kept vectors of changed items. Rows are computed lazily, so a 1M-item
+catalog holds vectors only for the items that were candidates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.store import FeatureStore
+
+
+class ItemVectors:
+    """One ranker's content vectors over one store's items.
+
+    Args:
+        store: the feature store whose ``item_table`` holds the attributes.
+        ranker: a callable with ``content_inputs`` (attribute names) and ``item_vectors(inputs) -> (R, H)``.
+    """
+
+    def __init__(self, store: FeatureStore, ranker):
+        self.store, self.ranker = store, ranker
+        self.names = tuple(ranker.content_inputs)
+        self.table = np.zeros((0, 0), np.float32)
+        self.have = np.zeros(0, bool)  # whether an item's row in ``table`` is current
+        store.item_caches.add(self)
+
+    def forget(self, items: np.ndarray) -> None:
+        """Drop the kept vectors of these item indices (their attributes changed)."""
+        items = np.asarray(items, np.int64)
+        self.have[items[items < len(self.have)]] = False
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """(R, H) the vectors of catalog item indices ``items`` (R,), computed for those not kept yet."""
+        n = len(self.store.items)
+        if n > len(self.have):  # the catalog grew: room for at least twice the rows (amortised copies)
+            self._grow(max(n, 2 * len(self.have)))
+        missing = ~self.have[items]
+        if missing.any():
+            new = np.unique(items[missing])
+            vectors = np.asarray(self.ranker.item_vectors({name: self.store.item_table[name][new]
+                                                           for name in self.names}), np.float32)
+            if self.table.shape[1] != vectors.shape[1]:  # the first rows computed: the width is known now
+                self.table = np.zeros((len(self.have), vectors.shape[1]), np.float32)
+            self.table[new] = vectors
+            self.have[new] = True
+        return self.table[items]
+
+    def _grow(self, rows: int) -> None:
+        have = np.zeros(rows, bool)
+        have[: len(self.have)] = self.have
+        table = np.zeros((rows, self.table.shape[1]), np.float32)
+        table[: len(self.table)] = self.table
+        self.have, self.table = have, table
