@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from features.schema import DataError
+from features.store import SparseRows
 from pipeline.batch import main as batch_main
 from pipeline.batch import read_requests, recommend_table
 from ranking.features import GROUPS
@@ -331,10 +332,20 @@ def test_build_ranker_from_features(tiny_prepared):
     assert model.baseline.shape == (len(GROUPS), 8)
 
 
-def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run):
-    """Large catalogs use the sparse cosine path of history_top / history_scores: same answers as dense."""
+@pytest.mark.parametrize("path", ["dense", "padded", "sparse"])
+def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatch):
+    """Each catalog size's cosine path of history_scores (a dense table, (N, K) tables, the CSR rows) and
+    the sparse path of history_top give the answers of the dense product."""
+    import ranking.features as rf
+
+    if path != "dense":
+        monkeypatch.setattr(rf, "DENSE_MAX_ITEMS", 0)
+    if path == "sparse":
+        monkeypatch.setattr(rf, "PADDED_MAX_ENTRIES", 0)
     pipe = load_pipeline(tiny_run)
     f = pipe.features
+    assert (f.cooc_dense is not None, f.cooc_padded is not None) == {"dense": (True, True), "padded": (False, True),
+                                                                     "sparse": (False, False)}[path]
     users = np.array([0, 1, 2, -1, 5])
     recent = np.full((len(users), f.store.history_len), -1)
     recent[3, -2:] = [3, 4]  # an unknown user with a session
@@ -344,6 +355,9 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run):
     got = f.history_scores(f.cooc, rows, items)
     want = np.where(items >= 0, np.take_along_axis(dense, np.clip(items, 0, None), 1), 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    n = f.cooc.shape[0]  # an item added online (no weights until a refresh) among the known ones changes nothing
+    wide = SparseRows.from_lists([np.append(rows.row(b), [n + 1]).astype(np.int64) for b in range(len(users))], n + 3)
+    np.testing.assert_allclose(f.history_scores(f.cooc, wide, items), got, rtol=1e-6, atol=1e-7)
     ease, f.ease = f.ease, None
     try:
         top = f.history_top(rows, 15)
