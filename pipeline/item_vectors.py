@@ -42,8 +42,8 @@ class ItemVectors:
     def rows(self, items: np.ndarray) -> np.ndarray:
         """(R, H) the vectors of catalog item indices ``items`` (R,), computed for those not kept yet."""
         n = len(self.store.items)
-        if n > len(self.have):  # the catalog grew: room for at least twice the rows (amortised copies)
-            self._grow(max(n, 2 * len(self.have)))
+        if n > len(self.have):  # the catalog grew: a quarter more room than it needs (amortised copies)
+            self._grow(n if not len(self.have) else n + n // 4)
         missing = ~self.have[items]
         if missing.any():
             new = np.unique(items[missing])
