@@ -49,6 +49,35 @@ def test_online_events_give_the_state_a_refresh_would_build(tiny_deployed_run, t
     np.testing.assert_array_equal(pipe.features.recent_counts(items, ts), fresh_features.recent_counts(items, ts))
 
 
+def test_recent_counts_kept_for_one_request_time_follow_live_events(tiny_deployed_run):
+    """A served request's candidates share one time: their recent counts are kept per item for it, the
+    same as counted afresh, until the time changes or an event arrives."""
+    f = load_pipeline(tiny_deployed_run).features
+    t = int(f.item_first_ts.max()) + 10
+    items = np.arange(len(f.item_first_ts))
+    first = f.recent_counts(items[:10], np.full(10, t))  # kept for ten items, then the whole catalog
+    np.testing.assert_array_equal(first, f._count(items[:10], np.full(10, t)))
+    kept = f.recent_counts(items, np.full(len(items), t))
+    np.testing.assert_array_equal(kept, f._count(items, np.full(len(items), t)))
+    mixed = np.where(items % 2 == 0, t, t - 86_400 * 3)  # rows with their own times: counted as they are
+    np.testing.assert_array_equal(f.recent_counts(items, mixed), f._count(items, mixed))
+    f.add_events(np.array([3, 3, 5]), np.array([t - 5, t + 5, t - 1]))  # t + 5: not before t, not counted
+    after = f.recent_counts(items, np.full(len(items), t))
+    assert after[3] == kept[3] + 1 and after[5] == kept[5] + 1
+    np.testing.assert_array_equal(np.delete(after, [3, 5]), np.delete(kept, [3, 5]))
+    later = f.recent_counts(items, np.full(len(items), t + 6))
+    np.testing.assert_array_equal(later, f._count(items, np.full(len(items), t + 6)))
+
+
+def test_one_row_of_seen_items_equals_the_batch_gather(tiny_deployed_run):
+    store = load_pipeline(tiny_deployed_run).store
+    batch = store.seen_rows(np.array([2, -1, 0]))
+    for b, u in enumerate([2, -1, 0]):
+        one = store.seen_rows(np.array([u]))
+        np.testing.assert_array_equal(one.row(0), batch.row(b))
+        assert one.indptr.tolist() == [0, len(batch.row(b))] and one.shape == (1, batch.shape[1])
+
+
 def test_the_next_answer_knows_the_event(tiny_deployed_run):
     pipe = load_pipeline(tiny_deployed_run)
     online = OnlineState(pipe)
