@@ -11,7 +11,7 @@ Kinds: events (interactions), impressions (served lists), catalog (item / user u
 recsys-catalog; their attributes are JSON text in CSV and parquet files).
 
 Times (--since, --until) are Unix seconds or an ISO 8601 date / datetime (UTC unless it names
-a zone).
+a zone); four digits alone are a year (--since 2030 is 2030-01-01, not 2030 seconds after 1970).
 
 Examples:
   recsys-log read --dir logs/events --kind events --since 2024-01-01 --out events.parquet
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sqlite3
 import sys
 from pathlib import Path
@@ -56,8 +57,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _time(text: str) -> float:
-    """Unix seconds, or an ISO 8601 date / datetime (UTC when it names no zone)."""
+    """Unix seconds, or an ISO 8601 date / datetime (UTC when it names no zone); four digits alone are
+    a year (ISO 8601's ``YYYY``: no event log holds the first hours of 1970)."""
     try:
+        if re.fullmatch(r"\s*\d{4}\s*", text):
+            raise ValueError("a year")
         value = float(text)
     except ValueError:
         try:

@@ -472,6 +472,14 @@ def filled_log(tmp_path):
     return tmp_path / "log"
 
 
+def test_cli_times_are_unix_seconds_iso_dates_or_a_year():
+    from events.cli import _time
+
+    assert _time("1700000001") == 1_700_000_001 and _time("1700000001.5") == 1_700_000_001.5
+    assert _time("2030") == _time("2030-01-01") == pd.Timestamp("2030-01-01", tz="UTC").timestamp()
+    assert _time("2024-03-01T12:00:00+02:00") == pd.Timestamp("2024-03-01T10:00:00", tz="UTC").timestamp()
+
+
 def test_cli_reads_to_parquet_and_csv_and_prints(filled_log, tmp_path, capsys):
     out = tmp_path / "events.parquet"
     assert cli_main(["read", "--dir", str(filled_log), "--kind", "events", "--since", "1700000001",
