@@ -229,10 +229,13 @@ def quantize_rankers(repo: Path, art: RunArtifacts, models: dict, ecfg: DictConf
         spec = dataclasses.replace(models[name][1], name=int8_name(name))  # same tensors, new Triton name
         src = repo / name / "1" / "model.onnx"
         dst = quantize_ranker(src, repo / spec.name / "1" / "model.onnx", bool(q.per_channel))
+        for graph in (SCORE_FILE, EXPLAIN_FILE):  # the serving graphs, quantized the same way
+            quantize_ranker(src.with_name(graph), dst.with_name(graph), bool(q.per_channel))
+        # the content graph stays fp32: it runs once per item, and dynamically quantized activations are
+        # scaled by the whole call, so a kept vector would depend on which items it was computed with
         dst.with_name(CONTENT_FILE).unlink(missing_ok=True)
-        for graph in (SCORE_FILE, EXPLAIN_FILE, CONTENT_FILE):  # the serving graphs, quantized the same way
-            if src.with_name(graph).is_file():
-                quantize_ranker(src.with_name(graph), dst.with_name(graph), bool(q.per_channel))
+        if src.with_name(CONTENT_FILE).is_file():
+            shutil.copy2(src.with_name(CONTENT_FILE), dst.with_name(CONTENT_FILE))
         quality[spec.name] = quantization_report(spec, src, dst, lists, valid, 10)
         log.info("%s vs %s: %s", spec.name, name, quality[spec.name])
         if quality[spec.name]["top10_overlap"] < float(q.min_top10_overlap):

@@ -279,10 +279,10 @@ class CandidateFeatures:
     @property
     def cooc_by_target(self) -> sp.csr_matrix:
         """The cosine weights transposed, [target, neighbour], sorted indices (built once, kept)."""
-        if getattr(self, "_cooc_t", None) is None or self._cooc_t.shape != self.cooc.shape[::-1]:
+        if getattr(self, "_cooc_t_for", None) is not self.cooc:  # built for these weights (a refresh replaces them)
             t = self.cooc.T.tocsr()
             t.sort_indices()
-            self._cooc_t = t
+            self._cooc_t, self._cooc_t_for = t, self.cooc
         return self._cooc_t
 
     @property
@@ -326,9 +326,11 @@ class CandidateFeatures:
         """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
         to each candidate. (B, N), (B, C) -> (B, C)
 
-        The cosine weights are read at the candidates only (their [target, neighbour] rows, matched
-        against the request's items through a boolean table): O(candidates x neighbours) per
-        request, no (B, N) product; EASE reads the batch's cached dense product."""
+        The cosine weights are read at the candidates only, no (B, N) product: on catalogs up to
+        DENSE_MAX_ITEMS the request's (known items x candidates) block of a dense table in one gather;
+        above, each candidate's [target, neighbour] row matched against the request's items through a
+        boolean table, O(candidates x neighbours) per request ((N, K) tables up to PADDED_MAX_ENTRIES,
+        CSR rows beyond). EASE reads the batch's cached dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
         n = weights.shape[0]
         items = np.where(items < n, items, -1)  # an item added online: 0 until a refresh
@@ -369,8 +371,8 @@ class CandidateFeatures:
                     vals = np.where(mask[by_target.indices[pos]], by_target.data[pos], 0.0)
                 finally:
                     mask[known] = False
-                starts = np.cumsum(lens) - lens
-                sums = np.add.reduceat(vals, np.minimum(starts, len(vals) - 1))
+                starts = np.cumsum(lens) - lens  # a trailing 0: every start indexes it, the last segment ends there
+                sums = np.add.reduceat(np.append(vals, 0.0), starts)
                 out[r] = np.where(lens > 0, sums, 0.0)
         elif weights is self.ease and self.ease is not None:
             out[:] = np.take_along_axis(self._ease_product(rows, cache), safe, axis=1)

@@ -351,10 +351,16 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatc
     recent[3, -2:] = [3, 4]  # an unknown user with a session
     rows = f.history_rows(users, recent)
     dense = (rows @ f.cooc).toarray()
-    items = np.tile(np.arange(-1, 30), (len(users), 1))
+    items = np.tile(np.r_[np.arange(-1, 30), -1, -1], (len(users), 1))  # a real candidate, then only gaps
     got = f.history_scores(f.cooc, rows, items)
     want = np.where(items >= 0, np.take_along_axis(dense, np.clip(items, 0, None), 1), 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # a candidate whose last neighbour the request knows, then gaps: its whole row is summed
+    by_target, known = f.cooc_by_target, set(rows.row(0).tolist())
+    t = next(t for t in range(by_target.shape[0]) if by_target.indptr[t + 1] > by_target.indptr[t]
+             and by_target.indices[by_target.indptr[t + 1] - 1] in known)
+    np.testing.assert_allclose(f.history_scores(f.cooc, rows, np.array([[t, -1]] * len(users)))[0],
+                               [dense[0, t], 0.0], rtol=1e-6, atol=1e-7)
     n = f.cooc.shape[0]  # an item added online (no weights until a refresh) among the known ones changes nothing
     wide = SparseRows.from_lists([np.append(rows.row(b), [n + 1]).astype(np.int64) for b in range(len(users))], n + 3)
     np.testing.assert_allclose(f.history_scores(f.cooc, wide, items), got, rtol=1e-6, atol=1e-7)
