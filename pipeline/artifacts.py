@@ -320,8 +320,10 @@ class RunArtifacts:
         catalog = make_catalog(store, emb, settings.category_feature)
         with self.reading("ranker_features"):
             features = CandidateFeatures.load(self.path("ranker_features"), store)
-        return Pipeline(retriever, rankers, default_ranker, features, rules, catalog, settings,
+        pipe = Pipeline(retriever, rankers, default_ranker, features, rules, catalog, settings,
                         rules.make_tracker(len(catalog)))
+        pipe.keep_item_vectors()  # an exported default ranker's content vectors, now rather than in requests
+        return pipe
 
 
 def load_pipeline(path: str | Path, **kwargs) -> Pipeline:

@@ -8,7 +8,9 @@ table instead of running the content encoder on 200 rows (docs/serving.md, "Eigh
 
 The table follows the store: items added online (a longer catalog) are computed on first use, and
 :meth:`features.store.FeatureStore.items_changed` (called by :class:`pipeline.catalog.OnlineCatalog` for
-every updated item) drops the kept vectors of changed items. Only the computing is lazy: the table
+every updated item) drops the kept vectors of changed items. A loaded run's default ranker computes
+every item's vector at load (:meth:`fill`, from ``RunArtifacts.load_pipeline``: ~1 s for 1M items), the
+others on first use. The table
 is (catalog items x H) float32 from its first row on (128 MB for 1M items at H = 32), copied when the
 catalog outgrows it (by a quarter more each time). Not thread-safe: one per served instance, which
 answers one request at a time.
@@ -35,6 +37,17 @@ class ItemVectors:
         self.table = np.zeros((0, 0), np.float32)
         self.have = np.zeros(0, bool)  # whether an item's row in ``table`` is current
         store.item_caches.add(self)
+
+    def fill(self, chunk: int = 65_536) -> int:
+        """Compute every item's vector not kept yet (at load: a request then only gathers, whatever the
+        catalog size), ``chunk`` items per call. -> how many were computed."""
+        n, done = len(self.store.items), 0
+        for start in range(0, n, chunk):
+            items = np.arange(start, min(start + chunk, n))
+            if len(self.have) < n or not self.have[items].all():
+                done += int((~self.have[items]).sum()) if len(self.have) >= n else len(items)
+                self.rows(items)
+        return done
 
     def forget(self, items: np.ndarray) -> None:
         """Drop the kept vectors of these item indices (their attributes changed)."""

@@ -358,6 +358,12 @@ class Pipeline:
         out, out_scores, reasons, where = self._rules(user, items, scores, k, request, recent, timestamp)
         return out, out_scores, reasons, _main_groups(reasons, contrib[np.maximum(where, 0)])
 
+    def keep_item_vectors(self, ranker: str | None = None) -> int:
+        """Compute the content vectors of every item for that ranker (the default when None) now, if it
+        takes them kept (an exported ranker with ``content.onnx``); -> how many were computed."""
+        vectors = self._item_vectors(ranker, self.ranker(ranker))
+        return vectors.fill() if vectors is not None else 0
+
     def _item_vectors(self, ranker: str | None, fn) -> ItemVectors | None:
         """The kept content vectors of that ranker (None for one that computes them itself)."""
         if not getattr(fn, "content_inputs", ()):

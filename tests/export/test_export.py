@@ -261,6 +261,8 @@ def test_kept_content_vectors_follow_catalog_updates_and_new_items(learned_ranke
                                                                   "model.onnx", m["user_tower"][1]),
                               rankers={"ranker": ranker})
     users = json.loads((tiny_run / "artifacts" / "store" / "users.json").read_text())[:12] + ["someone-new"]
+    n = len(onnx_pipe.store.items)
+    assert onnx_pipe._vectors["ranker"].have[:n].all()  # every item's vector computed at load
 
     def answers(pipe):
         return [pipe.recommend([Request(user_id=u, k=10, timestamp=1_700_500_000)])[0] for u in users]
