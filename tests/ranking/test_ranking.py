@@ -365,10 +365,14 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatc
     wide = SparseRows.from_lists([np.append(rows.row(b), [n + 1]).astype(np.int64) for b in range(len(users))], n + 3)
     np.testing.assert_allclose(f.history_scores(f.cooc, wide, items), got, rtol=1e-6, atol=1e-7)
     ease, f.ease = f.ease, None
+    cache: dict = {}
     try:
-        top = f.history_top(rows, 15)
+        top = f.history_top(rows, 15, cache)  # without EASE: the cosine product, kept for the ranker's scores
     finally:
         f.ease = ease
+    assert cache["cosine_rows"] is rows
+    if f.cooc_dense is None:  # (the dense table, where there is one, comes first)
+        np.testing.assert_allclose(f.history_scores(f.cooc, rows, items, cache), want, rtol=1e-6, atol=1e-7)
     for b in range(len(users)):
         row = dense[b].copy()
         row[rows.indices[rows.indptr[b]:rows.indptr[b + 1]]] = -np.inf
