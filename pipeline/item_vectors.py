@@ -41,13 +41,13 @@ class ItemVectors:
     def fill(self, chunk: int = 65_536) -> int:
         """Compute every item's vector not kept yet (at load: a request then only gathers, whatever the
         catalog size), ``chunk`` items per call. -> how many were computed."""
-        n, done = len(self.store.items), 0
+        n = len(self.store.items)
+        kept = int(self.have[:n].sum())
         for start in range(0, n, chunk):
             items = np.arange(start, min(start + chunk, n))
             if len(self.have) < n or not self.have[items].all():
-                done += int((~self.have[items]).sum()) if len(self.have) >= n else len(items)
                 self.rows(items)
-        return done
+        return n - kept
 
     def forget(self, items: np.ndarray) -> None:
         """Drop the kept vectors of these item indices (their attributes changed)."""

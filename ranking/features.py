@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from inference.topk import topk_excluding
 from features.cooccurrence import ease_weights, item_cosine_similarity
 from features.store import FeatureStore, SparseRows, row_positions
+from ranking.rules import member
 
 GROUPS = ("collaborative", "content", "user", "context", "popularity")
 COLLABORATIVE = ("user_emb", "item_emb", "retrieval_score", "cooc_score", "ease_score", "retrieval_z", "cooc_z", "ease_z",
@@ -265,9 +266,7 @@ class CandidateFeatures:
             return out
         out = np.full((known.shape[0], m), -1, dtype=np.int64)
         for b, (idx, val) in enumerate(self._cosine_product(rows, cache)):
-            own = np.sort(known.indices[known.indptr[b] : known.indptr[b + 1]])
-            seen = own[np.minimum(np.searchsorted(own, idx), len(own) - 1)] == idx if len(own) else False
-            keep = (val > 0) & ~seen
+            keep = (val > 0) & ~member(idx, known.indices[known.indptr[b] : known.indptr[b + 1]])
             idx, val = idx[keep], val[keep]
             top = _first_smallest(-val, min(m, len(val)))  # best first; idx ascending: ties by index
             out[b, : len(top)] = idx[top]
@@ -349,25 +348,25 @@ class CandidateFeatures:
         DENSE_MAX_ITEMS the request's (known items x candidates) block of a dense table in one gather;
         above, each candidate's [target, neighbour] row matched against the request's items through a
         boolean table, O(candidates x neighbours) per request ((N, K) tables up to PADDED_MAX_ENTRIES,
-        CSR rows beyond), unless ``cache`` holds the batch's cosine product (:meth:`history_top` on a
-        catalog without EASE): then the candidates are looked up in it. EASE reads the batch's cached
+        CSR rows beyond). When ``cache`` holds the batch's cosine product (:meth:`history_top` on a
+        catalog without EASE) the candidates are looked up in it instead. EASE reads the batch's cached
         dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
         n = weights.shape[0]
         items = np.where(items < n, items, -1)  # an item added online: 0 until a refresh
         safe = np.maximum(items, 0)
-        if weights is self.cooc and self.cooc_dense is not None:  # small catalogs: one gather of the block
+        if weights is self.cooc and cache is not None and cache.get("cosine_rows") is rows:
+            for r, (idx, val) in enumerate(cache["cosine"]):  # the candidates found in history_top's product
+                if len(idx):
+                    pos = np.minimum(np.searchsorted(idx, safe[r]), len(idx) - 1)
+                    out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
+        elif weights is self.cooc and self.cooc_dense is not None:  # small catalogs: one gather of the block
             dense = self.cooc_dense
             for r in range(items.shape[0]):
                 known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]  # sorted: those added online last
                 known = known[: np.searchsorted(known, n)]
                 if len(known):
                     out[r] = dense.take(known[:, None] * n + safe[r][None, :]).sum(axis=0)
-        elif weights is self.cooc and cache is not None and cache.get("cosine_rows") is rows:
-            for r, (idx, val) in enumerate(cache["cosine"]):  # the candidates found in history_top's product
-                if len(idx):
-                    pos = np.minimum(np.searchsorted(idx, safe[r]), len(idx) - 1)
-                    out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops
             neighbours, w = self.cooc_padded
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)

@@ -371,8 +371,7 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatc
     finally:
         f.ease = ease
     assert cache["cosine_rows"] is rows
-    if f.cooc_dense is None:  # (the dense table, where there is one, comes first)
-        np.testing.assert_allclose(f.history_scores(f.cooc, rows, items, cache), want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(f.history_scores(f.cooc, rows, items, cache), want, rtol=1e-6, atol=1e-7)
     for b in range(len(users)):
         row = dense[b].copy()
         row[rows.indices[rows.indptr[b]:rows.indptr[b + 1]]] = -np.inf
