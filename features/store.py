@@ -302,7 +302,7 @@ class SparseRows:
         for b in range(self.shape[0]):
             idx = self.row(b)
             if len(idx):
-                out[b] = np.add.reduce(other[idx], axis=0)
+                np.add.reduce(other[idx], axis=0, out=out[b])
         return out
 
 

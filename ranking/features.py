@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sortable key
 PADDED_MAX_ENTRIES = 8_000_000  # cosine weights kept as (N, K) arrays up to this many slots (~96 MB)
 DENSE_MAX_ITEMS = 4096  # up to this catalog size the cosine weights are also one dense (N, N) table (<= 64 MB):
-# a request reads its (known x candidates) block in one gather (42-49 against 92-107 us at 1,682 items)
+# a request sums its known items' rows and reads the candidates there (113-144 against 218-270 us for
+# the scattered (known x candidates) block it read before; 1,682 items)
 SORT_MAX_ITEMS = 8192  # up to this catalog size each row's top by one partition and a stable sort of the cut
 # (exact ties; 8 against 25 us at 1,682 items, m = 100), above it topk_excluding over the batch
 LIVE_KEYS_MERGE = 65_536  # live event keys kept apart from the history's before one merge
@@ -326,11 +327,11 @@ class CandidateFeatures:
 
     @property
     def cooc_dense(self) -> np.ndarray | None:
-        """The cosine weights as a dense (N, N) [neighbour, target] table, flattened (None above
-        DENSE_MAX_ITEMS); rebuilt when the weights are replaced (a refresh)."""
+        """The cosine weights as a dense (N, N) [neighbour, target] table (None above DENSE_MAX_ITEMS);
+        rebuilt when the weights are replaced (a refresh)."""
         if getattr(self, "_dense_for", None) is not self.cooc:
             n = self.cooc.shape[0]
-            self._dense = self.cooc.toarray().astype(np.float32).ravel() if n <= DENSE_MAX_ITEMS else None
+            self._dense = self.cooc.toarray().astype(np.float32) if n <= DENSE_MAX_ITEMS else None
             self._dense_for = self.cooc
         return self._dense
 
@@ -344,9 +345,8 @@ class CandidateFeatures:
         """Sum of item-item ``weights`` from each request's items (``rows``, see :meth:`history_rows`)
         to each candidate. (B, N), (B, C) -> (B, C)
 
-        The cosine weights are read at the candidates only, no (B, N) product: on catalogs up to
-        DENSE_MAX_ITEMS the request's (known items x candidates) block of a dense table in one gather;
-        above, each candidate's [target, neighbour] row matched against the request's items through a
+        The cosine weights: on catalogs up to DENSE_MAX_ITEMS the known items' rows of a dense table
+        summed (contiguous reads) and read at the candidates; above, no (B, N) product: each candidate's [target, neighbour] row matched against the request's items through a
         boolean table, O(candidates x neighbours) per request ((N, K) tables up to PADDED_MAX_ENTRIES,
         CSR rows beyond). When ``cache`` holds the batch's cosine product (:meth:`history_top` on a
         catalog without EASE) the candidates are looked up in it instead. EASE reads the batch's cached
@@ -360,13 +360,13 @@ class CandidateFeatures:
                 if len(idx):
                     pos = np.minimum(np.searchsorted(idx, safe[r]), len(idx) - 1)
                     out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
-        elif weights is self.cooc and self.cooc_dense is not None:  # small catalogs: one gather of the block
+        elif weights is self.cooc and self.cooc_dense is not None:  # small catalogs: the known items' rows summed
             dense = self.cooc_dense
             for r in range(items.shape[0]):
                 known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]  # sorted: those added online last
                 known = known[: np.searchsorted(known, n)]
-                if len(known):
-                    out[r] = dense.take(known[:, None] * n + safe[r][None, :]).sum(axis=0)
+                if len(known):  # whole rows (contiguous), then the candidates: not (known x candidates) scattered reads
+                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops
             neighbours, w = self.cooc_padded
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)
