@@ -58,23 +58,27 @@ class Param:
 @dataclass(frozen=True)
 class RuleSpec:
     """A rule function, its parameters, and its role: filter | cap | reorder | backfill.
-    ``takes_k``: the function also gets the list length asked for (keyword ``k``)."""
+    ``takes_k``: the function also gets the list length asked for (keyword ``k``). ``mask``: for a rule
+    that decides item by item, its keep-mask function (same arguments; None keeps every item)."""
 
     fn: Callable
     params: dict[str, Param]
     role: str
     takes_k: bool = False
+    mask: Callable | None = None
 
 
 _IDS = Param("ids", '["item_42"]')
 RULES: dict[str, RuleSpec] = {
-    "exclude_seen": RuleSpec(R.exclude_seen, {}, "filter"),
-    "block_list": RuleSpec(R.block_list, {"ids": _IDS}, "filter"),
-    "allow_list": RuleSpec(R.allow_list, {"ids": _IDS}, "filter"),
+    "exclude_seen": RuleSpec(R.exclude_seen, {}, "filter", mask=R.seen_mask),
+    "block_list": RuleSpec(R.block_list, {"ids": _IDS}, "filter", mask=R.block_mask),
+    "allow_list": RuleSpec(R.allow_list, {"ids": _IDS}, "filter", mask=R.allow_mask),
     "category_filter": RuleSpec(R.category_filter, {"include": Param("categories", "[Comedy]"),
-                                                    "exclude": Param("categories", "[Horror]")}, "filter"),
+                                                    "exclude": Param("categories", "[Horror]")}, "filter",
+                                    mask=R.category_filter_mask),
     "exposure_cap": RuleSpec(R.exposure_cap, {"max_share": Param("number", "0.05", 0.0, 1.0),
-                                              "window": Param("count", "10000", 1)}, "filter"),
+                                              "window": Param("count", "10000", 1)}, "filter",
+                                 mask=R.exposure_mask),
     "category_cap": RuleSpec(R.category_cap, {"max_per_category": Param("count", "4", 0),
                                               "per_items": Param("count", "10", 0)}, "cap", takes_k=True),
     "boost": RuleSpec(R.boost, {"ids": _IDS, "amount": Param("number", "0.1", 0.0),
@@ -280,27 +284,43 @@ class RuleSet:
         if len(first) < len(items):  # duplicates: keep the best-scoring copy
             first = np.sort(first)
             items, scores = items[first], scores[first]
-        items, scores = R.request_filter(items, scores, catalog, ctx)
+        # Filters decide item by item: consecutive ones AND their keep-masks and the list is cut once
+        # (before the next rule that is not a filter). ``in_order``: the list is in sort_by_score's
+        # order (filters and caps keep it, boost sorts), so boost with nothing promoted leaves it as
+        # it is and the next rules skip their own sort.
+        keep, in_order = R.request_mask(items, catalog, ctx), True
         boosted, fresh, ranked, source = np.zeros(0, np.int64), np.zeros(0, np.int64), None, None
         for j, r in enumerate(self.rules):
+            spec = RULES[r.name]
+            if spec.mask is not None:
+                keep = R.and_masks(keep, spec.mask(items, catalog, ctx, **r.params))
+                continue
+            promotes = r.name == "boost" and bool(len(r.params["ids"]) or len(ctx.promoted))
+            if r.name == "boost" and in_order and not promotes:
+                continue
+            items, scores = R.apply_mask(items, scores, keep)
+            keep = None
             if r.role == "backfill":
                 ranked = items[:k]
                 source = R.backfill_source(catalog, ctx, r.params["source"])[0]
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx, k))
                 continue
-            extra = {"k": k} if RULES[r.name].takes_k else {}
+            extra = {"k": k} if spec.takes_k else {}
             if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"
                                        for later in self.rules[j + 1:]):
                 extra = {"horizon": k}  # nothing after it drops an item: only the first k places matter
             if r.name == "mmr" and len(boosted):
                 extra["boosted"] = boosted  # promoted items do not set the relevance scale
+            if r.name in ("mmr", "category_cap"):
+                extra["presorted"] = in_order
             head = items[:k] if r.name == "fresh_slots" else None
             items, scores = r(items, scores, catalog, ctx, **extra)
+            in_order = r.name == "boost" or (in_order and r.role == "cap")
             if head is not None:
                 fresh = np.union1d(fresh, np.setdiff1d(items[:k], head))  # moved into the list by the rule
-            if (r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0
-                    and (len(r.params["ids"]) or len(ctx.promoted))):
+            if promotes and min(r.params["amount"], r.params["max_boost"]) > 0:
                 boosted = np.union1d(boosted, R.promoted_items(catalog, ctx, r.params["ids"]))
+        items, scores = R.apply_mask(items, scores, keep)
         items, scores = items[:k], scores[:k]
         is_ranked = np.ones(len(items), bool) if ranked is None else R.member(items, ranked)
         is_boosted, is_fresh = R.member(items, boosted), R.member(items, fresh)

@@ -188,15 +188,21 @@ def sort_by_score(items: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     return items[order], scores[order]
 
 
-def _keep(items, scores, mask):
-    return items[mask], scores[mask]
+def apply_mask(items, scores, mask):
+    """The items (and scores) ``mask`` keeps; None keeps every item (no copy)."""
+    return (items, scores) if mask is None else (items[mask], scores[mask])
 
 
-def _category_mask(catalog, items, include, exclude) -> np.ndarray:
-    """Items with any category in ``include`` (when given) and none in ``exclude``."""
-    mask = np.ones(len(items), dtype=bool)
+def and_masks(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Two keep-masks together (None: keeps every item)."""
+    return b if a is None else a if b is None else a & b
+
+
+def _category_mask(catalog, items, include, exclude) -> np.ndarray | None:
+    """Items with any category in ``include`` (when given) and none in ``exclude`` (None: no condition)."""
     if not len(include) and not len(exclude):
-        return mask
+        return None
+    mask = np.ones(len(items), dtype=bool)
     cats = catalog.categories[items]  # (C, M)
     if len(include):
         mask &= member(cats, catalog.category_codes(include)).any(axis=1)
@@ -205,45 +211,77 @@ def _category_mask(catalog, items, include, exclude) -> np.ndarray:
     return mask
 
 
+# Filters decide item by item, so each is a keep-mask (None: keeps every item) and the rule is that
+# mask applied; RuleSet.apply ANDs the masks of consecutive filters and copies the list once.
+
+def request_mask(items, catalog: ItemCatalog, ctx: RequestContext) -> np.ndarray:
+    """:func:`request_filter`'s keep-mask."""
+    mask = ~catalog.blocked[items]
+    if len(ctx.exclude_items):
+        mask &= ~member(items, catalog.item_indices(ctx.exclude_items))
+    return and_masks(mask, _category_mask(catalog, items, ctx.include_categories, ctx.exclude_categories))
+
+
 def request_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext):
     """The request's own filters, always applied: ``exclude_items``, category include/exclude, and
     the items blocked in the catalog (so every route and the backfill skip them)."""
-    mask = ~member(items, catalog.item_indices(ctx.exclude_items)) & ~catalog.blocked[items]
-    return _keep(items, scores, mask & _category_mask(catalog, items, ctx.include_categories, ctx.exclude_categories))
+    return apply_mask(items, scores, request_mask(items, catalog, ctx))
+
+
+def seen_mask(items, catalog: ItemCatalog, ctx: RequestContext) -> np.ndarray | None:
+    """:func:`exclude_seen`'s keep-mask."""
+    return ~member(items, ctx.seen) if len(ctx.seen) else None
 
 
 def exclude_seen(items, scores, catalog: ItemCatalog, ctx: RequestContext):
     """Drop items the user has already seen (``ctx.seen``)."""
-    return _keep(items, scores, ~member(items, ctx.seen))
+    return apply_mask(items, scores, seen_mask(items, catalog, ctx))
+
+
+def block_mask(items, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]) -> np.ndarray | None:
+    """:func:`block_list`'s keep-mask."""
+    return ~member(items, catalog.item_indices(ids)) if len(ids) else None
 
 
 def block_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
     """Drop items whose external id is in ``ids`` (ids not in the catalog are ignored)."""
-    return _keep(items, scores, ~member(items, catalog.item_indices(ids)))
+    return apply_mask(items, scores, block_mask(items, catalog, ctx, ids=ids))
+
+
+def allow_mask(items, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]) -> np.ndarray | None:
+    """:func:`allow_list`'s keep-mask."""
+    return member(items, catalog.item_indices(ids)) if len(ids) else None
 
 
 def allow_list(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str]):
     """Keep only items whose external id is in ``ids``; an empty list allows everything."""
-    return (items, scores) if not len(ids) else _keep(items, scores, member(items, catalog.item_indices(ids)))
+    return apply_mask(items, scores, allow_mask(items, catalog, ctx, ids=ids))
+
+
+def category_filter_mask(items, catalog: ItemCatalog, ctx: RequestContext, *, include: Sequence,
+                         exclude: Sequence) -> np.ndarray | None:
+    """:func:`category_filter`'s keep-mask."""
+    return _category_mask(catalog, items, include, exclude)
 
 
 def category_filter(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, include: Sequence, exclude: Sequence):
     """Keep items with any category in ``include`` (empty: all) and none in ``exclude``."""
-    return _keep(items, scores, _category_mask(catalog, items, include, exclude))
+    return apply_mask(items, scores, _category_mask(catalog, items, include, exclude))
 
 
 def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_per_category: int,
-                 per_items: int, k: int | None = None):
+                 per_items: int, k: int | None = None, presorted: bool = False):
     """Keep at most ``max_per_category`` items per primary category for every ``per_items`` items of
     the list asked for (cap = max_per_category * ceil(k / per_items); ``per_items`` 0 or no ``k``:
     the cap is absolute): the best-scoring ones.
 
-    Items without a category are not capped; survivors keep their input order.
+    Items without a category are not capped; survivors keep their input order. ``presorted``: the
+    items are already best first (:func:`sort_by_score`'s order), so the sort is skipped.
     """
     if per_items and k:
         max_per_category = max_per_category * math.ceil(k / per_items)
-    order = np.lexsort((items, -scores.astype(np.float64)))
-    prim = catalog.primary[items[order]]  # best first
+    order = np.arange(len(items)) if presorted else np.lexsort((items, -scores.astype(np.float64)))
+    prim = catalog.primary[items if presorted else items[order]]  # best first
     by_cat = np.argsort(prim, kind="stable")
     grouped = prim[by_cat]
     pos = np.arange(len(grouped))
@@ -252,7 +290,7 @@ def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ma
     rank = pos - np.maximum.accumulate(np.where(new, pos, 0))  # place within its category, best first
     ok = np.empty(len(items), dtype=bool)
     ok[order[by_cat]] = (grouped == 0) | (rank < max_per_category)
-    return _keep(items, scores, ok)
+    return apply_mask(items, scores, ok)
 
 
 def exposure_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, max_share: float, window: int):
@@ -264,13 +302,18 @@ def exposure_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ma
     Raises:
         ValueError: the tracker counts a different window than the rule is configured for.
     """
+    return apply_mask(items, scores, exposure_mask(items, catalog, ctx, max_share=max_share, window=window))
+
+
+def exposure_mask(items, catalog: ItemCatalog, ctx: RequestContext, *, max_share: float,
+                  window: int) -> np.ndarray | None:
+    """:func:`exposure_cap`'s keep-mask (it decides item by item, like a filter)."""
     if ctx.exposure is None:
-        return items, scores
+        return None
     if ctx.exposure.window != window:
         raise ValueError(f"exposure_cap is configured for window={window} but the tracker counts "
                          f"{ctx.exposure.window}; build it with RuleSet.make_tracker(n_items).")
-    limit = np.floor(max_share * window + 1e-9)
-    return _keep(items, scores, ctx.exposure.counts[items] < limit)
+    return ctx.exposure.counts[items] < np.floor(max_share * window + 1e-9)
 
 
 def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str], amount: float,
@@ -290,7 +333,7 @@ def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequ
 
 
 def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: float, horizon: int | None = None,
-        boosted: np.ndarray | None = None):
+        boosted: np.ndarray | None = None, presorted: bool = False):
     """Maximal marginal relevance: greedily reorder for relevance and diversity.
 
     Each step takes the item maximising ``lambda_ * rel - (1 - lambda_) * max_sim``, where ``rel``
@@ -307,8 +350,11 @@ def mmr(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, lambda_: fl
     promoted items 0.1 above a list spread over 0.01 squash it into a band where similarity alone
     orders it). They rank above 1 on it, so they come first, and the others keep the order they have
     without the promotion.
+
+    ``presorted``: the items are already in :func:`sort_by_score`'s order (the sort is skipped).
     """
-    items, scores = sort_by_score(items, scores)
+    if not presorted:
+        items, scores = sort_by_score(items, scores)
     if len(items) < 2:
         return items, scores
     s = scores.astype(np.float64)

@@ -400,3 +400,67 @@ def test_catalog_from_feature_store():
     assert c.category_names[:2] == ["<none>", "<unknown>"] and len(c) == 3
     assert [c.category_names[p] for p in c.primary] == ["x", "<none>", "y"]
     assert c.item_indices(["c", "zz"]).tolist() == [2]
+
+
+def _one_rule_at_a_time(rs: RuleSet, items, scores, catalog, ctx, k):
+    """The chain as its rules define it: each rule function on the previous one's whole output (no
+    masks ANDed, no sort skipped): what RuleSet.apply must equal."""
+    from ranking.rule_config import RULES
+    items, scores = R.request_filter(*R.sort_by_score(items, scores), catalog, ctx)
+    boosted = np.zeros(0, np.int64)
+    for j, r in enumerate(rs.rules):
+        if r.role == "backfill":
+            return r(items[:k], scores[:k], catalog, ctx, k=k, admit=rs._admit(catalog, ctx, k))
+        extra = {"k": k} if RULES[r.name].takes_k else {}
+        if r.name == "mmr":
+            last = all(later.role == "backfill" or later.name == "fresh_slots" for later in rs.rules[j + 1:])
+            extra = {"horizon": k} if last else {}
+            if len(boosted):
+                extra["boosted"] = boosted
+        items, scores = r(items, scores, catalog, ctx, **extra)
+        if r.name == "boost" and min(r.params["amount"], r.params["max_boost"]) > 0:
+            boosted = np.union1d(boosted, R.promoted_items(catalog, ctx, r.params["ids"]))
+    return items[:k], scores[:k]
+
+
+CHAINS = [
+    [{"name": "exclude_seen"}, {"name": "block_list", "ids": []}, {"name": "category_filter", "include": [], "exclude": []},
+     {"name": "boost", "ids": [], "amount": 0.1, "max_boost": 0.2}, {"name": "exposure_cap", "max_share": 0.05, "window": 40},
+     {"name": "category_cap", "max_per_category": 2, "per_items": 5}, {"name": "mmr", "lambda_": 0.7},
+     {"name": "backfill", "source": "popularity"}],
+    [{"name": "block_list", "ids": ["j3", "j8"]}, {"name": "exclude_seen"}, {"name": "allow_list", "ids": []},
+     {"name": "category_filter", "include": ["c1", "c2", "c3"], "exclude": ["c4"]},
+     {"name": "boost", "ids": ["j5", "j9"], "amount": 0.3, "max_boost": 0.2},
+     {"name": "category_cap", "max_per_category": 1, "per_items": 0}, {"name": "exposure_cap", "max_share": 0.1, "window": 40},
+     {"name": "mmr", "lambda_": 0.3}, {"name": "fresh_slots", "max_age_days": 2, "slots": 2},
+     {"name": "backfill", "source": "content"}],
+    [{"name": "allow_list", "ids": [f"j{i}" for i in range(0, 60, 2)]}, {"name": "exposure_cap", "max_share": 0.05, "window": 40},
+     {"name": "category_cap", "max_per_category": 3, "per_items": 10}, {"name": "exclude_seen"}],
+]
+
+
+@pytest.mark.parametrize("chain", range(len(CHAINS)))
+def test_the_chain_equals_its_rules_applied_one_at_a_time(chain):
+    """RuleSet.apply ANDs consecutive filters' masks, skips a boost with nothing to promote and the
+    sorts of a list already in order: the same items and scores as each rule on the whole list in turn."""
+    rng = np.random.default_rng(chain)
+    n = 60
+    cats = rng.integers(0, 6, (n, 2))
+    catalog = R.ItemCatalog(cats, ["<none>", "c1", "c2", "c3", "c4", "c5"], rng.normal(size=(n, 4)),
+                            rng.integers(1, 50, n), np.array([f"j{i}" for i in range(n)]),
+                            blocked=rng.random(n) < 0.05)
+    rs = RuleSet.from_config(rule_cfg(*CHAINS[chain], k=8), WHERE)
+    for trial in range(40):
+        tracker = rs.make_tracker(n)
+        if tracker is not None:
+            tracker.record(rng.integers(0, n, 200))  # some items at their cap
+        ctx = R.RequestContext(seen=rng.choice(n, rng.integers(0, 15), replace=False),
+                               exclude_items=[f"j{i}" for i in rng.choice(n, 2)] if trial % 3 == 0 else (),
+                               exclude_categories=["c5"] if trial % 4 == 0 else (),
+                               promoted=["j7"] if trial % 2 else (), recent_items=rng.choice(n, 3),
+                               exposure=tracker, first_seen=rng.integers(-1, 100, n) * 3600, now=100 * 3600.0)
+        items = rng.choice(n, rng.integers(0, 50), replace=False)
+        scores = rng.choice(np.linspace(0, 1, 12), len(items)).astype(np.float32)  # ties too
+        want = _one_rule_at_a_time(rs, items, scores, catalog, ctx, 8)
+        got = rs.apply(items, scores, catalog, ctx, 8)
+        assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist(), trial
