@@ -196,7 +196,10 @@ class FeatureEncoder:
 def context_from_timestamp(ts: np.ndarray, field: str) -> np.ndarray:
     """UTC hour (1..24) or day of week (1..7, Monday=1) from Unix seconds; 0 when unknown."""
     ts = np.asarray(ts)
-    if ts.dtype.kind in "iuf":  # the serving path: numbers already (pandas costs ~0.1 ms a call)
+    if ts.dtype.kind in "iu":  # the serving path: whole seconds, all known (no float round trip)
+        t = ts.astype(np.int64, copy=False)
+        return (t // 3600) % 24 + 1 if field == "hour" else ((t // 86400) + 3) % 7 + 1
+    if ts.dtype.kind == "f":  # numbers already (pandas costs ~0.1 ms a call)
         t = ts.astype(np.float64, copy=False)
     else:
         t = pd.to_numeric(pd.Series(ts), errors="coerce").to_numpy(dtype=np.float64)
