@@ -196,7 +196,8 @@ class FeatureEncoder:
 def context_from_timestamp(ts: np.ndarray, field: str) -> np.ndarray:
     """UTC hour (1..24) or day of week (1..7, Monday=1) from Unix seconds; 0 when unknown."""
     ts = np.asarray(ts)
-    if ts.dtype.kind in "iu":  # the serving path: whole seconds, all known (no float round trip)
+    if ts.dtype.kind == "i" or (ts.dtype.kind == "u" and ts.dtype.itemsize < 8):  # the serving path: whole
+        # seconds, all known, exact (the float path rounds above 2**53 s; uint64 would wrap in int64)
         t = ts.astype(np.int64, copy=False)
         return (t // 3600) % 24 + 1 if field == "hour" else ((t // 86400) + 3) % 7 + 1
     if ts.dtype.kind == "f":  # numbers already (pandas costs ~0.1 ms a call)

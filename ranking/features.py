@@ -42,7 +42,9 @@ _SHIFT = 32  # item index in the high bits, timestamp in the low bits of one sor
 PADDED_MAX_ENTRIES = 8_000_000  # cosine weights kept as (N, K) arrays up to this many slots (~96 MB)
 DENSE_MAX_ITEMS = 4096  # up to this catalog size the cosine weights are also one dense (N, N) table (<= 64 MB):
 # a request sums its known items' rows and reads the candidates there (113-144 against 218-270 us for
-# the scattered (known x candidates) block it read before; 1,682 items)
+# the scattered (known x candidates) block, 1,682 items and 200 candidates, 2026-12-02's slower machine)
+DENSE_ROWS_PER_CANDIDATE = 16  # whole rows while the catalog is at most this many times the candidates
+DENSE_ROWS_MAX_ENTRIES = 1 << 22  # and the known rows hold at most this many weights (16 MB); else the block
 SORT_MAX_ITEMS = 8192  # up to this catalog size each row's top by one partition and a stable sort of the cut
 # (exact ties; 8 against 25 us at 1,682 items, m = 100), above it topk_excluding over the batch
 LIVE_KEYS_MERGE = 65_536  # live event keys kept apart from the history's before one merge
@@ -365,8 +367,12 @@ class CandidateFeatures:
             for r in range(items.shape[0]):
                 known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]  # sorted: those added online last
                 known = known[: np.searchsorted(known, n)]
-                if len(known):  # whole rows (contiguous), then the candidates: not (known x candidates) scattered reads
-                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]
+                if not len(known):
+                    continue
+                if n <= DENSE_ROWS_PER_CANDIDATE * items.shape[1] and len(known) * n <= DENSE_ROWS_MAX_ENTRIES:
+                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]  # whole rows (contiguous), then the candidates
+                else:  # the (known x candidates) block, scattered reads: fewer of them than whole rows
+                    out[r] = dense[known[:, None], safe[r][None, :]].sum(axis=0)
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops
             neighbours, w = self.cooc_padded
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)

@@ -59,7 +59,8 @@ class Param:
 class RuleSpec:
     """A rule function, its parameters, and its role: filter | cap | reorder | backfill.
     ``takes_k``: the function also gets the list length asked for (keyword ``k``). ``mask``: for a rule
-    that decides item by item, its keep-mask function (same arguments; None keeps every item)."""
+    that decides item by item, its keep-mask function ``mask(items, catalog, ctx, **params)`` (no
+    scores; it returns None to keep every item)."""
 
     fn: Callable
     params: dict[str, Param]

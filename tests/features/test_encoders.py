@@ -91,7 +91,8 @@ def test_context_from_timestamp():
     assert context_from_timestamp(np.array([0, 90000]), "day_of_week").tolist() == [4, 5]
     assert context_from_timestamp(np.array([np.nan]), "hour").tolist() == [0]
     ts = np.array([-90000, -1, 0, 3599, 3600, 86399, 86400, 1_700_000_000, 2**40], dtype=np.int64)
-    for field in ("hour", "day_of_week"):  # whole seconds take a path of their own: the same values
+    for field in ("hour", "day_of_week"):  # whole seconds take a path of their own: the same values (up to 2**53 s,
+        # where floats stop holding every second)
         assert context_from_timestamp(ts, field).tolist() == context_from_timestamp(ts.astype(float), field).tolist()
         assert context_from_timestamp(ts, field).dtype == np.int64
 

@@ -332,20 +332,23 @@ def test_build_ranker_from_features(tiny_prepared):
     assert model.baseline.shape == (len(GROUPS), 8)
 
 
-@pytest.mark.parametrize("path", ["dense", "padded", "sparse"])
+@pytest.mark.parametrize("path", ["dense", "dense_block", "padded", "sparse"])
 def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatch):
-    """Each catalog size's cosine path of history_scores (a dense table, (N, K) tables, the CSR rows) and
-    the sparse path of history_top give the answers of the dense product."""
+    """Each catalog size's cosine path of history_scores (a dense table read by whole rows or by the
+    (known x candidates) block, (N, K) tables, the CSR rows) and the sparse path of history_top give the
+    answers of the dense product."""
     import ranking.features as rf
 
-    if path != "dense":
+    if path == "dense_block":
+        monkeypatch.setattr(rf, "DENSE_ROWS_PER_CANDIDATE", 0)
+    elif path != "dense":
         monkeypatch.setattr(rf, "DENSE_MAX_ITEMS", 0)
     if path == "sparse":
         monkeypatch.setattr(rf, "PADDED_MAX_ENTRIES", 0)
     pipe = load_pipeline(tiny_run)
     f = pipe.features
-    assert (f.cooc_dense is not None, f.cooc_padded is not None) == {"dense": (True, True), "padded": (False, True),
-                                                                     "sparse": (False, False)}[path]
+    assert (f.cooc_dense is not None, f.cooc_padded is not None) == {"dense": (True, True), "dense_block": (True, True),
+                                                                     "padded": (False, True), "sparse": (False, False)}[path]
     users = np.array([0, 1, 2, -1, 5])
     recent = np.full((len(users), f.store.history_len), -1)
     recent[3, -2:] = [3, 4]  # an unknown user with a session
