@@ -12,11 +12,13 @@ every updated item) drops the kept vectors of changed items. A loaded run's defa
 every item's vector at load (:meth:`fill`, from ``RunArtifacts.load_pipeline``: ~1 s for 1M items), the
 others on first use. The table
 is (catalog items x H) float32 from its first row on (128 MB for 1M items at H = 32), copied when the
-catalog outgrows it (by a quarter more each time). Not thread-safe: one per served instance, which
-answers one request at a time.
+catalog outgrows it (by a quarter more each time). Safe to share between threads: computing, growing
+and forgetting hold a lock; a request whose items are all kept only reads.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -36,6 +38,7 @@ class ItemVectors:
         self.names = tuple(ranker.content_inputs)
         self.table = np.zeros((0, 0), np.float32)
         self.have = np.zeros(0, bool)  # whether an item's row in ``table`` is current
+        self._lock = threading.Lock()  # around every write (a read of kept rows needs none)
         store.item_caches.add(self)
 
     def fill(self, chunk: int = 65_536) -> int:
@@ -52,22 +55,25 @@ class ItemVectors:
     def forget(self, items: np.ndarray) -> None:
         """Drop the kept vectors of these item indices (their attributes changed)."""
         items = np.asarray(items, np.int64)
-        self.have[items[items < len(self.have)]] = False
+        with self._lock:
+            self.have[items[items < len(self.have)]] = False
 
     def rows(self, items: np.ndarray) -> np.ndarray:
         """(R, H) the vectors of catalog item indices ``items`` (R,), computed for those not kept yet."""
-        n = len(self.store.items)
-        if n > len(self.have):  # the catalog grew: a quarter more room than it needs (amortised copies)
-            self._grow(n if not len(self.have) else n + n // 4)
-        missing = ~self.have[items]
-        if missing.any():
-            new = np.unique(items[missing])
-            vectors = np.asarray(self.ranker.item_vectors({name: self.store.item_table[name][new]
-                                                           for name in self.names}), np.float32)
-            if self.table.shape[1] != vectors.shape[1]:  # the first rows computed: the width is known now
-                self.table = np.zeros((len(self.have), vectors.shape[1]), np.float32)
-            self.table[new] = vectors
-            self.have[new] = True
+        if len(self.store.items) > len(self.have) or not self.have[items].all():
+            with self._lock:  # another thread may be growing the table or computing the same items
+                n = len(self.store.items)
+                if n > len(self.have):  # the catalog grew: a quarter more room than it needs (amortised copies)
+                    self._grow(n if not len(self.have) else n + n // 4)
+                missing = ~self.have[items]
+                if missing.any():
+                    new = np.unique(items[missing])
+                    vectors = np.asarray(self.ranker.item_vectors({name: self.store.item_table[name][new]
+                                                                   for name in self.names}), np.float32)
+                    if self.table.shape[1] != vectors.shape[1]:  # the first rows computed: the width is known now
+                        self.table = np.zeros((len(self.have), vectors.shape[1]), np.float32)
+                    self.table[new] = vectors
+                    self.have[new] = True
         return self.table[items]
 
     def _grow(self, rows: int) -> None:
