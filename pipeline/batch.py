@@ -30,9 +30,18 @@ from pipeline.pipeline import MAX_ID_LENGTH, Pipeline, Request, RequestError
 log = logging.getLogger(__name__)
 
 
-def _first_line(rows: pd.Series) -> int:
-    """The file line of the first True row (the header is line 1)."""
-    return int(np.flatnonzero(rows.to_numpy())[0]) + 2
+def _first_line(rows: pd.Series, path: str | Path) -> int:
+    """The file line of the first True row: in a CSV the line it is on (the reader skips blank lines,
+    counted here); otherwise its row number with the header as line 1."""
+    row = int(np.flatnonzero(rows.to_numpy())[0])
+    if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):  # only on the error path: one pass over the lines
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            data = (no for no, line in enumerate(f, 1) if line.strip())  # the header, then every data row
+            for no in data:
+                if row < 0:
+                    return no
+                row -= 1
+    return row + 2
 
 
 def read_requests(path: str | Path) -> pd.DataFrame:
@@ -53,7 +62,7 @@ def read_requests(path: str | Path) -> pd.DataFrame:
     odd = df["user_id"].map(lambda v: not (v is None or isinstance(v, (str, bytes, int, float, np.integer,
                                                                           np.floating))))
     if odd.any():  # a parquet list or struct column: "[1 2]" would be served as a cold user
-        raise DataError(f"requests file {path}: line {_first_line(odd)}: user_id {df['user_id'][odd].iloc[0]!r} is "
+        raise DataError(f"requests file {path}: line {_first_line(odd, path)}: user_id {df['user_id'][odd].iloc[0]!r} is "
                         "not an id (text or a whole number).")
     as_bytes = df["user_id"].map(lambda v: isinstance(v, bytes))
     if as_bytes.any():  # a parquet binary column: ids are its UTF-8 text
@@ -65,15 +74,15 @@ def read_requests(path: str | Path) -> pd.DataFrame:
     missing = df["user_id"].isna()
     if missing.any():
         raise DataError(f"requests file {path}: {int(missing.sum())} row(s) have no user_id "
-                        f"(first: line {_first_line(missing)}).")
+                        f"(first: line {_first_line(missing, path)}).")
     empty = df["user_id"].astype(str).str.strip().str.len() == 0
     if empty.any():
         raise DataError(f"requests file {path}: requests.user_id has empty id(s); every row needs a non-empty id "
-                        f"(first: line {_first_line(empty)})")
+                        f"(first: line {_first_line(empty, path)})")
     users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
     long = users.str.len() > MAX_ID_LENGTH
     if long.any():
-        raise DataError(f"requests file {path}: line {_first_line(long)}: user_id is {len(users[long].iloc[0])} "
+        raise DataError(f"requests file {path}: line {_first_line(long, path)}: user_id is {len(users[long].iloc[0])} "
                         f"characters long; at most {MAX_ID_LENGTH} are allowed.")
     df = df.assign(user_id=users)
     if "timestamp" in df.columns:
@@ -84,10 +93,11 @@ def read_requests(path: str | Path) -> pd.DataFrame:
         ts = pd.to_numeric(df["timestamp"], errors="coerce")
         bad = ts.isna() & df["timestamp"].notna()
         if bad.any():
-            raise DataError(f"requests file {path}: timestamp {df['timestamp'][bad].iloc[0]!r} is not Unix seconds.")
+            raise DataError(f"requests file {path}: line {_first_line(bad, path)}: timestamp {df['timestamp'][bad].iloc[0]!r} "
+                            "is not Unix seconds.")
         out = ts.notna() & ~((ts >= 0) & (ts <= MAX_TIMESTAMP))  # inf, negative, past the year 9999
         if out.any():
-            raise DataError(f"requests file {path}: line {_first_line(out)}: timestamp {ts[out].iloc[0]!r} is outside Unix "
+            raise DataError(f"requests file {path}: line {_first_line(out, path)}: timestamp {ts[out].iloc[0]!r} is outside Unix "
                             f"seconds 0..{MAX_TIMESTAMP} (milliseconds? divide by 1000; leave it empty for now).")
         df = df.assign(timestamp=ts)
     return df

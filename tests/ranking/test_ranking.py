@@ -255,6 +255,12 @@ def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(ti
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, err
         assert ("line 3" in err) or ("empty id" in err), err
+    (tmp_path / "blank.csv").write_text(f"user_id,timestamp\n\n{user},1700000000\n   \n\n{user},-5\n")
+    with pytest.raises(DataError, match="line 6: timestamp -5"):  # the line it is on: the reader skips blank lines
+        read_requests(tmp_path / "blank.csv")
+    (tmp_path / "blank.csv").write_text(f"user_id,timestamp\n\n{user},soon\n")
+    with pytest.raises(DataError, match="line 3: timestamp 'soon' is not Unix seconds"):
+        read_requests(tmp_path / "blank.csv")
     (tmp_path / "outdir.csv").mkdir()
     for bad_out, message in ((tmp_path / "missing" / "o.csv", "folder"), (tmp_path / "outdir.csv", "is a directory")):
         assert batch_main(["--run-dir", str(tmp_path / "not-loaded"), "--requests", str(tmp_path / "padded.csv"),
