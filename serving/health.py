@@ -4,7 +4,7 @@
 ``GET /live`` is 200 while the supervisor runs; ``GET /metrics`` is Prometheus text:
 ``recsys_supervisor_{probes,probe_failures,reloads,restarts}_total``,
 ``recsys_supervisor_crashes_total{why}``, ``recsys_supervisor_ready``,
-``recsys_supervisor_last_outage_seconds``. Point Kubernetes' readiness probe here, not at Triton's
+``recsys_supervisor_last_outage_seconds``, ``recsys_supervisor_last_start_seconds``. Point Kubernetes' readiness probe here, not at Triton's
 ``/v2/health/ready`` (which stays green while a model's stub is dead).
 """
 
@@ -52,7 +52,9 @@ def supervisor_metrics(supervisor) -> str:
                                ("restart_failures_total", s.restart_failures,
                                 "Restarts given up after three failed starts (the next probe tries again)"),
                                ("ready", int(supervisor.ready), "1 while the last probe answered"),
-                               ("last_outage_seconds", s.last_outage_s, "First failed probe or lost model instance to recovery, seconds")):
+                               ("last_outage_seconds", s.last_outage_s, "First failed probe or lost model instance to recovery, seconds"),
+                               ("last_start_seconds", s.last_start_s,
+                                "The last (re)start of the server until its required models were ready, seconds")):
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# HELP recsys_supervisor_{name} {help_}", f"# TYPE recsys_supervisor_{name} {kind}",
                   f"recsys_supervisor_{name} {value}"]

@@ -75,6 +75,7 @@ class SupervisorStats:
     restart_failures: int = 0  # restarts given up after every attempt failed (the next probe tries again)
     crashes: Counter = field(default_factory=Counter)  # by exit status / signal name
     last_outage_s: float = 0.0
+    last_start_s: float = 0.0  # the last (re)start: launch to the required models ready
 
 
 def probe_inputs() -> list[grpcclient.InferInput]:
@@ -149,6 +150,7 @@ class Supervisor:
         return self
 
     def _launch(self) -> None:
+        began = time.monotonic()
         self.server.start()
         try:
             self.server.wait_ready(self.startup_timeout)
@@ -160,6 +162,7 @@ class Supervisor:
             detail = self.server._diagnostics()
             self.server.stop()
             raise RuntimeError(f"required model(s) {missing} failed to load; {detail}")
+        self.stats.last_start_s = time.monotonic() - began
 
     def stop(self) -> int | None:
         """Readiness off, drain in-flight requests, stop the server; returns its exit status."""

@@ -334,6 +334,7 @@ def test_a_failed_restart_is_counted_apart_from_crashes_and_no_crash_log_is_over
                                               "Signal (9) received.\n"]
     text = supervisor_metrics(sup)
     assert "recsys_supervisor_restart_failures_total 1" in text and "recsys_supervisor_restarts_total 2" in text
+    assert sup.stats.last_start_s > 0 and f"recsys_supervisor_last_start_seconds {sup.stats.last_start_s}" in text
 
 
 def test_any_failed_start_counts_as_an_attempt_and_kept_logs_continue_earlier_ones(tmp_path, monkeypatch):
