@@ -348,7 +348,8 @@ class CandidateFeatures:
         to each candidate. (B, N), (B, C) -> (B, C)
 
         The cosine weights: on catalogs up to DENSE_MAX_ITEMS the known items' rows of a dense table
-        summed (contiguous reads) and read at the candidates; above, no (B, N) product: each candidate's [target, neighbour] row matched against the request's items through a
+        summed (contiguous reads) and read at the candidates; above, no (B, N) product: each
+        candidate's [target, neighbour] row matched against the request's items through a
         boolean table, O(candidates x neighbours) per request ((N, K) tables up to PADDED_MAX_ENTRIES,
         CSR rows beyond). When ``cache`` holds the batch's cosine product (:meth:`history_top` on a
         catalog without EASE) the candidates are looked up in it instead. EASE reads the batch's cached
@@ -370,7 +371,8 @@ class CandidateFeatures:
                 if not len(known):
                     continue
                 if n <= DENSE_ROWS_PER_CANDIDATE * items.shape[1] and len(known) * n <= DENSE_ROWS_MAX_ENTRIES:
-                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]  # whole rows (contiguous), then the candidates
+                    # whole rows (contiguous), then the candidates
+                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]
                 else:  # the (known x candidates) block, scattered reads: fewer of them than whole rows
                     out[r] = dense[known[:, None], safe[r][None, :]].sum(axis=0)
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops

@@ -4,8 +4,8 @@
 ``GET /live`` is 200 while the supervisor runs; ``GET /metrics`` is Prometheus text:
 ``recsys_supervisor_{probes,probe_failures,reloads,restarts}_total``,
 ``recsys_supervisor_crashes_total{why}``, ``recsys_supervisor_ready``,
-``recsys_supervisor_last_outage_seconds``, ``recsys_supervisor_last_start_seconds``. Point Kubernetes' readiness probe here, not at Triton's
-``/v2/health/ready`` (which stays green while a model's stub is dead).
+``recsys_supervisor_last_outage_seconds``, ``recsys_supervisor_last_start_seconds``. Point Kubernetes'
+readiness probe here, not at Triton's ``/v2/health/ready`` (which stays green while a model's stub is dead).
 """
 
 from __future__ import annotations
