@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from inference.topk import topk_excluding
 from features.cooccurrence import ease_weights, item_cosine_similarity
-from features.store import FeatureStore, SparseRows, row_positions
+from features.store import FeatureStore, SparseRows, row_positions, sum_rows
 from ranking.rules import member
 
 GROUPS = ("collaborative", "content", "user", "context", "popularity")
@@ -372,7 +372,7 @@ class CandidateFeatures:
                     continue
                 if n <= DENSE_ROWS_PER_CANDIDATE * items.shape[1] and len(known) * n <= DENSE_ROWS_MAX_ENTRIES:
                     # whole rows (contiguous), then the candidates
-                    out[r] = np.add.reduce(dense[known], axis=0)[safe[r]]
+                    out[r] = sum_rows(dense, known)[safe[r]]
                 else:  # the (known x candidates) block, scattered reads: fewer of them than whole rows
                     out[r] = dense[known[:, None], safe[r][None, :]].sum(axis=0)
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops
