@@ -239,6 +239,7 @@ class Pipeline:
         self.exposure = exposure
         self.store = retriever.store
         self.store.most_popular(1)  # sort the catalog by popularity now, not on the first cold request
+        features.prepare_tables()  # and the co-occurrence table, not on the first request with a history
         # the boost rules that lift anything: their configured ids, and the requests' promoted items,
         # are added to the candidates (None: no such rule, promoted items change nothing)
         self._vectors: dict[str, ItemVectors] = {}  # ranker name -> its content vectors (_item_vectors)

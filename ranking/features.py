@@ -337,6 +337,19 @@ class CandidateFeatures:
             self._dense_for = self.cooc
         return self._dense
 
+    def prepare_tables(self) -> str | None:
+        """Build now the cosine table a request's :meth:`history_scores` reads (each is built on first
+        use and kept), so the first request with a history does not pay for it: 25 ms for the dense
+        table of 1,682 items, on top of a 2 ms request. The dense table up to DENSE_MAX_ITEMS; the padded
+        one on mid-size catalogs (with EASE there, the cosine product is not at hand from the
+        candidates); on catalogs without EASE nothing (the candidates' cosine product serves the
+        request). -> which table (None: none)."""
+        if self.cooc_dense is not None:
+            return "dense"
+        if self.ease is not None and self.cooc_padded is not None:
+            return "padded"
+        return None
+
     def _item_mask(self, n: int) -> np.ndarray:
         """A (n,) all-False bool buffer kept between calls (a 1M-item catalog: 1 MB not zeroed per request)."""
         if getattr(self, "_mask", None) is None or len(self._mask) != n:

@@ -389,6 +389,24 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatc
         assert top[b][top[b] >= 0].tolist() == expect, b
 
 
+@pytest.mark.parametrize("size", ["small", "mid"])
+def test_the_pipeline_builds_its_cosine_table_at_load(tiny_run, size, monkeypatch):
+    """The table a request's cosine scores read is there before the first request (built on first use
+    otherwise: 25 ms on the first request with a history at 1,682 items)."""
+    import ranking.features as rf
+
+    if size == "mid":
+        monkeypatch.setattr(rf, "DENSE_MAX_ITEMS", 0)
+    f = load_pipeline(tiny_run).features
+    assert f.ease is not None  # the tiny run's catalog is small enough for EASE
+    if size == "small":
+        assert getattr(f, "_dense_for", None) is f.cooc and f.prepare_tables() == "dense"
+    else:
+        assert getattr(f, "_padded_for", None) is f.cooc_by_target and f.prepare_tables() == "padded"
+    f.ease = None  # a catalog without EASE: the candidates' cosine product serves the request
+    assert f.prepare_tables() == ("dense" if size == "small" else None)
+
+
 def test_item_content_is_a_multi_hot_of_categorical_attributes(tiny_run):
     from ranking.features import item_content
 
