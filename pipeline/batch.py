@@ -13,6 +13,7 @@ Triton ``recommend`` model runs.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import sys
@@ -31,15 +32,20 @@ log = logging.getLogger(__name__)
 
 
 def _first_line(rows: pd.Series, path: str | Path) -> int:
-    """The file line of the first True row: in a CSV the line it is on (the reader skips blank lines,
-    counted here); otherwise its row number with the header as line 1."""
+    """The file line of the first True row: in a CSV the line its record starts on (blank lines, which
+    the reader skips, are counted, and a quoted field may span lines); otherwise its row number with
+    the header as line 1."""
     row = int(np.flatnonzero(rows.to_numpy())[0])
-    if Path(path).suffix.lower() in (".csv", ".tsv", ".txt"):  # only on the error path: one pass over the lines
+    suffix = Path(path).suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):  # only on the error path: one pass over the records
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            data = (no for no, line in enumerate(f, 1) if line.strip())  # the header, then every data row
-            for no in data:
+            reader, end = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), 0
+            for record in reader:  # the header, then every data row
+                start, end = end + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # a blank line: not a row for pandas either
                 if row < 0:
-                    return no
+                    return start
                 row -= 1
     return row + 2
 

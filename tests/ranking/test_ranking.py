@@ -261,6 +261,16 @@ def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(ti
     (tmp_path / "blank.csv").write_text(f"user_id,timestamp\n\n{user},soon\n")
     with pytest.raises(DataError, match="line 3: timestamp 'soon' is not Unix seconds"):
         read_requests(tmp_path / "blank.csv")
+    # a quoted field over several lines (a note column, ignored) is one row: the line a bad row starts on
+    (tmp_path / "quoted.csv").write_text(f'user_id,timestamp,note\n{user},1700000000,"two\nlines"\n{user},soon,x\n')
+    with pytest.raises(DataError, match="line 4: timestamp 'soon'"):
+        read_requests(tmp_path / "quoted.csv")
+    (tmp_path / "quoted.csv").write_text(f'user_id,timestamp,note\n{user},1,"a\n\nb"\n\n{user},soon,x\n')
+    with pytest.raises(DataError, match="line 6: timestamp 'soon'"):
+        read_requests(tmp_path / "quoted.csv")
+    (tmp_path / "tabs.tsv").write_text(f'user_id\ttimestamp\tnote\n{user}\t1\t"a,\nb"\n{user}\tsoon\tx\n')
+    with pytest.raises(DataError, match="line 4: timestamp 'soon'"):
+        read_requests(tmp_path / "tabs.tsv")
     (tmp_path / "outdir.csv").mkdir()
     for bad_out, message in ((tmp_path / "missing" / "o.csv", "folder"), (tmp_path / "outdir.csv", "is a directory")):
         assert batch_main(["--run-dir", str(tmp_path / "not-loaded"), "--requests", str(tmp_path / "padded.csv"),
