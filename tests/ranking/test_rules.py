@@ -134,13 +134,15 @@ def _mmr_by_definition(items, scores, vectors, lambda_, horizon):
     rel = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.ones_like(s)
     v = vectors[items]
     picks, rest = [], list(range(len(items)))
+    max_sim = [0.0] * len(items)  # each item's highest similarity to a pick so far (0 before any)
     for _ in range(min(horizon or len(items), len(items))):
         def value(i):
-            sims = [0.0] + [float(v[i] @ v[j]) for j in picks]
-            return lambda_ * rel[i] - (1 - lambda_) * max(sims)
+            return lambda_ * rel[i] - (1 - lambda_) * max_sim[i]
         best = max(rest, key=lambda i: (value(i), -i))  # first maximum in the sorted list
         picks.append(best)
         rest.remove(best)
+        for i in rest:  # the same pairwise products as max over every pick, each computed once
+            max_sim[i] = max(max_sim[i], float(v[i] @ v[best]))
     return items[picks + rest]
 
 
