@@ -199,7 +199,8 @@ def context_from_timestamp(ts: np.ndarray, field: str) -> np.ndarray:
     if ts.dtype.kind == "i" or (ts.dtype.kind == "u" and ts.dtype.itemsize < 8):  # the serving path: whole
         # seconds, all known, exact (the float path rounds above 2**53 s; uint64 would wrap in int64)
         t = ts.astype(np.int64, copy=False)
-        return (t // 3600) % 24 + 1 if field == "hour" else ((t // 86400) + 3) % 7 + 1
+        v = (t // 3600) % 24 + 1 if field == "hour" else ((t // 86400) + 3) % 7 + 1
+        return v if t.ndim else np.asarray(v)  # a 0-d input: a 0-d array, as the float path gives
     if ts.dtype.kind == "f":  # numbers already (pandas costs ~0.1 ms a call)
         t = ts.astype(np.float64, copy=False)
     else:

@@ -318,20 +318,29 @@ def sum_rows(table: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None)
     them, so the sums are the same to the bit. A served request sums its ~100 known items' rows of
     the (N, N) EASE and cosine tables; the gathered copy (k x N floats) cost half the time:
     104 -> 43 us at 1,682 items (docs/serving.md, "Tenth pass"). ``out``: a (M,) array to add into
-    (zeros when None; its dtype must be the table's for the in-place kernel).
+    (zeros when None). Anything the compiled kernel does not take as it is (another dtype, a
+    non-contiguous table or ``out``, one column, negative indices, an ``out`` that may overlap the
+    table) goes through numpy instead; rows outside the table raise IndexError, as numpy does.
     """
-    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.dtype.kind not in "iu":  # numpy's own rule for index arrays (floats are not truncated)
+        raise IndexError(f"rows must be integer indices, not {rows.dtype}")
+    rows = rows.astype(np.int64, copy=False).ravel()
     if out is None:
         out = np.zeros(table.shape[1], dtype=table.dtype)
+    elif out.shape != (table.shape[1],):  # the kernel writes table.shape[1] values, whatever out's size
+        raise ValueError(f"out has shape {out.shape}; it must be ({table.shape[1]},), one value per column")
     if not len(rows):
         return out
     n, lo, hi = table.shape[0], int(rows.min()), int(rows.max())
     if lo < -n or hi >= n:  # numpy's IndexError: the compiled kernel would read outside the table
         raise IndexError(f"row {lo if lo < -n else hi} is out of bounds for a table of {n} rows")
-    if (lo >= 0 and _csr_matvecs is not None and table.dtype == out.dtype and table.dtype in (np.float32, np.float64)
-            and table.flags.c_contiguous and out.flags.c_contiguous):
+    if (lo >= 0 and _csr_matvecs is not None and table.ndim == 2 and table.shape[1] > 1
+            and table.dtype == out.dtype and table.dtype in (np.float32, np.float64)
+            and table.flags.c_contiguous and out.flags.c_contiguous and out.flags.writeable
+            and not np.may_share_memory(table, out)):
         # one sparse row of ones (the rows asked for) times the table, accumulated into out
-        _csr_matvecs(1, table.shape[0], table.shape[1], np.array([0, len(rows)], np.int64), rows,
+        _csr_matvecs(1, n, table.shape[1], np.array([0, len(rows)], np.int64), rows,
                      np.ones(len(rows), table.dtype), table.ravel(), out)
         return out
     out += np.add.reduce(table[rows], axis=0)

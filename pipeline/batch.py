@@ -36,17 +36,23 @@ def _first_line(rows: pd.Series, path: str | Path) -> int:
     the reader skips, are counted, and a quoted field may span lines); otherwise its row number with
     the header as line 1."""
     row = int(np.flatnonzero(rows.to_numpy())[0])
-    suffix = Path(path).suffix.lower()
+    path = Path(path).expanduser()  # as read_table reads it
+    suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):  # only on the error path: one pass over the records
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            reader, end = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), 0
-            for record in reader:  # the header, then every data row
-                start, end = end + 1, reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue  # a blank line: not a row for pandas either
-                if row < 0:
-                    return start
-                row -= 1
+        limit = csv.field_size_limit()
+        csv.field_size_limit(sys.maxsize)  # a cell as long as the file (the too-long-id error names its line)
+        try:
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                reader, end = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), 0
+                for record in reader:  # the header, then every data row
+                    start, end = end + 1, reader.line_num
+                    if not record or (len(record) == 1 and not record[0].strip()):
+                        continue  # a blank line: not a row for pandas either
+                    if row < 0:
+                        return start
+                    row -= 1
+        finally:
+            csv.field_size_limit(limit)
     return row + 2
 
 

@@ -364,19 +364,14 @@ class CandidateFeatures:
         summed (contiguous reads) and read at the candidates; above, no (B, N) product: each
         candidate's [target, neighbour] row matched against the request's items through a
         boolean table, O(candidates x neighbours) per request ((N, K) tables up to PADDED_MAX_ENTRIES,
-        CSR rows beyond). When ``cache`` holds the batch's cosine product (:meth:`history_top` on a
-        catalog without EASE) the candidates are looked up in it instead. EASE reads the batch's cached
-        dense product."""
+        CSR rows beyond), or, when ``cache`` holds the batch's cosine product (:meth:`history_top` on a
+        catalog without EASE), looked up in it. The same sums with and without ``cache`` on small
+        catalogs (the dense rows come first). EASE reads the batch's cached dense product."""
         out = np.zeros(items.shape, dtype=np.float32)
         n = weights.shape[0]
         items = np.where(items < n, items, -1)  # an item added online: 0 until a refresh
         safe = np.maximum(items, 0)
-        if weights is self.cooc and cache is not None and cache.get("cosine_rows") is rows:
-            for r, (idx, val) in enumerate(cache["cosine"]):  # the candidates found in history_top's product
-                if len(idx):
-                    pos = np.minimum(np.searchsorted(idx, safe[r]), len(idx) - 1)
-                    out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
-        elif weights is self.cooc and self.cooc_dense is not None:  # small catalogs: the known items' rows summed
+        if weights is self.cooc and self.cooc_dense is not None:  # small catalogs: the known items' rows summed
             dense = self.cooc_dense
             for r in range(items.shape[0]):
                 known = rows.indices[rows.indptr[r] : rows.indptr[r + 1]]  # sorted: those added online last
@@ -388,6 +383,13 @@ class CandidateFeatures:
                     out[r] = sum_rows(dense, known)[safe[r]]
                 else:  # the (known x candidates) block, scattered reads: fewer of them than whole rows
                     out[r] = dense[known[:, None], safe[r][None, :]].sum(axis=0)
+        elif weights is self.cooc and cache is not None and cache.get("cosine_rows") is rows:
+            # the candidates found in history_top's product (large catalogs without EASE; on small ones the
+            # dense rows above, summed one after another: the product's reduceat adds in another order)
+            for r, (idx, val) in enumerate(cache["cosine"]):
+                if len(idx):
+                    pos = np.minimum(np.searchsorted(idx, safe[r]), len(idx) - 1)
+                    out[r] = np.where(idx[pos] == safe[r], val[pos], 0.0)
         elif weights is self.cooc and self.cooc_padded is not None:  # mid-size catalogs: (N, K) tables, 4 array ops
             neighbours, w = self.cooc_padded
             mask = self._item_mask(rows.shape[1])  # the request's items, as a lookup table (all False between calls)

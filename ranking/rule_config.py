@@ -305,6 +305,7 @@ class RuleSet:
                 ranked = items[:k]
                 source = R.backfill_source(catalog, ctx, r.params["source"])[0]
                 items, scores = r(items[:k], scores[:k], catalog, ctx, k=k, admit=self._admit(catalog, ctx, k))
+                in_order = False  # backfill scores count down from the list's last: equal in float32 at large scores
                 continue
             extra = {"k": k} if spec.takes_k else {}
             if r.name == "mmr" and all(later.role == "backfill" or later.name == "fresh_slots"

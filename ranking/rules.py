@@ -313,7 +313,13 @@ def exposure_mask(items, catalog: ItemCatalog, ctx: RequestContext, *, max_share
     if ctx.exposure.window != window:
         raise ValueError(f"exposure_cap is configured for window={window} but the tracker counts "
                          f"{ctx.exposure.window}; build it with RuleSet.make_tracker(n_items).")
-    return ctx.exposure.counts[items] < np.floor(max_share * window + 1e-9)
+    counts, limit = ctx.exposure.counts, np.floor(max_share * window + 1e-9)
+    if len(items) and items.max() >= len(counts):  # items added after the tracker was built: no impressions yet
+        known = items < len(counts)
+        shown = np.zeros(len(items), counts.dtype)
+        shown[known] = counts[items[known]]
+        return shown < limit
+    return counts[items] < limit
 
 
 def boost(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ids: Sequence[str], amount: float,

@@ -95,6 +95,8 @@ def test_context_from_timestamp():
         # where floats stop holding every second)
         assert context_from_timestamp(ts, field).tolist() == context_from_timestamp(ts.astype(float), field).tolist()
         assert context_from_timestamp(ts, field).dtype == np.int64
+        zero_d = context_from_timestamp(np.int64(90000), field)  # one timestamp: a 0-d array either way
+        assert isinstance(zero_d, np.ndarray) and zero_d.shape == () and zero_d == context_from_timestamp(90000.0, field)
 
 
 def test_bad_feature_config():

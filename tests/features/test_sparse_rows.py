@@ -38,12 +38,27 @@ def test_sum_rows_without_the_kernel_and_on_odd_tables(monkeypatch):
     assert np.allclose(out, expected + 1, atol=1e-6)  # added into out, row by row
 
 
-def test_sum_rows_refuses_rows_outside_the_table():
-    """The kernel reads memory unchecked: a row past either end is numpy's IndexError, not garbage."""
+def test_sum_rows_refuses_what_the_kernel_would_misread():
+    """The kernel reads and writes memory unchecked: a row past either end is numpy's IndexError, float
+    rows are not truncated, and an ``out`` of the wrong size is refused (the kernel would write past
+    its end); an ``out`` inside the table is summed through numpy (the kernel would read what it wrote)."""
     table = np.ones((10, 3), np.float32)
     for rows in ([10], [0, 11], [-11]):
         with pytest.raises(IndexError, match="out of bounds for a table of 10 rows"):
             sum_rows(table, np.array(rows))
+    with pytest.raises(IndexError, match="integer indices"):
+        sum_rows(table, np.array([1.5]))
+    big = np.full(8, 7.0, np.float32)
+    for out in (big[:2], big, np.zeros((1, 3), np.float32)):
+        with pytest.raises(ValueError, match=r"it must be \(3,\)"):
+            sum_rows(table, np.array([1]), out)
+    assert big.tolist() == [7.0] * 8
+    t = np.arange(12, dtype=np.float32).reshape(4, 3)
+    expected = t[0] + np.add.reduce(t[[0, 1]], axis=0)
+    assert np.array_equal(sum_rows(t, np.array([0, 1]), t[0]), expected)
+    one_column = np.random.default_rng(3).standard_normal((300, 1)).astype(np.float32)
+    rows = np.arange(0, 300, 2)  # numpy sums a single column pairwise: the numpy path, the same bits
+    assert np.array_equal(sum_rows(one_column, rows), np.add.reduce(one_column[rows], axis=0))
 
 
 def test_sparse_rows_times_a_dense_table_sums_each_rows_items():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import scipy.sparse as sp
 
 from features.schema import DataError
 from features.store import SparseRows
@@ -237,7 +238,8 @@ def test_batch_command_bad_input(tiny_run, tmp_path, capsys):
         recommend_table(load_pipeline(tiny_run), read_requests(tmp_path / "ok.csv"), 500)
 
 
-def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(tiny_run, tmp_path, capsys):
+def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(tiny_run, tmp_path, capsys,
+                                                                              monkeypatch):
     user = str(load_pipeline(tiny_run).store.users.ids[0])
     (tmp_path / "padded.csv").write_text(f"user_id,timestamp\n  {user}  ,1700000000\n")
     out = tmp_path / "o.csv"
@@ -271,6 +273,13 @@ def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(ti
     (tmp_path / "tabs.tsv").write_text(f'user_id\ttimestamp\tnote\n{user}\t1\t"a,\nb"\n{user}\tsoon\tx\n')
     with pytest.raises(DataError, match="line 4: timestamp 'soon'"):
         read_requests(tmp_path / "tabs.tsv")
+    # an id longer than the csv module's default cell limit (131,072 characters); a path from ~
+    (tmp_path / "huge.csv").write_text(f"user_id\n{user}\n{'u' * 200_000}\n")
+    with pytest.raises(DataError, match="line 3: user_id is 200000 characters long"):
+        read_requests(tmp_path / "huge.csv")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataError, match="line 6: timestamp 'soon'"):
+        read_requests("~/quoted.csv")
     (tmp_path / "outdir.csv").mkdir()
     for bad_out, message in ((tmp_path / "missing" / "o.csv", "folder"), (tmp_path / "outdir.csv", "is a directory")):
         assert batch_main(["--run-dir", str(tmp_path / "not-loaded"), "--requests", str(tmp_path / "padded.csv"),
@@ -397,6 +406,31 @@ def test_sparse_cooccurrence_lookups_equal_dense_ones(tiny_run, path, monkeypatc
         order = np.lexsort((np.arange(len(row)), -row))
         expect = [i for i in order if row[i] > 0][:15]
         assert top[b][top[b] >= 0].tolist() == expect, b
+
+
+def test_cosine_scores_are_the_same_with_and_without_the_candidates_product():
+    """Without EASE, the candidates' cosine product is kept for the ranker's scores; on a small
+    catalog the scores still come from the dense rows added one after another, so they equal the
+    scores computed without it (the product's reduceat adds 8 or more weights in another order)."""
+    from ranking.features import CandidateFeatures
+
+    n = 20
+    w = np.zeros((n, n), np.float32)
+    w[1:17, 0] = np.random.default_rng(3).random(16).astype(np.float32)  # 16 neighbours of item 0
+    w[2:5, 17] = [0.5, 0.25, 0.125]
+    f = CandidateFeatures.__new__(CandidateFeatures)
+    f.cooc, f.ease = sp.csr_matrix(w), None
+    rows = SparseRows.from_lists([np.arange(1, 17)], n)
+    items = np.array([[0, 17, 3, -1]])
+    plain = f.history_scores(f.cooc, rows, items)
+    cache: dict = {}
+    f.history_top(rows, 5, cache)
+    assert cache["cosine_rows"] is rows
+    assert np.array_equal(f.history_scores(f.cooc, rows, items, cache), plain)
+    one_by_one = np.float32(0.0)
+    for v in w[1:17, 0]:  # the dense rows' order: known item after known item
+        one_by_one = np.float32(one_by_one + v)
+    assert plain[0, 0] == one_by_one and plain[0, 3] == 0.0
 
 
 @pytest.mark.parametrize("size", ["small", "mid"])

@@ -107,6 +107,20 @@ def test_exposure_cap_never_lets_an_item_pass_its_share(cat):
         R.exposure_cap(ALL, DESC, cat, ctx, max_share=0.25, window=10)
 
 
+def test_items_the_exposure_tracker_has_not_seen_are_not_capped_and_filtered_ones_are_not_read(cat):
+    """A tracker built before items were added (shorter than the catalog): those items have no
+    impressions; the chain's masks read the whole list, so an item an earlier filter drops must not
+    make the cap fail either."""
+    t = R.ExposureTracker(6, window=4)  # the catalog has 8 items
+    t.record(arr(0, 0))
+    assert R.exposure_mask(ALL, cat, R.RequestContext(exposure=t), max_share=0.5, window=4).tolist() == \
+        [False] + [True] * 7  # item 0 at 2 of 4, items 6 and 7 unknown to the tracker: kept
+    rs = RuleSet.from_config({"k": 3, "rules": [{"name": "exclude_seen"},
+                                                {"name": "exposure_cap", "max_share": 0.5, "window": 4}]}, "test")
+    items, _, _ = rs.apply(ALL, DESC, cat, R.RequestContext(seen=arr(6, 7), exposure=t), 3)
+    assert items.tolist() == [1, 2, 3]
+
+
 def test_boost_is_bounded_and_reorders(cat):
     items, scores = R.boost(arr(0, 1, 2), arr(1.0, 0.9, 0.5, dtype=np.float32), cat, CTX, ids=("i2",), amount=5.0,
                             max_boost=0.45)
