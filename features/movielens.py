@@ -71,9 +71,19 @@ def _fetch_recbole_wheel(cache_dir: Path) -> Path:
     return wheel
 
 
+def _text(data: bytes) -> io.StringIO:
+    """A MovieLens file's text: UTF-8 when it decodes as UTF-8 (RecBole's copy: "Misérables" is
+    ``Mis\xc3\xa9rables``), else Latin-1 (GroupLens' own u.item: ``Mis\xe9rables``). Reading
+    RecBole's UTF-8 as Latin-1 served "MisÃ©rables" and split its title tokens."""
+    try:
+        return io.StringIO(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return io.StringIO(data.decode("latin-1"))
+
+
 def _read_atomic(raw: dict[str, bytes], source: str) -> Dataset:
     def table(kind: str) -> pd.DataFrame:
-        df = pd.read_csv(io.BytesIO(raw[kind]), sep="\t", dtype=str, encoding="latin-1", keep_default_na=False)
+        df = pd.read_csv(_text(raw[kind]), sep="\t", dtype=str, keep_default_na=False)
         df.columns = [c.split(":")[0] for c in df.columns]
         return df
 
@@ -110,7 +120,7 @@ def _read_grouplens(raw: dict[str, bytes], source: str) -> Dataset:
         }
     )
     cols = ["item_id", "title_raw", "release_date", "video_release_date", "url"] + GENRES
-    item = pd.read_csv(io.BytesIO(raw["u.item"]), sep="|", header=None, names=cols, dtype=str, encoding="latin-1", keep_default_na=False)
+    item = pd.read_csv(_text(raw["u.item"]), sep="|", header=None, names=cols, dtype=str, keep_default_na=False)
     flags = item[GENRES].astype(int).to_numpy().astype(bool)
     genres = ["|".join(g for g, f in zip(GENRES, row) if f) for row in flags]
     year = pd.to_datetime(item["release_date"], format="%d-%b-%Y", errors="coerce").dt.year

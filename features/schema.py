@@ -80,7 +80,10 @@ def _require_columns(df: pd.DataFrame, required: list[str], table: str, source: 
         )
 
 
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # in an id: a NUL, a tab or a line break is no one's id
+# In an id: a NUL, a tab or a line break is no one's id; also Unicode's line breaks (NEL U+0085 among
+# the C1 controls, U+2028, U+2029), which split a line in many readers as "\n" does.
+# (U+2028 / U+2029 as the characters themselves: pyarrow's regex engine has no \u escape)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f" "\u2028\u2029]")
 
 
 def with_control_characters(ids: pd.Series) -> pd.Series:

@@ -16,17 +16,17 @@ def _write_grouplens(d):
     flags = ["0"] * len(GENRES)
     f1 = flags.copy(); f1[GENRES.index("Comedy")] = "1"; f1[GENRES.index("Drama")] = "1"
     f2 = flags.copy(); f2[GENRES.index("Action")] = "1"
-    (d / "u.item").write_text(
+    (d / "u.item").write_bytes((  # GroupLens' own files are Latin-1
         "10|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(f1) + "\n"
-        "20|GoldenEye (1995)|01-Jan-1995||http://x|" + "|".join(f2) + "\n"
-    )
+        "20|Misérables, Les (1995)|01-Jan-1995||http://x|" + "|".join(f2) + "\n"
+    ).encode("latin-1"))
     (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
 
 
 def _atomic_files():
     return {
         "inter": "user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t5\t881250949\n2\t10\t3\t881250950\n2\t20\t4\t881250951\n",
-        "item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n10\tToy Story\t1995\tComedy Drama\n20\tGoldenEye\t1995\tAction\n",
+        "item": "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n10\tToy Story\t1995\tComedy Drama\n20\tMisérables, Les\t1995\tAction\n",
         "user": "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n",
     }
 
@@ -35,13 +35,14 @@ def test_grouplens_and_recbole_layouts_agree(tmp_path):
     _write_grouplens(tmp_path / "gl")
     (tmp_path / "rb").mkdir()
     for k, text in _atomic_files().items():
-        (tmp_path / "rb" / f"ml-100k.{k}").write_text(text)
+        (tmp_path / "rb" / f"ml-100k.{k}").write_text(text, encoding="utf-8")  # RecBole's copy: UTF-8
     a = load_movielens(source="dir", path=str(tmp_path / "gl"))
     b = load_movielens(source="dir", path=str(tmp_path / "rb"))
     for t in ("interactions", "items", "users"):
         pd.testing.assert_frame_equal(getattr(a, t), getattr(b, t), check_dtype=False)
     assert a.items.set_index("item_id").loc["10", "genres"] == "Comedy|Drama"
     assert a.items.set_index("item_id").loc["10", "title"] == "Toy Story"
+    assert a.items.set_index("item_id").loc["20", "title"] == "Misérables, Les"  # each file in its own encoding
     assert set(a.meta["sha256"]) == {"u.data", "u.item", "u.user"}
 
 
@@ -60,6 +61,7 @@ def test_real_movielens_from_package_index(tmp_path_factory):
     assert len(ds.interactions) == 100_000
     assert ds.interactions["user_id"].nunique() == 943
     assert len(ds.items) == 1682
+    assert ds.items.set_index("item_id").loc["543", "title"] == "Misérables, Les"  # RecBole's UTF-8 read as UTF-8
     assert set(ds.users.columns) >= {"user_id", "age", "gender", "occupation"}
 
 

@@ -290,6 +290,8 @@ def with_(**changes):
     (with_(segment=np.array([b"s" * 1000], object)), r"'segment' holds a value of 1000 characters; at most 256"),
     (with_(user_id=np.array([b"196\x00"], object)), r"user_id '196\\x00' holds a control character"),
     (with_(exclude_items=np.array([b"a\nb"], object)), r"exclude_items holds 'a\\nb'.*without control characters"),
+    (with_(user_id=np.array(["1\u0085" "96".encode()], object)), r"user_id '1\\x8596' holds a control character"),
+    (with_(recent_items=np.array(["a\u2028b".encode()], object)), r"recent_items holds 'a\\u2028b'.*without control"),
     (with_(attributes=np.array([b"occupation=" + b"x" * 1300], object)), r"'attributes' holds a value of 1311 char"),
 ])
 def test_bad_requests_name_the_problem(tensors, message):
