@@ -277,9 +277,16 @@ def category_cap(items, scores, catalog: ItemCatalog, ctx: RequestContext, *, ma
 
     Items without a category are not capped; survivors keep their input order. ``presorted``: the
     items are already best first (:func:`sort_by_score`'s order), so the sort is skipped.
+
+    With a ``k``, a request that allows only a few categories (``include_categories``, or all but its
+    ``exclude_categories``) gets at least an even share of the k per category: asked for Action
+    films only, 5 per 10 would cut a list of 10 to 5 that backfill, capped alike, cannot top up.
     """
     if per_items and k:
         max_per_category = max_per_category * math.ceil(k / per_items)
+        allowed = (len(set(ctx.include_categories)) if len(ctx.include_categories)
+                   else len(catalog.category_names) - 1 - len(set(ctx.exclude_categories)))
+        max_per_category = max(max_per_category, math.ceil(k / max(allowed, 1)))
     order = np.arange(len(items)) if presorted else np.lexsort((items, -scores.astype(np.float64)))
     prim = catalog.primary[items if presorted else items[order]]  # best first
     by_cat = np.argsort(prim, kind="stable")

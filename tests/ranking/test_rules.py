@@ -175,6 +175,22 @@ def test_mmr_matches_its_definition_on_random_lists(lambda_, horizon, size):
         assert got.tolist() == _mmr_by_definition(items, scores, cat.vectors, lambda_, horizon).tolist()
 
 
+def test_a_request_allowing_few_categories_still_gets_k_items(cat):
+    """Found by a probe of the server: asked for one category, the per-category cap (5 per 10) cut
+    the list to half of k, and backfill, capped alike, could not top it up. The cap is at least an
+    even share of k among the categories the request allows."""
+    rs = RuleSet.from_config({"k": 4, "rules": [{"name": "category_cap", "max_per_category": 1, "per_items": 2},
+                                                {"name": "backfill", "source": "popularity"}]}, "test")
+    comedy = R.RequestContext(include_categories=["comedy"])  # items 0, 1, 2 (primary comedy) and 7 (horror)
+    assert R.request_filter(ALL, DESC, cat, comedy)[0].tolist() == [0, 1, 2, 7]
+    items, _, reasons = rs.apply(ALL, DESC, cat, comedy, 4)
+    assert items.tolist() == [0, 1, 2, 7] and reasons == ["ranked"] * 4  # the cap alone would keep 0, 1, 7
+    only_comedy = R.RequestContext(exclude_categories=["drama", "horror"])  # all but one: items 0, 2 and 6 (none)
+    assert rs.apply(ALL, DESC, cat, only_comedy, 2)[0].tolist() == [0, 2]  # the cap alone: [0, 6]
+    both = R.RequestContext(include_categories=["comedy", "drama"])  # two allowed: 2 of 4 per category, as configured
+    assert R.category_cap(ALL, DESC, cat, both, max_per_category=1, per_items=2, k=4)[0].tolist() == [0, 1, 3, 4, 5, 6, 7]
+
+
 def test_category_cap_matches_counting_on_random_lists():
     rng = np.random.default_rng(3)
     n = 50
@@ -287,9 +303,10 @@ def test_backfill_keeps_the_ranked_items_a_per_k_cap_kept_and_a_longer_list_is_n
     1 per category per 2 items, k = 4 keeps two comedies; an absolute cap of 1 would drop a ranked one."""
     rs = RuleSet.from_config(rule_cfg({"name": "category_cap", "max_per_category": 1, "per_items": 2},
                                       {"name": "backfill", "source": "popularity"}), WHERE)
-    comedy = R.RequestContext(include_categories=["comedy"])  # 0, 1, 2 (primary comedy) and 7 (horror)
-    items, _, reasons = rs.apply(ALL, DESC, cat, comedy, 4)
-    assert items.tolist() == [0, 1, 7] and reasons == ["ranked"] * 3  # 2 is the third comedy: capped
+    two = R.RequestContext(include_categories=["comedy", "drama"])  # two categories allowed: 2 per category at k=4
+    items, _, reasons = rs.apply(arr(0, 1, 2), DESC[:3], cat, two, 4)  # three comedies ranked
+    assert items.tolist() == [0, 1, 3, 7]  # 2 is the third comedy: capped; then by popularity 3 (drama), 7 (horror)
+    assert reasons == ["ranked", "ranked", "backfill:popularity", "backfill:popularity"]
     lengths = [len(rs.apply(ALL, DESC, cat, CTX, k)[0]) for k in range(1, 9)]
     assert lengths == sorted(lengths) and lengths[-1] == 8, lengths
 
