@@ -257,22 +257,17 @@ def test_batch_strips_ids_and_checks_every_row_and_the_output_before_the_work(ti
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, err
         assert ("line 3" in err) or ("empty id" in err), err
-    (tmp_path / "blank.csv").write_text(f"user_id,timestamp\n\n{user},1700000000\n   \n\n{user},-5\n")
-    with pytest.raises(DataError, match="line 6: timestamp -5"):  # the line it is on: the reader skips blank lines
-        read_requests(tmp_path / "blank.csv")
-    (tmp_path / "blank.csv").write_text(f"user_id,timestamp\n\n{user},soon\n")
-    with pytest.raises(DataError, match="line 3: timestamp 'soon' is not Unix seconds"):
-        read_requests(tmp_path / "blank.csv")
-    # a quoted field over several lines (a note column, ignored) is one row: the line a bad row starts on
-    (tmp_path / "quoted.csv").write_text(f'user_id,timestamp,note\n{user},1700000000,"two\nlines"\n{user},soon,x\n')
-    with pytest.raises(DataError, match="line 4: timestamp 'soon'"):
-        read_requests(tmp_path / "quoted.csv")
-    (tmp_path / "quoted.csv").write_text(f'user_id,timestamp,note\n{user},1,"a\n\nb"\n\n{user},soon,x\n')
-    with pytest.raises(DataError, match="line 6: timestamp 'soon'"):
-        read_requests(tmp_path / "quoted.csv")
-    (tmp_path / "tabs.tsv").write_text(f'user_id\ttimestamp\tnote\n{user}\t1\t"a,\nb"\n{user}\tsoon\tx\n')
-    with pytest.raises(DataError, match="line 4: timestamp 'soon'"):
-        read_requests(tmp_path / "tabs.tsv")
+    # the line a bad row starts on: blank lines (skipped by the reader) counted, a quoted field over several
+    # lines (a note column, ignored) one row, a .tsv by tabs
+    for name, text, message in (
+            ("blank.csv", f"user_id,timestamp\n\n{user},1700000000\n   \n\n{user},-5\n", "line 6: timestamp -5"),
+            ("blank.csv", f"user_id,timestamp\n\n{user},soon\n", "line 3: timestamp 'soon' is not Unix seconds"),
+            ("quoted.csv", f'user_id,timestamp,note\n{user},1700000000,"two\nlines"\n{user},soon,x\n', "line 4: timestamp"),
+            ("quoted.csv", f'user_id,timestamp,note\n{user},1,"a\n\nb"\n\n{user},soon,x\n', "line 6: timestamp 'soon'"),
+            ("tabs.tsv", f'user_id\ttimestamp\tnote\n{user}\t1\t"a,\nb"\n{user}\tsoon\tx\n', "line 4: timestamp 'soon'")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_requests(tmp_path / name)
     # an id longer than the csv module's default cell limit (131,072 characters); a path from ~
     (tmp_path / "huge.csv").write_text(f"user_id\n{user}\n{'u' * 200_000}\n")
     with pytest.raises(DataError, match="line 3: user_id is 200000 characters long"):
