@@ -9,8 +9,9 @@ memory, in place, in the order of their timestamps:
   than that (late) is not put into the sequence (its position among the stored items is unknown:
   the store keeps their order, not their times) but counts everywhere else;
 - the seen set (never recommended again): ``FeatureStore.seen_delta``, no CSR rebuild per event;
-- the last timestamp (``since_last``), overall popularity (MostPop backfill, ``pop_all``), recent
-  popularity (``pop_recent``: ``CandidateFeatures.live_keys``) and an item's first-seen time;
+- the last timestamp (``since_last``), overall popularity (the cold candidates' most popular items,
+  the rules' popularity backfill, ``pop_all``), recent popularity (``pop_recent``:
+  ``CandidateFeatures.live_keys``) and an item's first-seen time;
 - an unknown user becomes known (the history path), with unknown attributes.
 
 What it does not change: the models, the FAISS index, the co-occurrence / EASE tables (a
@@ -44,6 +45,7 @@ class OnlineState:
 
     def __init__(self, pipeline):
         self.store, self.features = pipeline.store, pipeline.features
+        self.catalog = getattr(pipeline, "catalog", None)  # the rules' view: its own copy of popularity
         self.late_users: set[int] = set()  # users of the last batch with an event older than their latest
         self._delta_entries = sum(len(v) for v in self.store.seen_delta.values())
 
@@ -84,8 +86,13 @@ class OnlineState:
             else:
                 late += 1
                 self.late_users.add(u)  # refresh rebuilds these users' sequences from their whole history
-        np.add.at(self.store.popularity, self._add_seen(users, items), 1)
+        fresh = self._add_seen(users, items)
+        np.add.at(self.store.popularity, fresh, 1)
         self.store.popularity_changed()
+        if self.catalog is not None and self.catalog.popularity is not self.store.popularity:
+            # the popularity backfill reads the catalog's (float64) copy: without this it kept the
+            # snapshot's counts until a refresh, and an upserted item stayed at 0 (found by a probe)
+            np.add.at(self.catalog.popularity, fresh, 1)
         self.features.add_events(items, ts)
         return {"applied": int(len(items)), "late": late, "new_users": new_users, "unknown_items": unknown}
 

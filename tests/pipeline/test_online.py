@@ -42,6 +42,7 @@ def test_online_events_give_the_state_a_refresh_would_build(tiny_deployed_run, t
     np.testing.assert_array_equal(live.recent, rebuilt.recent[order])
     np.testing.assert_array_equal(live.last_ts, rebuilt.last_ts[order])
     np.testing.assert_array_equal(live.popularity, rebuilt.popularity)
+    np.testing.assert_array_equal(pipe.catalog.popularity, rebuilt.popularity)  # the rules' backfill reads this copy
     np.testing.assert_array_equal(live.seen_rows(np.arange(len(live.users))).toarray(), rebuilt.seen[order].toarray())
     fresh_features = load_pipeline(tmp_path / "fresh").features
     np.testing.assert_array_equal(pipe.features.item_first_ts, fresh_features.item_first_ts)
@@ -145,3 +146,21 @@ def test_an_empty_or_all_duplicate_refresh_reports_nothing_new(tiny_deployed_run
     log = pd.read_parquet(RunArtifacts(tiny_deployed_run).path("interactions"))
     report = refresh(tiny_deployed_run, log.iloc[:5], tmp_path / "again")
     assert report == {**report, "received": 5, "accepted": 0, "duplicates": 5, "new_users": 0, "late": 0}
+
+
+def test_the_popularity_backfill_follows_live_events(tiny_deployed_run):
+    """Found by a probe of the server: the rules' backfill read the catalog's copy of popularity, which
+    events never changed, so a cold list topped up by popularity kept the snapshot's order."""
+    from ranking import rules as R
+
+    pipe = load_pipeline(tiny_deployed_run)
+    online = OnlineState(pipe)
+    least = int(np.argmin(pipe.catalog.popularity))
+    gap = int(pipe.catalog.popularity.max() - pipe.catalog.popularity[least]) + 1
+    t = int(pipe.store.last_ts.max()) + 60
+    online.apply(pd.DataFrame({"user_id": [f"fan-{j}" for j in range(gap)],
+                               "item_id": [str(pipe.store.items.ids[least])] * gap, "timestamp": [t] * gap}))
+    _, value = R.backfill_source(pipe.catalog, R.RequestContext(), "popularity")
+    assert int(np.argmax(value)) == least and pipe.catalog.popularity[least] == pipe.store.popularity[least]
+    empty = R.backfill(np.zeros(0, np.int64), np.zeros(0, np.float32), pipe.catalog, R.RequestContext(), source="popularity", k=1)
+    assert empty[0].tolist() == [least]

@@ -205,3 +205,28 @@ def test_segments_dropped_before_the_instance_read_them_are_counted_once_and_sai
     m.tail.skipped_segments = 4
     m._report_state()
     assert m.segments_skipped.n == 5 and len(warned) == 2
+
+
+def test_a_large_batch_of_events_is_applied_a_bounded_part_before_each_answer(model_module, monkeypatch):
+    """Found by a probe: one 100,000-event batch held the next answers 2-6 s, the supervisor's probe
+    timed out and the reload replayed the whole log. Before an answer at most EVENTS_PER_ANSWER events
+    are applied, in the log's order, the rest before the next answers; before the first answer
+    (``events_per_answer`` None, in initialize) all of them; a failure keeps every held event."""
+    monkeypatch.setattr(model_module, "interaction_columns", lambda cols: {"user_id": cols["user_id"],
+                                                                            "event_id": cols["event_id"]})
+    monkeypatch.setattr(model_module, "EVENTS_PER_ANSWER", 2)
+    m = make(model_module, [events("a", "b", "c", "d", "e")], [], online=Online(fail_times=1))
+    with pytest.raises(RuntimeError):  # the state refused the first part: all five held
+        m._apply_new()
+    assert m.online.applied == [] and list(m._pending["event_id"]) == ["a", "b", "c", "d", "e"]
+    m._apply_new()
+    assert m.online.applied == ["a", "b"] and list(m._pending["event_id"]) == ["c", "d", "e"] and m.applied.n == 2
+    m.tail.results.append(events("f"))  # newer events queue behind the held ones
+    m._apply_new()
+    assert m.online.applied == ["a", "b", "c", "d"] and list(m._pending["event_id"]) == ["e", "f"]
+    m._apply_new()
+    assert m.online.applied == ["a", "b", "c", "d", "e", "f"] and m._pending is None
+    first = make(model_module, [events("a", "b", "c", "d", "e")], [])
+    first.events_per_answer = None  # initialize: no answer waits yet
+    first._apply_new()
+    assert first.online.applied == ["a", "b", "c", "d", "e"] and first._pending is None
