@@ -110,7 +110,7 @@ def check_events(table, known_items, now: float, records: bool = False) -> tuple
     reject(known_items.lookup(ids) < 0, "unknown_item")
     first, dup = set(), np.zeros(n, dtype=bool)
     for j, e in enumerate(ev["event_id"]):
-        if e is not None:
+        if e is not None and reason[j] == "ok":  # a copy rejected for another reason takes no id: a valid one after it is kept
             dup[j] = e in first
             first.add(e)
     reject(dup, "duplicate_in_batch")

@@ -163,6 +163,8 @@ class OnlineCatalog:
         for item_id, attrs in rows.items():
             if attrs.get(TITLE) is not None:
                 self.titles[item_id] = str(attrs[TITLE])
+            elif TITLE in attrs:  # cleared (null), as the model's title input is: answers show none either
+                self.titles.pop(item_id, None)
         return n_new, int(old.sum())
 
     def _append_items(self, ids: np.ndarray, enc: dict[str, np.ndarray], vectors: np.ndarray) -> None:

@@ -223,9 +223,16 @@ def _event_number(v, not_a_number: float) -> float:
 
 
 def encode_events(events) -> dict[str, np.ndarray]:
-    """Event tensors by input name from a DataFrame or a dict of equal-length sequences. A cell that is
+    """Event tensors by input name from a DataFrame, a dict of equal-length sequences or a list of dicts
+    (one per event; a key missing from one is a missing cell there). A cell that is
     not a number (``"abc"``, a list) goes as a value the server rejects for its row: a timestamp as
     NaN (``bad_timestamp``), a weight as -inf (``bad_weight``; NaN would read as "not given")."""
+    if isinstance(events, (list, tuple)):  # one dict per event (as upsert_items takes records)
+        if not all(isinstance(e, dict) for e in events):
+            raise ValueError("events must be a DataFrame, a dict of equal-length columns, or a list of dicts "
+                             "(one per event)")
+        names = list(dict.fromkeys(k for e in events for k in e))
+        events = {name: [e.get(name) for e in events] for name in names}
     names = list(events.columns) if hasattr(events, "columns") else list(events)
     # what `recsys-log read --out` adds (the server sets it again) and a CSV saved with pandas' index pass;
     # another column is refused: a typo ("wieght") would otherwise be dropped and the default weight logged
@@ -235,6 +242,9 @@ def encode_events(events) -> dict[str, np.ndarray]:
         raise ValueError(f"events have column(s) {unknown} the server does not take; the columns are "
                          f"{', '.join(EVENT_INPUTS)} (weight optional): rename or drop the others")
     columns = {name: list(events[name]) for name in EVENT_INPUTS if name in events}
+    for name in ("event_id", "user_id", "item_id"):  # a boolean column would log users "True" / "False"
+        if any(isinstance(v, (bool, np.bool_)) for v in columns.get(name, ())):
+            raise ValueError(f"events' {name} holds booleans (True / False); ids are text or whole numbers")
     tensors = {}
     for name, (dtype, _, _, optional) in EVENT_INPUTS.items():
         if name not in columns:

@@ -80,3 +80,12 @@ def test_a_missing_column_or_ragged_columns_raise():
     with pytest.raises(ValueError):
         check_events({"event_id": ["e", "f"], "user_id": ["u"], "item_id": ["a"], "timestamp": [1], "type": ["view"]},
                      ITEMS, NOW)
+
+
+def test_a_copy_rejected_for_another_reason_does_not_make_the_valid_copy_a_duplicate():
+    """Found by a probe: [e1 with a NaN timestamp, e1 valid] rejected both (bad_timestamp,
+    duplicate_in_batch), so the valid event was never logged; a copy after an accepted one is still a duplicate."""
+    batch = pd.DataFrame([("e1", "u1", "a", np.nan, "view"), ("e1", "u1", "a", NOW, "view"), ("e1", "u1", "b", NOW, "view")],
+                         columns=["event_id", "user_id", "item_id", "timestamp", "type"])
+    accepted, reasons = check_events(batch, ITEMS, NOW)
+    assert reasons == ["bad_timestamp", "ok", "duplicate_in_batch"] and accepted["item_id"].tolist() == ["a"]

@@ -128,6 +128,10 @@ def test_an_update_re_embeds_the_item_and_replaces_its_vector(live, tiny_prepare
     assert not np.allclose(pipe.retriever.item_embeddings[3], before)
     _, top = pipe.retriever.search(pipe.retriever.item_embeddings[3][None], 1)
     assert top[0, 0] == 3  # the index holds the new vector under the same id
+    catalog.apply(records(("upsert_item", a, {"title": "Renamed"})))
+    assert catalog.titles[a] == "Renamed"
+    catalog.apply(records(("upsert_item", a, {"title": None})))  # cleared: the served title too (found by a probe)
+    assert a not in catalog.titles
 
 
 def test_block_leaves_every_route_at_once_and_unblock_restores(live):

@@ -112,6 +112,16 @@ def test_events_encode_from_a_frame_with_optional_weight():
     assert w.dtype == np.float32 and np.isnan(w[0])
     with pytest.raises(ValueError, match="events lack 'type'"):
         encode_events({"event_id": ["e"], "user_id": ["u"], "item_id": ["a"], "timestamp": [1]})
+    # a list of dicts, one per event (found by a probe: a TypeError), a key one of them lacks is its missing cell
+    listed = encode_events([{"event_id": "e1", "user_id": "u", "item_id": "a", "timestamp": 1.0, "type": "view"},
+                            {"event_id": "e2", "user_id": "ü", "item_id": "b", "timestamp": 2, "type": "click",
+                             "weight": 2.0}])
+    assert listed["user_id"].tolist() == t["user_id"].tolist() and np.isnan(listed["weight"][0])
+    with pytest.raises(ValueError, match="a list of dicts"):
+        encode_events(["e1", "e2"])
+    with pytest.raises(ValueError, match="user_id holds booleans"):  # would log users "True" / "False"
+        encode_events(pd.DataFrame({"event_id": ["e"], "user_id": [True], "item_id": ["a"], "timestamp": [1],
+                                    "type": ["view"]}))
 
 
 def test_one_bad_event_cell_is_that_events_rejection_and_a_missing_weight_is_not_a_bad_one():
