@@ -34,6 +34,34 @@ from serving.supervisor import Supervisor
 from serving.triton_server import TritonServer
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (a free one) to 65535 (Triton took 99999 as 99999 - 65536 and printed 99999)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port number in 0..65535 (0 picks a free one)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port}: a port is 0..65535 (0 picks a free one)")
+    return port
+
+
+def _seconds(text: str, zero: bool = False) -> float:
+    """Seconds > 0 (``zero``: >= 0) for argparse (a negative probe interval was a traceback from the
+    supervisor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, a number {'>=' if zero else '>'} 0 (e.g. 2)")
+    return value
+
+
+def _wait_seconds(text: str) -> float:
+    """Seconds >= 0 for argparse (0: do not wait)."""
+    return _seconds(text, zero=True)
+
+
 def default_repository() -> Path:
     """``./triton_repo`` when it exists (``train.py``'s export writes under the directory it runs in),
     else where ``recsys-export`` writes (``export.config.workspace_root``: the source checkout for an
@@ -85,24 +113,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and a version folder), as written by the export step (default: "
                              "./triton_repo when it exists, where train.py's export writes it; else the "
                              "one recsys-export writes: the source checkout's for an editable install)")
-    parser.add_argument("--grpc-port", type=int, default=8001,
+    parser.add_argument("--grpc-port", type=_port, default=8001,
                         help="gRPC port, 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--http-port", type=int, default=8000,
+    parser.add_argument("--http-port", type=_port, default=8000,
                         help="HTTP port when --allow-http, 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=8002,
+    parser.add_argument("--metrics-port", type=_port, default=8002,
                         help="Prometheus metrics port, 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--health-port", type=int, default=8003,
+    parser.add_argument("--health-port", type=_port, default=8003,
                         help="supervisor's /ready, /live, /metrics, 0 picks a free one (default: %(default)s)")
     parser.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
                         help="Triton's --model-control-mode with --no-supervise (the supervisor always "
                              "uses explicit; default: %(default)s)")
     parser.add_argument("--no-supervise", action="store_true",
                         help="run the bare server: no liveness probe, reload, restart or drain")
-    parser.add_argument("--probe-interval", type=float, default=1.0,
+    parser.add_argument("--probe-interval", type=_seconds, default=1.0,
                         help="seconds between liveness probes (default: %(default)s)")
-    parser.add_argument("--probe-timeout", type=float, default=2.0,
+    parser.add_argument("--probe-timeout", type=_seconds, default=2.0,
                         help="seconds a liveness probe may take (default: %(default)s)")
-    parser.add_argument("--drain-timeout", type=float, default=10.0,
+    parser.add_argument("--drain-timeout", type=_wait_seconds, default=10.0,
                         help="seconds to wait for in-flight requests on shutdown (default: %(default)s)")
     parser.add_argument("--allow-http", action="store_true",
                         help="also serve HTTP/REST (off by default; clients use gRPC)")
@@ -117,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls-mutual", action="store_true", help="require client certificates (mTLS)")
     parser.add_argument("--tls-client-cert", default=None, help="PEM certificate the supervisor presents (mTLS)")
     parser.add_argument("--tls-client-key", default=None, help="PEM key of --tls-client-cert")
-    parser.add_argument("--startup-timeout", type=float, default=120.0,
+    parser.add_argument("--startup-timeout", type=_seconds, default=120.0,
                         help="seconds to wait for the server to report ready (default: %(default)s)")
     parser.add_argument("--binary", default=None,
                         help="tritonserver to run (default: stock one on PATH when a GPU is "

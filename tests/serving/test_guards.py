@@ -471,3 +471,20 @@ def test_a_server_address_outside_the_port_range_is_refused_not_wrapped():
         with pytest.raises(ValueError, match="expected host:port with a port in 1..65535"):
             RecommendClient(bad)
     assert check_address("[::1]:8001") == "[::1]:8001" and check_address("localhost:65535") == "localhost:65535"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grpc-port", "99999"], "--grpc-port: 99999: a port is 0..65535"),  # Triton served it on 99999 - 65536
+    (["--health-port", "-1"], "--health-port: -1: a port is 0..65535"),
+    (["--metrics-port", "eighty"], "--metrics-port: 'eighty': give a port number"),
+    (["--probe-interval", "-1"], "--probe-interval: '-1': give seconds, a number > 0"),  # was a traceback
+    (["--probe-timeout", "0"], "--probe-timeout: '0': give seconds, a number > 0"),
+    (["--drain-timeout", "nan"], "--drain-timeout: 'nan': give seconds, a number >= 0"),
+])
+def test_serve_refuses_ports_and_times_out_of_range_before_starting(args, message, capsys):
+    """Found by a probe of the CLIs: both were accepted (the port printed as given, served on another)."""
+    from serving.serve import main as serve_main
+
+    with pytest.raises(SystemExit) as exit_:
+        serve_main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
