@@ -6,6 +6,7 @@ Configured with ``data=custom`` and overrides such as
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -45,19 +46,30 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
         raise DataError(f"{what} file {p} does not exist; {hint}.")
     if p.is_dir():
         raise DataError(f"{what} file {p} is a directory; name the .csv or .parquet file in it.")
-    if p.stat().st_size == 0:
+    regular = p.is_file()
+    suffix = p.suffix.lower() or ("" if regular else ".csv")  # a pipe (`<(...)`, a FIFO) without a name: CSV
+    source, data = p, None
+    if not regular:  # a pipe is read once: its bytes are kept for the two reads below
+        try:
+            data, source = p.read_bytes(), None
+        except OSError as e:  # e.g. permission denied (a traceback before)
+            raise DataError(f"{what} file {p} cannot be read ({e.strerror or e}); check the path and its "
+                            "permissions.") from None
+    if (data is not None and not data) or (regular and p.stat().st_size == 0):
         raise DataError(f"{what} file {p} is empty; it needs a header row and at least one data row.")
-    suffix = p.suffix.lower()
+
+    def src():
+        return source if source is not None else io.BytesIO(data)
     if suffix in (".parquet", ".pq"):
         try:
-            df = pd.read_parquet(p)
+            df = pd.read_parquet(src())
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError: truncated, not parquet
             raise DataError(f"{what} file {p} is not a readable parquet file ({type(e).__name__}: "
                             f"{str(e)[:200]}); write it again.") from None
     elif suffix in (".csv", ".tsv", ".txt"):
         sep = "\t" if suffix == ".tsv" else ","
         try:
-            header = pd.read_csv(p, sep=sep, nrows=0).columns
+            header = pd.read_csv(src(), sep=sep, nrows=0).columns
             # text columns (``dtype`` str: ids) keep "NA", "None", "null" as the text they are (a user "NA",
             # a title "None"); only an empty cell is missing there. Other columns: pandas' usual NA words.
             text = {literal} if isinstance(literal, str) else set(literal) if literal is not None else (
@@ -67,7 +79,7 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             # table shifted onto its first column, nor the field dropped
             with warnings.catch_warnings():
                 warnings.simplefilter("error", pd.errors.ParserWarning)
-                df = pd.read_csv(p, sep=sep, dtype=dtype, keep_default_na=False, na_values=na, index_col=False)
+                df = pd.read_csv(src(), sep=sep, dtype=dtype, keep_default_na=False, na_values=na, index_col=False)
         except pd.errors.ParserWarning:
             raise DataError(f"{what} file {p} has a row with more fields than its header "
                             f"({len(header)}: {', '.join(map(str, header))}); quote fields that hold the separator.") from None
@@ -79,6 +91,9 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
         except UnicodeDecodeError as e:
             raise DataError(f"{what} file {p} is not UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
                             f"{e.start}); save it as UTF-8.") from None
+        except OSError as e:  # permission denied, an I/O error
+            raise DataError(f"{what} file {p} cannot be read ({e.strerror or e}); check the path and its "
+                            "permissions.") from None
     else:
         raise DataError(f"{what} file {p} has unsupported extension {suffix!r}; use .csv, .tsv or .parquet.")
     return df

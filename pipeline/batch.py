@@ -38,7 +38,8 @@ def _first_line(rows: pd.Series, path: str | Path) -> int:
     row = int(np.flatnonzero(rows.to_numpy())[0])
     path = Path(path).expanduser()  # as read_table reads it
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".txt"):  # only on the error path: one pass over the records
+    if suffix in (".csv", ".tsv", ".txt") and path.is_file():  # only on the error path: one pass over the records
+        # (a pipe was read once already: its row number stands)
         limit = csv.field_size_limit()
         csv.field_size_limit(sys.maxsize)  # a cell as long as the file (the too-long-id error names its line)
         try:

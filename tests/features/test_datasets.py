@@ -113,6 +113,32 @@ def test_custom_bad_files(tmp_path):
         load_tables(str(tmp_path / "ok.csv"), items=str(tmp_path / "dup.csv"))
 
 
+
+def test_a_pipe_is_read_and_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
+    """Found by a probe of the CLIs: a pipe (`<(...)`, a FIFO: size 0) was "empty", and a file that cannot
+    be read was a PermissionError traceback."""
+    import os
+    import threading
+
+    fifo = tmp_path / "requests"  # no extension: a pipe is read as CSV
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("user_id,timestamp\n0042,1\n"))
+    writer.start()
+    df = read_table(fifo, "requests", dtype={"user_id": str})
+    writer.join()
+    assert df["user_id"].tolist() == ["0042"] and df["timestamp"].tolist() == [1]
+    (tmp_path / "locked.csv").write_text("user_id\nu\n")
+    real_read_csv = pd.read_csv
+
+    def denied(source, *args, **kwargs):
+        if str(source).endswith("locked.csv"):
+            raise PermissionError(13, "Permission denied")
+        return real_read_csv(source, *args, **kwargs)
+    monkeypatch.setattr(pd, "read_csv", denied)  # root reads any file: the refusal is simulated
+    with pytest.raises(DataError, match="locked.csv cannot be read \\(Permission denied\\); check the path"):
+        read_table(tmp_path / "locked.csv", "requests")
+
+
 def test_custom_ids_stay_text_and_bad_files_are_named(tmp_path):
     """CSV ids were read as numbers: "0042" merged with "42" and "1E5" became "100000"."""
     path = tmp_path / "inter.csv"
