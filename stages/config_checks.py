@@ -101,13 +101,25 @@ def check_values(cfg: DictConfig) -> None:
 
 def _names(cfg: DictConfig) -> list[str]:
     """Settings that name something: a history mode, the metric early stopping or model selection reads
-    (each failed with a traceback, the monitor only after an epoch)."""
+    (each failed with a traceback, the monitor only after an epoch), the refit mode, the export's flavour,
+    inference and default ranker (each failed only after training)."""
     from retrieval.data import HISTORY_MODES  # here: it imports torch
+
+    from export.repository import RANKERS, int8_name
+    from export.triton_config import FLAVOURS
+    from inference.models import INFERENCE
 
     bad = []
     mode = OmegaConf.select(cfg, "retrieval.history_mode")
     if mode is not None and mode not in HISTORY_MODES:
         bad.append(f"retrieval.history_mode={mode!r} must be one of {', '.join(HISTORY_MODES)}")
+    # settings the last stages read, checked here too: a bad export.flavour stopped the run after training
+    rankers = [*RANKERS, *(int8_name(n) for n in RANKERS)]
+    for key, known in (("retrieval.refit.mode", ("none", "scratch")), ("export.flavour", FLAVOURS),
+                       ("export.recommend_inference", INFERENCE), ("export.ranker", rankers)):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value not in known:
+            bad.append(f"{key}={value!r} must be one of {', '.join(known)}")
     val_ks = OmegaConf.select(cfg, "retrieval.val_ks")
     monitor = OmegaConf.select(cfg, "retrieval.early_stopping.monitor")
     if monitor is not None and isinstance(val_ks, ListConfig):
@@ -119,5 +131,5 @@ def _names(cfg: DictConfig) -> list[str]:
     if metric is not None and isinstance(ks, ListConfig):
         if metric not in {f"{name}@{k}" for k in ks for name in SELECTABLE_METRICS}:
             bad.append(f"eval.select_metric={metric!r} must be one of {', '.join(SELECTABLE_METRICS)} @ one of eval.ks "
-                       f"{list(ks)} (e.g. ndcg@{list(ks)[0] if len(ks) else 10})")
+                       f"{list(ks)} (e.g. ndcg@{next((k for k in ks if _whole(k) and k >= 1), 10)})")
     return bad

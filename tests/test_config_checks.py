@@ -39,7 +39,9 @@ def test_lists_names_and_parts_that_failed_late_are_named_before_training(tmp_pa
                                              "retrieval.eval_ks=[]", "seed=-1", "retrieval.model.hidden=[0]",
                                              "retrieval.history_mode=foo",
                                              "retrieval.early_stopping.monitor=val/recall@7",
-                                             "eval.select_metric=foo"])
+                                             "eval.select_metric=foo", "retrieval.refit.mode=bogus",
+                                             "export.flavour=bogus", "export.recommend_inference=remote",
+                                             "export.ranker=best"])
     with pytest.raises(DataError) as err:
         check_values(cfg)
     message = str(err.value)
@@ -49,7 +51,11 @@ def test_lists_names_and_parts_that_failed_late_are_named_before_training(tmp_pa
                   "retrieval.history_mode='foo' must be one of causal, bag",
                   "retrieval.early_stopping.monitor='val/recall@7' must be a metric validation logs: one of val/recall@10",
                   "eval.select_metric='foo' must be one of recall, precision, hr, mrr, ndcg, map, coverage, gini, "
-                  "novelty @ one of eval.ks"):
+                  "novelty @ one of eval.ks", "(e.g. ndcg@10)",  # the first valid k, not 0
+                  # the last stages' settings (found by a probe: export.flavour=bogus failed after training)
+                  "retrieval.refit.mode='bogus' must be one of none, scratch", "export.flavour='bogus' must be one of "
+                  "wheel, stock", "export.recommend_inference='remote' must be one of auto, in_process, bls",
+                  "export.ranker='best' must be one of ranker, ranker_student, ranker_int8, ranker_student_int8"):
         assert named in message, message
     with pytest.raises(DataError, match=r"eval.ks=10 must be a non-empty list"):  # a bare number, not a list
         check_values(compose_cfg(tmp_path, TINY_DATA + ["eval.ks=10"]))
