@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # e.g. a repository folder that cannot be written
+        print(f"error: the model repository could not be written ({err.strerror or err}: {err.filename or ''}); "
+              "choose another export.repository=<folder>", file=sys.stderr)
+        return 2
     print(f"model repository: {repo}\nserve it: recsys-serve --model-repository {repo}")
     return 0
 

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -152,7 +153,9 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     ecfg = export_config(cfg)
     started = time.time()
     art = RunArtifacts(out_dir).check()
-    repo = Path(ecfg.repository)
+    final = Path(ecfg.repository).expanduser()
+    if final.exists() and not final.is_dir():
+        raise ValueError(f"export.repository={final} is a file; give a folder (created when missing)")
     store = art.load_store()
     settings = art.load_settings()
     models = load_models(art, store)
@@ -164,14 +167,48 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     # one (a truncated index) fails here with its name, not after the templates replaced a good export
     art.load_pipeline()
     art.titles()  # read by recommend too (a truncated one passed here and failed the served model's load)
-    (repo / "export.json").unlink(missing_ok=True)  # a failed export must not look complete
+    # Written into a staging folder next to the repository and swapped in at the end: a failed or
+    # interrupted export leaves the repository it found as it was (it used to be left half-written).
+    repo = final.parent / f".{final.name}.export-{os.getpid()}"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    try:
+        _write(repo, art, ecfg, out_dir, store, settings, models, int8, rankers, run_state, started)
+        _swap(repo, final)
+    except BaseException:  # KeyboardInterrupt too: nothing half-written is left
+        shutil.rmtree(repo, ignore_errors=True)
+        raise
+    log.info("Triton model repository (%s flavour): %s; recommend ranks with %s by default (known: %s)",
+             ecfg.flavour, final, ecfg.ranker, ", ".join(rankers))
+    return final
+
+
+GENERATED = ("export.json", "checksums.json")  # top-level files every export writes anew
+
+
+def _swap(staging: Path, final: Path) -> None:
+    """The staged export becomes ``final``: what the old repository holds that an export does not write
+    (a model of the deployment's own) moves over first, then two renames; the old one is deleted."""
+    if final.exists():
+        generated = {*RANKERS, *map(int8_name, RANKERS), *GENERATED}
+        for entry in final.iterdir():
+            if not (staging / entry.name).exists() and entry.name not in generated:
+                entry.rename(staging / entry.name)
+        old = final.parent / f".{final.name}.previous-{os.getpid()}"
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final)
+
+
+def _write(repo: Path, art: RunArtifacts, ecfg, out_dir: Path, store: FeatureStore, settings, models: dict,
+           int8: bool, rankers: list[str], run_state: str, started: float) -> None:
+    """Every file of the repository into ``repo`` (an empty staging folder): the templates, then the
+    models this run has (an earlier export's ranker_student/ is not carried over by :func:`_swap`: a
+    run without a student must not serve it)."""
     copy_template(repo)
     real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))
-    for name in [*RANKERS, *map(int8_name, RANKERS)]:  # generated-only models: present when this run has them
-        # (by the committed files, not the folder: exporting into triton_repo/ itself, an earlier export's
-        # ranker_student/ is there, and a run without a student must not serve it)
-        if not any(f.startswith(f"{name}/") for f in TEMPLATE_FILES):
-            shutil.rmtree(repo / name, ignore_errors=True)
     parity, specs = {}, []
     for name, (module, spec) in models.items():
         x = real["ranker" if name in RANKERS else name]
@@ -193,9 +230,6 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
         "run_manifest_sha256": run_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
         "ranker": ecfg.ranker, "rankers": rankers, "parity_max_abs_diff": parity, "int8": quality}, indent=2))
     seal_repository(repo, specs, code_bounds(store), out_dir, TEMPLATE_FILES)  # input bounds + checksums, last
-    log.info("Triton model repository (%s flavour): %s; recommend ranks with %s by default (known: %s)",
-             ecfg.flavour, repo, ecfg.ranker, ", ".join(rankers))
-    return repo
 
 
 def write_onnx_model(repo: Path, spec: ModelSpec, ecfg: DictConfig, n_candidates: int) -> None:

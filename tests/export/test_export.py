@@ -479,3 +479,35 @@ def test_a_run_without_a_student_leaves_no_student_in_the_repository(repo, tiny_
     (target / "ranker_student" / "config.pbtxt").write_text('name: "ranker_student"')
     run_export(export_cfg(tmp_path / "cfg", target), run)
     assert not (target / "ranker_student").exists() and (target / "ranker" / "1" / "model.onnx").is_file()
+
+
+def test_a_failed_export_leaves_the_repository_it_found_and_a_good_one_keeps_foreign_models(repo, tiny_run, tmp_path,
+                                                                                              monkeypatch, capsys):
+    """Found by a probe of the CLIs: an export interrupted (Ctrl-C) or failing its int8 gate after the
+    templates were copied left a repository without export.json and some models, which Triton then
+    refused. The export is written next to the repository and swapped in when complete; a folder of the
+    deployment's own in the repository is kept; a repository path that is a file is one line."""
+    import export.repository as er
+    from export.__main__ import main as export_main
+
+    run, target = tmp_path / "run", tmp_path / "repo"
+    shutil.copytree(tiny_run, run)
+    shutil.copytree(repo, target)
+    before = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(er, "write_serving_files", interrupted)  # late: every model already written
+        with pytest.raises(KeyboardInterrupt):
+            run_export(export_cfg(tmp_path / "cfg", target), run)
+    assert {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+    (target / "my_model" / "1").mkdir(parents=True)
+    (target / "my_model" / "config.pbtxt").write_text('name: "my_model"')
+    assert run_export(export_cfg(tmp_path / "cfg", target), run) == target
+    assert (target / "my_model" / "config.pbtxt").read_text() == 'name: "my_model"'
+    assert (target / "export.json").is_file() and not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    (tmp_path / "afile").write_text("x")
+    assert export_main(["--run-dir", str(run), f"export.repository={tmp_path / 'afile'}"]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
