@@ -26,11 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from events.tail import CursorPastEnd, EventTail
-from features.schema import CONTROL_CHARACTERS
+from features.schema import CONTROL_CHARACTERS, MAX_ID_LENGTH
 
 OPS = ("upsert_item", "upsert_user", "block", "unblock")
 ITEM_OPS = ("upsert_item", "block", "unblock")
-MAX_ID_LENGTH = 256  # as events and request ids
 MAX_VALUE_LENGTH = 1000  # characters of one attribute value
 MAX_ATTRIBUTES = 64  # attributes of one record
 REASONS = ("bad_encoding", "missing_id", "id_too_long", "unknown_op", "malformed_attributes", "too_many_attributes",

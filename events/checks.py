@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.schema import CONTROL_CHARACTERS
+from features.schema import CONTROL_CHARACTERS, MAX_ID_LENGTH
 
-MAX_ID_LENGTH = 256  # the same bound as request ids (pipeline.pipeline.MAX_ID_LENGTH)
 INTERACTION_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 EVENT_TYPES = (*INTERACTION_TYPES, "impression")
 COLUMNS = ("event_id", "user_id", "item_id", "timestamp", "type", "weight")

@@ -86,6 +86,9 @@ def _require_columns(df: pd.DataFrame, required: list[str], table: str, source: 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f" "\u2028\u2029]")
 
 
+MAX_ID_LENGTH = 256  # characters of an id: data, requests, events and catalog records alike
+
+
 def with_control_characters(ids: pd.Series) -> pd.Series:
     """(bool) which ids hold a :data:`CONTROL_CHARACTERS` character (missing ones: False)."""
     return ids.astype(str).str.contains(CONTROL_CHARACTERS.pattern, regex=True).where(ids.notna(), False).astype(bool)
@@ -107,6 +110,11 @@ def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     if (out.str.len() == 0).any():
         raise DataError(f"{source}: {table}.{col} has empty id(s); every row needs a non-empty id.")
     distinct = pd.Series(pd.unique(out))  # each id checked once (10M rows hold ~1M ids)
+    long = distinct.str.len() > MAX_ID_LENGTH
+    if long.any():  # trained, such an id could never be asked for: requests, events and the catalog refuse it
+        raise DataError(f"{source}: {table}.{col} has {int(long.sum())} id(s) longer than {MAX_ID_LENGTH} characters "
+                        f"(e.g. {distinct[long].iloc[0][:40]!r}..., {len(distinct[long].iloc[0])} characters): requests, "
+                        "events and catalog records refuse such ids, so it could never be served; shorten or map them.")
     control = with_control_characters(distinct)
     if control.any():
         raise DataError(f"{source}: {table}.{col} has {int(control.sum())} id(s) with control characters (e.g. "

@@ -92,11 +92,12 @@ def read_requests(path: str | Path) -> pd.DataFrame:
     if empty.any():
         raise DataError(f"requests file {path}: requests.user_id has empty id(s); every row needs a non-empty id "
                         f"(first: line {_first_line(empty, path)})")
-    users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
-    long = users.str.len() > MAX_ID_LENGTH
-    if long.any():
-        raise DataError(f"requests file {path}: line {_first_line(long, path)}: user_id is {len(users[long].iloc[0])} "
+    stripped = df["user_id"].astype(str).str.strip()
+    long = stripped.str.len() > MAX_ID_LENGTH
+    if long.any():  # named by its line here (the id check below refuses it too, without one)
+        raise DataError(f"requests file {path}: line {_first_line(long, path)}: user_id is {len(stripped[long].iloc[0])} "
                         f"characters long; at most {MAX_ID_LENGTH} are allowed.")
+    users = _as_str_ids(df["user_id"], "user_id", "requests", f"requests file {path}")
     df = df.assign(user_id=users)
     if "timestamp" in df.columns:
         if pd.api.types.is_datetime64_any_dtype(df["timestamp"]):  # a date-time column: Unix seconds (naive = UTC)

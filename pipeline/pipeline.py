@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from events.catalog import number_within
-from features.schema import CONTROL_CHARACTERS
+from features.schema import CONTROL_CHARACTERS, MAX_ID_LENGTH
 from inference.spec import CONTENT_VECTOR
 from pipeline.item_vectors import ItemVectors
 from pipeline.settings import PipelineSettings
@@ -29,7 +29,6 @@ ROUTES = ("known_user", "cold_user")
 # What on_stage reports, in order: the user tower, candidate retrieval, ranker features, the ranker,
 # the rules, and the whole request.
 STAGES = ("user_tower", "retrieval", "features", "ranker", "rules", "total")
-MAX_ID_LENGTH = 256
 
 
 class RequestError(ValueError):

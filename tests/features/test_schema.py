@@ -52,6 +52,9 @@ def test_ids_with_control_characters_or_booleans_are_refused():
         validate_interactions(_inter(user_id=["1\x00", "2"]))
     with pytest.raises(DataError, match="interactions.item_id has 1 id"):
         validate_interactions(_inter(item_id=["a\nb", "b"]))
+    with pytest.raises(DataError, match="interactions.user_id has 1 id\\(s\\) longer than 256 characters .*could never be served"):
+        validate_interactions(_inter(user_id=["u" * 400, "2"]))  # trained, but refused by every request (a probe)
+    validate_interactions(_inter(user_id=["u" * 256, "2"]))
     for line_break in ("\u0085", "\u2028", "\u2029"):  # Unicode's line breaks too (found by a probe of the server)
         with pytest.raises(DataError, match="interactions.item_id has 1 id"):
             validate_interactions(_inter(item_id=[f"a{line_break}b", "b"]))
