@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
                               dtype={"user_id": str, "item_id": str})
             if rows.empty:  # a header alone: most likely the wrong file (as recsys-events send says)
                 raise DataError(f"--interactions {args.interactions} has a header but no rows: nothing to refresh")
+            if "weight" in rows.columns:  # as train.py says it (found by a probe: a -1 "dislike" went in silently)
+                weight = pd.to_numeric(rows["weight"], errors="coerce")
+                if (weight <= 0).any():
+                    log.warning("--interactions %s: %d row(s) have weight <= 0; every interaction counts as a "
+                                "positive (weights do not weigh the state): drop dislikes first",
+                                args.interactions, int((weight <= 0).sum()))
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
                          catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})

@@ -63,7 +63,7 @@ def test_refresh_adds_new_interactions_and_counts_what_it_drops(tiny_deployed_ru
     assert before.route == "cold_user"  # the original run is untouched
 
 
-def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
+def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys, caplog):
     (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),
                          "--out-dir", str(tmp_path / "x")]) == 2
@@ -77,6 +77,13 @@ def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys):
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "header.csv"),
                          "--out-dir", str(tmp_path / "y")]) == 2
     assert "has a header but no rows: nothing to refresh" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    # a weight column is not read: a "dislike" would count as a positive without a word (found by a probe)
+    (tmp_path / "weighted.csv").write_text("user_id,item_id,timestamp,weight\nu,1,-5,-1\n")
+    import logging
+    with caplog.at_level(logging.WARNING, logger="pipeline.refresh"):
+        refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "weighted.csv"),
+                      "--out-dir", str(tmp_path / "z")])
+    assert "1 row(s) have weight <= 0; every interaction counts as a positive" in caplog.text
     with pytest.raises(DataError, match="exists; choose a new directory"):
         refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["a"], "item_id": ["b"], "timestamp": [1]}),
                 tiny_deployed_run)
