@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, RequestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the output is written whole or not at all (write_table)
+        print(f"interrupted: {args.out} not written", file=sys.stderr)
+        return 130
     log.info("wrote %d rows for %d requests to %s", len(out), len(requests), args.out)
     return 0
 

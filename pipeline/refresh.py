@@ -465,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
               "history are written aside and swapped in together): fix that and run the same command again",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the state is swapped in whole or not at all
+        print("interrupted: none of the new interactions was written; run the same command again", file=sys.stderr)
+        return 130
     print(" ".join(f"{k}={v}" for k, v in report.items()))
     return 0
 

@@ -115,8 +115,8 @@ def test_custom_bad_files(tmp_path):
 
 
 def test_a_pipe_is_read_and_an_unreadable_file_is_one_line(tmp_path, monkeypatch):
-    """Found by a probe of the CLIs: a pipe (`<(...)`, a FIFO: size 0) was "empty", and a file that cannot
-    be read was a PermissionError traceback."""
+    """Found by a probe of the CLIs: a pipe (`<(...)`, a FIFO: size 0) was "empty", a file that cannot
+    be read was a PermissionError traceback, and a column named twice lost its second copy unsaid."""
     import os
     import threading
 
@@ -137,6 +137,10 @@ def test_a_pipe_is_read_and_an_unreadable_file_is_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(pd, "read_csv", denied)  # root reads any file: the refusal is simulated
     with pytest.raises(DataError, match="locked.csv cannot be read \\(Permission denied\\); check the path"):
         read_table(tmp_path / "locked.csv", "requests")
+    monkeypatch.undo()
+    (tmp_path / "twice.csv").write_text("user_id,item_id,timestamp,timestamp\nu,a,1,2\n")  # pandas: timestamp.1
+    with pytest.raises(DataError, match="has the column 'timestamp' twice in its header; keep one"):
+        load_tables(str(tmp_path / "twice.csv"))
 
 
 def test_custom_ids_stay_text_and_bad_files_are_named(tmp_path):
