@@ -162,8 +162,32 @@ def merge_event_log(cfg: DictConfig, dataset: Dataset | None, art: RunArtifacts)
     return feedback
 
 
+def main() -> float | None:
+    """``python train.py [key=value ...]`` / ``recsys-train``: the Hydra entry point, after the checks
+    Hydra's own composition would fail without a hint."""
+    missing = _missing_plugin(sys.argv[1:])
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        raise SystemExit(2)
+    return _hydra_main()
+
+
+def _missing_plugin(argv: list[str]) -> str | None:
+    """The install hint for an ``hparams_search=...`` whose Optuna sweeper is not installed (Hydra says only
+    "Could not find 'hydra/sweeper/optuna'"); None otherwise."""
+    import importlib.util
+
+    if not any(a.lstrip("+").startswith("hparams_search=") for a in argv):
+        return None
+    if importlib.util.find_spec("hydra_plugins") is not None and \
+            importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+        return None
+    return ("hparams_search needs the Optuna sweeper, which is not installed: pip install -e '.[cpu,dev,sweep]' "
+            "(configs/hparams_search/optuna.yaml), then run the same command")
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     OmegaConf.set_struct(cfg, False)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from features.custom import read_table
 from features.schema import MAX_TIMESTAMP, DataError, _as_str_ids
-from pipeline.artifacts import load_pipeline
+from pipeline.artifacts import RunArtifacts, load_pipeline
 from pipeline.pipeline import MAX_ID_LENGTH, Pipeline, Request, RequestError
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output(args.out, args.requests)
         requests = read_requests(args.requests)
         pipe = load_pipeline(args.run_dir)
+        manifest = RunArtifacts(args.run_dir).manifest()
+        if manifest.get("status") != "complete":  # its pipeline artifacts are all there (checked), the run is not
+            log.warning("run %s did not complete (manifest status %r%s): answering from the pipeline artifacts it "
+                        "holds", args.run_dir, manifest.get("status"),
+                        f": {manifest['error'][:200]}" if manifest.get("error") else "")
         if args.k > pipe.max_k:  # the flag's name, not recommend_table's "k="
             raise DataError(f"--k={args.k} is above what the run serves; give --k in 1..{pipe.max_k} "
                             "(pipeline.max_k)")

@@ -218,3 +218,21 @@ def test_a_timeout_that_ends_every_call_is_refused(timeout, capsys):
         with pytest.raises(SystemExit) as err:
             main([*argv, "--timeout", timeout])
         assert err.value.code == 2 and "give the seconds a call may take, a number > 0" in capsys.readouterr().err
+
+
+def test_a_search_without_its_sweeper_says_what_to_install(capsys, monkeypatch):
+    """Found by a probe of the CLIs: Hydra's own "Could not find 'hydra/sweeper/optuna'" named no extra."""
+    import importlib.util
+    import sys
+
+    import train
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins") else real(name, *a))
+    monkeypatch.setattr(sys, "argv", ["train.py", "hparams_search=optuna", "stage=retrieval"])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    assert "needs the Optuna sweeper, which is not installed: pip install -e '.[cpu,dev,sweep]'" in capsys.readouterr().err
+    assert train._missing_plugin(["stage=retrieval"]) is None  # nothing asked of a sweeper

@@ -494,3 +494,24 @@ def test_keys_between_counts_like_two_plain_binary_searches():
         hi = lo + rng.integers(0, 400, 200)
         expected = np.searchsorted(keys, hi) - np.searchsorted(keys, lo)
         np.testing.assert_array_equal(_keys_between(keys, lo, hi), expected)
+
+
+def test_batch_on_a_run_that_did_not_complete_says_so(tiny_run, tmp_path, caplog):
+    """Found by a probe of the CLIs: a run whose manifest says failed (e.g. its export stage) was served
+    without a word; its pipeline artifacts are all there, so it answers, and says what the run is."""
+    import json
+    import logging
+    import shutil
+
+    from pipeline.artifacts import RunArtifacts
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    path = RunArtifacts(run).manifest_path
+    path.write_text(json.dumps({**json.loads(path.read_text()), "status": "failed", "error": "ValueError: int8 gate"}))
+    user = str(load_pipeline(run).store.users.ids[0])
+    (tmp_path / "r.csv").write_text(f"user_id\n{user}\n")
+    with caplog.at_level(logging.WARNING, logger="pipeline.batch"):
+        assert batch_main(["--run-dir", str(run), "--requests", str(tmp_path / "r.csv"), "--out",
+                           str(tmp_path / "o.csv"), "--no-progress"]) == 0
+    assert "did not complete (manifest status 'failed': ValueError: int8 gate)" in caplog.text
