@@ -172,8 +172,32 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     repo = final.parent / f".{final.name}.export-{os.getpid()}"
     shutil.rmtree(repo, ignore_errors=True)
     repo.mkdir(parents=True)
-    try:
-        _write(repo, art, ecfg, out_dir, store, settings, models, int8, rankers, run_state, started)
+    try:  # the templates, then the models this run has (an earlier export's ranker_student/ is not carried
+        # over by _swap: a run without a student must not serve it)
+        copy_template(repo)
+        real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))
+        parity, specs = {}, []
+        for name, (module, spec) in models.items():
+            x = real["ranker" if name in RANKERS else name]
+            path = export_onnx(module, spec, repo / name / "1" / "model.onnx", x, int(ecfg.opset))
+            random_x = example_inputs(spec, int(ecfg.parity_rows), seed=1, high=code_bounds(store))
+            parity[name] = max(check_parity(module, spec, path, v, float(ecfg.parity_atol)) for v in (x, random_x))
+            if name in RANKERS:  # + the serving graphs: score (every candidate) and explain (the returned items)
+                parity[f"{name}/{SCORE_FILE}"] = export_score_graph(module, spec, path, x, int(ecfg.opset),
+                                                                     float(ecfg.parity_atol))
+            write_onnx_model(repo, spec, ecfg, settings.n_candidates)
+            specs.append(spec)
+            log.info("%s: max |PyTorch - onnxruntime| = %.2e", name, parity[name])
+        quality = quantize_rankers(repo, art, models, ecfg, settings.n_candidates, specs) if int8 else {}
+        write_serving_files(repo, art, specs, settings.max_k)
+        (repo / "recommend" / "1" / "rankers.json").write_text(json.dumps({
+            "default": ecfg.ranker, "rankers": rankers, "inference": recommend_inference(ecfg)}))
+        (repo / "export.json").write_text(json.dumps({
+            "run_dir": str(Path(out_dir).resolve()), "artifacts": str(art.dir.resolve()), "flavour": ecfg.flavour,
+            "run_manifest_sha256": run_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.time() - started, 1),
+            "ranker": ecfg.ranker, "rankers": rankers, "parity_max_abs_diff": parity, "int8": quality}, indent=2))
+        seal_repository(repo, specs, code_bounds(store), out_dir, TEMPLATE_FILES)  # input bounds + checksums, last
         _swap(repo, final)
     except BaseException:  # KeyboardInterrupt too: nothing half-written is left
         shutil.rmtree(repo, ignore_errors=True)
@@ -200,36 +224,6 @@ def _swap(staging: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(final)
-
-
-def _write(repo: Path, art: RunArtifacts, ecfg, out_dir: Path, store: FeatureStore, settings, models: dict,
-           int8: bool, rankers: list[str], run_state: str, started: float) -> None:
-    """Every file of the repository into ``repo`` (an empty staging folder): the templates, then the
-    models this run has (an earlier export's ranker_student/ is not carried over by :func:`_swap`: a
-    run without a student must not serve it)."""
-    copy_template(repo)
-    real = parity_inputs(art, store, models["user_tower"][0], models["ranker"][0], int(ecfg.parity_rows))
-    parity, specs = {}, []
-    for name, (module, spec) in models.items():
-        x = real["ranker" if name in RANKERS else name]
-        path = export_onnx(module, spec, repo / name / "1" / "model.onnx", x, int(ecfg.opset))
-        random_x = example_inputs(spec, int(ecfg.parity_rows), seed=1, high=code_bounds(store))
-        parity[name] = max(check_parity(module, spec, path, v, float(ecfg.parity_atol)) for v in (x, random_x))
-        if name in RANKERS:  # + the serving graphs: score (every candidate) and explain (the returned items)
-            parity[f"{name}/{SCORE_FILE}"] = export_score_graph(module, spec, path, x, int(ecfg.opset),
-                                                                 float(ecfg.parity_atol))
-        write_onnx_model(repo, spec, ecfg, settings.n_candidates)
-        specs.append(spec)
-        log.info("%s: max |PyTorch - onnxruntime| = %.2e", name, parity[name])
-    quality = quantize_rankers(repo, art, models, ecfg, settings.n_candidates, specs) if int8 else {}
-    write_serving_files(repo, art, specs, settings.max_k)
-    (repo / "recommend" / "1" / "rankers.json").write_text(json.dumps({
-        "default": ecfg.ranker, "rankers": rankers, "inference": recommend_inference(ecfg)}))
-    (repo / "export.json").write_text(json.dumps({
-        "run_dir": str(Path(out_dir).resolve()), "artifacts": str(art.dir.resolve()), "flavour": ecfg.flavour,
-        "run_manifest_sha256": run_state, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - started, 1),
-        "ranker": ecfg.ranker, "rankers": rankers, "parity_max_abs_diff": parity, "int8": quality}, indent=2))
-    seal_repository(repo, specs, code_bounds(store), out_dir, TEMPLATE_FILES)  # input bounds + checksums, last
 
 
 def write_onnx_model(repo: Path, spec: ModelSpec, ecfg: DictConfig, n_candidates: int) -> None:

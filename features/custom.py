@@ -75,11 +75,11 @@ def read_table(path: str | Path, what: str, setting: str | None = None, dtype: d
             # a title "None"); only an empty cell is missing there. Other columns: pandas' usual NA words.
             text = {literal} if isinstance(literal, str) else set(literal) if literal is not None else (
                 set() if dtype is str else {c for c, t in (dtype or {}).items() if t is str})
-            twice = [c for c in header if isinstance(c, str) and (m := re.fullmatch(r"(.+)\.\d+", c))
+            # pandas renames a second "timestamp" to "timestamp.1", which no reader would use
+            twice = [m.group(1) for c in header if isinstance(c, str) and (m := re.fullmatch(r"(.+)\.\d+", c))
                      and m.group(1) in header]
-            if twice:  # pandas renames the second "timestamp" to "timestamp.1", which no reader would use
-                raise DataError(f"{what} file {p} has the column {re.fullmatch(r'(.+)[.][0-9]+', twice[0]).group(1)!r} "
-                                "twice in its header; keep one.")
+            if twice:
+                raise DataError(f"{what} file {p} has the column {twice[0]!r} twice in its header; keep one.")
             na = {c: [""] if c in text else list(NA_WORDS) for c in header}
             # index_col=False: a row with an extra field is an error (pandas' warning raised), never a
             # table shifted onto its first column, nor the field dropped

@@ -122,6 +122,15 @@ def _as_str_ids(s: pd.Series, col: str, table: str, source: str) -> pd.Series:
     return out
 
 
+def warn_nonpositive_weights(weight: pd.Series, source: str, rows: str = "interaction(s)") -> None:
+    """Say how many rows carry weight <= 0 (a "dislike"): weights do not weigh training or the served
+    state, so every row counts as a positive (train.py's data and recsys-refresh's table alike)."""
+    n = int((pd.to_numeric(weight, errors="coerce") <= 0).sum())
+    if n:
+        log.warning("%s: %d %s have weight <= 0; every interaction counts as a positive (implicit feedback: "
+                    "weight does not weigh training): drop dislikes first", source, n, rows)
+
+
 def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataFrame:
     """Check and normalise an interactions table (copy); raise DataError naming any problem."""
     if not isinstance(df, pd.DataFrame):
@@ -173,9 +182,7 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
         if w.isna().any() or not np.all(np.isfinite(w.to_numpy(dtype=np.float64))):
             raise DataError(f"{source}: interactions.weight must be finite numbers; found missing or non-numeric values.")
         out["weight"] = w.astype(np.float32).to_numpy()
-        if (w <= 0).any():
-            log.warning("%s: %d interaction(s) have weight <= 0; every interaction counts as a positive (implicit "
-                        "feedback: weight does not weigh training): drop dislikes first", source, int((w <= 0).sum()))
+        warn_nonpositive_weights(w, source)
     for c in df.columns:
         if c not in out.columns:
             out[c] = df[c].to_numpy()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from features.custom import read_table
 from features.schema import MAX_TIMESTAMP, DataError, _as_str_ids
-from pipeline.artifacts import RunArtifacts, load_pipeline
+from pipeline.artifacts import RunArtifacts
 from pipeline.pipeline import MAX_ID_LENGTH, Pipeline, Request, RequestError
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--k={args.k} must be a positive integer.")
         check_output(args.out, args.requests)
         requests = read_requests(args.requests)
-        pipe = load_pipeline(args.run_dir)
-        manifest = RunArtifacts(args.run_dir).manifest()
+        art = RunArtifacts(args.run_dir)
+        pipe = art.load_pipeline()
+        manifest = art.manifest()
         if manifest.get("status") != "complete":  # its pipeline artifacts are all there (checked), the run is not
             log.warning("run %s did not complete (manifest status %r%s): answering from the pipeline artifacts it "
                         "holds", args.run_dir, manifest.get("status"),

@@ -65,7 +65,7 @@ import pandas as pd
 from events.checks import MAX_FUTURE_S, MAX_ID_LENGTH
 from features.custom import read_table
 from features.feedback import read_log_catalog
-from features.schema import MAX_TIMESTAMP, DataError, with_control_characters
+from features.schema import MAX_TIMESTAMP, DataError, warn_nonpositive_weights, with_control_characters
 from features.history import Histories
 from features.store import FeatureStore
 from features.vocab import IdVocab
@@ -449,11 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             if rows.empty:  # a header alone: most likely the wrong file (as recsys-events send says)
                 raise DataError(f"--interactions {args.interactions} has a header but no rows: nothing to refresh")
             if "weight" in rows.columns:  # as train.py says it (found by a probe: a -1 "dislike" went in silently)
-                weight = pd.to_numeric(rows["weight"], errors="coerce")
-                if (weight <= 0).any():
-                    log.warning("--interactions %s: %d row(s) have weight <= 0; every interaction counts as a "
-                                "positive (weights do not weigh the state): drop dislikes first",
-                                args.interactions, int((weight <= 0).sum()))
+                warn_nonpositive_weights(rows["weight"], f"--interactions {args.interactions}", "row(s)")
         report = refresh(args.run_dir, rows, args.out_dir, args.rebuild, args.rebuild_share, cursor, catalog,
                          catalog_cursor)
         report.update({f"log_{k}": v for k, v in log_report.items()})

@@ -122,10 +122,10 @@ def test_a_pipe_is_read_and_an_unreadable_file_is_one_line(tmp_path, monkeypatch
 
     fifo = tmp_path / "requests"  # no extension: a pipe is read as CSV
     os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_text("user_id,timestamp\n0042,1\n"))
+    writer = threading.Thread(target=lambda: fifo.write_text("user_id,timestamp\n0042,1\n"), daemon=True)
     writer.start()
     df = read_table(fifo, "requests", dtype={"user_id": str})
-    writer.join()
+    writer.join(10)
     assert df["user_id"].tolist() == ["0042"] and df["timestamp"].tolist() == [1]
     (tmp_path / "locked.csv").write_text("user_id\nu\n")
     real_read_csv = pd.read_csv
