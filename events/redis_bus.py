@@ -430,16 +430,19 @@ class RedisTail:
     def up(self) -> bool | None:
         return self.health.up
 
-    def read_new(self) -> pd.DataFrame:
-        """Events appended to the stream since the previous call, in stream order; empty while Redis is
-        down (what was read before a failure is returned, and reading resumes after it)."""
-        data = self.read_new_columns()
+    def read_new(self, limit: int | None = None) -> pd.DataFrame:
+        """Events appended to the stream since the previous call, in stream order (at most
+        ``count * max_reads``, or ``limit`` if fewer: :attr:`more` then says entries may remain); empty
+        while Redis is down (what was read before a failure is returned, and reading resumes after it)."""
+        data = self.read_new_columns(limit)
         if not len(data[self.table.key]):
             return self._empty
         return typed_frame(data, self.columns, self._dtypes)
 
-    def read_new_columns(self) -> dict[str, np.ndarray]:
+    def read_new_columns(self, limit: int | None = None) -> dict[str, np.ndarray]:
         """:meth:`read_new` as one numpy array per column (strings as object arrays), no pandas."""
+        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+            raise ValueError(f"limit must be a positive whole number of entries, not {limit!r}")
         rows: list[tuple] = []
         self.more = False
         if not self.health.due():
@@ -448,16 +451,17 @@ class RedisTail:
             if self._client is None:
                 self._client = connect(self.url, self.timeout_s)
             for _ in range(self.max_reads):
+                count = self.count if limit is None else min(self.count, limit - len(rows))
                 check = time.monotonic() - self._checked_at >= self.check_s
                 if check:  # the read and the stream's counters at one instant (MULTI, one round trip)
                     self._checked_at = time.monotonic()
                     reply, info = self._client.pipeline(transaction=True).xread(
-                        {self.stream: self.last_id}, count=self.count).xinfo_stream(self.stream).execute(
+                        {self.stream: self.last_id}, count=count).xinfo_stream(self.stream).execute(
                         raise_on_error=False)
                     if isinstance(reply, Exception):
                         raise reply
                 else:
-                    reply = self._client.xread({self.stream: self.last_id}, count=self.count)
+                    reply = self._client.xread({self.stream: self.last_id}, count=count)
                 entries = _entries(reply, self.stream)
                 self._read_since += len(entries)
                 if check:
@@ -466,8 +470,8 @@ class RedisTail:
                     rows.append(tuple(fields.get(c, "") for c in self.columns))
                     self.last_id = entry_id
                 self.read += len(entries)
-                self.more = len(entries) >= self.count
-                if not self.more:
+                self.more = len(entries) >= count
+                if not self.more or len(rows) == limit:
                     break
             self.health.ok(self.url)
         except _redis_errors() as err:

@@ -94,19 +94,27 @@ class EventTail:
         self._dtypes = {c: t for c, t in self.table.dtypes.items() if t != "object"}
         self._empty = pd.DataFrame(columns=self._columns).astype(self._dtypes)
         self._none = row_columns([], self._columns, self._dtypes)
+        self.more = False  # the last read stopped at its limit (rows may remain)
 
-    def read_new(self) -> pd.DataFrame:
-        """Rows appended since the previous call (all of them on the first), in append order."""
-        data = self.read_new_columns()
+    def read_new(self, limit: int | None = None) -> pd.DataFrame:
+        """Rows appended since the previous call (all of them on the first, or the first ``limit``:
+        then :attr:`more` says whether rows were left for the next call), in append order."""
+        data = self.read_new_columns(limit)
         if not len(data[self._columns[0]]):  # the common case on the serving path: no frame to build
             return self._empty
         return typed_frame(data, self._columns, self._dtypes)
 
-    def read_new_columns(self) -> dict[str, np.ndarray]:
+    def read_new_columns(self, limit: int | None = None) -> dict[str, np.ndarray]:
         """:meth:`read_new` as one numpy array per column (strings as object arrays): what the
-        serving path applies, without pandas (~3 ms less per answer that finds news)."""
+        serving path applies, without pandas (~3 ms less per answer that finds news). With ``limit``
+        (a positive count) at most that many rows: the cursor stops after the last one returned, so a
+        burst is read in parts (a 100,000-row read takes ~1 s) and :attr:`more` is True when the limit
+        was reached (rows may remain)."""
+        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+            raise ValueError(f"limit must be a positive whole number of rows, not {limit!r}")
         name, columns = self.table.table, self._columns
         rows = []
+        self.more = False
         listed = self._listing()
         if listed is not self._checked:  # listed again (the directory changed): whose log is it?
             self._segments.close()  # a segment file replaced under the same name: read the new one
@@ -142,13 +150,24 @@ class EventTail:
                                     "(recreated or replaced?)")
             if last == after:
                 continue
-            sql = f"SELECT {', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
+            room = None if limit is None else limit - len(rows)
+            sql = f"SELECT {'rowid, ' if room else ''}{', '.join(columns)} FROM {name} WHERE rowid > ? AND rowid <= ?"
             params: list = [after, last]
             if self.received_after is not None:
                 sql += f" AND {self.table.stamp} > ?"
                 params.append(self.received_after)
-            rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
-            self.segment, self.rowid = n, last
+            if room is None:
+                rows += conn.execute(sql + " ORDER BY rowid", params).fetchall()
+                self.segment, self.rowid = n, last
+                continue
+            found = conn.execute(sql + " ORDER BY rowid LIMIT ?", [*params, room]).fetchall()
+            rows += [r[1:] for r in found]
+            if len(found) < room:  # the segment read to its bound
+                self.segment, self.rowid = n, last
+                continue
+            self.segment, self.rowid = n, found[-1][0]  # the limit: the rest of the segment next time
+            self.more = True
+            break
         if not rows:  # the common case on the serving path: the same empty columns every time
             return self._none
         return row_columns(rows, columns, self._dtypes)

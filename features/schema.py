@@ -149,9 +149,11 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
         raise DataError(f"{source}: interactions.timestamp has {int(ts.isna().sum())} missing value(s).")
     if pd.api.types.is_bool_dtype(ts):
         raise DataError(f"{source}: interactions.timestamp holds booleans; it must be Unix seconds.")
+    fractional = np.zeros(len(ts), bool)  # a fraction of a second: truncated to whole seconds, said below
     if pd.api.types.is_datetime64_any_dtype(ts):
         if getattr(ts.dt, "tz", None) is not None:
             ts = ts.dt.tz_convert(None)
+        fractional = (ts != ts.dt.floor("s")).to_numpy()
         ts = ts.dt.as_unit("s").astype("int64")
     elif not pd.api.types.is_numeric_dtype(ts):
         conv = pd.to_numeric(ts, errors="coerce")
@@ -173,6 +175,11 @@ def validate_interactions(df: pd.DataFrame, source: str = "dataset") -> pd.DataF
         raise DataError(f"{source}: interactions.timestamp has {int((seconds > MAX_TIMESTAMP).sum())} value(s) after "
                         f"the year 9999 (e.g. {seconds[seconds > MAX_TIMESTAMP][0]:g}); milliseconds? Divide by 1000: "
                         "timestamps are Unix seconds.")
+    fractional = fractional | (seconds != np.floor(seconds))
+    if fractional.any():
+        log.warning("%s: %d timestamp(s) have a fraction of a second (e.g. %s); truncated to whole Unix seconds, "
+                    "the resolution of the model's time features and of the temporal split", source,
+                    int(fractional.sum()), df["timestamp"].iloc[int(np.argmax(fractional))])
     out["timestamp"] = ts.astype(np.int64).to_numpy()
     if len(out) > 1 and out["timestamp"].nunique() == 1:
         log.warning("%s: every interaction has the same timestamp (%d): temporal splits and the recency features "

@@ -85,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.export.flavour != "wheel":
         print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)
         return 2
+    try:
+        return _demo(cfg, run_dir)
+    except KeyboardInterrupt:  # Ctrl-C: the export is swapped in whole or not at all; the server is stopped
+        print("interrupted: the demo stopped (tritonserver stopped if it had started)", file=sys.stderr)
+        return 130
+
+
+def _demo(cfg, run_dir: Path) -> int:
     print(f"export of {run_dir} -> {cfg.export.repository}", flush=True)
     repo = export_if_needed(cfg, run_dir)
     started = time.monotonic()

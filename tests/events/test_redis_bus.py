@@ -62,6 +62,12 @@ def test_a_read_is_bounded_and_the_rest_comes_next(tmp_path, redis_server):
     first = tail.read_new()
     assert len(first) == 20 and tail.more
     assert drain(tail)["event_id"].tolist() == [f"e{i}" for i in range(20, 50)]
+    limited = RedisTail(redis_server.url, count=10, max_reads=3)  # a served instance's room: below the bound
+    assert limited.read_new(limit=13)["event_id"].tolist() == [f"e{i}" for i in range(13)] and limited.more
+    assert limited.read_new(limit=100)["event_id"].tolist() == [f"e{i}" for i in range(13, 43)] and limited.more
+    assert drain(limited)["event_id"].tolist() == [f"e{i}" for i in range(43, 50)]
+    with pytest.raises(ValueError, match="limit"):
+        limited.read_new(limit=0)
 
 
 def test_two_publishers_with_the_same_ids_put_each_event_in_the_stream_once(tmp_path, redis_server):

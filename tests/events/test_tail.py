@@ -46,6 +46,39 @@ def test_a_late_reader_skips_what_was_stored_before_its_snapshot(tmp_path):
     assert str(new["timestamp"].dtype) == "float64" and new["user_id"].tolist() == ["u5", "u6", "u0"]
 
 
+def test_a_bounded_read_takes_a_burst_in_parts_across_segments_in_order(tmp_path):
+    """A served instance reads at most one answer's worth of events (``limit``): a 100,000-event burst
+    used to be read whole before the next answer (~1 s). The cursor stops after the last row returned,
+    also inside a segment and with rows the snapshot filter skips; ``more`` says rows may remain."""
+    with EventLog(tmp_path / "log", max_segment_bytes=TINY, durability="normal") as log:
+        log.append_events(events(0, 3))
+        time.sleep(0.05)
+        snapshot = time.time()
+        time.sleep(0.05)
+        for lo in range(3, 700, 100):  # several segments
+            log.append_events(events(lo, min(lo + 100, 700)))
+        assert log.stats()["segments"] > 2
+    tail = EventTail(tmp_path / "log", received_after=snapshot)
+    parts = []
+    while True:
+        got = tail.read_new_columns(limit=64)
+        assert len(got["event_id"]) <= 64
+        parts.append(list(got["event_id"]))
+        if not tail.more:
+            break
+    assert [e for p in parts for e in p] == [f"e{i}" for i in range(3, 700)]
+    assert [len(p) for p in parts] == [64] * 10 + [57]  # 697 rows
+    assert tail.read_new(limit=5).empty and not tail.more
+    with EventLog(tmp_path / "log", max_segment_bytes=TINY, durability="normal") as log:
+        log.append_events(events(700, 703))
+    assert tail.read_new(limit=2)["event_id"].tolist() == ["e700", "e701"] and tail.more
+    assert tail.read_new()["event_id"].tolist() == ["e702"] and not tail.more  # no limit: the rest
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="limit"):
+            tail.read_new_columns(limit=bad)
+    tail.close()
+
+
 class _CommitsBetweenStatements:
     """A segment connection during whose first statement the writer commits one more event."""
 

@@ -367,6 +367,19 @@ def test_demo_asks_for_real_users_and_categories(repo, tmp_path):
         latest_run(tmp_path)
 
 
+def test_demo_interrupted_says_one_line_not_a_traceback(tiny_run, monkeypatch, capsys):
+    """Found by a CLI probe: Ctrl-C during recsys-demo's export printed a traceback."""
+    import serving.demo as demo
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "export_if_needed", interrupted)
+    assert demo.main(["--run-dir", str(tiny_run)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted:") and "Traceback" not in err
+
+
 def test_ranker_table_rejects_inputs_the_features_do_not_build(models):
     store = models[0]
     with pytest.raises(KeyError, match=r"ranker reads \['agee'\], which ranking.features.input_groups does not build"):

@@ -79,6 +79,22 @@ def test_datetime_timestamps_become_seconds():
     assert df["timestamp"].tolist() == [10, 86400]
 
 
+def test_fractions_of_a_second_are_truncated_and_said(caplog):
+    """Found by a CLI probe: 10.9 became 10 without a word. The model's time is whole seconds."""
+    with caplog.at_level("WARNING"):
+        df = validate_interactions(_inter(timestamp=[10.9, 20.0]), "f.csv")
+    assert df["timestamp"].tolist() == [10, 20]
+    assert "f.csv: 1 timestamp(s) have a fraction of a second (e.g. 10.9); truncated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        df = validate_interactions(_inter(timestamp=pd.to_datetime(["1970-01-01 00:00:10.5", "1970-01-01 00:00:20.0"])))
+    assert df["timestamp"].tolist() == [10, 20] and "1 timestamp(s) have a fraction of a second" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        validate_interactions(_inter(timestamp=["10", "20.0"]))
+    assert "fraction" not in caplog.text
+
+
 def test_interactions_with_unlisted_items_and_users_are_kept():
     ds = Dataset("t", _inter(), pd.DataFrame({"item_id": ["a"], "genre": ["x"]}), pd.DataFrame({"user_id": ["1"]}))
     assert sorted(ds.items["item_id"]) == ["a", "b"]

@@ -226,20 +226,28 @@ class TritonPythonModel:
         """The events and catalog records logged since the last answer. Events read are held in
         ``_pending`` until applied (a failure anywhere below keeps them for the next answer: their
         cursor has moved on); the catalog is read and applied even when the events' tail fails."""
-        failure = None
-        try:
-            read = self._read(self.tail)  # numpy columns: no pandas on the answer path
-        except Exception as err:  # noqa: BLE001 - raised below, once the catalog had its turn
-            failure, read = err, None
+        failure, read = None, None
+        bound = getattr(self, "events_per_answer", EVENTS_PER_ANSWER)
+        held = 0 if self._pending is None else len(self._pending["event_id"])
+        room = None if bound is None else bound - held  # read no more than one answer applies
+        if room is None or room > 0:
+            try:
+                read = self._read(self.tail, room)  # numpy columns: no pandas on the answer path
+            except Exception as err:  # noqa: BLE001 - raised below, once the catalog had its turn
+                failure = err
         if read is not None and len(read["event_id"]):
             self._pending = read if self._pending is None else _concat(self._pending, read)
         # Catalog records after the events: an event is accepted only once its item's record was
-        # logged, so every item an event read here names is in this catalog read (or an earlier one).
-        records = self._read(self.catalog_tail)
+        # logged, so every item an event read here names is in this catalog read (or an earlier one,
+        # or, when the catalog's read stopped at its bound, one still to read: those events wait).
+        held = 0 if self._pending_catalog is None else len(self._pending_catalog)
+        records = self._read(self.catalog_tail, CATALOG_PER_ANSWER - held) if held < CATALOG_PER_ANSWER else None
         # a Redis catalog tail that could not read (down, or waiting to retry) returns nothing: records
         # the events need may be missing, so events on items not known yet wait as for a bounded read
         unread = getattr(self.catalog_tail, "up", None) is False
-        if self._pending_catalog is not None:
+        if records is None:
+            records, self._pending_catalog = self._pending_catalog, None
+        elif self._pending_catalog is not None:
             records = pd.concat([self._pending_catalog, records], ignore_index=True)
             self._pending_catalog = None
         if len(records):
@@ -263,7 +271,6 @@ class TritonPythonModel:
                 users = np.asarray(new["user_id"]).astype(str)
                 wait |= np.isin(users, users[wait])  # a user's events stay in order: all of theirs wait
                 new, waiting = ({k: v[~wait] for k, v in new.items()}, {k: v[wait] for k, v in new.items()})
-            bound = getattr(self, "events_per_answer", EVENTS_PER_ANSWER)
             if bound is not None and len(new["event_id"]) > bound:  # the rest before the next answers, in order
                 later = {k: v[bound:] for k, v in new.items()}  # (their users wait for nothing: none in `waiting`)
                 new = {k: v[:bound] for k, v in new.items()}
@@ -278,14 +285,15 @@ class TritonPythonModel:
         if failure is not None:
             raise failure
 
-    def _read(self, tail):
-        """What ``tail`` holds that is new (the events' numpy columns, the catalog's frame). A log
+    def _read(self, tail, limit: int | None = None):
+        """What ``tail`` holds that is new (the events' numpy columns, the catalog's frame), at most
+        ``limit`` rows (then the tail's ``more`` says whether rows remain). A log
         recreated under its cursor (``CursorPastEnd``) is read again from its start: the events received
         after the newest one applied (or the snapshot), the catalog whole (applying a record again is
         harmless); said in the log."""
         events = tail is self.tail
         try:
-            return tail.read_new_columns() if events else tail.read_new()
+            return tail.read_new_columns(limit) if events else tail.read_new(limit)
         except CursorPastEnd as err:
             if events:  # after everything applied or held (held events are not read twice)
                 held = float(self._pending["received_at"].max()) if self._pending is not None else 0.0
@@ -296,7 +304,7 @@ class TritonPythonModel:
             (self.tail if events else self.catalog_tail).skipped_segments = tail.skipped_segments  # never counted down
             self.logger.log_error(f"recommend: {err}; reading it again from its start"
                                   + (f" (events received after {since})" if events else ""))
-            return self.tail.read_new_columns() if events else self.catalog_tail.read_new()
+            return self.tail.read_new_columns(limit) if events else self.catalog_tail.read_new(limit)
 
     def _skipped(self, n: int) -> None:
         """Count logged events whose item this instance's catalog lacks (without Redis: an item upserted
