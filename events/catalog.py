@@ -242,8 +242,10 @@ def _value_detail(name: str, v, reason: str, kind: str, sep: str, bounds: tuple[
         size = len(sep.join(v) if isinstance(v, (list, tuple)) else str(v))  # what the check measured
         return f"{name}: {size} characters; at most {MAX_VALUE_LENGTH}"
     if kind == NUMERIC:
-        within = f" in [{bounds[0]:g}, {bounds[1]:g}]" if bounds is not None and all(map(math.isfinite, bounds)) else ""
-        return f"{name}={shown}: a finite number{within} (or null: missing)"
+        if number_within(v, None) is not None and bounds is not None:  # a number, but absurd: say the bounds
+            return (f"{name}={shown}: more than 10^6 standard deviations from the training mean; a number in "
+                    f"[{bounds[0]:g}, {bounds[1]:g}] (values outside the training range are clipped) or null")
+        return f"{name}={shown}: a finite number (or null: missing)"
     return f"{name}={shown}: text{' or a list of texts' if sep else ''}"
 
 

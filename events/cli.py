@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from events.log import KINDS, LOCK_NAME, arrow_schema, log_stats, read_log
 from events.segments import list_segments
+from features.schema import MAX_TIMESTAMP
 
 OUT_FORMATS = (".parquet", ".csv")
 
@@ -73,6 +74,9 @@ def _time(text: str) -> float:
         value = (ts.tz_localize("UTC") if ts.tzinfo is None else ts).timestamp()
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite time, got {text!r}")
+    if value > MAX_TIMESTAMP:  # read nothing, silently (found by a newcomer's walk-through)
+        raise argparse.ArgumentTypeError(f"{text!r} is after the year 9999: milliseconds? Divide by 1000: times are "
+                                         "Unix seconds")
     return value
 
 

@@ -235,8 +235,10 @@ class RunArtifacts:
             status = m.get("status")
             why = ("" if status == "complete" else f" (the run failed: {m['error']})" if m.get("error")
                    else " (the run did not finish: it was stopped or failed)")
+            # the deployed history (``interactions``) is written by stage=deploy, the rest by stage=ranking
+            stage = "deploy" if "interactions" in missing else "ranking"
             raise FileNotFoundError(f"{self.dir} lacks {[FILES[n] for n in missing]}{why}; run `python train.py` "
-                                    "(stage=all or stage=ranking) and pass its output directory.")
+                                    f"(stage=all or stage={stage}) and pass its output directory.")
         return self
 
     @_reads("settings")

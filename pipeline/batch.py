@@ -4,7 +4,8 @@
 
 Requests (CSV or parquet): ``user_id`` (required), optional ``timestamp`` (Unix seconds, the
 request's context; now when missing). Output (CSV or parquet by extension): ``request`` (the
-request's row, from 1: the first after the header; tells repeated users apart), ``user_id``,
+request's row, from 1: the first after the header; tells repeated users apart; blank lines are
+not rows, so it is not the file's line number, which error messages give), ``user_id``,
 ``rank`` (1-based), ``item_id``, ``score``, ``reason``, ``group`` (main signal group), ``route``.
 Every request goes through the full pipeline (retrieve -> rank -> rules), the same code the
 Triton ``recommend`` model runs.

@@ -93,8 +93,11 @@ def _check_number(name: str, value, bounds: tuple[float, float]) -> None:
         return
     example = (f" (e.g. {name}={(bounds[0] + bounds[1]) / 2:g}, the training mean)"
                if all(map(math.isfinite, bounds)) else "")
-    raise RequestError(f"user attribute {name!r} is {value!r}; send a number in [{bounds[0]:g}, {bounds[1]:g}]"
-                       f"{example}, or leave it out")
+    if number_within(value, None) is None:  # not a finite number: the absurdity bounds would only confuse
+        raise RequestError(f"user attribute {name!r} is {value!r}; send a finite number{example}, or leave it out")
+    raise RequestError(f"user attribute {name!r} is {value!r}: more than 10^6 standard deviations from the training "
+                       f"mean; send a number in [{bounds[0]:g}, {bounds[1]:g}] (values outside the training range "
+                       f"are clipped){example}, or leave it out")
 
 
 def _given(value):

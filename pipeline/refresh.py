@@ -45,7 +45,13 @@ What happens to each kind of new row (counted in the returned report, never a cr
   timestamp, or one more than a day after now: dropped (``malformed``); float ids that are whole
   numbers are read as integers (196.0 is "196"); a table whose every row is malformed is refused
   (exit 2, nothing written: e.g. timestamps in milliseconds);
-- a row older than the models' training data: kept as history (``before_training``).
+- a row older than the models' training data: kept as history (``before_training``);
+- a row older than its user's latest known one: kept, and that user's recent-items sequence rebuilt
+  from their whole history (``late``; 0 with a rebuild of the tables, which orders everyone anew).
+
+With ``--events``, ``catalog_blocked`` / ``catalog_unblocked`` count the items whose last record read
+blocks / unblocks them (a block then an unblock of one item is one ``catalog_unblocked``). Blocks are
+not written into the run: every ``recommend`` replays them from the log.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ the server's environment wins (``python -m serving.serve --redis URL`` sets it),
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def event_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -
     chosen = os.environ.get(ENV) or parameter
     path = Path(chosen).expanduser()
     return path if path.is_absolute() else Path(repository).resolve().parent / path
+
+
+def served_event_log_dir(repository: str | os.PathLike, model: str = "recommend") -> Path:
+    """The log directory the served models of ``repository`` will use: :func:`event_log_dir` with
+    ``model``'s ``EVENT_LOG`` parameter read from its config.pbtxt (what ``recsys-serve`` prints)."""
+    try:
+        text = (Path(repository) / model / "config.pbtxt").read_text(errors="replace")
+    except OSError:
+        text = ""
+    found = re.search(r'key:\s*"EVENT_LOG"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
+    return event_log_dir(repository, found.group(1) if found and found.group(1) else "event_log")
 
 
 def event_log_dirs(repository: str | os.PathLike, parameter: str = "event_log") -> tuple[Path, Path]:

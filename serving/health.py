@@ -100,5 +100,6 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: never call it on one not started
+            self.httpd.shutdown()
         self.httpd.server_close()

@@ -25,9 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+from tritonclient.utils import InferenceServerException
+
 from events.log import DEFAULT_SEGMENT_BYTES, GiB
 from serving.health import HealthServer
-from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV, max_log_bytes
+from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV, max_log_bytes, served_event_log_dir
 from serving.protocol import PROBE_ENV, PROBE_USER
 from serving.security import SecurityOptions
 from serving.supervisor import Supervisor
@@ -221,12 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.model_repository is None:
             args.model_repository = default_repository()
             print(f"model repository: {args.model_repository}", flush=True)
-        stale = stale_models(Path(args.model_repository)) if Path(args.model_repository).is_dir() else []
+        repo = Path(args.model_repository)
+        stale = stale_models(repo) if repo.is_dir() else []
         if stale and not args.allow_stale_code:
             raise ValueError(f"{args.model_repository}: the model code of {', '.join(stale)} differs from this "
                              "installation's (exported by another version of the code, it would run its old code "
                              "against this version's library); export again (recsys-export --run-dir <run>) or "
                              "pass --allow-stale-code")
+        if repo.is_dir() and not any(repo.glob("*/config.pbtxt")):
+            raise ValueError(f"{args.model_repository} holds no model (no <model>/config.pbtxt): not an exported "
+                             "model repository; export one (recsys-export --run-dir <run>) and pass it")
+        if repo.is_dir() and not args.no_supervise and not (repo / "recommend" / "config.pbtxt").is_file():
+            raise ValueError(f"{args.model_repository} has no recommend model (recommend/config.pbtxt), which the "
+                             "supervisor probes; export the run again (recsys-export) or pass --no-supervise")
         if stale:
             print(f"warning: serving older model code for {', '.join(stale)} (--allow-stale-code)", file=sys.stderr)
         server = TritonServer(args.model_repository, grpc_port=args.grpc_port or None,
@@ -251,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             server.wait_ready(args.startup_timeout)
         else:
+            try:  # binds now: a taken port fails before Triton starts
+                health = HealthServer(supervisor, args.health_port)
+            except OSError as err:
+                raise RuntimeError(f"--health-port {args.health_port}: {err.strerror or err}; choose another port "
+                                   "(0 picks a free one)") from err
             supervisor.start()
-            health = HealthServer(supervisor, args.health_port).start()
+            health.start()
         print(f"tritonserver ready (PID {server.pid}, binary {server.binary})\n"
               f"  grpc    {server.grpc_url}{' (TLS)' if server.security.tls else ''}\n"
               f"  http    {server.http_url or 'off (--allow-http to serve it)'}\n"
@@ -260,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  health  {health.url + '/ready' if health else 'off (--no-supervise)'}\n"
               f"  models  {', '.join(server.ready_models()) or '(none ready)'}\n"
               f"  log     {server.log_path}\n"
+              f"  events  {served_event_log_dir(args.model_repository)} (the event, impression and catalog log)\n"
               "Ctrl-C to stop.", flush=True)
         while supervisor.watching if supervisor is not None else server.is_running():
             time.sleep(0.5)
@@ -275,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         status = 1
+    except InferenceServerException as err:  # a server that answered but not as ours: say it, no traceback
+        print(f"error: the server on {server.grpc_url} answered {err.status()}: {err.message()}", file=sys.stderr)
+        status = 1
     finally:
         # A second Ctrl-C must not abandon a half-stopped server.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -282,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         code = supervisor.stop() if supervisor is not None else server.stop()
         if health is not None:
             health.stop()
-    print(f"tritonserver stopped (exit status {code})")
+    print(f"tritonserver stopped (exit status {code})" if code is not None else "tritonserver was not started")
     return status
 
 

@@ -250,15 +250,44 @@ class TritonServer:
         return env
 
     def start(self) -> "TritonServer":
-        """Launch the server process (returns at once; call `wait_ready` next)."""
+        """Launch the server process (returns at once; call `wait_ready` next).
+
+        Raises:
+            RuntimeError: already running, or one of its ports is taken (:meth:`check_ports`).
+        """
         if self.is_running():
             raise RuntimeError(f"tritonserver already running with PID {self.pid}")
+        self.check_ports()
         with open(self.log_path, "wb") as log:
             # Own session: a terminal's Ctrl-C reaches only us, and we stop the server.
             self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=self.environment(),
                                              start_new_session=True)
         return self
+
+    def check_ports(self) -> None:
+        """Raise RuntimeError naming each of this server's ports that something already listens on.
+
+        gRPC binds with SO_REUSEPORT, so a second Triton on a port another Triton holds starts
+        "fine" and the kernel splits the connections between the two: the readiness poll then reached
+        the other server (found by a newcomer's walk-through: a traceback about the other server's
+        admin token, or a server announced ready that was not this one). A plain bind (SO_REUSEADDR
+        only: a port whose old connections linger in TIME_WAIT, as after a restart, is free) fails
+        on any listener."""
+        ports = [("gRPC", self.grpc_port), ("metrics", self.metrics_port)]
+        if self.security.allow_http:
+            ports.append(("HTTP", self.http_port))
+        taken = []
+        for name, port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((_HOST, port))
+                except OSError as err:
+                    taken.append(f"{name} {_HOST}:{port} ({err.strerror or err})")
+        if taken:
+            raise RuntimeError(f"port(s) in use: {', '.join(taken)}; another server (tritonserver, recsys-serve) "
+                               "may be running there: stop it or choose other ports (0 picks a free one)")
 
     def is_running(self) -> bool:
         """True while the server process exists and has not exited."""
@@ -275,7 +304,8 @@ class TritonServer:
     def _diagnostics(self) -> str:
         # Error lines (E<mmdd>) name the failing model; the tail is mostly wide status tables.
         lines = self.log_tail(lines=10_000).splitlines()
-        errors = [line[:1000] for line in lines if re.match(r"E\d{4} ", line)]
+        errors = [line[:1000] for line in lines if re.match(r"E\d{4} ", line)
+                  and not (not self.gpu and "CudaDriverHelper has not been initialized" in line)]  # no GPU: expected
         return (f"log {self.log_path}; error lines:\n" + "\n".join(errors[-10:])
                 + "\nlast lines:\n" + "\n".join(lines[-8:]))
 

@@ -548,6 +548,8 @@ def test_cli_takes_the_served_log_folder(tmp_path, capsys):
     (["read", "--dir", "{log}", "--kind", "events", "--explode"], "--explode applies to --kind impressions only"),
     (["read", "--dir", "{log}", "--kind", "events", "--since", "yesterday"],
      "argument --since: expected Unix seconds or an ISO date, got 'yesterday'"),
+    (["read", "--dir", "{log}", "--kind", "events", "--since", "1796209041000"],  # was "0 rows", silently
+     "argument --since: '1796209041000' is after the year 9999: milliseconds? Divide by 1000"),
     (["read", "--dir", "{log}", "--kind", "clicks"], "argument --kind: invalid choice: 'clicks'"),
     (["read", "--dir", "{log}", "--kind", "events", "--head", "-1"], "argument --head: expected a count >= 0"),
     ([], "the following arguments are required"),

@@ -54,8 +54,12 @@ def test_a_run_killed_mid_way_is_incomplete(tiny_run, tmp_path):
     m["status"] = "running"
     art.manifest_path.write_text(json.dumps(m))
     assert not art.has("ranker") and art.path("ranker").exists()
-    with pytest.raises(FileNotFoundError, match=r"lacks \['ranker.pt'\] \(the run did not finish"):
+    with pytest.raises(FileNotFoundError, match=r"lacks \['ranker.pt'\] \(the run did not finish.*stage=ranking\)"):
         load_pipeline(run)
+    m["artifacts"].pop("interactions", None)  # what recsys-refresh needs: written by stage=deploy (a newcomer
+    art.manifest_path.write_text(json.dumps(m))  # was told stage=ranking after running exactly that)
+    with pytest.raises(FileNotFoundError, match=r"lacks \['interactions.parquet'\].*stage=all or stage=deploy\)"):
+        art.check(("store", "interactions"))
     (run / "artifacts" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="manifest.json missing"):
         load_pipeline(run)

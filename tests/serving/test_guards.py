@@ -488,3 +488,55 @@ def test_serve_refuses_ports_and_times_out_of_range_before_starting(args, messag
     with pytest.raises(SystemExit) as exit_:
         serve_main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_port_another_server_holds_is_refused_before_launch_not_shared(tmp_path):
+    """Found by a newcomer's walk-through: a second recsys-serve on a port a first one held started,
+    since gRPC binds with SO_REUSEPORT, and its readiness poll reached the first server (a traceback
+    about the other's admin token). A listener there, as gRPC's, now stops the launch with the port named."""
+    import socket
+
+    (tmp_path / "m").mkdir()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        server = TritonServer(tmp_path, grpc_port=port, log_path=tmp_path / "log")
+        with pytest.raises(RuntimeError, match=rf"port\(s\) in use: gRPC 127.0.0.1:{port} .*0 picks a free one"):
+            server.start()
+        assert not server.is_running() and server.stop() is None
+    TritonServer(tmp_path, grpc_port=port, log_path=tmp_path / "log").check_ports()  # free again: no error
+
+
+def test_serve_refuses_a_folder_without_models_and_names_the_event_log(tmp_path, capsys, monkeypatch):
+    """An empty folder was launched and reported as 'recommend failed to load', quoting a CUDA warning."""
+    from serving.event_log import ENV, served_event_log_dir
+    from serving.serve import main as serve_main
+
+    (tmp_path / "empty").mkdir()
+    assert serve_main(["--model-repository", str(tmp_path / "empty"), "--grpc-port", "0", "--health-port", "0"]) == 2
+    assert "holds no model (no <model>/config.pbtxt): not an exported model repository" in capsys.readouterr().err
+    repo = tmp_path / "repo"
+    (repo / "events").mkdir(parents=True)
+    (repo / "events" / "config.pbtxt").write_text('name: "events"\n')
+    assert serve_main(["--model-repository", str(repo), "--grpc-port", "0", "--health-port", "0"]) == 2
+    assert "has no recommend model (recommend/config.pbtxt), which the supervisor probes" in capsys.readouterr().err
+    # the banner's event log: the environment (--event-log), else recommend's EVENT_LOG, next to the repository
+    monkeypatch.delenv(ENV, raising=False)
+    (repo / "recommend").mkdir()
+    (repo / "recommend" / "config.pbtxt").write_text('parameters [\n  { key: "EVENT_LOG" value: { string_value: "logs/x" } }\n]\n')
+    assert served_event_log_dir(repo) == tmp_path / "logs" / "x"
+    (repo / "recommend" / "config.pbtxt").write_text('name: "recommend"\n')
+    assert served_event_log_dir(repo) == tmp_path / "event_log"
+    monkeypatch.setenv(ENV, str(tmp_path / "elsewhere"))
+    assert served_event_log_dir(repo) == tmp_path / "elsewhere"
+
+
+def test_a_health_server_never_started_stops_at_once():
+    """recsys-serve binds the health port before Triton starts; a failed start then stops it unstarted
+    (``shutdown`` would wait forever for a loop that never ran)."""
+    import types
+
+    health = HealthServer(types.SimpleNamespace(ready=False), 0)
+    health.stop()
