@@ -465,7 +465,7 @@ class RedisTail:
                 entries = _entries(reply, self.stream)
                 self._read_since += len(entries)
                 if check:
-                    self._check_trimmed(info, len(entries))
+                    self._check_trimmed(info, len(entries), count)
                 for entry_id, fields in entries:
                     rows.append(tuple(fields.get(c, "") for c in self.columns))
                     self.last_id = entry_id
@@ -480,14 +480,14 @@ class RedisTail:
             self.health.failed(self.url, err, f"; answering from the state as of stream id {self.last_id}")
         return self._columns(rows)
 
-    def _check_trimmed(self, info, n_read: int) -> None:
+    def _check_trimmed(self, info, n_read: int, asked: int) -> None:
         """Count and log (once per gap) entries that the stream trimmed before this tail read them: it
         was away longer than the stream keeps (``REDIS_MAXLEN``). ``entries-added`` counts every entry
         ever appended; between two checks at which this tail was caught up (read less than asked),
         it must have read exactly the entries added in between."""
         if isinstance(info, Exception):  # no stream yet (XINFO on a missing key)
             return
-        if n_read >= self.count:  # not caught up: no exact count now
+        if n_read >= asked:  # not caught up (a read of what a limit left asks fewer than count): no exact count now
             return
         added = int(info.get("entries-added", 0))
         if self._added is not None and added >= self._added:

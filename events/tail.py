@@ -71,9 +71,10 @@ class EventTail:
             serving path does not pay it.
 
     :attr:`skipped_segments`: segments after the newest one this tail looked at (from the cursor's on)
-    that the log dropped (its size bound) before it looked; their rows are lost to this reader (segment
-    numbers are never reused, so a gap in the numbers is such a drop). Rows appended to a looked-at
-    segment after the tail's last read and dropped with it are not counted.
+    that the log dropped (its size bound) before it looked, and a segment a limited read stopped inside
+    that was dropped before the next read; their rows are lost to this reader (segment numbers are
+    never reused, so a gap in the numbers is such a drop). Rows appended to a segment read to its end
+    after the tail's last read and dropped with it are not counted.
     """
 
     def __init__(self, directory: str | os.PathLike, received_after: float | None = None,
@@ -114,7 +115,7 @@ class EventTail:
             raise ValueError(f"limit must be a positive whole number of rows, not {limit!r}")
         name, columns = self.table.table, self._columns
         rows = []
-        self.more = False
+        cut, self.more = self.more, False  # the last read stopped inside segment self.segment
         listed = self._listing()
         if listed is not self._checked:  # listed again (the directory changed): whose log is it?
             self._segments.close()  # a segment file replaced under the same name: read the new one
@@ -124,6 +125,8 @@ class EventTail:
             raise CursorPastEnd(f"{self.directory}: the cursor (segment {self.segment}, row {self.rowid}) is past the "
                                 f"newest segment ({max(listed)}): this is not the log it was taken from "
                                 "(recreated or replaced?)")
+        if cut and listed and self.segment not in listed and min(listed) > self.segment:
+            self.skipped_segments += 1  # dropped half-read: the rest of its rows are lost to this reader too
         for n in listed:
             if n < self.segment:
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 import urllib.request
@@ -85,11 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.export.flavour != "wheel":
         print("error: the demo runs the nvidia-pytriton wheel's server; use export.flavour=wheel", file=sys.stderr)
         return 2
+    def interrupt(signum, _frame):  # a second Ctrl-C must not abandon a half-stopped server
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         return _demo(cfg, run_dir)
     except KeyboardInterrupt:  # Ctrl-C: the export is swapped in whole or not at all; the server is stopped
         print("interrupted: the demo stopped (tritonserver stopped if it had started)", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _demo(cfg, run_dir: Path) -> int:

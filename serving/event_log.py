@@ -51,8 +51,9 @@ def served_event_log_dir(repository: str | os.PathLike, model: str = "recommend"
         text = (Path(repository) / model / "config.pbtxt").read_text(errors="replace")
     except OSError:
         text = ""
-    found = re.search(r'key:\s*"EVENT_LOG"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return event_log_dir(repository, found.group(1) if found and found.group(1) else "event_log")
+    text = re.sub(r"#[^\n]*", "", text)  # comments (a commented-out parameter is no parameter)
+    found = re.search(r'key:\s*"EVENT_LOG"\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"', text)
+    return event_log_dir(repository, found.group(1) if found else "event_log")  # "" as the models take it
 
 
 def event_log_dirs(repository: str | os.PathLike, parameter: str = "event_log") -> tuple[Path, Path]:

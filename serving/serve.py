@@ -260,13 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             server.wait_ready(args.startup_timeout)
         else:
-            try:  # binds now: a taken port fails before Triton starts
-                health = HealthServer(supervisor, args.health_port)
+            try:  # first: a taken port fails before Triton starts; /ready answers 503 while it starts
+                health = HealthServer(supervisor, args.health_port).start()
             except OSError as err:
                 raise RuntimeError(f"--health-port {args.health_port}: {err.strerror or err}; choose another port "
                                    "(0 picks a free one)") from err
             supervisor.start()
-            health.start()
         print(f"tritonserver ready (PID {server.pid}, binary {server.binary})\n"
               f"  grpc    {server.grpc_url}{' (TLS)' if server.security.tls else ''}\n"
               f"  http    {server.http_url or 'off (--allow-http to serve it)'}\n"

@@ -194,6 +194,7 @@ class TritonServer:
             os.close(fd)
         self.log_path = Path(log_path)
         self._process: subprocess.Popen | None = None
+        self._stopped = False  # the current process was stopped and its leftovers killed
 
     def _resolve_binary(self, binary, backend_directory, cache_dir) -> tuple[Path, Path | None]:
         if binary is None and self.gpu and shutil.which("tritonserver"):
@@ -263,6 +264,7 @@ class TritonServer:
             self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL, env=self.environment(),
                                              start_new_session=True)
+            self._stopped = False
         return self
 
     def check_ports(self) -> None:
@@ -271,23 +273,21 @@ class TritonServer:
         gRPC binds with SO_REUSEPORT, so a second Triton on a port another Triton holds starts
         "fine" and the kernel splits the connections between the two: the readiness poll then reached
         the other server (found by a newcomer's walk-through: a traceback about the other server's
-        admin token, or a server announced ready that was not this one). A plain bind (SO_REUSEADDR
-        only: a port whose old connections linger in TIME_WAIT, as after a restart, is free) fails
-        on any listener."""
+        admin token, or a server announced ready that was not this one). Only a listener accepts a
+        connection, so a port whose old connections linger in TIME_WAIT (as after a restart) is free."""
         ports = [("gRPC", self.grpc_port), ("metrics", self.metrics_port)]
         if self.security.allow_http:
             ports.append(("HTTP", self.http_port))
         taken = []
         for name, port in ports:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((_HOST, port))
-                except OSError as err:
-                    taken.append(f"{name} {_HOST}:{port} ({err.strerror or err})")
+                sock.settimeout(1.0)
+                if sock.connect_ex((_HOST, port)) == 0:
+                    taken.append(f"{name} {_HOST}:{port}")
         if taken:
-            raise RuntimeError(f"port(s) in use: {', '.join(taken)}; another server (tritonserver, recsys-serve) "
-                               "may be running there: stop it or choose other ports (0 picks a free one)")
+            raise RuntimeError(f"port(s) in use: {', '.join(taken)} (something listens there); another server "
+                               "(tritonserver, recsys-serve) may be running: stop it or choose other ports (0 picks "
+                               "a free one)")
 
     def is_running(self) -> bool:
         """True while the server process exists and has not exited."""
@@ -356,6 +356,8 @@ class TritonServer:
         """
         if self._process is None:
             return None
+        if self._process.poll() is not None and self._stopped:
+            return self._process.returncode  # stopped before: its group id may belong to another process now
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
             try:
@@ -363,7 +365,9 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 pass
         self._kill_leftovers()
-        return self._process.wait()
+        code = self._process.wait()
+        self._stopped = True
+        return code
 
     def _kill_leftovers(self) -> None:
         # A server killed before it installs its SIGTERM handler (i.e. while loading models)

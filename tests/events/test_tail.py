@@ -234,6 +234,17 @@ def test_segments_the_log_dropped_before_a_reader_came_back_are_counted_once(tmp
     fresh = EventTail(tmp_path / "log")  # no cursor: the log as it is, nothing counted
     fresh.read_new()
     assert fresh.skipped_segments == 0
+    # a limited read that stopped inside a segment the bound then drops: its unread rows are lost too,
+    # and counted (a review found them uncounted: before limits a read always ended at the segment's end)
+    with EventLog(tmp_path / "cut", max_segment_bytes=TINY, max_total_bytes=3 * TINY, durability="normal") as log:
+        log.append_events(events(0, 100))
+        cut = EventTail(tmp_path / "cut")
+        assert len(cut.read_new(limit=10)) == 10 and cut.more and cut.segment == 1
+        for lo in range(100, 3000, 100):
+            log.append_events(events(lo, lo + 100))
+        live = sorted(int(f.name[8:14]) for f in (tmp_path / "cut").glob("segment-*.sqlite"))
+    cut.read_new()
+    assert cut.skipped_segments == live[0] - 1  # segment 1 (half read) and every one up to the oldest live
     report = {}  # what a refresh reads and prints (log_skipped_segments)
     frame, _ = read_log_events(tmp_path / "log", LogCursor(str(tmp_path / "log"), *cursor), report=report)
     assert report == {"skipped_segments": live[0] - cursor[0] - 1} and frame["event_id"].tolist() == got

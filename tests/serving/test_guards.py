@@ -507,6 +507,15 @@ def test_a_port_another_server_holds_is_refused_before_launch_not_shared(tmp_pat
             server.start()
         assert not server.is_running() and server.stop() is None
     TritonServer(tmp_path, grpc_port=port, log_path=tmp_path / "log").check_ports()  # free again: no error
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:  # a restart: connections in TIME_WAIT
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+        client.close()
+    TritonServer(tmp_path, grpc_port=port, log_path=tmp_path / "log").check_ports()  # no listener: free
 
 
 def test_serve_refuses_a_folder_without_models_and_names_the_event_log(tmp_path, capsys, monkeypatch):
@@ -529,6 +538,9 @@ def test_serve_refuses_a_folder_without_models_and_names_the_event_log(tmp_path,
     assert served_event_log_dir(repo) == tmp_path / "logs" / "x"
     (repo / "recommend" / "config.pbtxt").write_text('name: "recommend"\n')
     assert served_event_log_dir(repo) == tmp_path / "event_log"
+    (repo / "recommend" / "config.pbtxt").write_text('# { key: "EVENT_LOG" value: { string_value: "old" } }\n'
+                                                     'parameters { key: "EVENT_LOG" value { string_value: "new" } }\n')
+    assert served_event_log_dir(repo) == tmp_path / "new"  # the comment skipped; `value {` without a colon
     monkeypatch.setenv(ENV, str(tmp_path / "elsewhere"))
     assert served_event_log_dir(repo) == tmp_path / "elsewhere"
 

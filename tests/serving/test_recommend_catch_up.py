@@ -96,6 +96,7 @@ def make(model_module, event_results, catalog_results, online=None):
     m.catalog_tail = Tail(catalog_results, pd.DataFrame({"record_id": []}))
     m.online, m.catalog = online or Online(), Catalog()
     m._pending = m._pending_catalog = None
+    m._waiting = 0
     m.applied, m.catalog_applied = Counter_(), {"new_items": Counter_()}
     m.last_event_at, m.snapshot_at = None, 10.0
     catalog_items = types.SimpleNamespace(lookup=lambda ids: np.array([0 if i == "i" else -1 for i in ids]))
@@ -259,17 +260,24 @@ def test_a_burst_is_read_in_parts_no_larger_than_what_one_answer_applies(model_m
         m._apply_new()
         assert m.online.applied == want and m._pending is None
     assert m.tail.limits == [3, 3, 3]
-    fresh = events("n1", "n2", "n3", "k1")  # three on an item not known yet, while the catalog has more to read
-    fresh["item_id"] = np.array(["new", "new", "new", "i"], dtype=object)
-    fresh["user_id"] = np.array(["a", "a", "a", "b"], dtype=object)
-    m = make(model_module, [fresh], [pd.DataFrame({"record_id": ["r1", "r2", "r3", "r4", "r5"]})])
+    # events waiting for catalog records do not stop the others' (a review: with the bound counting them,
+    # a bulk upload stalled every user's events), and at most two answers' worth are held
+    ids = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "k1"]
+    fresh = events(*ids)  # seven on an item not known yet (user a), then one of user b on a known item
+    fresh["item_id"] = np.array(["new"] * 7 + ["i"], dtype=object)
+    fresh["user_id"] = np.array(["a"] * 7 + ["b"], dtype=object)
+    m = make(model_module, [fresh], [pd.DataFrame({"record_id": [f"r{i}" for i in range(1, 8)]})])
     m.events_per_answer = 3
-    m._apply_new()  # three events read (a's wait: records remain), two records
-    assert m.online.applied == [] and list(m._pending["event_id"]) == ["n1", "n2", "n3"]
+    m._apply_new()  # three read, all waiting (records remain); two records
+    assert m.online.applied == [] and list(m._pending["event_id"]) == ids[:3] and m._waiting == 3
     assert m.catalog.applied == ["r1", "r2"] and m.tail.limits == [3] and m.catalog_tail.limits == [2]
-    m._apply_new()  # three held: no event read this time
-    assert m.tail.limits == [3] and m.catalog.applied == ["r1", "r2", "r3", "r4"]
-    m._apply_new()  # the last record: the held events follow
-    assert m.catalog.applied == ["r1", "r2", "r3", "r4", "r5"] and m.online.applied == ["n1", "n2", "n3"]
-    m._apply_new()
-    assert m.online.applied == ["n1", "n2", "n3", "k1"] and m._pending is None
+    m._apply_new()  # three more read (three wait: they do not use the answer's room); six held
+    assert m.tail.limits == [3, 3] and list(m._pending["event_id"]) == ids[:6] and m.online.applied == []
+    m._apply_new()  # six held: two answers' worth, nothing read
+    assert m.tail.limits == [3, 3] and m.catalog.applied == [f"r{i}" for i in range(1, 7)]
+    m._apply_new()  # the last record: three held events applied (the apply bound), three still held
+    assert m.catalog.applied == [f"r{i}" for i in range(1, 8)] and m.online.applied == ids[:3]
+    m._apply_new()  # three held, none waiting: nothing read, those three applied
+    assert m.online.applied == ids[:6] and m._pending is None and m.tail.limits == [3, 3]
+    m._apply_new()  # the rest read and applied
+    assert m.online.applied == ids and m._pending is None and m._waiting == 0 and m.tail.limits == [3, 3, 3]

@@ -181,6 +181,7 @@ class TritonPythonModel:
         self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
         self.online = OnlineState(self.pipeline)
         self._pending = self._pending_catalog = None
+        self._waiting = 0  # of the held events, those waiting for their items' catalog records
         # Impressions: `normal` durability (an acknowledged row survives a killed process, not a power
         # cut; 0.2 ms per answer instead of an fsync's 0.6-4 ms, docs/events.md); `events` uses `full`.
         self.event_log = EventLog(impressions_dir, durability=self.impression_durability,
@@ -213,7 +214,7 @@ class TritonPythonModel:
         self.events_per_answer = EVENTS_PER_ANSWER
 
     def _catalog_left(self) -> bool:
-        """Catalog records read but not applied yet, or (a Redis tail's bound) not read yet."""
+        """Catalog records read but not applied yet, or (the catalog read stopped at its bound) not read yet."""
         return self._pending_catalog is not None or getattr(self.catalog_tail, "more", False)
 
     def _catch_up(self) -> None:
@@ -229,7 +230,9 @@ class TritonPythonModel:
         failure, read = None, None
         bound = getattr(self, "events_per_answer", EVENTS_PER_ANSWER)
         held = 0 if self._pending is None else len(self._pending["event_id"])
-        room = None if bound is None else bound - held  # read no more than one answer applies
+        # read no more than one answer applies, besides events waiting for catalog records (others' events
+        # go on meanwhile), and hold at most two answers' worth
+        room = None if bound is None else min(bound - (held - self._waiting), 2 * bound - held)
         if room is None or room > 0:
             try:
                 read = self._read(self.tail, room)  # numpy columns: no pandas on the answer path
@@ -265,12 +268,13 @@ class TritonPythonModel:
                 if n:
                     self.catalog_applied[op].increment(n)
         if self._pending is not None:
-            new, waiting = self._pending, None
+            new, waiting, self._waiting = self._pending, None, 0
             if self._catalog_left() or unread:  # records still to apply (or read): events on items not known yet wait
                 wait = self.pipeline.store.items.lookup(np.asarray(new["item_id"]).astype(str)) < 0
                 users = np.asarray(new["user_id"]).astype(str)
                 wait |= np.isin(users, users[wait])  # a user's events stay in order: all of theirs wait
                 new, waiting = ({k: v[~wait] for k, v in new.items()}, {k: v[wait] for k, v in new.items()})
+                self._waiting = int(wait.sum())
             if bound is not None and len(new["event_id"]) > bound:  # the rest before the next answers, in order
                 later = {k: v[bound:] for k, v in new.items()}  # (their users wait for nothing: none in `waiting`)
                 new = {k: v[:bound] for k, v in new.items()}
@@ -302,8 +306,13 @@ class TritonPythonModel:
             else:
                 self.catalog_tail = EventTail(tail.directory, kind="catalog")
             (self.tail if events else self.catalog_tail).skipped_segments = tail.skipped_segments  # never counted down
+            # a limited read may have stopped inside one append (its rows share one received_at): rows of it
+            # not read yet are at `since`, which the new tail skips; a log replaced while a burst was read
+            # in parts is rare (a restore under a new identity), so it is said rather than reconstructed
+            cut = ("; the rows of the call being read in parts when it was replaced, received at that time and "
+                   "not read yet, are skipped") if events and getattr(tail, "more", False) else ""
             self.logger.log_error(f"recommend: {err}; reading it again from its start"
-                                  + (f" (events received after {since})" if events else ""))
+                                  + (f" (events received after {since}{cut})" if events else ""))
             return self.tail.read_new_columns(limit) if events else self.catalog_tail.read_new(limit)
 
     def _skipped(self, n: int) -> None:
