@@ -40,6 +40,7 @@ from export.spec import ModelSpec, item_tower_spec, ranker_spec, user_tower_spec
 from export.triton_config import onnx_model_config
 from features.store import FeatureStore
 from inference.models import TorchModel
+from inference.served import serving_pids
 from pipeline.artifacts import MANIFEST, RANKERS, RunArtifacts
 from pipeline.pipeline import retrieve_candidates
 
@@ -156,6 +157,13 @@ def run_export(cfg: DictConfig, out_dir: Path) -> Path:
     final = Path(ecfg.repository).expanduser()
     if final.exists() and not final.is_dir():
         raise ValueError(f"export.repository={final} is a file; give a folder (created when missing)")
+    served = serving_pids(final)
+    if served and not ecfg.get("replace_served", False):
+        raise ValueError(f"export.repository={final} is being served (recsys-serve PID {', '.join(map(str, served))}): "
+                         "an export over it goes live at that server's next model reload (a stub crash), beside the "
+                         "other models' old versions, and leaves nothing to roll back to. Export into a new folder and "
+                         "start a server on it (docs/serving.md, 'Rolling out a new version'), or pass "
+                         "export.replace_served=true")
     store = art.load_store()
     settings = art.load_settings()
     models = load_models(art, store)

@@ -246,6 +246,10 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
     # served tail would start at this write and skip the logged events not yet folded in)
     prior = m["artifacts"].get("store", {})
     cursor, catalog_cursor = cursor or prior.get("event_log"), catalog_cursor or prior.get("catalog_log")
+    # and without a cursor, the served tail's cut stays the refreshed store's: this refresh read no log, so
+    # the events logged since that store was written are in neither (a probe found every one of them lost:
+    # the tail started at this write). A table that holds some of them has those applied once more.
+    events_after = None if cursor else prior.get("events_after", prior.get("written_at_unix"))
     history = pd.concat([known, new], ignore_index=True)
     ranking_cfg = m["config"]["ranking"]
     features_info = m["artifacts"]["ranker_features"]
@@ -272,7 +276,8 @@ def _refresh(art: RunArtifacts, interactions: pd.DataFrame, rebuild: bool | None
     report.update({f"catalog_{k}": v for k, v in folded.items()})
     save_served_state(art, store, features, history, refreshed_with=report, ease_content_weight=ease_content,
                       cooc_saw=cooc_saw, **({"event_log": cursor} if cursor else {}),
-                      **({"catalog_log": catalog_cursor} if catalog_cursor else {}))
+                      **({"catalog_log": catalog_cursor} if catalog_cursor else {}),
+                      **({"events_after": float(events_after)} if events_after is not None else {}))
     report["seconds"] = round(time.perf_counter() - start, 2)
     log.info("refreshed %s: %s", art.dir, report)
     return report

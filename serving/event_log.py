@@ -62,15 +62,23 @@ def event_log_dirs(repository: str | os.PathLike, parameter: str = "event_log") 
     return base / "events", base / "impressions"
 
 
+def events_cut(store_entry: dict, written_at: float | None) -> float | None:
+    """The time after which logged events are not in a snapshot that records no log cursor: its
+    ``events_after`` (a refresh from an interactions table keeps the cut of the store it refreshed: it
+    read no log, so the events logged since that store are in neither), else ``written_at``, the time
+    the store was written."""
+    return float(store_entry["events_after"]) if store_entry.get("events_after") is not None else written_at
+
+
 def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: float | None) -> EventTail:
     """The tail a served snapshot starts from: after the log cursor its manifest's ``store`` entry
     records (``event_log``: the last event a retrain or refresh read, ``features.feedback``) when that
-    cursor is of this log directory; else every event stored after ``written_at`` (the time the
-    store was written: runs built without the log, or from another log)."""
+    cursor is of this log directory; else every event stored after :func:`events_cut` (the time the
+    store was written, or the cut a refresh kept: runs built without the log, or from another log)."""
     cursor = store_entry.get("event_log")
     if cursor and Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
         return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]), log_id=cursor.get("log_id"))
-    return EventTail(events_dir, received_after=written_at)
+    return EventTail(events_dir, received_after=events_cut(store_entry, written_at))
 
 
 def catalog_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:

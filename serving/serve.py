@@ -28,6 +28,7 @@ from pathlib import Path
 from tritonclient.utils import InferenceServerException
 
 from events.log import DEFAULT_SEGMENT_BYTES, GiB
+from inference.served import mark_served, unmark_served
 from serving.health import HealthServer
 from serving.event_log import ENV, MAX_BYTES_ENV, REDIS_ENV, max_log_bytes, served_event_log_dir
 from serving.protocol import PROBE_ENV, PROBE_USER
@@ -255,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     status, health = 0, None
+    marker = mark_served(server.model_repository)  # recsys-export refuses to write over a served repository
     try:
         if supervisor is None:
             server.start()
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         code = supervisor.stop() if supervisor is not None else server.stop()
         if health is not None:
             health.stop()
+        unmark_served(marker)
     print(f"tritonserver stopped (exit status {code})" if code is not None else "tritonserver was not started")
     return status
 

@@ -388,6 +388,34 @@ def test_demo_interrupted_says_one_line_not_a_traceback(tiny_run, monkeypatch, c
     assert seen == [] and signal.getsignal(signal.SIGINT) is before  # raised at once; the handler put back
 
 
+def test_an_export_over_a_served_repository_is_refused_unless_asked(tiny_run, tmp_path, capsys):
+    """Found by an on-call probe: an export written over the repository a server serves went live at
+    that server's next reload of recommend (a stub crash), beside the old versions of the other models,
+    and left nothing to roll back to. recsys-serve marks the repositories it serves (inference/served.py)."""
+    import subprocess
+    import sys
+
+    from inference.served import PREFIX, mark_served, serving_pids, unmark_served
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "recsys-serve"])  # a "server"
+    try:
+        marker = mark_served(repo, server.pid)
+        (repo / f"{PREFIX}999999999").write_text("")  # a server gone without its cleanup: not counted, removed
+        assert serving_pids(repo) == [server.pid] and not (repo / f"{PREFIX}999999999").exists()
+        assert export_main(["--run-dir", str(tiny_run), f"export.repository={repo}"]) == 2
+        err = capsys.readouterr().err
+        assert f"is being served (recsys-serve PID {server.pid})" in err and "export.replace_served=true" in err
+        cfg = run_config(tiny_run, [f"export.repository={repo}", "export.replace_served=true"])
+        assert cfg.export.replace_served is True  # the way to do it anyway (a known key, also for older runs)
+        unmark_served(marker)
+        assert serving_pids(repo) == []
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_ranker_table_rejects_inputs_the_features_do_not_build(models):
     store = models[0]
     with pytest.raises(KeyError, match=r"ranker reads \['agee'\], which ranking.features.input_groups does not build"):

@@ -63,6 +63,35 @@ def test_refresh_adds_new_interactions_and_counts_what_it_drops(tiny_deployed_ru
     assert before.route == "cold_user"  # the original run is untouched
 
 
+def test_a_table_refresh_of_a_run_without_a_log_cursor_keeps_the_served_events_cut(tiny_deployed_run, tmp_path):
+    """Found by an on-call probe: a run deployed without the log serves the events logged after its store
+    was written; a refresh from a table (no log read) wrote a new store, the served tail then started at
+    the refresh, and every live event logged before it was applied by neither: users known from live
+    events became cold after the swap. The refresh keeps the refreshed store's cut (``events_after``)."""
+    import time
+
+    from events.log import EventLog
+    from serving.event_log import events_cut, snapshot_tail
+
+    art = RunArtifacts(tiny_deployed_run)
+    before = art.manifest()["artifacts"]["store"]
+    assert "event_log" not in before and events_cut(before, 1.0) == 1.0  # no cut of its own: the write time
+    log = pd.read_parquet(art.path("interactions"))
+    item, t = str(art.item_ids()[0]), int(log["timestamp"].max()) + 3600
+    with EventLog(tmp_path / "elog" / "events", durability="normal") as elog:  # served live, before the refresh
+        elog.append_events([{"event_id": "live", "user_id": "walk-in", "item_id": item, "timestamp": float(t),
+                             "type": "click"}])
+    time.sleep(0.05)
+    refresh(tiny_deployed_run, pd.DataFrame({"user_id": ["batch"], "item_id": [item], "timestamp": [t]}),
+            tmp_path / "r")
+    after = RunArtifacts(tmp_path / "r").manifest()["artifacts"]["store"]
+    assert after["written_at_unix"] > after["events_after"] == before["written_at_unix"]
+    tail = snapshot_tail(tmp_path / "elog" / "events", after, after["written_at_unix"])
+    assert tail.read_new()["event_id"].tolist() == ["live"]  # what the refreshed server's tail applies
+    refresh(tmp_path / "r", pd.DataFrame({"user_id": ["batch"], "item_id": [item], "timestamp": [t + 1]}))
+    assert RunArtifacts(tmp_path / "r").manifest()["artifacts"]["store"]["events_after"] == before["written_at_unix"]
+
+
 def test_refresh_command_errors_are_clear(tiny_deployed_run, tmp_path, capsys, caplog):
     (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--interactions", str(tmp_path / "bad.csv"),

@@ -72,6 +72,10 @@ CASES = {
         ({f"recsys_supervisor_restarts_total{{{SUP}}}": "0x20 1x40"},
          [("4m", []), ("6m", [{"job": "recsys-supervisor", "instance": "127.0.0.1:8003"}]), ("22m", [])]),
     ],
+    "RecsysModelReloaded": [
+        ({f"recsys_supervisor_reloads_total{{{SUP}}}": "0x20 1x40"},
+         [("4m", []), ("6m", [{"job": "recsys-supervisor", "instance": "127.0.0.1:8003"}]), ("22m", [])]),
+    ],
     "RecsysRestartFailing": [
         ({f"recsys_supervisor_restart_failures_total{{{SUP}}}": "0x20 1x40",
           f"recsys_supervisor_restarts_total{{{SUP}}}": "0+1x60"},
@@ -87,6 +91,9 @@ CASES = {
           'recsys_request_errors_total{code="invalid_argument"}': "0+50x60"}, [("11m", [])]),
         ({'recsys_requests_total{route="known_user"}': "5x60",  # no traffic: no value, not an alert
           'recsys_request_errors_total{code="internal"}': "1x60"}, [("11m", [])]),
+        ({'recsys_requests_total{route="known_user"}': "0+100x60",  # 1.5% of the clients' requests: the
+          'recsys_requests_total{route="probe"}': "0+60x60",  # probes (0.9% with them) do not dilute it
+          'recsys_request_errors_total{code="internal"}': "0+1.5x60"}, [("11m", [{}])]),
     ],
     "RecsysSlowAnswers": [
         ({'recsys_stage_seconds_bucket{stage="total", le="0.01"}': "0+5x80",

@@ -98,7 +98,7 @@ def make(model_module, event_results, catalog_results, online=None):
     m._pending = m._pending_catalog = None
     m._waiting = 0
     m.applied, m.catalog_applied = Counter_(), {"new_items": Counter_()}
-    m.last_event_at, m.snapshot_at = None, 10.0
+    m.last_event_at, m.snapshot_at, m.events_after = None, 10.0, 10.0
     catalog_items = types.SimpleNamespace(lookup=lambda ids: np.array([0 if i == "i" else -1 for i in ids]))
     m.pipeline = types.SimpleNamespace(store=types.SimpleNamespace(items=catalog_items))
     m.logger = types.SimpleNamespace(log_error=lambda *_: None, log_warn=lambda *_: None)

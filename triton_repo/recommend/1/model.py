@@ -72,7 +72,7 @@ from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
 from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, catalog_tail, event_log_dirs, max_log_bytes,
-                               redis_notices, redis_settings, snapshot_tail)
+                               events_cut, redis_notices, redis_settings, snapshot_tail)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import probe_user
@@ -177,6 +177,7 @@ class TritonPythonModel:
         m = art.manifest()
         artifacts = m.get("artifacts", {})
         self.snapshot_at = _written_at(artifacts.get("store", {}))
+        self.events_after = events_cut(artifacts.get("store", {}), self.snapshot_at)  # without a log cursor
         self.model_at = _written_at(artifacts.get("two_tower", {}))
         self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
         self.online = OnlineState(self.pipeline)
@@ -203,7 +204,7 @@ class TritonPythonModel:
             self.families += [family, missed]
             self.redis_up = family.Metric(labels={"role": "recommend", "model_instance": self.instance})
             self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
-            self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.snapshot_at,
+            self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.events_after,
                                   on_change=changed)
             self.catalog_tail = catalog_tail(catalog_dir, redis, on_change=changed, name="recommend catalog tail")
         self.events_per_answer = None  # before the first answer: every event at once (nobody waits yet)
@@ -301,7 +302,7 @@ class TritonPythonModel:
         except CursorPastEnd as err:
             if events:  # after everything applied or held (held events are not read twice)
                 held = float(self._pending["received_at"].max()) if self._pending is not None else 0.0
-                since = max(self.last_event_at or self.snapshot_at or 0.0, held)
+                since = max(self.last_event_at or self.events_after or 0.0, held)
                 self.tail = EventTail(tail.directory, received_after=since)
             else:
                 self.catalog_tail = EventTail(tail.directory, kind="catalog")
