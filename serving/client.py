@@ -46,7 +46,10 @@ RETRY_CODES = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
 def retryable(err: InferenceServerException) -> bool:
     """Whether a failed call may succeed when repeated (the service is healing, not rejecting it)."""
     message = err.message() or ""
-    return err.status() in RETRY_CODES or "Deadline Exceeded" in message or "is not healthy" in message
+    # "has no available versions": the model is known but unloading or loading (a server stopping, a
+    # reload); an unknown model name says "is not found" and is not retried
+    return (err.status() in RETRY_CODES or "Deadline Exceeded" in message or "is not healthy" in message
+            or "has no available versions" in message)
 
 
 # Phrases of Triton 2.51's core validation (tritonserver's infer_request.cc), checked before any model runs.

@@ -112,10 +112,11 @@ class Supervisor:
 
     def __init__(self, server: TritonServer, required: tuple[str, ...] = (MODEL,), interval: float = 1.0,
                  timeout: float = 2.0, startup_timeout: float = 120.0, drain_timeout: float = 10.0,
-                 model: str = MODEL, exit_timeout: int = 5):
-        if interval <= 0 or timeout <= 0 or exit_timeout < 1:
+                 model: str = MODEL, exit_timeout: int = 5, stop_grace: float = 0.0):
+        if interval <= 0 or timeout <= 0 or exit_timeout < 1 or not stop_grace >= 0:
             raise ValueError(f"interval={interval} and timeout={timeout} must be > 0 seconds, "
-                             f"exit_timeout={exit_timeout} >= 1")
+                             f"exit_timeout={exit_timeout} >= 1, stop_grace={stop_grace} >= 0")
+        self.stop_grace = float(stop_grace)
         self.server, self.required, self.model = server, tuple(required), model
         self.interval, self.timeout = interval, timeout
         self.startup_timeout, self.drain_timeout, self.exit_timeout = startup_timeout, drain_timeout, int(exit_timeout)
@@ -165,12 +166,15 @@ class Supervisor:
         self.stats.last_start_s = time.monotonic() - began
 
     def stop(self) -> int | None:
-        """Readiness off, drain in-flight requests, stop the server; returns its exit status."""
+        """Readiness off, ``stop_grace`` seconds still serving, drain in-flight requests, stop the server;
+        returns its exit status."""
         self.ready = False
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(self.interval + self.timeout + self.startup_timeout)
         self.ready = False  # whatever a probe that was in flight concluded
+        if self.stop_grace and self.server.is_running():  # /ready says 503, the server still answers: a load
+            time.sleep(self.stop_grace)                   # balancer following /ready moves the traffic first
         drained = self.drain(self.drain_timeout)
         if not drained:
             log.warning("requests still in flight after %.1f s; stopping anyway", self.drain_timeout)

@@ -3,6 +3,7 @@ optional model loading, client retries, the supervisor's health endpoint."""
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -178,6 +179,12 @@ def test_client_retries_only_what_healing_fixes():
                                               status="StatusCode.INTERNAL"))
     assert not retryable(InferenceServerException("input 'k' ...", status="StatusCode.INVALID_ARGUMENT"))
     assert not retryable(InferenceServerException("internal error: KeyError", status="StatusCode.INTERNAL"))
+    # a model unloading (a server stopping) or loading: transient (an on-call probe saw 5.6 s of these
+    # on a restart, not retried); an unknown model name is not
+    assert retryable(InferenceServerException("Request for unknown model: 'recommend' has no available versions",
+                                              status="StatusCode.NOT_FOUND"))
+    assert not retryable(InferenceServerException("Request for unknown model: 'recomend' is not found",
+                                                  status="StatusCode.NOT_FOUND"))
     with pytest.raises(ValueError, match="retries=-1 and backoff=0.1 must be >= 0"):
         RecommendClient("127.0.0.1:1", retries=-1, backoff=0.1)
 
@@ -552,3 +559,21 @@ def test_a_health_server_never_started_stops_at_once():
 
     health = HealthServer(types.SimpleNamespace(ready=False), 0)
     health.stop()
+
+
+def test_stop_grace_keeps_serving_after_readiness_off(monkeypatch):
+    """recsys-serve --stop-grace S: /ready answers 503 for S seconds before the drain and the stop, the
+    time a load balancer following /ready needs (a restart in place cost ~13 s of failed requests)."""
+    import types
+
+    seen = []
+    server = types.SimpleNamespace(extra_args=[], model_control_mode="none", is_running=lambda: True,
+                                   stop=lambda timeout: seen.append(("stopped", sup.ready)) or 0)
+    sup = Supervisor(server, stop_grace=0.3)
+    monkeypatch.setattr(sup, "drain", lambda timeout: seen.append(("drain", sup.ready)) or True)
+    sup.ready = True
+    started = time.monotonic()
+    assert sup.stop() == 0
+    assert time.monotonic() - started >= 0.3 and seen == [("drain", False), ("stopped", False)]
+    with pytest.raises(ValueError, match="stop_grace=-1 >= 0"):
+        Supervisor(types.SimpleNamespace(extra_args=[]), stop_grace=-1)
