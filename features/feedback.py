@@ -76,9 +76,14 @@ class LogCursor:
     segment: int
     rowid: int
     log_id: str | None = None  # the log's identity (events.segments.log_id); None: taken before there was one
+    # the newest stamp read (received_at of events, the timestamp of catalog records): where a reader that
+    # cannot use the position starts (a Redis tail: the stream has no rowids); None: nothing read yet
+    received_at: float | None = None
 
     def as_dict(self) -> dict:
         out = {"directory": self.directory, "segment": self.segment, "rowid": self.rowid}
+        if self.received_at is not None:
+            out["received_at"] = self.received_at
         return {**out, "log_id": self.log_id} if self.log_id else out
 
 
@@ -106,7 +111,10 @@ def read_log_events(events_dir: Path, after: LogCursor | None = None, kind: str 
                     "--log-max-gib)", events_dir, tail.skipped_segments, kind)
     if report is not None:
         report["skipped_segments"] = tail.skipped_segments
-    return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid, tail.log_id)
+    stamp = tail.table.stamp
+    newest = pd.to_numeric(frame[stamp], errors="coerce").max() if len(frame) and stamp in frame else None
+    received = float(newest) if newest is not None and pd.notna(newest) else (after.received_at if after else None)
+    return frame, LogCursor(str(Path(events_dir).resolve()), tail.segment, tail.rowid, tail.log_id, received)
 
 
 def log_interactions(events: pd.DataFrame, types, items: pd.Series | None = None,

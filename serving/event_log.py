@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 
 from events.log import DEFAULT_SEGMENT_BYTES, DEFAULT_TOTAL_BYTES
+from events.segments import log_id
 from events.tail import EventTail
 
 ENV = "RECSYS_EVENT_LOG"
@@ -76,9 +77,26 @@ def snapshot_tail(events_dir: str | os.PathLike, store_entry: dict, written_at: 
     cursor is of this log directory; else every event stored after :func:`events_cut` (the time the
     store was written, or the cut a refresh kept: runs built without the log, or from another log)."""
     cursor = store_entry.get("event_log")
-    if cursor and Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
+    if cursor and _same_log(cursor, events_dir):
         return EventTail(events_dir, after=(cursor["segment"], cursor["rowid"]), log_id=cursor.get("log_id"))
     return EventTail(events_dir, received_after=events_cut(store_entry, written_at))
+
+
+def _same_log(cursor: dict, events_dir: str | os.PathLike) -> bool:
+    """Whether a cursor is of the log at ``events_dir``: the same folder, or the same log's identity at
+    another path (mounted or copied elsewhere: a probe found such a server on the time cut, every event
+    logged while the run trained lost)."""
+    if Path(cursor["directory"]).resolve() == Path(events_dir).resolve():
+        return True
+    return bool(cursor.get("log_id")) and log_id(events_dir) == cursor["log_id"]
+
+
+def stream_cut(store_entry: dict, written_at: float | None) -> float | None:
+    """Where a Redis tail starts for a snapshot: after the newest event its log cursor read (the
+    stream has no rowids; without this, the events logged while a retrain ran were in neither the run
+    nor the served state: found by a probe), else :func:`events_cut`."""
+    cursor = store_entry.get("event_log") or {}
+    return float(cursor["received_at"]) if cursor.get("received_at") is not None else events_cut(store_entry, written_at)
 
 
 def catalog_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -> Path:

@@ -316,6 +316,14 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     assert "accepted=2" in out and "log_not_interactions=1" in out
     store_entry = RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
     assert (store_entry["event_log"]["segment"], store_entry["event_log"]["rowid"]) == (1, 3)
+    # the cursor also records the newest received_at read: where a Redis tail (no rowids) starts, not the
+    # store's write (a probe found the events logged while a retrain ran lost under Redis)
+    from events.log import read_log
+    from serving.event_log import snapshot_tail, stream_cut
+
+    logged = read_log(tmp_path / "log" / "events", "events")
+    assert store_entry["event_log"]["received_at"] == logged["received_at"].max()
+    assert stream_cut(store_entry, 1e12) == logged["received_at"].max()
     with EventLog(tmp_path / "log" / "events", durability="normal") as elog:
         elog.append_events([ev(3, items[3])])
     # the second refresh reads only what was logged after the first one's cursor
@@ -327,6 +335,15 @@ def test_refresh_from_the_event_log_records_and_resumes_from_its_cursor(tiny_dep
     # event folded in (from the store's write time it would skip the events logged in between)
     refresh(tmp_path / "r1", pd.DataFrame({"user_id": [user], "item_id": [items[4]], "timestamp": [t + 10]}))
     assert RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]["event_log"]["rowid"] == 4
+    # the same log at another path (copied, mounted elsewhere): its identity matches, the cursor holds
+    # (it fell back to the time cut: every event logged while the run was built lost)
+    import shutil
+
+    shutil.copytree(tmp_path / "log", tmp_path / "copy")
+    with EventLog(tmp_path / "copy" / "events", durability="normal") as elog:
+        elog.append_events([ev(5, items[5])])
+    entry = RunArtifacts(tmp_path / "r1").manifest()["artifacts"]["store"]
+    assert snapshot_tail(tmp_path / "copy" / "events", entry, 1e12).read_new()["event_id"].tolist() == ["e5"]
     assert refresh_main(["--run-dir", str(tiny_deployed_run), "--events", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -4,9 +4,11 @@ One server with two ``recommend`` instances over the tiny deployed run, its even
 temporary directory (``RECSYS_EVENT_LOG``, inherited by the python stubs).
 """
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -114,6 +116,9 @@ def test_every_answer_is_logged_as_an_impression(served):
         row = shown.loc[a.request_id]
         assert row["items"] == a.item_ids and row["user_id"] == a.user_id and row["route"] == a.route
         assert row["ranker"] == a.ranker and "@" in row["model_version"]
+        # which run: its folder and manifest digest, as export.json says (was "1", the version folder, for all)
+        exported = json.loads((server.model_repository / "export.json").read_text())
+        assert row["model_version"].startswith(f"{Path(exported['run_dir']).name}:{exported['run_manifest_sha256'][:8]}@")
         np.testing.assert_allclose(row["scores"], a.scores, rtol=1e-6)
     # every log's size is exported, impressions too, with no event traffic (a thread looks every 5 s)
     deadline, sizes = time.monotonic() + 15, {}

@@ -72,7 +72,7 @@ from pipeline.online import OnlineState
 from pipeline.pipeline import ROUTES, STAGES, RequestError
 from inference.integrity import verify_files
 from serving.event_log import (REDIS_UP_HELP, catalog_log_dir, catalog_tail, event_log_dirs, max_log_bytes,
-                               events_cut, redis_notices, redis_settings, snapshot_tail)
+                               events_cut, redis_notices, redis_settings, snapshot_tail, stream_cut)
 from serving.metric_buffer import MetricBuffer
 from serving.optional_models import load_optional
 from serving.protocol import probe_user
@@ -179,7 +179,7 @@ class TritonPythonModel:
         self.snapshot_at = _written_at(artifacts.get("store", {}))
         self.events_after = events_cut(artifacts.get("store", {}), self.snapshot_at)  # without a log cursor
         self.model_at = _written_at(artifacts.get("two_tower", {}))
-        self.model_version = f"{art.run_dir.name}@{m.get('code_version', '?')}"
+        self.model_version = _model_version(art, m)
         self.online = OnlineState(self.pipeline)
         self._pending = self._pending_catalog = None
         self._waiting = 0  # of the held events, those waiting for their items' catalog records
@@ -204,7 +204,8 @@ class TritonPythonModel:
             self.families += [family, missed]
             self.redis_up = family.Metric(labels={"role": "recommend", "model_instance": self.instance})
             self.redis_missed, self.shown_missed = missed.Metric(labels={}), 0
-            self.tail = RedisTail(redis["url"], stream=redis["stream"], received_after=self.events_after,
+            self.tail = RedisTail(redis["url"], stream=redis["stream"],
+                                  received_after=stream_cut(artifacts.get("store", {}), self.snapshot_at),
                                   on_change=changed)
             self.catalog_tail = catalog_tail(catalog_dir, redis, on_change=changed, name="recommend catalog tail")
         self.events_per_answer = None  # before the first answer: every event at once (nobody waits yet)
@@ -459,6 +460,19 @@ class TritonPythonModel:
 def _concat(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Two batches of event columns, one after the other."""
     return {name: np.concatenate([a[name], b[name]]) for name in a}
+
+
+def _model_version(art: RunArtifacts, manifest: dict) -> str:
+    """What impressions record as the served version: ``<run folder>:<8 hex of its manifest digest>@<code>``
+    from the repository's export.json (the run's folder name alone was the version folder, "1", for
+    every export: a probe could not tell v1's answers from v2's after a rollout); the artifacts' folder
+    name for a repository without one."""
+    try:
+        exported = json.loads((art.run_dir.parent.parent / "export.json").read_text())
+        run = f"{Path(exported['run_dir']).name}:{str(exported['run_manifest_sha256'])[:8]}"
+    except (OSError, ValueError, KeyError, TypeError):
+        run = art.run_dir.name
+    return f"{run}@{manifest.get('code_version', '?')}"
 
 
 def _written_at(entry: dict) -> float | None:
