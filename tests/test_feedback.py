@@ -200,8 +200,10 @@ def test_tail_after_a_cursor_and_the_snapshot_rule(tmp_path):
     # The served rule: the store's cursor when it is of this log, else the time filter.
     entry = {"event_log": cursor.as_dict()}
     assert snapshot_tail(log_dir, entry, written).read_new()["event_id"].tolist()[0] == "e400"
-    other = {"event_log": {**cursor.as_dict(), "directory": str(tmp_path / "elsewhere")}}
+    other = {"event_log": {**cursor.as_dict(), "directory": str(tmp_path / "elsewhere"), "log_id": "another-log"}}
     assert snapshot_tail(log_dir, other, written).read_new()["event_id"].tolist()[0] == "e410"
+    moved = {"event_log": {**cursor.as_dict(), "directory": str(tmp_path / "elsewhere")}}  # this log, elsewhere
+    assert snapshot_tail(log_dir, moved, written).read_new()["event_id"].tolist()[0] == "e400"
     assert snapshot_tail(log_dir, {}, written).read_new()["event_id"].tolist()[0] == "e410"
     # A cursor in a segment dropped since: reading resumes at the oldest live segment after it.
     assert EventTail(log_dir, after=(0, 10**9)).read_new()["event_id"].tolist()[0] == "e0"
