@@ -43,7 +43,7 @@ import pandas as pd
 
 from events.schema import table
 from events.segments import SegmentConnection, has_table, list_segments, log_id, open_readonly, row_count, segment_path
-from events.tail import row_columns, typed_frame
+from events.tail import check_limit, row_columns, typed_frame
 
 log = logging.getLogger(__name__)
 
@@ -441,8 +441,7 @@ class RedisTail:
 
     def read_new_columns(self, limit: int | None = None) -> dict[str, np.ndarray]:
         """:meth:`read_new` as one numpy array per column (strings as object arrays), no pandas."""
-        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-            raise ValueError(f"limit must be a positive whole number of entries, not {limit!r}")
+        check_limit(limit)
         rows: list[tuple] = []
         self.more = False
         if not self.health.due():

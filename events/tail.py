@@ -42,6 +42,12 @@ def typed_frame(data: dict[str, np.ndarray], columns: list[str], dtypes: dict[st
                          else pd.array(data[name], dtype=dtypes[name]) for name in columns}, columns=columns)
 
 
+def check_limit(limit: int | None) -> None:
+    """A read's ``limit``: None (everything) or a positive whole number (booleans refused)."""
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+        raise ValueError(f"limit must be a positive whole number of rows, not {limit!r}")
+
+
 class CursorPastEnd(ValueError):
     """The cursor is not of this log: it lies past the end of the log (its segment ends before its row,
     or every live segment is older than it), or the directory's identity (``events.segments.log_id``)
@@ -111,8 +117,7 @@ class EventTail:
         (a positive count) at most that many rows: the cursor stops after the last one returned, so a
         burst is read in parts (a 100,000-row read takes ~1 s) and :attr:`more` is True when the limit
         was reached (rows may remain)."""
-        if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
-            raise ValueError(f"limit must be a positive whole number of rows, not {limit!r}")
+        check_limit(limit)
         name, columns = self.table.table, self._columns
         rows = []
         cut, self.more = self.more, False  # the last read stopped inside segment self.segment

@@ -23,7 +23,6 @@ the server's environment wins (``python -m serving.serve --redis URL`` sets it),
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 
@@ -48,13 +47,16 @@ def event_log_dir(repository: str | os.PathLike, parameter: str = "event_log") -
 def served_event_log_dir(repository: str | os.PathLike, model: str = "recommend") -> Path:
     """The log directory the served models of ``repository`` will use: :func:`event_log_dir` with
     ``model``'s ``EVENT_LOG`` parameter read from its config.pbtxt (what ``recsys-serve`` prints)."""
+    from google.protobuf import text_format  # the server's side only: no served model pays the import
+    from tritonclient.grpc import model_config_pb2
+
     try:
-        text = (Path(repository) / model / "config.pbtxt").read_text(errors="replace")
-    except OSError:
-        text = ""
-    text = re.sub(r"#[^\n]*", "", text)  # comments (a commented-out parameter is no parameter)
-    found = re.search(r'key:\s*"EVENT_LOG"\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"', text)
-    return event_log_dir(repository, found.group(1) if found else "event_log")  # "" as the models take it
+        config = text_format.Parse((Path(repository) / model / "config.pbtxt").read_text(errors="replace"),
+                                   model_config_pb2.ModelConfig())
+    except (OSError, text_format.ParseError):  # Triton refuses such a config anyway: the default
+        config = model_config_pb2.ModelConfig()
+    given = config.parameters["EVENT_LOG"].string_value if "EVENT_LOG" in config.parameters else "event_log"
+    return event_log_dir(repository, given)  # "" as the models take it
 
 
 def event_log_dirs(repository: str | os.PathLike, parameter: str = "event_log") -> tuple[Path, Path]:
